@@ -1,0 +1,1 @@
+"""One module per command: ``run(config, spark) -> summary fields``; the CLI prints the line."""

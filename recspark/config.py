@@ -1,0 +1,239 @@
+"""Typed configuration for every recspark command.
+
+A run is described by one YAML file (``conf/default.yaml`` unless ``--config`` names another) plus
+``--set dotted.key=value`` overrides. Both are validated here, by pydantic models that forbid
+unknown keys, before any Spark session starts: a typo or a bad value stops the command with a
+message that names the key. Jobs pick the values they need out of :class:`Config` and pass plain
+values down; no transform receives the whole config.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recspark.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(_Section):
+    root: str = "runs/default"
+
+
+class SparkConfig(_Section):
+    master: str | None = None
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class ColumnsConfig(_Section):
+    user: str = "user_id"
+    item: str = "item_id"
+    rating: str | None = "rating"
+    timestamp: str | None = "timestamp"
+    weight: str | None = None
+
+
+class InputConfig(_Section):
+    path: str | None = None
+    format: Literal[
+        "auto", "movielens-100k", "movielens-1m", "csv", "tsv", "parquet", "synthetic"
+    ] = "synthetic"
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    validation_path: str | None = None
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    implicit: bool = False
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> InputConfig:
+        if self.rating_min >= self.rating_max:
+            raise ValueError("rating_min must be below rating_max")
+        return self
+
+
+class SplitConfig(_Section):
+    method: Literal["random", "user_stratified", "chronological", "given"] = "random"
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+
+
+class PrepareConfig(_Section):
+    rows_per_file: int = Field(2_000_000, gt=0)
+    row_group_mb: int = Field(8, gt=0)
+
+
+class ModelConfig(_Section):
+    kind: Literal["dot", "dot_bias", "mlp"] = "dot_bias"
+    objective: Literal["rating", "ranking"] = "rating"
+    factors: int = Field(32, gt=0)
+    user_factors: int | None = Field(None, gt=0)
+    item_factors: int | None = Field(None, gt=0)
+    y_range: tuple[float, float] | None = None
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    dropouts: list[float] = Field(default_factory=lambda: [0.2])
+    embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelConfig:
+        if len(self.dropouts) != len(self.hidden):
+            raise ValueError(
+                f"dropouts has {len(self.dropouts)} entries but hidden has {len(self.hidden)}:"
+                " give one dropout per hidden layer"
+            )
+        if any(not 0.0 <= p < 1.0 for p in self.dropouts):
+            raise ValueError("every dropout must be in [0, 1)")
+        if self.y_range is not None and self.y_range[0] >= self.y_range[1]:
+            raise ValueError("y_range must be [low, high] with low < high")
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(4096, gt=0)
+    lr: float = Field(0.01, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    optimizer: Literal["sgd", "adam", "adamw", "sparse_adam"] = "adam"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    schedule: Literal["one_cycle", "cosine", "constant"] = "one_cycle"
+    patience: int = Field(3, ge=0)
+    seed: int = 42
+    num_processes: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    resume: bool = False
+    reader_workers: int = Field(2, ge=1)
+    shuffle_buffer: int = Field(100_000, ge=0)
+
+
+class ScoreConfig(_Section):
+    top_n: int = Field(10, gt=0)
+    exclude_seen: bool = True
+    users_per_block: int = Field(2048, gt=0)
+
+
+class EvaluateConfig(_Section):
+    k: int = Field(10, gt=0)
+    relevance_threshold: float = Field(4.0, ge=0.0)
+    baselines: list[Literal["global_mean", "biases", "als"]] = Field(
+        default_factory=lambda: ["global_mean", "biases"]
+    )
+
+
+class RecommendConfig(_Section):
+    user: str | None = None
+    ratings: str | None = None
+    similar_to: str | None = None
+    top_n: int = Field(10, gt=0)
+    titles_path: str | None = None
+
+
+class SyntheticConfig(_Section):
+    users: int = Field(10_000, gt=0)
+    items: int = Field(2_000, gt=1)
+    ratings: int = Field(500_000, gt=0)
+    factors: int = Field(8, gt=0)
+    noise: float = Field(0.5, ge=0.0)
+    seed: int = 7
+    popularity_exponent: float = Field(0.8, ge=0.0)
+    activity_sigma: float = Field(1.0, ge=0.0)
+    partitions: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _feasible(self) -> SyntheticConfig:
+        if self.ratings < self.users:
+            raise ValueError("ratings must be at least users: every user rates at least one item")
+        if self.ratings > self.users * self.items // 2:
+            raise ValueError("ratings must be at most half of users x items")
+        return self
+
+
+class Config(_Section):
+    """The whole run description; every section has defaults so a config may be sparse."""
+
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    run_date: dt.date = Field(default_factory=dt.date.today)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (check its spelling against INTERFACE.md)")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid config: " + "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate the result.
+
+    Parameters
+    ----------
+    path
+        YAML file; ``conf/default.yaml`` when None.
+    overrides
+        ``dotted.key=value`` strings; values are parsed as YAML scalars or lists.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or unreadable, or any key is unknown or any value invalid; the
+        message names every offending key.
+    """
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not config_path.is_file():
+        raise ConfigError(f"config file {config_path} not found: pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {config_path} must hold a mapping of sections")
+    for item in overrides or []:
+        key_path, value = _parse_override(item)
+        _apply_override(data, key_path, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None

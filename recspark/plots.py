@@ -1,0 +1,25 @@
+"""PNG plots a person would rather look at than read (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def loss_curve(epochs: list[int], train_loss: list[float], validation_loss: list[float], path: str | Path) -> None:
+    """Train and validation loss per epoch."""
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
+    axis.plot(epochs, train_loss, marker="o", label="train loss (MSE)")
+    axis.plot(epochs, validation_loss, marker="o", label="validation loss (MSE)")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("loss")
+    axis.set_title("Training curve")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

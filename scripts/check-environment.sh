@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Stops set-up early, with what to do, when the machine lacks what recspark needs.
+set -euo pipefail
+python_bin="${1:-python3.11}"
+if ! command -v "$python_bin" >/dev/null 2>&1; then
+  if command -v python3 >/dev/null 2>&1 && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    echo "note: using python3 ($(python3 --version)) as $python_bin is not on PATH" >&2
+  else
+    echo "error: recspark needs Python 3.11 (the pinned pyarrow 12 / petastorm stack has no wheels for newer)." >&2
+    echo "       install it (e.g. 'apt-get install python3.11 python3.11-venv' or pyenv) and re-run, or" >&2
+    echo "       pass another interpreter: make demo PYTHON=/path/to/python3.11" >&2
+    exit 1
+  fi
+fi
+if ! command -v java >/dev/null 2>&1; then
+  echo "error: 'java' was not found. Spark 4 needs Java 17 (or 21)." >&2
+  echo "       Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless" >&2
+  echo "       macOS:         brew install openjdk@17" >&2
+  echo "       or set JAVA_HOME to a JDK 17 and put \$JAVA_HOME/bin on PATH, then re-run." >&2
+  exit 1
+fi
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1)
+if [ -n "$java_major" ] && [ "$java_major" -lt 17 ]; then
+  echo "error: java $java_major found; Spark 4 needs Java 17 or newer (see above for how to install)." >&2
+  exit 1
+fi

@@ -1,0 +1,62 @@
+"""One local SparkSession for the whole test session, and shared small data sets."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from recspark.spark import get_spark
+
+    local_dir = tmp_path_factory.mktemp("spark-local")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = get_spark(
+        "recspark-tests",
+        master="local[2]",
+        conf={
+            "spark.sql.shuffle.partitions": "4",
+            "spark.default.parallelism": "4",
+            "spark.local.dir": str(local_dir),
+            "spark.ui.enabled": "false",
+            "spark.driver.memory": "2g",
+        },
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def ml100k() -> Path:
+    if not (ML100K / "u.data").exists():
+        pytest.skip(f"MovieLens 100K is not at {ML100K} (its licence forbids shipping a copy)")
+    return ML100K
+
+
+def tiny_overrides(root: Path, **extra: object) -> list[str]:
+    """--set overrides for a small synthetic run under ``root`` that trains in seconds."""
+    values = {
+        "paths.root": str(root),
+        "run_date": "2026-01-15",
+        "synthetic.users": 600,
+        "synthetic.items": 200,
+        "synthetic.ratings": 30000,
+        "synthetic.factors": 4,
+        "synthetic.noise": 0.3,
+        "model.factors": 8,
+        "train.epochs": 12,
+        "train.batch_size": 1024,
+        "train.lr": 0.02,
+        "train.weight_decay": 0.02,
+        "train.patience": 3,
+        "spark.conf": "{}",
+    }
+    values.update(extra)
+    return [f"{key}={value}" for key, value in values.items()]
