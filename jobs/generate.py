@@ -5,4 +5,4 @@ import sys
 from recspark.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(command="generate"))
+    sys.exit(main(command="generate", stop_session=True))

@@ -5,4 +5,4 @@ import sys
 from recspark.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(command="score"))
+    sys.exit(main(command="score", stop_session=True))

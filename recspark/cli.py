@@ -72,16 +72,33 @@ def summary_line(command: str, config: Config | None, **fields: Any) -> str:
     return json.dumps(summary, default=str, sort_keys=False)
 
 
-def run_command(command: str, config: Config) -> dict[str, Any]:
-    """Run one command in this process and return its summary fields (no printing)."""
+def run_command(command: str, config: Config, clock: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run one command in this process and return its summary fields (no printing).
+
+    ``clock["started"]`` is set once Spark is up, so ``seconds`` counts the command's own work and
+    not the JVM start.
+    """
     module = importlib.import_module(f"recspark.commands.{command}")
     from recspark.spark import get_spark
 
     spark = get_spark(f"recspark-{command}", master=config.spark.master, conf=config.spark.conf)
+    if clock is not None:
+        clock["started"] = time.perf_counter()
     return module.run(config, spark)
 
 
-def main(argv: list[str] | None = None, command: str | None = None) -> int:
+def stop_spark() -> None:
+    """Stop the session before the summary is printed, so that no shutdown log follows it."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        session.stop()
+
+
+def main(
+    argv: list[str] | None = None, command: str | None = None, stop_session: bool = False
+) -> int:
     """Parse arguments, run the command, print the summary line; return the exit status.
 
     Parameters
@@ -90,19 +107,25 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
         Arguments after the program name (``sys.argv[1:]`` when None).
     command
         Fixed command for a ``jobs/COMMAND.py`` script; then ``argv`` holds only options.
+    stop_session
+        Stop Spark before printing the summary (entry points do; tests sharing a session do not).
     """
+    # spark-submit merges the Python process's stderr into its stdout, so library chatter at
+    # INFO (py4j logs on shutdown) would land after the summary line: only recspark logs INFO.
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    log.setLevel(logging.INFO)
     args_list = list(sys.argv[1:] if argv is None else argv)
     if command is not None:
         args_list = [command, *args_list]
     args = build_parser().parse_args(args_list)
     config = None
-    started = time.perf_counter()
+    clock = {"started": time.perf_counter()}
     try:
         config = load_config(args.config, args.overrides)
-        fields = run_command(args.command, config)
+        fields = run_command(args.command, config, clock)
         status = 0
     except ConfigError as exc:
         fields, status = {"status": "error", "error": str(exc)}, 2
@@ -116,13 +139,15 @@ def main(argv: list[str] | None = None, command: str | None = None) -> int:
             "error": f"unexpected failure ({message}); the stack trace is on stderr",
         }
         status = 1
-    fields["seconds"] = round(time.perf_counter() - started, 3)
+    fields["seconds"] = round(time.perf_counter() - clock["started"], 3)
+    if stop_session:
+        stop_spark()
     print(summary_line(args.command, config, **fields), flush=True)
     return status
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    sys.exit(main(stop_session=True))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def ranking_frame(
     """One row per user with relevant items: ``prediction`` (ranked items) and ``label`` arrays."""
     ranked = recommendations.groupBy(user_col).agg(
         F.transform(
-            F.array_sort(F.collect_list(F.struct(F.col(rank_col), F.col(item_col).cast("double")))),
+            F.array_sort(
+                F.collect_list(F.struct(F.col(rank_col), F.col(item_col).cast("double").alias(item_col)))
+            ),
             lambda pair: pair.getField(item_col),
         ).alias("prediction")
     )

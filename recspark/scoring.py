@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recspark.constants import ITEM_IDX, RANK, SCORE, USER_IDX
+from pyspark.sql.types import FloatType, StructField, StructType
+
+from recspark.constants import ITEM_IDX, PREDICTION, RANK, SCORE, USER_IDX
 from recspark.model_io import model_from_bytes
 
 SEEN = "seen"
@@ -189,13 +191,14 @@ def predict_partition(batches, model_payload: bytes, device_setting: str = "auto
             items = torch.as_tensor(batch[ITEM_IDX].to_numpy(), dtype=torch.long, device=device)
             model.check_indices(users, items)
             prediction = model(users, items).float().cpu().numpy()
-        yield batch.assign(prediction=prediction)
+        yield batch.assign(**{PREDICTION: prediction})
 
 
 def predict(spark, pairs, payload: bytes, device: str = "auto"):
     """``pairs`` with a float ``prediction`` column; ``payload`` is the whole model's bytes."""
     shared = spark.sparkContext.broadcast(payload)
-    schema = pairs.schema.add("prediction", "float")
+    # A new StructType: ``schema.add`` would mutate the input frame's cached schema in place.
+    schema = StructType([*pairs.schema.fields, StructField(PREDICTION, FloatType())])
 
     def run(batches):
         return predict_partition(batches, shared.value, device)

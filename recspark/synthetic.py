@@ -71,7 +71,37 @@ class SyntheticSpec:
 
     @property
     def max_per_user(self) -> int:
-        return self.items // 2
+        """The most ratings one user may have: the whole catalogue."""
+        return self.items
+
+    @property
+    def activity_cap(self) -> float:
+        """Where the normal score behind a user's log-normal activity is truncated.
+
+        At most 3 sd, and low enough that the most active user's expected share of the ratings
+        stays within half of the catalogue: capping counts after the fact would lose ratings and
+        break the exact total. Solved from the truncated log-normal's mean (a scalar, no data).
+        """
+        extra_per_user = (self.ratings - self.users) / self.users
+        if self.activity_sigma == 0 or extra_per_user <= 0:
+            return 3.0
+        target = max(self.items / 2 - 1, 1.0) / extra_per_user  # max activity / mean activity
+        cap = 3.0
+        for _ in range(50):
+            mean = _truncated_lognormal_mean(self.activity_sigma, cap)
+            wanted = math.log(target * mean) / self.activity_sigma
+            if wanted >= cap - 1e-9:
+                break
+            cap = wanted
+        return cap
+
+
+def _truncated_lognormal_mean(sigma: float, cap: float) -> float:
+    """E[exp(sigma * min(z, cap))] for standard normal z."""
+    normal_cdf = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731
+    return math.exp(sigma**2 / 2) * normal_cdf(cap - sigma) + math.exp(sigma * cap) * (
+        1.0 - normal_cdf(cap)
+    )
 
 
 @dataclass(frozen=True)
@@ -99,8 +129,7 @@ def _user_params(
     first = block * BLOCK_USERS
     ids = np.arange(first, min(first + BLOCK_USERS, spec.users), dtype=np.int64)
     z = rng.normal(size=len(ids))
-    # Cap the heaviest users at 3 sd so that nobody needs more than half the catalogue.
-    activity = np.exp(spec.activity_sigma * np.minimum(z, 3.0))
+    activity = np.exp(spec.activity_sigma * np.minimum(z, spec.activity_cap))
     bias = rng.normal(0.0, BIAS_SD, size=len(ids)).astype(np.float32)
     factors = rng.normal(0.0, spec.factor_sd, size=(len(ids), spec.factors)).astype(np.float32)
     return ids, activity, bias, factors, rng
@@ -182,7 +211,12 @@ def block_ratings(
     """All ratings of one block of users, and the block's sum of ``Var[rating | mean]``."""
     ids, activity, user_bias, user_factors, rng = _user_params(spec, block)
     counts = ratings_per_user(activity, offset, total_activity, spec.ratings - spec.users)
-    counts = np.minimum(counts, spec.max_per_user)
+    if counts.max() > spec.max_per_user:
+        # Only reachable far outside the validated sizes; never trim silently (it breaks the total).
+        raise ValueError(
+            f"synthetic user would need {counts.max()} ratings but there are {spec.items} items: "
+            "lower synthetic.activity_sigma or synthetic.ratings, or raise synthetic.items"
+        )
     local_user, item = _sample_items(rng, counts, np.cumsum(truth.popularity), spec.items)
     mean = (
         GLOBAL_MEAN

@@ -72,7 +72,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     )
     final = layout.recommendations_partition(config.run_date)
     with staged(layout, final, f"recommendations-{config.run_date}") as staging:
-        table.write.parquet(str(staging))
+        table.write.mode("overwrite").parquet(str(staging))
         written = spark.read.parquet(str(staging))
         counts = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct(USER_ID).alias("users")).first()
     return {
