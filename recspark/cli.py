@@ -27,6 +27,9 @@ COMMANDS = {
     "train": "Train an embedding model on the prepared tables (Petastorm + PyTorch).",
     "score": "Write the top-N recommendations of every user, partitioned by run date.",
     "evaluate": "Rating and ranking metrics of the trained model on the validation split.",
+    "nightly": "prepare, train, score and evaluate one run date as one unit, gated and locked.",
+    "recommend": "Top-N for one existing or new user, or the items most similar to one item.",
+    "benchmark": "recspark and Spark ALS on the same data in one run, side by side.",
 }
 
 log = logging.getLogger("recspark")
