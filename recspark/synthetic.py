@@ -96,9 +96,13 @@ class SyntheticSpec:
         return cap
 
 
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
 def _truncated_lognormal_mean(sigma: float, cap: float) -> float:
     """E[exp(sigma * min(z, cap))] for standard normal z."""
-    normal_cdf = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731
+    normal_cdf = _normal_cdf
     return math.exp(sigma**2 / 2) * normal_cdf(cap - sigma) + math.exp(sigma * cap) * (
         1.0 - normal_cdf(cap)
     )
@@ -140,15 +144,19 @@ def block_activity_sums(spec: SyntheticSpec, blocks: pd.Series) -> pd.Series:
 
 
 def ratings_per_user(
-    activity: np.ndarray, offset: float, total_activity: float, extra: int
+    activity: np.ndarray, offset: float, total_activity: float, extra: int, last: bool = False
 ) -> np.ndarray:
     """Split ``extra`` ratings over users in proportion to activity, exactly, on top of one each.
 
     The split uses the running sum of activity over all users (``offset`` is the sum over earlier
-    blocks), so rounding never loses or adds a rating across blocks.
+    blocks), so rounding never loses or adds a rating across blocks. The block holding the last
+    user (``last``) closes the sum at ``extra``: block sums and running sums are added in different
+    orders, and floating point may leave the final cumulative share a hair below one.
     """
     cumulative = offset + np.cumsum(activity)
-    upper = np.floor(extra * cumulative / total_activity)
+    upper = np.minimum(np.floor(extra * cumulative / total_activity), extra)
+    if last:
+        upper[-1] = extra
     lower = np.concatenate([[math.floor(extra * offset / total_activity)], upper[:-1]])
     return (1 + upper - lower).astype(np.int64)
 
@@ -210,7 +218,9 @@ def block_ratings(
 ) -> tuple[pd.DataFrame, float]:
     """All ratings of one block of users, and the block's sum of ``Var[rating | mean]``."""
     ids, activity, user_bias, user_factors, rng = _user_params(spec, block)
-    counts = ratings_per_user(activity, offset, total_activity, spec.ratings - spec.users)
+    counts = ratings_per_user(
+        activity, offset, total_activity, spec.ratings - spec.users, last=block == spec.blocks - 1
+    )
     if counts.max() > spec.max_per_user:
         # Only reachable far outside the validated sizes; never trim silently (it breaks the total).
         raise ValueError(
