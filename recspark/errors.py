@@ -20,3 +20,11 @@ class BadInputError(RecsparkError):
 
 class MissingInputError(RecsparkError):
     """An upstream stage's output is absent: run that stage first."""
+
+
+class QualityGateError(RecsparkError):
+    """A nightly candidate model is worse than the last published one: nothing was published."""
+
+
+class LockHeldError(RecsparkError):
+    """Another nightly run holds the lock on this ``paths.root``: wait for it, or check it died."""

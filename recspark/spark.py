@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pyspark import SparkConf
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 _DEFAULTS = {
@@ -42,6 +42,10 @@ def get_spark(
     # Workers must run this interpreter (the venv's); a cluster may override via spark-submit.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Under spark-submit the JVM is already up: connect first, or SparkConf() below reads an
+        # empty dict and the session is forced to local[*] whatever --master said.
+        SparkContext._ensure_initialized()
     submitted = SparkConf()  # holds what spark-submit passed, when run under it
     builder = SparkSession.builder.appName(app_name)
     settings = dict(_DEFAULTS)
