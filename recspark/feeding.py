@@ -50,7 +50,7 @@ def open_feed(
     from petastorm.pytorch import BatchedDataLoader
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # petastorm on pyarrow 12's legacy dataset
+        warnings.simplefilter("ignore", FutureWarning)
         reader = make_batch_reader(
             uri(path),
             schema_fields=list(fields),
@@ -58,7 +58,6 @@ def open_feed(
             workers_count=workers,
             shuffle_row_groups=shuffle,
             seed=seed,
-            shard_seed=seed,
             cur_shard=shard,
             shard_count=shard_count,
         )
@@ -79,3 +78,10 @@ def row_groups(path: str) -> list[int]:
 
 
 logging.getLogger("petastorm").setLevel(logging.WARNING)
+# petastorm 0.12 reads through pyarrow 12's legacy dataset API, which warns on every row group it
+# reads (in reader threads, where a catch_warnings block does not reach).
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+# The loader wraps read-only Arrow buffers as tensors without a copy; nothing writes to them.
+warnings.filterwarnings(
+    "ignore", message="The given NumPy array is not writable", module=r"petastorm\."
+)

@@ -1,13 +1,17 @@
-"""Saving and loading trained models, and their factors as Parquet tables.
+"""Saving and loading trained models, their factors as Parquet tables, and warm starts.
 
 ``model.pt`` holds the state dict, the model's constructor arguments, and which prepared run's id
-maps its rows refer to; :func:`load_model` rebuilds the model from that alone. The factor tables
-(``user_idx``, ``bias``, ``factors``) are for downstream use and for scoring.
+maps its rows refer to (``meta.index_date``); :func:`load_model` rebuilds the model from that
+alone. The factor tables (``user_idx``, ``bias``, ``factors``) are for downstream use and for
+scoring. :func:`carry_weights` starts a new model from an older one: because id maps are stable
+(a known id keeps its index, new ids are appended), row ``i`` of an old user or item table is row
+``i`` of the new one.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +26,28 @@ from recspark.models import EmbeddingModel, build_model
 
 MODEL_FILE = "model.pt"
 
+log = logging.getLogger(__name__)
+
 
 def model_bytes(model: EmbeddingModel, spec: dict[str, Any], meta: dict[str, Any]) -> bytes:
+    """``model.pt``'s bytes: ``{"spec", "meta", "state_dict"}`` with CPU tensors."""
     buffer = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"spec": spec, "meta": meta, "state_dict": state}, buffer)
     return buffer.getvalue()
 
 
-def save_model(path: str | Path, model: EmbeddingModel, spec: dict[str, Any], meta: dict[str, Any]) -> None:
+def save_model(
+    path: str | Path, model: EmbeddingModel, spec: dict[str, Any], meta: dict[str, Any]
+) -> None:
     """Write ``model.pt``; ``spec`` are :func:`build_model` arguments, ``meta`` free-form facts."""
     Path(local_path(path)).write_bytes(model_bytes(model, spec, meta))
 
 
-def model_from_bytes(data: bytes, device: str | torch.device = "cpu") -> tuple[EmbeddingModel, dict, dict]:
+def model_from_bytes(
+    data: bytes, device: str | torch.device = "cpu"
+) -> tuple[EmbeddingModel, dict, dict]:
+    """(model in eval mode, spec, meta) from :func:`model_bytes` output."""
     payload = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
     model = build_model(**payload["spec"])
     model.load_state_dict(payload["state_dict"])
@@ -43,7 +55,9 @@ def model_from_bytes(data: bytes, device: str | torch.device = "cpu") -> tuple[E
     return model, payload["spec"], payload["meta"]
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[EmbeddingModel, dict, dict]:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[EmbeddingModel, dict, dict]:
     """(model in eval mode, spec, meta) from a ``model.pt`` file or the folder holding it."""
     target = local_path(path)
     if target.is_dir():
@@ -82,3 +96,68 @@ def write_factor_tables(model: EmbeddingModel, folder: str | Path) -> dict[str, 
         pq.write_table(table, target / "part-00000.parquet")
         outputs[name] = str(target)
     return outputs
+
+
+def _table_side(
+    key: str, old: torch.Tensor, new: torch.Tensor, old_sizes: dict, new_sizes: dict
+) -> str | None:
+    """``users`` or ``items`` when ``key`` is a per-user or per-item table in both models."""
+    sides = [
+        side
+        for side in ("users", "items")
+        if old.shape[0] == old_sizes[side] and new.shape[0] == new_sizes[side]
+    ]
+    if len(sides) > 1:  # as many users as items: the parameter's name decides
+        sides = [side for side in sides if side[:-1] in key] or sides[:1]
+    return sides[0] if sides and old.dim() >= 1 else None
+
+
+@torch.no_grad()
+def carry_weights(
+    model: EmbeddingModel, old_state: dict[str, torch.Tensor], old_spec: dict[str, Any]
+) -> dict[str, int]:
+    """Copy an older model's weights into ``model`` (warm start); return rows carried.
+
+    Rows ``0..n-1`` of every user and item table (embeddings and biases) are copied from the old
+    model; rows of ids new since then keep their fresh initialisation. Any other weight (MLP
+    layers) is copied when its shape is unchanged. A table whose width changed is left fresh.
+
+    Returns
+    -------
+    ``{"users": rows carried, "items": rows carried}``; 0 where no table could be carried.
+
+    Raises
+    ------
+    ValueError
+        When the old model has more users or items than the new one: its id maps are not an
+        ancestor of the new ones.
+    """
+    old_sizes = {"users": old_spec["n_users"], "items": old_spec["n_items"]}
+    new_sizes = {"users": model.n_users, "items": model.n_items}
+    for side in ("users", "items"):
+        if old_sizes[side] > new_sizes[side]:
+            raise ValueError(
+                f"the previous model has {old_sizes[side]} {side} but the new id map only "
+                f"{new_sizes[side]}: the id maps are not stable between the two runs; set "
+                "train.warm_start=false to start fresh"
+            )
+    carried = {"users": 0, "items": 0}
+    state = model.state_dict()
+    for key, new in state.items():
+        old = old_state.get(key)
+        if old is None or old.dtype != new.dtype or old.shape[1:] != new.shape[1:]:
+            if old is not None:
+                log.warning(
+                    "warm start: %s changed shape %s -> %s; left fresh",
+                    key,
+                    tuple(old.shape),
+                    tuple(new.shape),
+                )
+            continue
+        side = _table_side(key, old, new, old_sizes, new_sizes) if new.dim() >= 1 else None
+        if side is not None:
+            new[: old.shape[0]] = old.to(new.device)
+            carried[side] = old.shape[0]
+        elif old.shape == new.shape:
+            new.copy_(old.to(new.device))
+    return carried

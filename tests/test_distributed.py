@@ -1,0 +1,89 @@
+"""Data-parallel training through TorchDistributor gives what one process gives.
+
+Two gloo processes on the driver (Spark ``local[2]``), over a train split whose row groups split
+into unequal shards (3,500 and 2,100 rows): were the step counts not kept equal, DDP would hang;
+were the shards weighted equally, the quality would drift from one process's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import redirect_stdout
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import torch
+
+from recspark.cli import main
+from recspark.model_io import load_model
+from tests.test_training import write_prepared
+
+OVERRIDES = {
+    "run_date": "2026-01-15",
+    "model.kind": "dot_bias",
+    "model.factors": 6,
+    "train.epochs": 6,
+    "train.batch_size": 256,
+    "train.lr": 0.03,
+    "train.weight_decay": 0.0005,
+    "train.shuffle_buffer": 4096,
+    "train.seed": 5,
+    "spark.conf": "{}",
+}
+
+
+def train(root: Path, **extra) -> dict:
+    values = {**OVERRIDES, "paths.root": str(root), **extra}
+    buffer = StringIO()
+    with redirect_stdout(buffer):
+        status = main(
+            ["train", *[part for k, v in values.items() for part in ("--set", f"{k}={v}")]]
+        )
+    summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
+    assert status == 0, summary
+    return summary
+
+
+def test_two_processes_reach_the_quality_of_one(spark, tmp_path):
+    root = tmp_path / "root"
+    write_prepared(
+        root / "prepared" / "2026-01-15", count=7000, train_files=[2000, 1500, 1500, 600]
+    )
+    single = train(root)
+    parallel = train(root, **{"train.num_processes": 2})
+    assert parallel["metrics"]["num_processes"] == 2
+    assert parallel["metrics"]["epochs"] == single["metrics"]["epochs"] == 6
+    one, two = single["metrics"]["validation_rmse"], parallel["metrics"]["validation_rmse"]
+    assert two < 0.6  # learned: the ratings spread ~1.0
+    assert abs(one - two) < 0.01, (one, two)
+    # The published model is rank 0's trained weights, and it scores what the summary says.
+    model, spec, _ = load_model(Path(parallel["outputs"]["model"]))
+    assert spec["n_users"] == 300
+    history = json.loads(Path(parallel["outputs"]["metrics"]).read_text())["history"]
+    # Every process did the same steps: together they saw (nearly) the whole split each epoch.
+    assert all(5000 <= record["rows"] <= 5600 for record in history)
+    assert math.isfinite(float(model.user_factors.weight.detach().sum()))
+    assert not (root / "_checkpoints" / "2026-01-15").exists()
+
+
+def test_too_many_processes_for_the_row_groups_fail_with_advice(spark, tmp_path):
+    root = tmp_path / "root"
+    write_prepared(root / "prepared" / "2026-01-15", count=2000, train_files=[800, 800])
+    values = {**OVERRIDES, "paths.root": str(root), "train.num_processes": 3}
+    buffer = StringIO()
+    with redirect_stdout(buffer):
+        status = main(
+            ["train", *[part for k, v in values.items() for part in ("--set", f"{k}={v}")]]
+        )
+    summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
+    assert status == 1 and "num_processes" in summary["error"]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    # Workers set their own thread counts; keep the driver's unchanged for the other tests.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,352 @@
+"""The training loop on planted data: optimizers, schedules, early stopping, seeds, checkpoints.
+
+The prepared tables are written here with pyarrow (no Spark), in the layout prepare writes:
+several Parquet files of user_idx, item_idx, rating. Ratings come from planted rank-3 factors
+plus a little noise, so a model that learned anything sits far below the spread of the ratings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recspark.feeding import open_feed, row_groups
+from recspark.model_io import carry_weights
+from recspark.models import build_model
+from recspark.training import (
+    Schedule,
+    TrainSettings,
+    epoch_functions,
+    evaluate_split,
+    fit,
+    init_model,
+    make_optimizer,
+    plan_feed,
+    train_epoch,
+    validation_loss,
+)
+
+CPU = torch.device("cpu")
+SPEC = {"kind": "dot_bias", "n_users": 300, "n_items": 120, "factors": 6, "y_range": [0.5, 5.5]}
+
+
+def planted_ratings(users: int, items: int, count: int, seed: int = 0, noise: float = 0.1):
+    """(user_idx, item_idx, rating) of distinct pairs from planted rank-3 factors, in [1, 5]."""
+    rng = np.random.default_rng(seed)
+    user_factors = rng.normal(0, 0.8, (users, 3))
+    item_factors = rng.normal(0, 0.8, (items, 3))
+    pairs = rng.choice(users * items, size=count, replace=False)
+    user_idx, item_idx = pairs // items, pairs % items
+    raw = (
+        3.0 + (user_factors[user_idx] * item_factors[item_idx]).sum(1) + rng.normal(0, noise, count)
+    )
+    return (
+        user_idx.astype(np.int32),
+        item_idx.astype(np.int32),
+        np.clip(raw, 1, 5).astype(np.float32),
+    )
+
+
+def write_split(folder: Path, users, items, ratings, file_rows: list[int]) -> None:
+    """Write rows as one Parquet file (one row group) per entry of ``file_rows``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for number, rows in enumerate(file_rows):
+        part = slice(start, start + rows)
+        table = pa.table(
+            {"user_idx": users[part], "item_idx": items[part], "rating": ratings[part]}
+        )
+        pq.write_table(table, folder / f"part-{number:05d}.parquet")
+        start += rows
+    (folder / "_SUCCESS").touch()
+
+
+def write_prepared(
+    folder: Path,
+    users: int = 300,
+    items: int = 120,
+    count: int = 12_000,
+    seed: int = 0,
+    train_files: list[int] | None = None,
+) -> Path:
+    """A prepared run folder (train, validation, manifest.json) of planted ratings."""
+    user_idx, item_idx, rating = planted_ratings(users, items, count, seed)
+    cut = int(count * 0.8)
+    files = train_files or [cut // 4] * 3 + [cut - 3 * (cut // 4)]
+    assert sum(files) == cut
+    write_split(folder / "train", user_idx[:cut], item_idx[:cut], rating[:cut], files)
+    rest = count - cut
+    write_split(
+        folder / "validation",
+        user_idx[cut:],
+        item_idx[cut:],
+        rating[cut:],
+        [rest // 2, rest - rest // 2],
+    )
+    manifest = {
+        "run_date": folder.name,
+        "users": users,
+        "items": items,
+        "rating_range": [1.0, 5.0],
+        "input": {"fingerprint": f"planted-{seed}-{count}"},
+        "counts": {"train": cut, "validation": rest, "cold_start": 0, "quarantined": 0},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("user_index", "item_index"):
+        (folder / name).mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("planted") / "2026-01-15")
+
+
+def quick(**changes) -> TrainSettings:
+    values = {
+        "epochs": 5,
+        "batch_size": 512,
+        "lr": 0.03,
+        "weight_decay": 0.0005,
+        "patience": 5,
+        "seed": 11,
+        "shuffle_buffer": 4096,
+    }
+    values.update(changes)
+    return TrainSettings(**values)
+
+
+def run(prepared: Path, settings: TrainSettings, spec: dict | None = None, **options):
+    model = init_model(spec or SPEC, settings.seed)
+    result = fit(
+        model, str(prepared / "train"), str(prepared / "validation"), settings, CPU, **options
+    )
+    return model, result
+
+
+def spread(prepared: Path) -> float:
+    ratings = pq.read_table(prepared / "validation").column("rating").to_numpy()
+    return float(ratings.std())
+
+
+@pytest.mark.parametrize(
+    "optimizer,lr,schedule",
+    [
+        ("sgd", 5.0, "one_cycle"),
+        ("adam", 0.03, "one_cycle"),
+        ("adamw", 0.03, "cosine"),
+        ("sparse_adam", 0.03, "constant"),
+        ("sparse_sgd", 5.0, "one_cycle"),
+    ],
+)
+def test_every_optimizer_learns_the_planted_ratings(prepared, optimizer, lr, schedule):
+    spec = {**SPEC, "sparse": optimizer.startswith("sparse")}
+    model, result = run(prepared, quick(optimizer=optimizer, lr=lr, schedule=schedule), spec)
+    rmse = result.history[result.best_epoch - 1].validation_rmse
+    # Predicting the mean scores the spread of the ratings (~1.0); learning the factors ~0.3-0.5.
+    assert rmse < 0.6 * spread(prepared), (optimizer, rmse, spread(prepared))
+    loss, _, rows = evaluate_split(model, str(prepared / "validation"), CPU)
+    assert rows == 2400
+    assert math.sqrt(loss) == pytest.approx(rmse, rel=1e-5)
+
+
+def test_the_mlp_with_sparse_adam_trains_dense_layers_too(prepared):
+    spec = {
+        "kind": "mlp",
+        "n_users": 300,
+        "n_items": 120,
+        "user_factors": 8,
+        "item_factors": 8,
+        "hidden": [16],
+        "dropouts": [0.0],
+        "y_range": [0.5, 5.5],
+        "sparse": True,
+    }
+    model = init_model(spec, 3)
+    before = model.layers[0].weight.detach().clone()
+    fit(
+        model,
+        str(prepared / "train"),
+        str(prepared / "validation"),
+        quick(optimizer="sparse_adam", epochs=2),
+        CPU,
+    )
+    assert not torch.equal(before, model.layers[0].weight)
+
+
+def test_the_same_seed_repeats_a_run_exactly_and_another_seed_does_not(prepared):
+    settings = quick(epochs=3)
+    first, first_result = run(prepared, settings)
+    second, second_result = run(prepared, settings)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+    losses = [(r.train_loss, r.validation_loss) for r in first_result.history]
+    assert losses == [(r.train_loss, r.validation_loss) for r in second_result.history]
+    other, _ = run(prepared, dataclasses.replace(settings, seed=12))
+    assert not torch.equal(first.user_factors.weight, other.user_factors.weight)
+
+
+def test_a_killed_run_resumes_to_the_same_result(prepared, tmp_path):
+    settings = quick(epochs=5, patience=2)
+    whole, whole_result = run(prepared, settings)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(record, model):
+        if record.epoch == 2:
+            raise Killed
+
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(Killed):
+        run(
+            prepared,
+            settings,
+            checkpoint_dir=str(checkpoints),
+            fingerprint="f1",
+            on_epoch=kill_after_epoch_2,
+        )
+    assert (checkpoints / "last.pt").exists()
+    resumed, resumed_result = run(
+        prepared, settings, checkpoint_dir=str(checkpoints), resume=True, fingerprint="f1"
+    )
+    assert resumed_result.resumed_from_epoch == 2
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert [r.validation_loss for r in resumed_result.history] == [
+        r.validation_loss for r in whole_result.history
+    ]
+    assert resumed_result.best_epoch == whole_result.best_epoch
+
+
+def test_resuming_with_other_settings_is_refused(prepared, tmp_path):
+    from recspark.errors import RecsparkError
+
+    checkpoints = str(tmp_path / "checkpoints")
+    run(prepared, quick(epochs=1), checkpoint_dir=checkpoints, fingerprint="one")
+    with pytest.raises(RecsparkError, match=r"train.resume=false"):
+        run(prepared, quick(epochs=1), checkpoint_dir=checkpoints, resume=True, fingerprint="two")
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    # Validation ratings are drawn independently of train: after the first epochs the model can
+    # only fit noise that validation does not share, so its validation loss turns up.
+    folder = write_prepared(tmp_path / "2026-01-15", count=6000)
+    rng = np.random.default_rng(5)
+    users, items, _ = planted_ratings(300, 120, 1200, seed=9)
+    write_split(
+        folder / "validation", users, items, rng.uniform(1, 5, 1200).astype(np.float32), [600, 600]
+    )
+    spec = {**SPEC, "factors": 32}
+    settings = quick(epochs=30, patience=2, lr=0.05, weight_decay=0.0, schedule="constant")
+    model, result = run(folder, settings, spec)
+    assert result.stopped_early and len(result.history) < 30
+    best = result.history[result.best_epoch - 1]
+    later = result.history[result.best_epoch :]
+    assert len(later) == 2 and all(r.validation_loss >= best.validation_loss for r in later)
+    loss, _, _ = evaluate_split(model, str(folder / "validation"), CPU)
+    assert loss == pytest.approx(best.validation_loss, rel=1e-6)
+
+
+def test_a_diverging_loss_fails_loudly(prepared):
+    spec = {"kind": "dot", "n_users": 300, "n_items": 120, "factors": 6}
+    with pytest.raises(FloatingPointError, match=r"lower train.lr"):
+        run(prepared, quick(optimizer="sgd", lr=1e4, schedule="constant", epochs=1), spec)
+
+
+def test_an_id_outside_the_tables_fails_loudly(prepared):
+    small = {**SPEC, "n_users": 100}
+    with pytest.raises(IndexError):
+        run(prepared, quick(epochs=1), small)
+
+
+def test_schedules_follow_their_shapes():
+    def lrs(name: str, epochs: int = 4, steps: int = 10, **options) -> list[float]:
+        model = build_model("dot", 5, 5, 2)
+        optimizer = make_optimizer(model, "adam", 0.1)
+        schedule = Schedule(optimizer, name, 0.1, epochs, steps, **options)
+        seen = []
+        for _ in range(epochs * steps + 3):  # a few extra steps must be harmless
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return seen
+
+    constant = lrs("constant")
+    assert set(constant) == {0.1}
+    cycle = lrs("one_cycle")
+    peak = int(np.argmax(cycle))
+    assert cycle[peak] == pytest.approx(0.1) and 0 < peak < 40
+    assert cycle[0] < 0.01 and cycle[39] < 1e-4
+    cosine = lrs("cosine", restart_epochs=1)
+    assert [cosine[i] for i in (0, 10, 20, 30)] == pytest.approx([0.1] * 4)
+    assert cosine[9] < 0.01
+    doubling = lrs("cosine", restart_epochs=1, restart_mult=2)
+    assert (
+        doubling[10] == pytest.approx(0.1)
+        and doubling[20] < 0.1
+        and doubling[30] == pytest.approx(0.1)
+    )
+
+
+def test_feed_plan_keeps_processes_in_step_over_unequal_shards(tmp_path):
+    users, items, ratings = planted_ratings(300, 120, 5000, seed=1)
+    write_split(tmp_path / "train", users, items, ratings, [2000, 1000, 1500, 500])
+    counts = row_groups(str(tmp_path / "train"))
+    assert counts == [2000, 1000, 1500, 500]
+    plans = [plan_feed(counts, 256, rank, 2) for rank in range(2)]
+    # Petastorm gives row group i to shard i % 2: 3500 and 1500 rows.
+    assert [p.steps_per_epoch for p in plans] == [plans[0].steps_per_epoch] * 2
+    assert sum(p.batch_weight for p in plans) == pytest.approx(1.0)
+    assert plans[0].batch_size / plans[1].batch_size == pytest.approx(3500 / 1500, rel=0.02)
+    for rank, plan in enumerate(plans):
+        with open_feed(
+            str(tmp_path / "train"),
+            plan.batch_size,
+            shuffle=True,
+            seed=3,
+            shard=rank,
+            shard_count=2,
+        ) as batches:
+            sizes = [len(batch["rating"]) for batch in batches]
+        assert sum(sizes) == [3500, 1500][rank]
+        assert len(sizes) >= plan.steps_per_epoch
+    with pytest.raises(ValueError, match=r"fewer than train.num_processes"):
+        plan_feed(counts, 256, 0, 5)
+
+
+def test_epoch_functions_dispatch_on_the_objective():
+    assert epoch_functions("rating") == (train_epoch, validation_loss)
+    with pytest.raises(ValueError, match=r"model.objective"):
+        epoch_functions("clicks")
+
+
+def test_warm_start_carries_known_rows_and_leaves_new_ones_fresh():
+    old_spec = {
+        "kind": "mlp",
+        "n_users": 4,
+        "n_items": 3,
+        "user_factors": 5,
+        "item_factors": 4,
+        "hidden": [6],
+        "dropouts": [0.0],
+    }
+    old = init_model(old_spec, 1)
+    new = init_model({**old_spec, "n_users": 7, "n_items": 5}, 2)
+    fresh = new.user_factors.weight.detach().clone()
+    carried = carry_weights(new, old.state_dict(), old_spec)
+    assert carried == {"users": 4, "items": 3}
+    assert torch.equal(new.user_factors.weight[:4], old.user_factors.weight)
+    assert torch.equal(new.user_factors.weight[4:], fresh[4:])
+    assert torch.equal(new.item_factors.weight[:3], old.item_factors.weight)
+    assert torch.equal(new.layers[0].weight, old.layers[0].weight)
+    with pytest.raises(ValueError, match="warm_start=false"):
+        carry_weights(old, new.state_dict(), {**old_spec, "n_users": 7, "n_items": 5})
