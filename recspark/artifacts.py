@@ -157,6 +157,29 @@ def staged(layout: Layout, final: str | os.PathLike, name: str) -> Iterator[Path
     publish(folder, final)
 
 
+def clean_leftovers(layout: Layout, final: str | os.PathLike, name: str) -> list[Path]:
+    """Tidy what a killed run of the same output left behind, before a new run starts.
+
+    Removes ``_staging/NAME-*`` folders (a job killed before publishing) and ``.retired-*`` copies
+    of ``final``; if a job died between publish's two renames, so that ``final`` is missing while a
+    retired copy exists, the newest retired copy is first moved back. Call it only where no other
+    run of the same output can be in progress (the nightly lock, or one scheduler entry per date).
+    Returns the removed paths.
+    """
+    target = local_path(final)
+    removed: list[Path] = []
+    retired = sorted(
+        target.parent.glob(f".retired-{target.name}-*"), key=lambda path: path.stat().st_mtime
+    ) if target.parent.is_dir() else []
+    if retired and not target.exists():
+        os.rename(retired.pop(), target)
+    stale = retired + sorted((layout.root / "_staging").glob(f"{name}-*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     target = local_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

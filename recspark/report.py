@@ -1,0 +1,121 @@
+"""The evaluation report's plots: PNG files a person would rather look at than read.
+
+- :func:`training_curves`: train and validation loss (and validation RMSE) per epoch, from the
+  ``history`` the trainer writes to the model's ``metrics.json``.
+- :func:`metric_table`: the model and its baselines side by side, one panel of rating metrics
+  (lower is better) and one of ranking metrics (higher is better), with the figures printed.
+- :func:`rating_distribution`: histograms of the predicted and the true validation ratings.
+- :func:`histogram`: the counts behind the last plot, computed in Spark (only bins come back).
+
+matplotlib runs headless (the Agg backend).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+RATING_PANEL = ("rmse", "mae", "cold_start_rmse")
+RANKING_PANEL = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "hit_rate_at_k", "coverage")
+
+
+def training_curves(history: list[dict[str, Any]], path: str | Path) -> bool:
+    """Loss per epoch from the trainer's history; False (no file) when the history is empty."""
+    if not history:
+        return False
+    epochs = [record["epoch"] for record in history]
+    figure, (loss_axis, rmse_axis) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    loss_axis.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train loss (MSE)")
+    loss_axis.plot(
+        epochs, [r["validation_loss"] for r in history], marker="o", label="validation loss (MSE)"
+    )
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("loss")
+    loss_axis.set_title("Training curve")
+    loss_axis.legend()
+    if all("validation_rmse" in r for r in history):
+        rmse_axis.plot(epochs, [r["validation_rmse"] for r in history], marker="o", color="tab:green")
+    rmse_axis.set_xlabel("epoch")
+    rmse_axis.set_ylabel("validation RMSE")
+    rmse_axis.set_title("Validation RMSE")
+    for axis in (loss_axis, rmse_axis):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def _bars(axis, names: list[str], rows: dict[str, dict[str, Any]], metrics: tuple[str, ...]) -> None:
+    shown = [m for m in metrics if any(rows[n].get(m) is not None for n in names)]
+    width = 0.8 / max(1, len(names))
+    for offset, name in enumerate(names):
+        values = [rows[name].get(m) for m in shown]
+        positions = [i + offset * width for i in range(len(shown))]
+        heights = [v if v is not None else 0.0 for v in values]
+        bars = axis.bar(positions, heights, width, label=name)
+        for bar, value in zip(bars, values, strict=True):
+            label = "n/a" if value is None else f"{value:.3f}"
+            axis.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                          ha="center", va="bottom", fontsize=7, rotation=90)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(shown))])
+    axis.set_xticklabels(shown, rotation=20, fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
+
+
+def metric_table(rows: dict[str, dict[str, Any]], k: int, path: str | Path) -> None:
+    """Grouped bars of every contender's rating and ranking metrics (``rows``: name -> metrics)."""
+    names = list(rows)
+    figure, (rating_axis, ranking_axis) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
+    _bars(rating_axis, names, rows, RATING_PANEL)
+    rating_axis.set_title("Rating error (lower is better)")
+    _bars(ranking_axis, names, rows, RANKING_PANEL)
+    ranking_axis.set_title(f"Ranking at k={k} (higher is better)")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def histogram(frame: DataFrame, column: str, low: float, high: float, bins: int) -> list[int]:
+    """Counts of ``column`` in ``bins`` equal bins over ``[low, high]`` (outside: the end bins)."""
+    width = (high - low) / bins
+    index = F.least(F.greatest(F.floor((F.col(column) - low) / width), F.lit(0)), F.lit(bins - 1))
+    counts = dict(
+        frame.where(F.col(column).isNotNull() & ~F.isnan(column))
+        .groupBy(index.cast("int").alias("bin"))
+        .count()
+        .collect()  # at most ``bins`` rows
+    )
+    return [int(counts.get(b, 0)) for b in range(bins)]
+
+
+def rating_distribution(
+    predicted: list[int], truth: list[int], low: float, high: float, path: str | Path
+) -> None:
+    """Histograms of predicted and true ratings over the same bins."""
+    bins = len(predicted)
+    width = (high - low) / bins
+    edges = [low + i * width for i in range(bins)]
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
+    total_predicted, total_truth = max(1, sum(predicted)), max(1, sum(truth))
+    axis.bar(edges, [c / total_truth for c in truth], width, align="edge", alpha=0.5, label="truth")
+    axis.bar(edges, [c / total_predicted for c in predicted], width, align="edge", alpha=0.5,
+             label="prediction")
+    axis.set_xlabel("rating")
+    axis.set_ylabel("share of validation rows")
+    axis.set_title("Predicted vs true ratings (validation)")
+    axis.set_xlim(low, high if math.isfinite(high) else None)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

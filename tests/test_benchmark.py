@@ -1,0 +1,92 @@
+"""benchmark: runs on a tiny synthetic size, and its figures are the outputs' own."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recspark.cli import main
+from recspark.commands.benchmark import ContenderResult, accuracy_table, format_table, ratios
+from recspark.model_io import load_model
+from tests.test_score_job import set_args
+
+
+def test_ratios_and_table_by_hand():
+    results = [
+        ContenderResult("recspark", 2.0, 1.0, {"rmse": 0.9, "ndcg_at_k": 0.3}),
+        ContenderResult("als", 6.0, 5.0, {"rmse": 1.0, "ndcg_at_k": 0.2}),
+    ]
+    columns = accuracy_table(10)
+    got = ratios(results, "als", columns)
+    assert got == {"recspark": pytest.approx(
+        {"rmse": 0.9, "ndcg_at_k": 1.5, "train_seconds": 3.0, "score_seconds": 5.0}
+    )}
+    text = format_table({"tiny": results}, columns, "als").splitlines()
+    assert [cell.strip() for cell in text[0].split(" | ")] == [
+        "data set", "model", "RMSE", "NDCG@10", "train s", "score s"
+    ]
+    assert "recspark/als" in text[-1] and "5.000x faster" in text[-1] and "0.900" in text[-1]
+
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("benchmark")
+    sets = [
+        f"paths.root={root}", "run_date=2026-01-15", "spark.conf={}",
+        "benchmark.datasets=[synthetic]", "benchmark.synthetic_sizes=[4000]",
+        "benchmark.ratings_per_user=20", "benchmark.ratings_per_item=40",
+        "synthetic.factors=2", "synthetic.noise=0.3",
+        "model.factors=4", "train.epochs=3", "train.batch_size=512", "train.lr=0.02",
+        "evaluate.als_ranks=[2]", "evaluate.als_reg_params=[0.1]", "evaluate.als_max_iter=4",
+    ]
+    errors = io.StringIO()
+    output = io.StringIO()
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(output):
+        status = main(["benchmark", *set_args(sets)])
+    summary = json.loads(output.getvalue().strip().splitlines()[-1])
+    assert status == 0, summary
+    return root, summary, errors.getvalue()
+
+
+def test_benchmark_prints_the_table_and_one_json_line(tiny_benchmark):
+    _, summary, stderr = tiny_benchmark
+    assert summary["command"] == "benchmark" and summary["status"] == "ok"
+    assert "data set" in stderr and "NDCG@10" in stderr and "recspark/als" in stderr
+    figures = summary["metrics"]["synthetic-4k"]
+    assert set(figures) == {"recspark", "als"}
+    for contender in figures.values():
+        assert contender["train_seconds"] > 0 and contender["score_seconds"] > 0
+        assert 0 < contender["rmse"] < 2 and 0 <= contender["ndcg_at_k"] <= 1
+    ratio = summary["ratios"]["synthetic-4k"]["recspark"]
+    assert ratio["score_seconds"] == pytest.approx(
+        figures["als"]["score_seconds"] / figures["recspark"]["score_seconds"]
+    )
+
+
+def test_benchmark_figures_come_from_the_published_outputs(tiny_benchmark):
+    _, summary, _ = tiny_benchmark
+    report = json.loads(Path(summary["outputs"]["report"]).read_text())
+    data = Path(report["datasets"]["synthetic-4k"]["root"])
+    recspark = report["results"]["synthetic-4k"]["recspark"]
+    # RMSE recomputed here from the published model and the prepared validation split.
+    model, _, _ = load_model(data / "models" / "2026-01-15")
+    validation = pd.read_parquet(data / "prepared" / "2026-01-15" / "validation")
+    with torch.no_grad():
+        predicted = model(torch.as_tensor(validation.user_idx.values, dtype=torch.long),
+                          torch.as_tensor(validation.item_idx.values, dtype=torch.long)).numpy()
+    rmse = float(np.sqrt(np.mean((predicted - validation.rating.values) ** 2)))
+    assert recspark["metrics"]["rmse"] == pytest.approx(rmse, abs=1e-5)
+    # The score time is the score command's: its partition holds every user's ten items.
+    published = pd.read_parquet(data / "recommendations")
+    assert len(published) == recspark["info"]["scored_rows"] == 200 * 10
+    als = report["results"]["synthetic-4k"]["als"]
+    written = pd.read_parquet(als["info"]["recommendations"])
+    assert len(written) == 200 and written["recommendations"].map(len).eq(10).all()
+    assert als["info"]["rank"] == 2

@@ -1,0 +1,305 @@
+"""One behaviour suite over every model kind, plain and with side features, plus known answers.
+
+The suite (spotlight's parametrized ``test_api`` style) checks what every model promises: the one
+``forward(user_idx, item_idx)`` signature, shapes, the index check, ``y_range`` bounds, zero-started
+biases, ``score_items`` agreeing with ``forward``, a scoring payload that scores exactly as the
+whole model, and repeatable construction. The known-answer tests train on tiny planted data in
+memory: a low-rank matrix the dot models recover, and genre-determined ratings that only the
+featured model can predict for films it never saw rated.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from recspark.model_io import model_from_bytes
+from recspark.models import MODEL_KINDS, FeaturedTable, build_model, embedding_size
+from recspark.scoring import item_side_payload
+
+N_USERS, N_ITEMS, USER_FEATURES, ITEM_FEATURES = 7, 5, 3, 4
+Y_RANGE = (1.0, 5.5)
+
+
+def _spec(kind: str, featured: bool, **extra) -> dict:
+    spec = {
+        "kind": kind,
+        "n_users": N_USERS,
+        "n_items": N_ITEMS,
+        "factors": 4,
+        "y_range": list(Y_RANGE) if kind != "dot" else None,
+        "hidden": [8, 6],
+        "dropouts": [0.1, 0.1],
+        "embedding_dropout": 0.1,
+        "user_factors": 3,
+        "item_factors": 5,
+        "user_features": USER_FEATURES if featured else 0,
+        "item_features": ITEM_FEATURES if featured else 0,
+    }
+    spec.update(extra)
+    return spec
+
+
+def _features(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, 2, (N_USERS, USER_FEATURES)).astype(np.float32),
+        rng.random((N_ITEMS, ITEM_FEATURES)).astype(np.float32),
+    )
+
+
+def _model(kind: str, featured: bool, seed: int = 0, scale: float = 0.5):
+    """A model with every weight drawn at ``scale``, so outputs are far from their start."""
+    torch.manual_seed(seed)
+    model = build_model(**_spec(kind, featured))
+    if featured:
+        model.set_side_features(*_features())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, scale)
+    return model.eval()
+
+
+def _all_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    users = torch.arange(N_USERS).repeat_interleave(N_ITEMS)
+    items = torch.arange(N_ITEMS).repeat(N_USERS)
+    return users, items
+
+
+SUITE = pytest.mark.parametrize(
+    "kind,featured", [(k, f) for k in MODEL_KINDS for f in (False, True)], ids=lambda v: str(v)
+)
+
+
+@SUITE
+def test_forward_takes_user_and_item_indices_and_returns_one_score_per_pair(kind, featured):
+    model = _model(kind, featured)
+    assert list(inspect.signature(model.forward).parameters) == ["user_idx", "item_idx"]
+    users, items = _all_pairs()
+    scores = model(users, items)
+    assert scores.shape == (N_USERS * N_ITEMS,)
+    assert scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+
+
+@SUITE
+def test_indices_outside_the_tables_are_refused_with_a_message(kind, featured):
+    model = _model(kind, featured)
+    ok = torch.tensor([0, N_USERS - 1])
+    model.check_indices(ok, torch.tensor([0, N_ITEMS - 1]))
+    with pytest.raises(IndexError, match=r"user_idx outside \[0, 7\).*re-run prepare"):
+        model.check_indices(torch.tensor([N_USERS]), torch.tensor([0]))
+    with pytest.raises(IndexError, match=r"item_idx outside \[0, 5\)"):
+        model.check_indices(torch.tensor([0]), torch.tensor([-1]))
+
+
+@SUITE
+def test_predictions_stay_inside_y_range(kind, featured):
+    model = _model(kind, featured, scale=5.0)  # large weights push the sigmoid to its ends
+    scores = model(*_all_pairs())
+    if kind == "dot":
+        assert scores.min() < Y_RANGE[0] or scores.max() > Y_RANGE[1]  # unbounded by design
+    else:
+        assert scores.min() >= Y_RANGE[0] and scores.max() <= Y_RANGE[1]
+        assert scores.max() - scores.min() > 1.0  # and not collapsed to one value
+
+
+@SUITE
+def test_biases_and_feature_embeddings_start_at_zero(kind, featured):
+    torch.manual_seed(0)
+    model = build_model(**_spec(kind, featured))
+    if featured:
+        model.set_side_features(*_features())
+    if kind == "dot_bias":
+        assert torch.count_nonzero(model.user_bias.weight) == 0
+        assert torch.count_nonzero(model.item_bias.weight) == 0
+        users, items = _all_pairs()
+        with torch.no_grad():
+            assert model.eval()(users, items).sub(sum(Y_RANGE) / 2).abs().max() < 0.05
+    for table in (model.user_factors, model.item_factors):
+        assert table.weight.abs().max() <= 0.02  # truncated normal, std 0.01, cut at 2 std
+        if featured:
+            assert isinstance(table, FeaturedTable)
+            assert torch.count_nonzero(table.feature_table.weight) == 0
+
+
+@SUITE
+def test_score_items_agrees_with_forward_on_every_pair(kind, featured):
+    model = _model(kind, featured)
+    users, items = torch.arange(N_USERS), torch.arange(N_ITEMS)
+    with torch.no_grad():
+        block = model.score_items(users, items)
+        pairs = model(*_all_pairs()).view(N_USERS, N_ITEMS)
+    assert block.shape == (N_USERS, N_ITEMS)
+    torch.testing.assert_close(block, pairs, rtol=1e-5, atol=1e-5)
+
+
+@SUITE
+def test_the_scoring_payload_scores_exported_user_rows_as_the_whole_model(kind, featured):
+    """Executors get the item side only and users' effective rows from the user table."""
+    model = _model(kind, featured)
+    spec = _spec(kind, featured)
+    light, light_spec, _ = model_from_bytes(item_side_payload(model, spec, {}))
+    assert light_spec["n_users"] == 1
+    user_bias = model.user_bias.weight[:, 0] if hasattr(model, "user_bias") else None
+    with torch.no_grad():
+        scored = light.score_vectors(model.user_factors.weight, user_bias, torch.arange(N_ITEMS))
+        expected = model(*_all_pairs()).view(N_USERS, N_ITEMS)
+    torch.testing.assert_close(scored, expected, rtol=1e-5, atol=1e-5)
+
+
+@SUITE
+def test_a_saved_state_rebuilds_the_same_model_from_its_spec(kind, featured):
+    model = _model(kind, featured)
+    rebuilt = build_model(**_spec(kind, featured))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(*_all_pairs()), model(*_all_pairs()))
+
+
+@SUITE
+def test_construction_is_repeatable_under_a_seed(kind, featured):
+    def weights(seed):
+        torch.manual_seed(seed)
+        return build_model(**_spec(kind, featured)).state_dict()
+
+    first, again, other = weights(11), weights(11), weights(12)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+@SUITE
+def test_penalty_is_the_mean_squared_norm_of_the_rows_a_batch_uses(kind, featured):
+    model = _model(kind, featured)
+    users, items = torch.tensor([0, 3, 3]), torch.tensor([1, 1, 4])
+    user_rows = _own(model.user_factors)[users].pow(2).sum(1)
+    item_rows = _own(model.item_factors)[items].pow(2).sum(1)
+    expected = user_rows + item_rows
+    if featured:
+        user_weights, item_weights = _features()
+        expected = expected + torch.as_tensor(user_weights)[users] @ model.user_factors.feature_table.weight.pow(2).sum(1)
+        expected = expected + torch.as_tensor(item_weights)[items] @ model.item_factors.feature_table.weight.pow(2).sum(1)
+    if kind == "dot_bias":
+        model.bias_penalty = 0.5
+        for table, index in ((model.user_bias, users), (model.item_bias, items)):
+            rows = _own(table)[index].pow(2).sum(1)
+            if featured:
+                weights = _features()[0 if table is model.user_bias else 1]
+                rows = rows + torch.as_tensor(weights)[index] @ table.feature_table.weight.pow(2).sum(1)
+            expected = expected + 0.5 * rows
+    with torch.no_grad():
+        torch.testing.assert_close(model.penalty(users, items), expected.mean())
+
+
+def _own(table) -> torch.Tensor:
+    return table.own.weight if isinstance(table, FeaturedTable) else table.weight
+
+
+def test_a_featured_row_is_its_own_row_plus_its_weighted_feature_embeddings():
+    table = FeaturedTable(rows=3, width=2, features=2)
+    with torch.no_grad():
+        table.own.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        table.feature_table.weight.copy_(torch.tensor([[10.0, 20.0], [100.0, 200.0]]))
+    table.set_features(np.array([[0, 0], [1, 0], [0.5, 0.5]]))
+    expected = torch.tensor([[1.0, 0.0], [10.0, 21.0], [56.0, 111.0]])
+    torch.testing.assert_close(table.weight, expected)
+    torch.testing.assert_close(table(torch.tensor([2, 1])), expected[[2, 1]])
+    assert table.embedding_dim == 2 and table.num_embeddings == 3
+
+
+def test_side_features_that_do_not_fit_are_refused():
+    featured = build_model(**_spec("dot_bias", True))
+    with pytest.raises(ValueError, match="do not fit"):
+        featured.set_side_features(user=np.ones((N_USERS, USER_FEATURES + 1)))
+    with pytest.raises(ValueError, match="NaN"):
+        featured.set_side_features(item=np.full((N_ITEMS, ITEM_FEATURES), np.nan))
+    plain = build_model(**_spec("dot_bias", False))
+    with pytest.raises(ValueError, match="built without them"):
+        plain.set_side_features(user=np.ones((N_USERS, USER_FEATURES)))
+
+
+def test_build_model_refuses_empty_tables_and_unknown_kinds():
+    with pytest.raises(ValueError, match="empty tables"):
+        build_model("dot", 0, 3)
+    with pytest.raises(ValueError, match="unknown model kind 'svd'"):
+        build_model("svd", 3, 3)
+
+
+def test_the_mlp_embedding_widths_follow_fastais_rule():
+    model = build_model("mlp", 943, 1682)
+    assert model.user_factors.embedding_dim == embedding_size(943) == 74
+    assert model.item_factors.embedding_dim == embedding_size(1682) == 102
+    assert embedding_size(10**9) == 600
+
+
+def _train_in_memory(model, users, items, ratings, steps=600, lr=0.05, weight_decay=0.0):
+    """Full-batch Adam; the jobs' loop is tested in test_training.py, the model here."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model(users, items), ratings)
+        if weight_decay:
+            loss = loss + weight_decay * model.penalty(users, items)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["dot", "dot_bias"])
+def test_the_dot_models_recover_a_planted_low_rank_matrix(kind):
+    """Rank-2 ratings, 60% observed: the held-out 40% are predicted almost exactly."""
+    rng = np.random.default_rng(0)
+    n_users, n_items, rank = 40, 30, 2
+    truth = rng.normal(0, 1, (n_users, rank)) @ rng.normal(0, 1, (rank, n_items))
+    if kind == "dot_bias":
+        truth = truth + rng.normal(0, 0.5, (n_users, 1)) + rng.normal(0, 0.5, (1, n_items))
+    users, items = np.divmod(np.arange(n_users * n_items), n_items)
+    observed = rng.random(n_users * n_items) < 0.6
+    values = torch.tensor(truth[users, items], dtype=torch.float32)
+    u, i = torch.as_tensor(users), torch.as_tensor(items)
+    torch.manual_seed(0)
+    model = build_model(kind, n_users, n_items, factors=rank, y_range=None)
+    with torch.no_grad():  # a larger start than the default 0.01 so 600 full-batch steps suffice
+        model.user_factors.weight.normal_(0, 0.3)
+        model.item_factors.weight.normal_(0, 0.3)
+    model = _train_in_memory(model, u[observed], i[observed], values[observed], steps=1500)
+    with torch.no_grad():
+        held_out = model(u[~observed], i[~observed]) - values[~observed]
+    assert held_out.pow(2).mean().sqrt() < 0.05 * values.std()
+    with torch.no_grad():  # a model that knows nothing does no better than the mean
+        assert values[~observed].sub(values[observed].mean()).pow(2).mean().sqrt() > 0.5
+
+
+def test_side_features_predict_films_nobody_rated_from_their_genre():
+    """Ratings set by genre alone (A: 5, B: 1); the films of the last two columns are never rated.
+
+    Only the featured model can place them: it learns genre biases, and a new film's bias is the
+    mean of its genres'. The plain model predicts the middle of y_range for both.
+    """
+    n_users, n_items = 20, 10
+    genre_b = np.arange(n_items) % 2 == 1
+    item_weights = np.stack([~genre_b, genre_b], axis=1).astype(np.float32)
+    truth = np.where(genre_b, 1.0, 5.0)
+    users, items = np.divmod(np.arange(n_users * n_items), n_items)
+    seen = items < n_items - 2
+    u, i = torch.as_tensor(users[seen]), torch.as_tensor(items[seen])
+    r = torch.tensor(truth[items[seen]], dtype=torch.float32)
+    new_films = torch.tensor([n_items - 2, n_items - 1])  # genre A, genre B
+    predictions = {}
+    for featured in (False, True):
+        torch.manual_seed(0)
+        model = build_model(
+            "dot_bias", n_users, n_items, factors=2, y_range=(0.5, 5.5),
+            item_features=2 if featured else 0,
+        )
+        if featured:
+            model.set_side_features(item=item_weights)
+        model = _train_in_memory(model, u, i, r, steps=400, weight_decay=0.01)
+        with torch.no_grad():
+            predictions[featured] = model(torch.zeros(2, dtype=torch.long), new_films)
+    assert predictions[True][0] > 4.0 and predictions[True][1] < 2.0
+    assert (predictions[False] - 3.0).abs().max() < 0.5

@@ -1,0 +1,206 @@
+"""The score job end to end: known lists, raw ids, idempotent re-runs, and a kill while writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recspark.artifacts import Layout, mark_success, write_json
+from recspark.cli import main
+from recspark.model_io import save_model, write_factor_tables
+from recspark.models import build_model
+from recspark.scoring import PAUSE_ENV
+from tests.conftest import REPO
+
+RUN_DATE = "2026-01-15"
+
+
+def publish_hand_made_run(root: Path, model, spec: dict, user_ids, item_ids, rated: dict) -> None:
+    """Write prepared/ and models/ the way prepare and train publish them, for a planted model.
+
+    ``rated`` maps a split name to ``(user_idx, item_idx[, rating])`` tuples (rating 4 if absent).
+    """
+    layout = Layout(root)
+    prepared = layout.prepared(RUN_DATE)
+    users = pd.DataFrame({"user_id": user_ids, "user_idx": np.arange(len(user_ids), dtype=np.int32)})
+    items = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids), dtype=np.int32)})
+    for name, frame in (("user_index", users), ("item_index", items)):
+        (prepared / name).mkdir(parents=True)
+        frame.to_parquet(prepared / name / "part-0.parquet", index=False)
+    for split in ("train", "validation", "cold_start"):
+        rows = [(r[0], r[1], r[2] if len(r) > 2 else 4.0, 0) for r in rated.get(split, [])]
+        frame = pd.DataFrame(rows, columns=["user_idx", "item_idx", "rating", "timestamp"]).astype(
+            {"user_idx": "int32", "item_idx": "int32", "rating": "float32", "timestamp": "int64"}
+        )
+        (prepared / split).mkdir(parents=True)
+        frame.to_parquet(prepared / split / "part-0.parquet", index=False)
+    mark_success(prepared)
+    folder = layout.model(RUN_DATE)
+    folder.mkdir(parents=True)
+    save_model(folder / "model.pt", model, spec, {"index_date": RUN_DATE, "run_date": RUN_DATE})
+    write_factor_tables(model, folder)
+    write_json(folder / "metrics.json", {"model_version": f"{RUN_DATE}-planted", "history": []})
+    mark_success(folder)
+
+
+def set_args(items) -> list[str]:
+    """``--set`` arguments for a list of ``key=value`` strings."""
+    return [part for item in items for part in ("--set", item)]
+
+
+def score(root: Path, capsys, *extra: str) -> dict:
+    sets = [f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}", *extra]
+    status = main(["score", *set_args(sets)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status == 0, summary
+    return summary
+
+
+@pytest.fixture(scope="module")
+def planted(spark, tmp_path_factory):
+    """Five users (string ids) x six items (long ids); item i scores 10 - i for every user, items
+    2 and 3 tie. User "c" has rated all but two items; user "e" is known but rated nothing."""
+    root = tmp_path_factory.mktemp("planted")
+    spec = {"kind": "dot", "n_users": 5, "n_items": 6, "factors": 2}
+    model = build_model(**spec)
+    with torch.no_grad():
+        model.user_factors.weight.copy_(torch.tensor([[1.0, 1.0]] * 5))
+        model.item_factors.weight.copy_(
+            torch.tensor([[5.0, 5.0], [4.5, 4.5], [4.0, 4.0], [4.0, 4.0], [3.0, 3.0], [1.0, 1.0]])
+        )
+    rated = {
+        "train": [(0, 0), (1, 1), (2, 0), (2, 1), (2, 2)],
+        "validation": [(0, 2), (2, 3)],
+        "cold_start": [(3, 5)],
+    }
+    publish_hand_made_run(root, model, spec, ["a", "b", "c", "d", "e"], [100, 101, 102, 103, 104, 105],
+                          rated)
+    return root
+
+
+def read_partition(root: Path) -> pd.DataFrame:
+    table = pd.read_parquet(Layout(root).recommendations)
+    return table.sort_values(["user_id", "rank"]).reset_index(drop=True)
+
+
+def test_score_publishes_the_known_lists_with_raw_ids(planted, capsys):
+    summary = score(planted, capsys, "score.top_n=3")
+    assert summary["counts"] == {"users": 5, "rows": 14, "model_users": 5}
+    table = read_partition(planted)
+    assert table["user_id"].dtype == object and table["item_id"].dtype == np.int64
+    lists = table.groupby("user_id")["item_id"].apply(list).to_dict()
+    assert lists == {
+        "a": [101, 103, 104],  # 100 (train) and 102 (validation) are seen
+        "b": [100, 102, 103],  # 102 before 103: equal scores, lower index first
+        "c": [104, 105],  # only two unrated items: a short list
+        "d": [100, 101, 102],  # the cold-start rating excludes 105, which was not near the top
+        "e": [100, 101, 102],  # known to the model, absent from the input: still scored
+    }
+    assert table.groupby("user_id")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1))).all()
+    assert table.loc[table.user_id == "a", "score"].tolist() == pytest.approx([9.0, 8.0, 6.0])
+    assert set(table["model_version"]) == {f"{RUN_DATE}-planted"}
+    assert set(table["run_date"].astype(str)) == {RUN_DATE}
+    assert (Path(summary["outputs"]["partition"]) / "_SUCCESS").exists()
+
+
+def test_exclude_seen_off_and_a_rerun_replaces_the_partition_whole(planted, capsys):
+    score(planted, capsys, "score.top_n=2", "score.exclude_seen=false")
+    first = read_partition(planted)
+    assert len(first) == 10 and set(first.loc[first["rank"] == 1, "item_id"]) == {100}
+    score(planted, capsys, "score.top_n=2", "score.exclude_seen=false")
+    again = read_partition(planted)
+    pd.testing.assert_frame_equal(first, again)
+    score(planted, capsys, "score.top_n=1", "score.exclude_seen=false")
+    assert len(read_partition(planted)) == 5  # no file of the earlier run survives
+    partition = Layout(planted).recommendations_partition(RUN_DATE)
+    assert not list(partition.parent.glob(".retired-*"))
+
+
+def test_a_job_killed_while_writing_leaves_the_previous_partition(planted, capsys, tmp_path):
+    score(planted, capsys, "score.top_n=3")
+    partition = Layout(planted).recommendations_partition(RUN_DATE)
+    before = read_partition(planted)
+    files_before = sorted(p.name for p in partition.iterdir())
+    # The next run is killed while its tasks are writing: each one sleeps after its first block.
+    sets = [f"paths.root={planted}", f"run_date={RUN_DATE}", "score.top_n=2",
+            "spark.master=local[2]", 'spark.conf={"spark.ui.enabled": "false"}']
+    env = {**os.environ, PAUSE_ENV: "300", "PYSPARK_PYTHON": sys.executable}
+    log = (tmp_path / "killed.log").open("w")
+    job = subprocess.Popen(
+        [sys.executable, "-m", "recspark.cli", "score", *set_args(sets)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    staging = Layout(planted).root / "_staging"
+    deadline = time.monotonic() + 240
+    try:
+        # Spark's committer creates _temporary in the output folder when the write job starts.
+        while not list(staging.glob(f"recommendations-{RUN_DATE}-*/_temporary")):
+            assert job.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the job never started writing"
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    assert job.returncode == -signal.SIGKILL
+    # The previous partition is untouched and readable; the half-written output is only in staging.
+    assert sorted(p.name for p in partition.iterdir()) == files_before
+    pd.testing.assert_frame_equal(read_partition(planted), before)
+    leftovers = list(staging.glob(f"recommendations-{RUN_DATE}-*"))
+    assert leftovers
+    # The next run publishes normally and clears what the killed one left.
+    summary = score(planted, capsys, "score.top_n=2")
+    assert summary["counts"]["rows"] == 10
+    assert len(read_partition(planted)) == 10
+    assert not any(path.exists() for path in leftovers)
+
+
+def test_a_partition_retired_by_a_killed_publish_is_restored(planted, capsys):
+    from recspark.artifacts import clean_leftovers
+
+    layout = Layout(planted)
+    score(planted, capsys, "score.top_n=3")
+    partition = layout.recommendations_partition(RUN_DATE)
+    before = read_partition(planted)
+    # A kill between publish's two renames leaves the old partition renamed aside and no new one.
+    retired = partition.parent / f".retired-{partition.name}-deadbeef"
+    os.rename(partition, retired)
+    clean_leftovers(layout, partition, f"recommendations-{RUN_DATE}")
+    assert not retired.exists()
+    pd.testing.assert_frame_equal(read_partition(planted), before)
+
+
+def test_ml100k_every_user_gets_ten_unrated_items_identically_twice(spark, ml100k, tmp_path, capsys):
+    root = tmp_path / "ml100k"
+    sets = [
+        f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}",
+        f"input.path={ml100k / 'u1.base'}", "input.format=movielens-100k",
+        "split.method=given", f"input.validation_path={ml100k / 'u1.test'}",
+        "model.kind=dot_bias", "model.factors=16", "train.epochs=2", "train.batch_size=4096",
+    ]
+    args = set_args(sets)
+    for command in ("prepare", "train"):
+        assert main([command, *args]) == 0, capsys.readouterr().out[-2000:]
+    capsys.readouterr()
+    first_summary = score(root, capsys, *sets[3:])
+    assert first_summary["counts"]["users"] == 943 and first_summary["counts"]["rows"] == 9430
+    first = read_partition(root)
+    second_summary = score(root, capsys, *sets[3:])
+    second = read_partition(root)
+    pd.testing.assert_frame_equal(first, second)
+    assert second_summary["counts"] == first_summary["counts"]
+    assert first.groupby("user_id")["rank"].apply(lambda r: list(r) == list(range(1, 11))).all()
+    assert (first.groupby("user_id")["score"].diff().dropna() <= 0).all()
+    base = pd.read_csv(ml100k / "u1.base", sep="\t", names=["user_id", "item_id", "rating", "ts"])
+    assert first.merge(base, on=["user_id", "item_id"]).empty
+    assert first["user_id"].dtype == np.int64 and first["item_id"].dtype == np.int64

@@ -1,0 +1,184 @@
+"""The scoring kernel: top-k with deterministic ties, seen-item masking, and the MLP's split layer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recspark.models import build_model
+from recspark.scoring import (
+    ScoringKernel,
+    item_side_payload,
+    recommend_all,
+    recommend_partition,
+    seen_items,
+    top_k,
+)
+
+INF = math.inf
+
+
+def test_top_k_orders_by_score_then_lower_index():
+    scores = torch.tensor(
+        [
+            [0.1, 0.9, 0.5, 0.9, 0.3],  # a tie at the top: index 1 before 3
+            [0.2, 0.2, 0.2, 0.2, 0.2],  # all tied: the lowest indices, in order
+            [0.5, 0.4, 0.4, 0.4, 0.1],  # a tie straddling the cut: 1 and 2 kept, 3 dropped
+        ]
+    )
+    index, value, valid = top_k(scores, 3)
+    assert index.tolist() == [[1, 3, 2], [0, 1, 2], [0, 1, 2]]
+    assert value[0].tolist() == pytest.approx([0.9, 0.9, 0.5])
+    assert valid.all()
+
+
+def test_top_k_marks_rows_with_too_few_eligible_columns():
+    scores = torch.tensor([[-INF, 0.3, -INF, 0.7], [-INF, -INF, -INF, -INF], [0.1, 0.2, 0.3, 0.4]])
+    index, _, valid = top_k(scores, 3)
+    assert valid.tolist() == [[True, True, False], [False, False, False], [True, True, True]]
+    assert index[0, :2].tolist() == [3, 1]
+    assert index[2].tolist() == [3, 2, 1]
+    # More than the catalogue: every column, best first.
+    index, _, valid = top_k(scores[2:], 10)
+    assert index.tolist() == [[3, 2, 1, 0]] and valid.all()
+
+
+def test_top_k_agrees_with_a_stable_full_sort_on_many_ties():
+    generator = torch.Generator().manual_seed(3)
+    # Scores from a few levels: ties everywhere, including across the cut.
+    scores = torch.randint(0, 4, (200, 50), generator=generator).float()
+    scores[torch.rand(200, 50, generator=generator) < 0.3] = -INF
+    index, _, valid = top_k(scores, 7)
+    expected_values, expected_index = torch.sort(scores, dim=1, descending=True, stable=True)
+    expected_valid = torch.isfinite(expected_values[:, :7])
+    assert torch.equal(valid, expected_valid)
+    assert torch.equal(index[valid], expected_index[:, :7][expected_valid])
+
+
+def test_top_k_decides_ties_on_finished_scores():
+    # Keys 20 and 30 both saturate to 5.5 once finished: equal scores, so the lower index first,
+    # exactly as ranking the finished block would.
+    keys = torch.tensor([[10.0, 20.0, 30.0, 0.0, -INF]])
+
+    def finish(values, rows):
+        scaled = torch.sigmoid(values) * 4.5 + 1.0
+        return torch.where(torch.isneginf(values), values, scaled)
+
+    index, value, valid = top_k(keys, 2, finish)
+    assert index.tolist() == [[1, 2]] and value.tolist() == [[5.5, 5.5]]
+    index, _, valid = top_k(keys, 5, finish)
+    assert index[0, :4].tolist() == [1, 2, 0, 3] and valid.tolist() == [[True] * 4 + [False]]
+
+
+def test_top_k_refuses_nan_scores():
+    with pytest.raises(FloatingPointError, match="NaN"):
+        top_k(torch.tensor([[0.1, math.nan, 0.3]]), 2)
+
+
+@pytest.mark.parametrize("kind", ["dot", "dot_bias", "mlp"])
+def test_kernel_matches_the_model_pair_by_pair(kind):
+    torch.manual_seed(0)
+    model = build_model(kind, n_users=30, n_items=90, factors=6, hidden=[16, 8], dropouts=[0.0, 0.0])
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.5)
+    model.eval()
+    kernel = ScoringKernel(model, torch.device("cpu"))
+    users = torch.arange(30)
+    vectors = model.user_factors(users).detach()
+    bias = (
+        model.user_bias(users).squeeze(1).detach() if hasattr(model, "user_bias") else torch.zeros(30)
+    )
+    got = kernel.scores(vectors, bias)
+    pairs_u, pairs_i = torch.meshgrid(users, torch.arange(90), indexing="ij")
+    with torch.no_grad():
+        expected = model(pairs_u.reshape(-1), pairs_i.reshape(-1)).view(30, 90)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if kind == "mlp":
+        assert kernel._mlp is not None  # the split first layer was used, not the fallback
+
+
+def test_kernel_masks_seen_items_and_keeps_short_lists():
+    model = build_model("dot", n_users=2, n_items=5, factors=1)
+    with torch.no_grad():
+        model.item_factors.weight.copy_(torch.tensor([[5.0], [4.0], [3.0], [2.0], [1.0]]))
+    kernel = ScoringKernel(model.eval(), torch.device("cpu"))
+    vectors = np.array([[1.0], [1.0]], dtype=np.float32)
+    rows, items = np.array([0, 0, 1, 1, 1, 1]), np.array([0, 2, 0, 1, 2, 3])
+    index, value, valid = kernel.block(vectors, np.zeros(2, np.float32), 3, rows, items)
+    assert index[0].tolist() == [1, 3, 4] and value[0].tolist() == [4.0, 2.0, 1.0]
+    assert valid[1].tolist() == [True, False, False] and index[1, 0] == 4
+
+
+def test_recommend_partition_carries_columns_and_ranks():
+    model = build_model("dot_bias", n_users=1, n_items=4, factors=2, y_range=None)
+    with torch.no_grad():
+        model.item_factors.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
+        model.item_bias.weight.zero_()
+    payload = item_side_payload(model, {"kind": "dot_bias", "n_users": 1, "n_items": 4, "factors": 2,
+                                        "y_range": None}, {})
+    # One partition as Spark hands it over: user rows and rated pairs mixed, in any order, across
+    # batches; user 9 has a rated pair but is not being scored.
+    users = pd.DataFrame(
+        {
+            "user_idx": [8, 7],
+            "bias": [1.0, 0.0],
+            "factors": [np.array([0.0, 3.0]), np.array([2.0, 1.0])],
+            "user_id": ["b", "a"],
+            "item_idx": [None, None],
+        }
+    )
+    pairs = pd.DataFrame({"user_idx": [9, 7], "bias": None, "factors": None, "user_id": None,
+                          "item_idx": [1, 2]})
+    batches = iter([pairs.iloc[:1], users, pairs.iloc[1:]])
+    out = pd.concat(recommend_partition(batches, payload, 2, 1, "cpu", carry=("user_id",)))
+    # user 7: item scores [2, 1, -, 0] -> 0, 1; user 8: [1, 4, 4, 1] -> 1, 2 (tie: lower index)
+    assert out[["user_idx", "user_id", "item_idx", "rank"]].values.tolist() == [
+        [7, "a", 0, 1], [7, "a", 1, 2], [8, "b", 1, 1], [8, "b", 2, 2],
+    ]
+    assert out["score"].tolist() == pytest.approx([2.0, 1.0, 4.0, 4.0])
+
+
+def test_recommend_all_in_spark_matches_brute_force(spark):
+    torch.manual_seed(1)
+    model = build_model("dot_bias", n_users=40, n_items=25, factors=3, y_range=(1.0, 5.5)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.7)
+    users = pd.DataFrame(
+        {
+            "user_idx": np.arange(40, dtype=np.int32),
+            "bias": model.user_bias.weight.detach().numpy().reshape(-1),
+            "factors": list(model.user_factors.weight.detach().numpy()),
+        }
+    )
+    rng = np.random.default_rng(0)
+    rated = pd.DataFrame(
+        [(u, i) for u in range(40) for i in rng.choice(25, size=int(rng.integers(0, 24)), replace=False)],
+        columns=["user_idx", "item_idx"],
+    ).astype("int32")
+    spec = {"kind": "dot_bias", "n_users": 40, "n_items": 25, "factors": 3, "y_range": [1.0, 5.5]}
+    frame = recommend_all(
+        spark,
+        spark.createDataFrame(users),
+        seen_items(spark.createDataFrame(rated)),
+        item_side_payload(model, spec, {}),
+        top_n=5,
+        users_per_block=7,
+        device="cpu",
+        partitions=3,
+    )
+    got = frame.toPandas().sort_values(["user_idx", "rank"])
+    with torch.no_grad():
+        scores = model.score_items(torch.arange(40), torch.arange(25)).numpy()
+    for user in range(40):
+        row = scores[user].copy()
+        row[rated.loc[rated.user_idx == user, "item_idx"].to_numpy()] = -np.inf
+        expected = [i for i in np.argsort(-row, kind="stable")[:5] if np.isfinite(row[i])]
+        mine = got[got.user_idx == user]
+        assert mine["item_idx"].tolist() == expected
+        assert mine["rank"].tolist() == list(range(1, len(expected) + 1))
