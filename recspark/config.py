@@ -165,7 +165,7 @@ class TrainConfig(_Section):
 class ScoreConfig(_Section):
     top_n: int = Field(10, gt=0)
     exclude_seen: bool = True
-    users_per_block: int = Field(2048, gt=0)
+    users_per_block: int = Field(256, gt=0)  # users per matmul block; 256 keeps it in cache
     partitions: int | None = Field(None, gt=0)  # scoring tasks; None: Spark's default parallelism
 
 

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
+from pyspark.sql.types import FloatType, StructField, StructType
 from torch import nn
 
 from recspark.constants import ITEM_IDX, PREDICTION, RANK, SCORE, USER_IDX
@@ -342,65 +342,90 @@ def _seen_by_user(users: np.ndarray, pairs: pd.DataFrame) -> tuple[np.ndarray, n
     return starts, position, items
 
 
+VALUE = "value"
+#: ``item_idx`` of the row carrying a user's bias; ``-2 - j`` carries factor ``j``.
+BIAS_SLOT = -1
+
+
+def user_rows(user_factors: DataFrame) -> DataFrame:
+    """The user table in the long, all-scalar form the scoring shuffle carries.
+
+    One row ``(user_idx, item_idx=-1, value=bias)`` and one ``(user_idx, -2 - j, factor j)`` per
+    factor. Scalar columns cross into Python as plain Arrow buffers; an array column mixed with
+    millions of rated-pair rows would be converted row by row.
+    """
+    bias = user_factors.select(
+        F.col(USER_IDX).cast("int").alias(USER_IDX),
+        F.lit(BIAS_SLOT).cast("int").alias(ITEM_IDX),
+        F.col(BIAS).cast("float").alias(VALUE),
+    )
+    factors = user_factors.select(
+        F.col(USER_IDX).cast("int").alias(USER_IDX), F.posexplode(F.col(FACTORS))
+    ).select(
+        USER_IDX,
+        (F.lit(-2) - F.col("pos")).cast("int").alias(ITEM_IDX),
+        F.col("col").cast("float").alias(VALUE),
+    )
+    return bias.unionByName(factors)
+
+
 def recommend_partition(
     batches: Iterator[pd.DataFrame],
     model_payload: bytes,
     top_n: int,
     users_per_block: int,
     device_setting: str = "auto",
-    carry: tuple[str, ...] = (),
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body over one user partition: user rows and rated pairs in, top-N rows out.
+    """mapInPandas body over one user partition: ``(user_idx, item_idx, value)`` rows in.
 
-    A user row has ``factors`` (and ``user_idx``, ``bias``, the ``carry`` columns); a rated pair
-    has ``item_idx`` and a null ``factors``. Both arrive hash-partitioned by ``user_idx``, so the
-    partition holds every rated item of its users: they are turned into one sparse mask (CSR) and
-    the users are scored in blocks sorted by ``user_idx``. Output: ``user_idx``, the ``carry``
-    columns, ``item_idx``, ``rank`` (1 = best), ``score``. A user with fewer than ``top_n`` unseen
-    items gets them all.
+    Rows with ``item_idx >= 0`` are rated pairs; the others carry the user's bias and factors
+    (see :func:`user_rows`). All arrive hash-partitioned by ``user_idx``, so the partition holds
+    every rated item of its users: they become one sparse mask (CSR) and the users are scored in
+    blocks in ``user_idx`` order. Output: ``user_idx``, ``item_idx``, ``rank`` (1 = best),
+    ``score``. A user with fewer than ``top_n`` unseen items gets them all.
     """
     from recspark.training import resolve_device
 
     kernel = kernel_for(model_payload, resolve_device(device_setting))
-    # Rated pairs are kept as plain arrays: concatenating millions of rows of DataFrames with
-    # mostly-null object columns is slow in pandas.
-    user_frames, owners, rated = [], [], []
+    owners, slots, values = [], [], []
     for batch in batches:
-        is_user = batch[FACTORS].notna().to_numpy()
-        if is_user.any():
-            user_frames.append(batch.loc[is_user, [USER_IDX, BIAS, FACTORS, *carry]])
-        if not is_user.all():
-            owners.append(batch[USER_IDX].to_numpy(dtype=np.int64)[~is_user])
-            rated.append(batch[ITEM_IDX].to_numpy(dtype=np.float64)[~is_user].astype(np.int64))
-    if not user_frames:
+        owners.append(batch[USER_IDX].to_numpy(dtype=np.int64))
+        slots.append(batch[ITEM_IDX].to_numpy(dtype=np.int64))
+        values.append(batch[VALUE].to_numpy(dtype=np.float32))
+    if not owners:
         return
-    users = pd.concat(user_frames, ignore_index=True).sort_values(USER_IDX, kind="stable")
-    user_idx = users[USER_IDX].to_numpy(dtype=np.int64)
-    starts = positions = items = None
-    if owners:
-        pairs = pd.DataFrame({USER_IDX: np.concatenate(owners), ITEM_IDX: np.concatenate(rated)})
-        starts, positions, items = _seen_by_user(user_idx, pairs)
-        del pairs, owners, rated
+    owner, slot, value = np.concatenate(owners), np.concatenate(slots), np.concatenate(values)
+    del owners, slots, values
+    described = slot < 0
+    user_idx, position = np.unique(owner[described], return_inverse=True)
+    if not len(user_idx):
+        return
+    width = int(-slot[described].min()) - 1
+    vectors = np.zeros((len(user_idx), width), dtype=np.float32)
+    bias = np.zeros(len(user_idx), dtype=np.float32)
+    is_bias = slot[described] == BIAS_SLOT
+    bias[position[is_bias]] = value[described][is_bias]
+    vectors[position[~is_bias], -2 - slot[described][~is_bias]] = value[described][~is_bias]
+    pairs = pd.DataFrame({USER_IDX: owner[~described], ITEM_IDX: slot[~described]})
+    del owner, slot, value
+    starts, positions, items = _seen_by_user(user_idx, pairs)
     first = True
-    for start in range(0, len(users), users_per_block):
-        stop = min(start + users_per_block, len(users))
-        block = users.iloc[start:stop]
-        vectors = np.stack(block[FACTORS].to_numpy()).astype(np.float32, copy=False)
-        bias = block[BIAS].to_numpy(dtype=np.float32)
-        rows = cols = None
-        if starts is not None:
-            low, high = starts[start], starts[stop]
-            rows, cols = positions[low:high] - start, items[low:high]
-        index, value, valid = kernel.block(vectors, bias, top_n, rows, cols)
-        width = index.shape[1]
+    for start in range(0, len(user_idx), users_per_block):
+        stop = min(start + users_per_block, len(user_idx))
+        low, high = starts[start], starts[stop]
+        index, score, valid = kernel.block(
+            vectors[start:stop], bias[start:stop], top_n, positions[low:high] - start, items[low:high]
+        )
+        columns = index.shape[1]
         keep = valid.reshape(-1)
-        columns = {USER_IDX: np.repeat(user_idx[start:stop].astype(np.int32), width)[keep]}
-        for name in carry:
-            columns[name] = np.repeat(block[name].to_numpy(), width)[keep]
-        columns[ITEM_IDX] = index.reshape(-1)[keep].astype(np.int32)
-        columns[RANK] = np.tile(np.arange(1, width + 1, dtype=np.int32), len(block))[keep]
-        columns[SCORE] = value.reshape(-1)[keep].astype(np.float32)
-        yield pd.DataFrame(columns)
+        yield pd.DataFrame(
+            {
+                USER_IDX: np.repeat(user_idx[start:stop].astype(np.int32), columns)[keep],
+                ITEM_IDX: index.reshape(-1)[keep].astype(np.int32),
+                RANK: np.tile(np.arange(1, columns + 1, dtype=np.int32), stop - start)[keep],
+                SCORE: score.reshape(-1)[keep].astype(np.float32),
+            }
+        )
         if first:
             first = False
             _pause_for_fault_injection()
@@ -425,23 +450,22 @@ def recommend_all(
     seen: DataFrame | None,
     payload: bytes,
     top_n: int,
-    users_per_block: int = 2048,
+    users_per_block: int = 256,
     device: str = "auto",
     partitions: int | None = None,
-    carry: tuple[str, ...] = (),
 ) -> DataFrame:
-    """Top-N ``(user_idx, *carry, item_idx, rank, score)`` for every row of ``user_factors``.
+    """Top-N ``(user_idx, item_idx, rank, score)`` for every row of ``user_factors``.
 
-    The user rows and the rated pairs go through one shuffle together, hash-partitioned by
-    ``user_idx``; no per-user array of seen items is ever aggregated or joined.
+    The user rows (in the long form of :func:`user_rows`) and the rated pairs go through one
+    shuffle together, hash-partitioned by ``user_idx``; no per-user array of seen items is ever
+    aggregated or joined.
 
     Parameters
     ----------
     spark
         The session; the payload is broadcast through its context once.
     user_factors
-        DataFrame ``(user_idx, bias, factors, *carry)``: the model's user table, optionally with
-        columns (e.g. the raw ``user_id``) to copy onto every output row.
+        DataFrame ``(user_idx, bias, factors)``: the model's user table, or the part to score.
     seen
         DataFrame of ``(user_idx, item_idx)`` pairs to exclude (the user's rated items), or None.
         Pairs of users not in ``user_factors`` are ignored.
@@ -455,47 +479,33 @@ def recommend_all(
         ``train.device``: ``auto`` uses CUDA on executors that have a GPU.
     partitions
         Scoring tasks; default the session's default parallelism. Each task holds its share of
-        the rated pairs in memory (about 16 bytes a pair).
-    carry
-        Extra columns of ``user_factors`` to copy through, with their types.
+        the rated pairs and user rows in memory (about 20 bytes a row).
     """
-    missing = [c for c in (USER_IDX, BIAS, FACTORS, *carry) if c not in user_factors.columns]
+    missing = [c for c in (USER_IDX, BIAS, FACTORS) if c not in user_factors.columns]
     if missing:
         raise ValueError(f"user_factors lacks column(s) {missing}; it has {user_factors.columns}")
     shared = spark.sparkContext.broadcast(payload)
-    users = user_factors.select(
-        F.col(USER_IDX).cast("int").alias(USER_IDX),
-        F.col(BIAS).cast("float").alias(BIAS),
-        F.col(FACTORS).cast("array<float>").alias(FACTORS),
-        *carry,
-    )
-    schema = StructType(
-        [
-            StructField(USER_IDX, IntegerType(), False),
-            *[users.schema[name] for name in carry],
-            StructField(ITEM_IDX, IntegerType(), False),
-            StructField(RANK, IntegerType(), False),
-            StructField(SCORE, FloatType(), False),
-        ]
-    )
-    rows = users.withColumn(ITEM_IDX, F.lit(None).cast("int"))
+    rows = user_rows(user_factors)
     if seen is not None:
         for column in (USER_IDX, ITEM_IDX):
             if column not in seen.columns:
                 raise ValueError(f"seen lacks column {column!r}; it has {seen.columns}")
-        pairs = seen.select(
-            F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX)
+        rows = rows.unionByName(
+            seen.select(
+                F.col(USER_IDX).cast("int").alias(USER_IDX),
+                F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
+                F.lit(None).cast("float").alias(VALUE),
+            )
         )
-        rows = rows.unionByName(pairs, allowMissingColumns=True)
     # An explicit count is kept by adaptive execution, which would otherwise merge small user
     # tables into one task.
     count = partitions or spark.sparkContext.defaultParallelism
     rows = rows.repartition(count, USER_IDX)
 
     def score(batches):
-        return recommend_partition(batches, shared.value, top_n, users_per_block, device, carry)
+        return recommend_partition(batches, shared.value, top_n, users_per_block, device)
 
-    return rows.mapInPandas(score, schema)
+    return rows.mapInPandas(score, RECOMMENDATION_SCHEMA)
 
 
 def seen_items(ratings: DataFrame, user_col: str = USER_IDX, item_col: str = ITEM_IDX) -> DataFrame:

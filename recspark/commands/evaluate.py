@@ -83,7 +83,7 @@ def top_k_lists(
     spark: SparkSession,
     scorer: Scorer,
     split: EvaluationSplit,
-    users_per_block: int = 2048,
+    users_per_block: int = 256,
     device: str = "auto",
     partitions: int | None = None,
 ) -> DataFrame:
@@ -99,7 +99,7 @@ def assess_contender(
     split: EvaluationSplit,
     predict_pairs,
     scorer: Scorer | None,
-    users_per_block: int = 2048,
+    users_per_block: int = 256,
     device: str = "auto",
     partitions: int | None = None,
 ) -> dict[str, Any]:
