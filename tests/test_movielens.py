@@ -133,8 +133,8 @@ def _overrides(root: Path, ml100k: Path) -> list[str]:
 def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, tmp_path):
     """dot_bias <= 0.915; the shipped side-information model well ahead of it.
 
-    Issue 4 asks <= 0.905 of the shipped model; it measures 0.9056 +- 0.0005 over seeds 42-44
-    (benchmarks/movielens_accuracy.py), so this asserts what it reaches, 0.907, and the gain.
+    Issue 4 asks <= 0.905 of the shipped model; it measures 0.9052 +- 0.0006 over seeds 42-44
+    (benchmarks/movielens_accuracy.py), so this asserts what it reaches, 0.906, and the gain.
     """
     from recspark.commands import prepare, train
 
@@ -151,7 +151,7 @@ def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, tmp_path):
     assert plain["metrics"]["validation_rmse"] <= 0.915
 
     best = train.run(load_config(shipped, [*_overrides(root, ml100k), *side]), spark)
-    assert best["metrics"]["validation_rmse"] <= 0.907
+    assert best["metrics"]["validation_rmse"] <= 0.906
     assert best["metrics"]["validation_rmse"] < plain["metrics"]["validation_rmse"] - 0.007
     factors = pd.read_parquet(best["outputs"]["user_factors"])
     assert len(factors) == 943  # the published user table holds every user's effective row

@@ -114,31 +114,25 @@ def test_kernel_masks_seen_items_and_keeps_short_lists():
     assert valid[1].tolist() == [True, False, False] and index[1, 0] == 4
 
 
-def test_recommend_partition_carries_columns_and_ranks():
+def test_recommend_partition_reads_long_user_rows_and_masks_pairs():
     model = build_model("dot_bias", n_users=1, n_items=4, factors=2, y_range=None)
     with torch.no_grad():
         model.item_factors.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
         model.item_bias.weight.zero_()
     payload = item_side_payload(model, {"kind": "dot_bias", "n_users": 1, "n_items": 4, "factors": 2,
                                         "y_range": None}, {})
-    # One partition as Spark hands it over: user rows and rated pairs mixed, in any order, across
-    # batches; user 9 has a rated pair but is not being scored.
-    users = pd.DataFrame(
-        {
-            "user_idx": [8, 7],
-            "bias": [1.0, 0.0],
-            "factors": [np.array([0.0, 3.0]), np.array([2.0, 1.0])],
-            "user_id": ["b", "a"],
-            "item_idx": [None, None],
-        }
-    )
-    pairs = pd.DataFrame({"user_idx": [9, 7], "bias": None, "factors": None, "user_id": None,
-                          "item_idx": [1, 2]})
-    batches = iter([pairs.iloc[:1], users, pairs.iloc[1:]])
-    out = pd.concat(recommend_partition(batches, payload, 2, 1, "cpu", carry=("user_id",)))
+    # One partition as Spark hands it over: user rows (long form: bias at item_idx -1, factor j at
+    # -2 - j) and rated pairs mixed across batches; user 9 has a rated pair but is not scored.
+    rows = pd.DataFrame(
+        [(9, 1, None), (8, -1, 1.0), (7, -2, 2.0), (8, -2, 0.0), (7, 2, None), (7, -3, 1.0),
+         (8, -3, 3.0), (7, -1, 0.0)],
+        columns=["user_idx", "item_idx", "value"],
+    ).astype({"value": "float32"})
+    batches = iter([rows.iloc[:3], rows.iloc[3:5], rows.iloc[5:]])
+    out = pd.concat(recommend_partition(batches, payload, 2, 1, "cpu"))
     # user 7: item scores [2, 1, -, 0] -> 0, 1; user 8: [1, 4, 4, 1] -> 1, 2 (tie: lower index)
-    assert out[["user_idx", "user_id", "item_idx", "rank"]].values.tolist() == [
-        [7, "a", 0, 1], [7, "a", 1, 2], [8, "b", 1, 1], [8, "b", 2, 2],
+    assert out[["user_idx", "item_idx", "rank"]].values.tolist() == [
+        [7, 0, 1], [7, 1, 2], [8, 1, 1], [8, 2, 2],
     ]
     assert out["score"].tolist() == pytest.approx([2.0, 1.0, 4.0, 4.0])
 
