@@ -178,7 +178,7 @@ class EvaluateConfig(_Section):
     bias_reg: float = Field(10.0, ge=0.0)  # shrinkage of the user+item bias baseline
     bias_iterations: int = Field(3, gt=0)
     als_ranks: list[int] = Field(default_factory=lambda: [10, 20])  # ALS grid, tuned on a
-    als_reg_params: list[float] = Field(default_factory=lambda: [0.05, 0.1])  # holdout of train
+    als_reg_params: list[float] = Field(default_factory=lambda: [0.1, 0.15])  # holdout of train
     als_max_iter: int = Field(10, gt=0)
     als_tune_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     als_seed: int = 42

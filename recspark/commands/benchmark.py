@@ -316,7 +316,11 @@ def ratios(results: list[ContenderResult], reference: str, columns: list[Column]
 def format_table(
     rows: dict[str, list[ContenderResult]], columns: list[Column], reference: str
 ) -> str:
-    """A plain-text table: one line per (data set, contender), then a ratio line per contender."""
+    """A plain-text table: one line per (data set, contender), then a ratio line per contender.
+
+    On a ratio line, accuracy columns are contender / reference and time columns are reference /
+    contender (a speed-up: ``2.000x`` is twice as fast as the reference).
+    """
     headers = ["data set", "model", *[c.header for c in columns]]
     lines: list[list[str]] = []
     for name, results in rows.items():
@@ -330,7 +334,7 @@ def format_table(
             cells = [name, f"{contender}/{reference}"]
             for column in columns:
                 value = entry.get(column.key)
-                suffix = "x faster" if column.key.endswith("_seconds") else ""
+                suffix = "x" if column.key.endswith("_seconds") else ""
                 cells.append("n/a" if value is None else f"{value:.3f}{suffix}")
             lines.append(cells)
     widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
