@@ -16,7 +16,7 @@ from tests.conftest import REPO, tiny_overrides
 
 
 def run_command(command: str, overrides: list[str], capsys) -> dict:
-    status = main([command, *sum((["--set", item] for item in overrides), [])])
+    status = main([command, *[part for item in overrides for part in ("--set", item)]])
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert status == 0, summary
@@ -30,13 +30,13 @@ def pipeline(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     overrides = tiny_overrides(root)
     summaries = {}
-    from io import StringIO
     from contextlib import redirect_stdout
+    from io import StringIO
 
     for command in ("generate", "prepare", "train", "score", "evaluate"):
         buffer = StringIO()
         with redirect_stdout(buffer):
-            status = main([command, *sum((["--set", item] for item in overrides), [])])
+            status = main([command, *[part for item in overrides for part in ("--set", item)]])
         summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
         assert status == 0, summary
         summaries[command] = summary
@@ -44,7 +44,7 @@ def pipeline(spark, tmp_path_factory):
 
 
 def test_generate_writes_exactly_the_requested_ratings(pipeline):
-    root, summaries = pipeline
+    _, summaries = pipeline
     generated = summaries["generate"]
     assert generated["counts"]["ratings"] == 30000
     assert generated["counts"]["users"] == 600
@@ -86,7 +86,7 @@ def test_evaluate_recomputes_the_trainer_rmse_in_spark(pipeline):
 
 
 def test_score_publishes_top_n_without_seen_items(pipeline):
-    root, summaries = pipeline
+    _, summaries = pipeline
     scored = summaries["score"]
     assert scored["counts"]["users"] == 600 and scored["counts"]["rows"] == 6000
     table = pd.read_parquet(Path(scored["outputs"]["recommendations"]))
@@ -104,8 +104,9 @@ def test_score_publishes_top_n_without_seen_items(pipeline):
 
 
 def test_score_matches_a_brute_force_ranking(pipeline):
-    from recspark.model_io import load_model
     import torch
+
+    from recspark.model_io import load_model
 
     _, summaries = pipeline
     model, _, _ = load_model(Path(summaries["train"]["outputs"]["model"]))
@@ -129,7 +130,11 @@ def test_spark_submit_runs_the_same_job_as_the_cli(spark, tmp_path, capsys):
     overrides = tiny_overrides(tmp_path / "cli", **{"synthetic.ratings": 5000, "synthetic.users": 300})
     via_cli = run_command("generate", overrides, capsys)
     submit = Path(sys.executable).parent / "spark-submit"
-    sets = sum((["--set", item.replace(str(tmp_path / "cli"), str(tmp_path / "submit"))] for item in overrides), [])
+    sets = [
+        part
+        for item in overrides
+        for part in ("--set", item.replace(str(tmp_path / "cli"), str(tmp_path / "submit")))
+    ]
     result = subprocess.run(
         [str(submit), "--master", "local[1]", str(REPO / "jobs" / "generate.py"), *sets],
         capture_output=True, text=True, timeout=300, cwd=REPO,

@@ -10,7 +10,13 @@ from pyspark.sql import functions as F
 from recspark.artifacts import Layout, publish, write_json
 from recspark.config import Config
 from recspark.constants import ITEM_ID, USER_ID
-from recspark.synthetic import SyntheticSpec, generate_ratings, item_truth_frame, noise_floor, user_truth_frame
+from recspark.synthetic import (
+    SyntheticSpec,
+    generate_ratings,
+    item_truth_frame,
+    noise_floor,
+    user_truth_frame,
+)
 
 
 def spec_from(config: Config) -> SyntheticSpec:
