@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from recspark.artifacts import local_path
-from recspark.constants import ITEM_IDX, USER_IDX
+from recspark.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.models import EmbeddingModel, build_model
 
 MODEL_FILE = "model.pt"
@@ -49,8 +50,10 @@ def model_from_bytes(
 ) -> tuple[EmbeddingModel, dict, dict]:
     """(model in eval mode, spec, meta) from :func:`model_bytes` output."""
     payload = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
-    model = build_model(**payload["spec"])
-    model.load_state_dict(payload["state_dict"])
+    # Built without memory or random initialisation (the meta device): the state replaces it all.
+    with torch.device("meta"):
+        model = build_model(**payload["spec"])
+    model.load_state_dict(payload["state_dict"], assign=True)
     model.to(device).eval()
     return model, payload["spec"], payload["meta"]
 
@@ -65,10 +68,23 @@ def load_model(
     return model_from_bytes(target.read_bytes(), device)
 
 
-def _factor_table(index_name: str, factors: torch.Tensor, bias: torch.Tensor | None) -> pa.Table:
+def _factor_table(
+    index_name: str,
+    factors: torch.Tensor,
+    bias: torch.Tensor | None,
+    id_name: str,
+    ids: pa.Array | None,
+) -> pa.Table:
     matrix = factors.detach().cpu().numpy().astype(np.float32)
-    columns = {
-        index_name: pa.array(np.arange(len(matrix), dtype=np.int32)),
+    columns = {index_name: pa.array(np.arange(len(matrix), dtype=np.int32))}
+    if ids is not None:
+        if len(ids) != len(matrix):
+            raise ValueError(
+                f"{len(ids)} raw ids for a table of {len(matrix)} rows: the id map is not the "
+                "model's"
+            )
+        columns[id_name] = ids
+    columns.update({
         "bias": pa.array(
             bias.detach().cpu().numpy().reshape(-1).astype(np.float32)
             if bias is not None
@@ -78,24 +94,57 @@ def _factor_table(index_name: str, factors: torch.Tensor, bias: torch.Tensor | N
             pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)),
             pa.array(matrix.reshape(-1)),
         ),
-    }
+    })
     return pa.table(columns)
 
 
-def write_factor_tables(model: EmbeddingModel, folder: str | Path) -> dict[str, str]:
-    """Write ``user_factors/`` and ``item_factors/`` Parquet tables; return their paths."""
+def write_factor_tables(
+    model: EmbeddingModel,
+    folder: str | Path,
+    user_ids: pa.Array | None = None,
+    item_ids: pa.Array | None = None,
+) -> dict[str, str]:
+    """Write ``user_factors/`` and ``item_factors/`` Parquet tables; return their paths.
+
+    Columns: ``user_idx`` (``item_idx``), the raw ``user_id`` (``item_id``) when given (row ``i``
+    is index ``i``), ``bias`` and ``factors``.
+    """
     base = local_path(folder)
     outputs = {}
-    for name, index_name, factors, bias in (
-        ("user_factors", USER_IDX, model.user_factors.weight, getattr(model, "user_bias", None)),
-        ("item_factors", ITEM_IDX, model.item_factors.weight, getattr(model, "item_bias", None)),
+    for name, index_name, id_name, ids, factors, bias in (
+        ("user_factors", USER_IDX, USER_ID, user_ids, model.user_factors.weight,
+         getattr(model, "user_bias", None)),
+        ("item_factors", ITEM_IDX, ITEM_ID, item_ids, model.item_factors.weight,
+         getattr(model, "item_bias", None)),
     ):
         target = base / name
         target.mkdir(parents=True, exist_ok=True)
-        table = _factor_table(index_name, factors, bias.weight if bias is not None else None)
+        table = _factor_table(
+            index_name, factors, bias.weight if bias is not None else None, id_name, ids
+        )
         pq.write_table(table, target / "part-00000.parquet")
         outputs[name] = str(target)
     return outputs
+
+
+def raw_ids(index_folder: str | Path, id_name: str, index_name: str, size: int) -> pa.Array:
+    """The raw ids of an id map (``prepared/D/user_index``), ordered by their dense index.
+
+    Read with pyarrow: the map has one row per id, the size of the model's own table.
+
+    Raises
+    ------
+    ValueError
+        When the map's indices are not exactly ``0 .. size - 1``.
+    """
+    table = pq.read_table(str(local_path(index_folder)), columns=[id_name, index_name])
+    order = pc.sort_indices(table.column(index_name))
+    indices = table.column(index_name).take(order).to_numpy()
+    if len(indices) != size or (size and (indices[0] != 0 or indices[-1] != size - 1)):
+        raise ValueError(
+            f"{index_folder} does not hold indices 0..{size - 1}: it is not this model's id map"
+        )
+    return table.column(id_name).take(order).combine_chunks()
 
 
 def _table_side(

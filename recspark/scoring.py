@@ -1,12 +1,13 @@
 """Top-N recommendations for every user: a blocked matrix product and a top-k per block.
 
 Executors receive the item side of the model once, as a broadcast (item factors and biases, or the
-MLP's weights). The user rows of the model's ``user_factors`` table (each with its embedding row)
-and the (user, item) pairs each user already rated go through one shuffle together, partitioned
-by user, so every scoring task holds its users and a sparse mask of their rated items. Per block
-of ``users_per_block`` users the kernel computes the full ``users x items`` score block, masks the
+MLP's weights). Each scoring task receives one row per user: its row of the model's
+``user_factors`` table and every item it rated as one array (``prepare`` writes these arrays once
+per run as ``rated/``), partitioned by user, and reads them as Arrow buffers (``mapInArrow``): the
+list columns are the block's matrix and its sparse mask without a per-row loop. Per block of
+``users_per_block`` users the kernel computes the full ``users x items`` score block, masks the
 rated items with ``-inf`` and keeps the best ``top_n``. Candidate user x item pairs never become
-rows.
+rows, and no rating crosses a shuffle at scoring time.
 
 Cost per block of ``u`` users over ``i`` items:
 
@@ -35,21 +36,27 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
+from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import FloatType, StructField, StructType
+from pyspark.sql.pandas.types import from_arrow_type
+from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 from torch import nn
 
-from recspark.constants import ITEM_IDX, PREDICTION, RANK, SCORE, USER_IDX
+from recspark.constants import ITEM_ID, ITEM_IDX, PREDICTION, RANK, SCORE, USER_IDX
 from recspark.model_io import model_bytes, model_from_bytes
 
 SEEN = "seen"
 FACTORS = "factors"
 BIAS = "bias"
+ITEMS = "items"  # a user's rated item indices, array<int>: prepare's rated/ table
 
 #: (user, item) pairs per chunk when the MLP runs over a block; bounds memory to ~pairs x h1 floats.
 MLP_PAIRS_PER_CHUNK = 1 << 18
@@ -64,14 +71,47 @@ _KERNEL_CACHE: dict[tuple[str, str], ScoringKernel] = {}
 Finish = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+#: Columns per chunk of :func:`best_columns`' first pass.
+CHUNK = 64
+
+
+def best_columns(scores: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(scores, count, dim=1)``'s values, and columns holding them, in two cheap passes.
+
+    A full ``topk`` over every column of a wide block costs about as much as the matrix product
+    that made it. Here the first :data:`CHUNK`-column chunks of each row are reduced to their
+    maxima (one vectorised pass), the ``count`` chunks with the highest maxima are gathered with
+    the leftover columns past the last whole chunk, and ``topk`` runs over those
+    ``count * CHUNK`` candidates only. Exact: a column outside the chosen chunks is at most the
+    lowest chosen maximum, so at least ``count`` candidates are at least as high; the values are
+    ``topk``'s, and among equal values at the cut the column may differ, which :func:`top_k`
+    resolves by index.
+    """
+    rows, columns = scores.shape
+    whole = columns - columns % CHUNK
+    chunks = whole // CHUNK
+    if chunks <= count:
+        return scores.topk(count, dim=1)
+    maxima = scores[:, :whole].view(rows, chunks, CHUNK).amax(dim=2)
+    chosen = maxima.topk(count, dim=1).indices
+    offsets = torch.arange(CHUNK, device=scores.device)
+    candidates = (chosen[:, :, None] * CHUNK + offsets).reshape(rows, -1)
+    if whole < columns:
+        rest = torch.arange(whole, columns, device=scores.device).expand(rows, -1)
+        candidates = torch.cat([candidates, rest], dim=1)
+    values, position = scores.gather(1, candidates).topk(count, dim=1)
+    return values, candidates.gather(1, position)
+
+
 def top_k(
     scores: torch.Tensor, k: int, finish: Finish | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best ``k`` columns of each row, ties broken by the lower column index.
 
-    ``-inf`` marks excluded entries. One ``topk`` pass over the block finds the candidates; only
-    rows where equal scores straddle the cut (rare for continuous scores, and rows with fewer than
-    ``k + 1`` eligible columns) are re-ranked exactly with a stable sort of the whole row.
+    ``-inf`` marks excluded entries. One pass over the block (:func:`best_columns`) finds the
+    candidates; only rows where equal scores straddle the cut (rare for continuous scores, and
+    rows with fewer than ``k + 1`` eligible columns) are re-ranked exactly with a stable sort of
+    the whole row.
 
     Parameters
     ----------
@@ -103,7 +143,7 @@ def top_k(
         empty = torch.zeros((rows, k), dtype=torch.long, device=scores.device)
         return empty, scores.new_zeros((rows, k)), empty.bool()
     every_row = torch.arange(rows, device=scores.device)
-    values, index = scores.topk(k + 1 if k < columns else k, dim=1)
+    values, index = best_columns(scores, k + 1 if k < columns else k)
     if finish is not None:
         values = finish(values, every_row)
     if k < columns:
@@ -325,123 +365,133 @@ def _pause_for_fault_injection() -> None:
         time.sleep(seconds)
 
 
-def _seen_by_user(users: np.ndarray, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR of rated items by position in the sorted ``users`` array: (starts, positions, items).
+def _threads_per_task() -> None:
+    """Torch threads = the task's cores (``spark.task.cpus``), not every core of the machine:
+    concurrent tasks would otherwise oversubscribe the executor's CPUs."""
+    from pyspark import TaskContext
 
-    Pairs of users not in ``users`` (scoring only a subset) are dropped.
-    """
-    owners = pairs[USER_IDX].to_numpy(dtype=np.int64)
-    items = pairs[ITEM_IDX].to_numpy(dtype=np.int64)
-    position = np.searchsorted(users, owners)
-    known = position < len(users)
-    known[known] = users[position[known]] == owners[known]
-    position, items = position[known], items[known]
-    order = np.argsort(position, kind="stable")
-    position, items = position[order], items[order]
-    starts = np.searchsorted(position, np.arange(len(users) + 1))
-    return starts, position, items
+    context = TaskContext.get()
+    if context is not None:
+        torch.set_num_threads(max(1, context.cpus()))
 
 
-VALUE = "value"
-#: ``item_idx`` of the row carrying a user's bias; ``-2 - j`` carries factor ``j``.
-BIAS_SLOT = -1
+def _fixed_width(column: pa.Array, rows: int) -> np.ndarray:
+    """A ``list<float>`` column of equal-length rows as a ``rows x width`` float32 matrix."""
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if rows and (column.null_count or (lengths != lengths[0]).any()):
+        raise ValueError(
+            "user factor rows differ in length or are missing: the user_factors table is not one "
+            "model's; re-run `recspark train`"
+        )
+    width = int(lengths[0]) if rows else 0
+    # A copy: Arrow's buffers are read-only, and torch wants memory it may write.
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
+    return values.reshape(rows, width)
 
 
-def user_rows(user_factors: DataFrame) -> DataFrame:
-    """The user table in the long, all-scalar form the scoring shuffle carries.
-
-    One row ``(user_idx, item_idx=-1, value=bias)`` and one ``(user_idx, -2 - j, factor j)`` per
-    factor. Scalar columns cross into Python as plain Arrow buffers; an array column mixed with
-    millions of rated-pair rows would be converted row by row.
-    """
-    bias = user_factors.select(
-        F.col(USER_IDX).cast("int").alias(USER_IDX),
-        F.lit(BIAS_SLOT).cast("int").alias(ITEM_IDX),
-        F.col(BIAS).cast("float").alias(VALUE),
-    )
-    factors = user_factors.select(
-        F.col(USER_IDX).cast("int").alias(USER_IDX), F.posexplode(F.col(FACTORS))
-    ).select(
-        USER_IDX,
-        (F.lit(-2) - F.col("pos")).cast("int").alias(ITEM_IDX),
-        F.col("col").cast("float").alias(VALUE),
-    )
-    return bias.unionByName(factors)
+def _rated_csr(column: pa.Array, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``list<int>`` column (null: nothing rated) as CSR ``(starts, items)``; no per-row loop."""
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    starts = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    items = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    return starts, items
 
 
-def recommend_partition(
-    batches: Iterator[pd.DataFrame],
+@dataclass
+class ScoreCounters:
+    """Users given a list and rows produced, added up by the scoring tasks (Spark accumulators:
+    a successful task's updates count once, so they are exact once the writing action ends)."""
+
+    users: Accumulator
+    rows: Accumulator
+
+    @classmethod
+    def create(cls, spark: SparkSession) -> ScoreCounters:
+        return cls(spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0))
+
+
+def recommend_batches(
+    batches: Iterator[pa.RecordBatch],
     model_payload: bytes,
     top_n: int,
     users_per_block: int,
     device_setting: str = "auto",
-) -> Iterator[pd.DataFrame]:
-    """mapInPandas body over one user partition: ``(user_idx, item_idx, value)`` rows in.
+    carry: tuple[str, ...] = (),
+    item_ids: pa.Array | None = None,
+    counters: ScoreCounters | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: one row per user in, its top-N rows out.
 
-    Rows with ``item_idx >= 0`` are rated pairs; the others carry the user's bias and factors
-    (see :func:`user_rows`). All arrive hash-partitioned by ``user_idx``, so the partition holds
-    every rated item of its users: they become one sparse mask (CSR) and the users are scored in
-    blocks in ``user_idx`` order. Output: ``user_idx``, ``item_idx``, ``rank`` (1 = best),
-    ``score``. A user with fewer than ``top_n`` unseen items gets them all.
+    Each input row is ``(user_idx, bias, factors, items, *carry)``: the user's row of the model's
+    user table and every item it rated (``items``, null when none), so a batch is scored on its
+    own, in blocks of ``users_per_block`` users, without holding the partition. The Arrow list
+    columns become the block's matrix and its sparse mask directly. Output: ``user_idx``, the
+    ``carry`` columns, ``item_idx``, ``item_id`` (when ``item_ids``, the raw id of each index, is
+    given), ``rank`` (1 = best), ``score``; a user with fewer than ``top_n`` unrated items gets
+    them all.
     """
     from recspark.training import resolve_device
 
-    kernel = kernel_for(model_payload, resolve_device(device_setting))
-    owners, slots, values = [], [], []
+    device = resolve_device(device_setting)
+    if device.type == "cpu":
+        _threads_per_task()
+    kernel = kernel_for(model_payload, device)
+    paused = False
     for batch in batches:
-        owners.append(batch[USER_IDX].to_numpy(dtype=np.int64))
-        slots.append(batch[ITEM_IDX].to_numpy(dtype=np.int64))
-        values.append(batch[VALUE].to_numpy(dtype=np.float32))
-    if not owners:
-        return
-    owner, slot, value = np.concatenate(owners), np.concatenate(slots), np.concatenate(values)
-    del owners, slots, values
-    described = slot < 0
-    user_idx, position = np.unique(owner[described], return_inverse=True)
-    if not len(user_idx):
-        return
-    width = int(-slot[described].min()) - 1
-    vectors = np.zeros((len(user_idx), width), dtype=np.float32)
-    bias = np.zeros(len(user_idx), dtype=np.float32)
-    is_bias = slot[described] == BIAS_SLOT
-    bias[position[is_bias]] = value[described][is_bias]
-    vectors[position[~is_bias], -2 - slot[described][~is_bias]] = value[described][~is_bias]
-    pairs = pd.DataFrame({USER_IDX: owner[~described], ITEM_IDX: slot[~described]})
-    del owner, slot, value
-    starts, positions, items = _seen_by_user(user_idx, pairs)
-    first = True
-    for start in range(0, len(user_idx), users_per_block):
-        stop = min(start + users_per_block, len(user_idx))
-        low, high = starts[start], starts[stop]
-        index, score, valid = kernel.block(
-            vectors[start:stop], bias[start:stop], top_n, positions[low:high] - start, items[low:high]
-        )
-        columns = index.shape[1]
-        keep = valid.reshape(-1)
-        yield pd.DataFrame(
-            {
-                USER_IDX: np.repeat(user_idx[start:stop].astype(np.int32), columns)[keep],
-                ITEM_IDX: index.reshape(-1)[keep].astype(np.int32),
-                RANK: np.tile(np.arange(1, columns + 1, dtype=np.int32), stop - start)[keep],
-                SCORE: score.reshape(-1)[keep].astype(np.float32),
-            }
-        )
-        if first:
-            first = False
-            _pause_for_fault_injection()
-
-
-RECOMMENDATION_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {RANK} int, {SCORE} float"
+        n = batch.num_rows
+        if n == 0:
+            continue
+        user_idx = batch.column(USER_IDX).to_numpy(zero_copy_only=False).astype(np.int32)
+        bias = pc.fill_null(batch.column(BIAS), 0.0).to_numpy(zero_copy_only=False).astype(np.float32)
+        vectors = _fixed_width(batch.column(FACTORS), n)
+        starts, rated = _rated_csr(batch.column(ITEMS), n)
+        for start in range(0, n, users_per_block):
+            stop = min(start + users_per_block, n)
+            low, high = starts[start], starts[stop]
+            seen_rows = np.repeat(np.arange(stop - start), np.diff(starts[start : stop + 1]))
+            index, score, valid = kernel.block(
+                vectors[start:stop], bias[start:stop], top_n, seen_rows, rated[low:high]
+            )
+            columns = index.shape[1]
+            keep = valid.reshape(-1)
+            owner = np.repeat(np.arange(start, stop), columns)[keep]
+            out = {USER_IDX: pa.array(user_idx[owner])}
+            for name in carry:
+                out[name] = batch.column(name).take(pa.array(owner))
+            chosen = index.reshape(-1)[keep].astype(np.int32)
+            out[ITEM_IDX] = pa.array(chosen)
+            if item_ids is not None:
+                out[ITEM_ID] = item_ids.take(pa.array(chosen))
+            out[RANK] = pa.array(
+                np.tile(np.arange(1, columns + 1, dtype=np.int32), stop - start)[keep]
+            )
+            out[SCORE] = pa.array(score.reshape(-1)[keep].astype(np.float32))
+            if counters is not None:
+                counters.users.add(int(valid[:, 0].sum()) if columns else 0)
+                counters.rows.add(len(chosen))
+            yield pa.RecordBatch.from_pydict(out)
+            if not paused:
+                paused = True
+                _pause_for_fault_injection()
 
 
 def item_side_payload(model: nn.Module, spec: dict, meta: dict) -> bytes:
     """The model's bytes with its user tables cut to one row: executors score user vectors."""
     light = copy.deepcopy(model).cpu()
-    light.user_factors = nn.Embedding(1, light.user_factors.embedding_dim)
-    if hasattr(light, "user_bias"):
-        light.user_bias = nn.Embedding(1, 1)
-    light.n_users = 1
+    light.cut_users()
     return model_bytes(light, {**spec, "n_users": 1, "sparse": False}, meta)
+
+
+def rated_lists(pairs: DataFrame) -> DataFrame:
+    """``(user_idx, items)``: each user's rated items as one array, from ``(user_idx, item_idx)``.
+
+    One shuffle of the pairs. ``prepare`` writes this table once per run (``rated/``), so the
+    nightly score job reads it instead of regrouping every rating.
+    """
+    return pairs.groupBy(F.col(USER_IDX).cast("int").alias(USER_IDX)).agg(
+        F.sort_array(F.collect_list(F.col(ITEM_IDX).cast("int"))).alias(ITEMS)
+    )
 
 
 def recommend_all(
@@ -453,12 +503,16 @@ def recommend_all(
     users_per_block: int = 256,
     device: str = "auto",
     partitions: int | None = None,
+    user_columns: DataFrame | None = None,
+    carry: tuple[str, ...] = (),
+    item_ids: pa.Array | None = None,
+    counters: ScoreCounters | None = None,
 ) -> DataFrame:
     """Top-N ``(user_idx, item_idx, rank, score)`` for every row of ``user_factors``.
 
-    The user rows (in the long form of :func:`user_rows`) and the rated pairs go through one
-    shuffle together, hash-partitioned by ``user_idx``; no per-user array of seen items is ever
-    aggregated or joined.
+    The user rows, each user's rated items (one array per user) and ``user_columns`` are
+    hash-partitioned by ``user_idx`` into the same ``partitions`` and joined without a further
+    shuffle: a scoring task receives one row per user, never one row per rating.
 
     Parameters
     ----------
@@ -467,8 +521,9 @@ def recommend_all(
     user_factors
         DataFrame ``(user_idx, bias, factors)``: the model's user table, or the part to score.
     seen
-        DataFrame of ``(user_idx, item_idx)`` pairs to exclude (the user's rated items), or None.
-        Pairs of users not in ``user_factors`` are ignored.
+        What to exclude: ``(user_idx, items)`` arrays (``prepare``'s ``rated/`` table) or
+        ``(user_idx, item_idx)`` pairs, grouped here with :func:`rated_lists`; None excludes
+        nothing. Users not in ``user_factors`` are ignored.
     payload
         :func:`item_side_payload` bytes; broadcast once to the executors.
     top_n
@@ -478,34 +533,73 @@ def recommend_all(
     device
         ``train.device``: ``auto`` uses CUDA on executors that have a GPU.
     partitions
-        Scoring tasks; default the session's default parallelism. Each task holds its share of
-        the rated pairs and user rows in memory (about 20 bytes a row).
+        Scoring tasks; default the session's default parallelism.
+    user_columns
+        ``(user_idx, ...)``, one row per user (e.g. the raw ``user_id``): its other columns are
+        carried into the output after ``user_idx``.
+    carry
+        Columns of ``user_factors`` itself carried into the output the same way (no join).
+    item_ids
+        Raw item id of each item index (``item_ids[i]`` for index ``i``): broadcast with the
+        model, and the output gains ``item_id`` after ``item_idx``.
+    counters
+        Accumulators the tasks add their users and rows to (:class:`ScoreCounters`).
     """
     missing = [c for c in (USER_IDX, BIAS, FACTORS) if c not in user_factors.columns]
     if missing:
         raise ValueError(f"user_factors lacks column(s) {missing}; it has {user_factors.columns}")
-    shared = spark.sparkContext.broadcast(payload)
-    rows = user_rows(user_factors)
-    if seen is not None:
-        for column in (USER_IDX, ITEM_IDX):
-            if column not in seen.columns:
-                raise ValueError(f"seen lacks column {column!r}; it has {seen.columns}")
-        rows = rows.unionByName(
-            seen.select(
-                F.col(USER_IDX).cast("int").alias(USER_IDX),
-                F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
-                F.lit(None).cast("float").alias(VALUE),
-            )
-        )
+    shared = spark.sparkContext.broadcast((payload, item_ids))
     # An explicit count is kept by adaptive execution, which would otherwise merge small user
-    # tables into one task.
+    # tables into one task; equal partitioning on every side makes the joins shuffle-free.
     count = partitions or spark.sparkContext.defaultParallelism
-    rows = rows.repartition(count, USER_IDX)
+    users = user_factors.select(
+        F.col(USER_IDX).cast("int").alias(USER_IDX),
+        F.col(BIAS).cast("float").alias(BIAS),
+        F.col(FACTORS).cast("array<float>").alias(FACTORS),
+        *carry,
+    ).repartition(count, USER_IDX)
+    if seen is not None:
+        if ITEMS not in seen.columns:
+            for column in (USER_IDX, ITEM_IDX):
+                if column not in seen.columns:
+                    raise ValueError(f"seen lacks column {column!r}; it has {seen.columns}")
+            seen = rated_lists(seen)
+        lists = seen.select(
+            F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEMS).cast("array<int>").alias(ITEMS)
+        ).repartition(count, USER_IDX)
+        users = users.join(lists, USER_IDX, "left")
+    else:
+        users = users.withColumn(ITEMS, F.lit(None).cast("array<int>"))
+    carry = tuple(carry)
+    if user_columns is not None:
+        joined = tuple(c for c in user_columns.columns if c != USER_IDX)
+        extra = user_columns.withColumn(USER_IDX, F.col(USER_IDX).cast("int"))
+        users = users.join(extra.repartition(count, USER_IDX), USER_IDX)
+        carry += joined
+    clash = set(carry) & {BIAS, FACTORS, ITEMS, ITEM_IDX, ITEM_ID, RANK, SCORE}
+    if clash:
+        raise ValueError(f"cannot carry {sorted(clash)} into the output: the names are taken")
+    # Sorted, so blocks (and any floating-point blocking effect) do not depend on join order.
+    users = users.sortWithinPartitions(USER_IDX)
+    carried = [users.schema[name] for name in carry]
+    schema = StructType(
+        [
+            StructField(USER_IDX, IntegerType(), False),
+            *carried,
+            StructField(ITEM_IDX, IntegerType(), False),
+            *([StructField(ITEM_ID, from_arrow_type(item_ids.type))] if item_ids is not None else []),
+            StructField(RANK, IntegerType(), False),
+            StructField(SCORE, FloatType(), False),
+        ]
+    )
 
     def score(batches):
-        return recommend_partition(batches, shared.value, top_n, users_per_block, device)
+        model_bytes_, ids = shared.value
+        return recommend_batches(
+            batches, model_bytes_, top_n, users_per_block, device, carry, ids, counters
+        )
 
-    return rows.mapInPandas(score, RECOMMENDATION_SCHEMA)
+    return users.select(USER_IDX, BIAS, FACTORS, ITEMS, *carry).mapInArrow(score, schema)
 
 
 def seen_items(ratings: DataFrame, user_col: str = USER_IDX, item_col: str = ITEM_IDX) -> DataFrame:

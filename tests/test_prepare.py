@@ -195,6 +195,12 @@ def test_same_input_and_seed_give_the_same_maps_and_splits(spark, tmp_path):
         pd.testing.assert_frame_equal(left, right)
     assert one["counts"] == two["counts"]
     assert one["counts"]["train"] + one["counts"]["validation"] + one["counts"]["cold_start"] == 108
+    # rated/: every item each user rated, in any split, one sorted array per user (what score
+    # leaves out).
+    rated = read(one, "rated")
+    every = pd.concat([read(one, name) for name in TABLES])
+    expected = every.groupby("user_idx")["item_idx"].apply(sorted).to_dict()
+    assert {u: list(items) for u, items in zip(rated.user_idx, rated["items"], strict=True)} == expected
 
 
 def test_synthetic_format_with_chronological_split(spark, tmp_path):

@@ -6,15 +6,18 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
 from recspark.models import build_model
 from recspark.scoring import (
     ScoringKernel,
+    best_columns,
     item_side_payload,
+    rated_lists,
     recommend_all,
-    recommend_partition,
+    recommend_batches,
     seen_items,
     top_k,
 )
@@ -102,6 +105,28 @@ def test_kernel_matches_the_model_pair_by_pair(kind):
         assert kernel._mlp is not None  # the split first layer was used, not the fallback
 
 
+@pytest.mark.parametrize("columns", [64 * 12 + 5, 64 * 40, 1682])
+def test_best_columns_finds_topks_values_on_wide_blocks(columns):
+    """The chunked first pass is exact: values as torch.topk's, columns holding them."""
+    generator = torch.Generator().manual_seed(columns)
+    scores = torch.randn(50, columns, generator=generator)
+    scores[1] = 0.5  # all tied
+    scores[2, : columns - 3] = -INF  # three eligible columns, all in the leftover tail
+    scores[3] = torch.round(scores[3] * 2) / 2  # many ties
+    scores[4, ::7] = -INF  # masked items
+    values, columns_found = best_columns(scores, 11)
+    expected = scores.topk(11, dim=1).values
+    torch.testing.assert_close(values, expected)
+    torch.testing.assert_close(scores.gather(1, columns_found), expected)
+    assert (columns_found.sort(dim=1).values.diff(dim=1) > 0).all()  # no column twice
+    # top_k on top of it keeps its contract: best first, ties to the lower index.
+    index, _, valid = top_k(scores, 10)
+    for row in range(50):
+        order = sorted(range(columns), key=lambda c: (-scores[row, c].item(), c))[:10]
+        finite = [c for c in order if math.isfinite(scores[row, c].item())]
+        assert index[row][valid[row]].tolist() == finite
+
+
 def test_kernel_masks_seen_items_and_keeps_short_lists():
     model = build_model("dot", n_users=2, n_items=5, factors=1)
     with torch.no_grad():
@@ -114,27 +139,34 @@ def test_kernel_masks_seen_items_and_keeps_short_lists():
     assert valid[1].tolist() == [True, False, False] and index[1, 0] == 4
 
 
-def test_recommend_partition_reads_long_user_rows_and_masks_pairs():
+def test_recommend_batches_reads_arrow_lists_and_masks_rated_items():
     model = build_model("dot_bias", n_users=1, n_items=4, factors=2, y_range=None)
     with torch.no_grad():
         model.item_factors.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
         model.item_bias.weight.zero_()
     payload = item_side_payload(model, {"kind": "dot_bias", "n_users": 1, "n_items": 4, "factors": 2,
                                         "y_range": None}, {})
-    # One partition as Spark hands it over: user rows (long form: bias at item_idx -1, factor j at
-    # -2 - j) and rated pairs mixed across batches; user 9 has a rated pair but is not scored.
-    rows = pd.DataFrame(
-        [(9, 1, None), (8, -1, 1.0), (7, -2, 2.0), (8, -2, 0.0), (7, 2, None), (7, -3, 1.0),
-         (8, -3, 3.0), (7, -1, 0.0)],
-        columns=["user_idx", "item_idx", "value"],
-    ).astype({"value": "float32"})
-    batches = iter([rows.iloc[:3], rows.iloc[3:5], rows.iloc[5:]])
-    out = pd.concat(recommend_partition(batches, payload, 2, 1, "cpu"))
-    # user 7: item scores [2, 1, -, 0] -> 0, 1; user 8: [1, 4, 4, 1] -> 1, 2 (tie: lower index)
-    assert out[["user_idx", "item_idx", "rank"]].values.tolist() == [
-        [7, 0, 1], [7, 1, 2], [8, 1, 1], [8, 2, 2],
+    # Batches as Spark hands them over: one row per user, its rated items as one list (null:
+    # none), and a carried raw id. Users 7 and 8 share a block; 6 comes in a later batch.
+    schema = pa.schema([("user_idx", pa.int32()), ("bias", pa.float32()),
+                        ("factors", pa.list_(pa.float32())), ("items", pa.list_(pa.int32())),
+                        ("user_id", pa.string())])
+    first = pa.RecordBatch.from_pydict(
+        {"user_idx": [7, 8], "bias": [0.0, 1.0], "factors": [[2.0, 1.0], [0.0, 3.0]],
+         "items": [[2], None], "user_id": ["seven", "eight"]}, schema=schema)
+    second = pa.RecordBatch.from_pydict(
+        {"user_idx": [6], "bias": [0.0], "factors": [[1.0, 1.0]], "items": [[0, 1, 2]],
+         "user_id": ["six"]}, schema=schema)
+    out = pa.Table.from_batches(
+        list(recommend_batches(iter([first, second]), payload, 2, 2, "cpu", ("user_id",)))
+    ).to_pandas()
+    # user 7: item scores [2, 1, -, 0] -> 0, 1; user 8: [1, 4, 4, 1] -> 1, 2 (tie: lower index);
+    # user 6 rated all but item 3: a short list of one.
+    assert out.columns.tolist() == ["user_idx", "user_id", "item_idx", "rank", "score"]
+    assert out[["user_id", "item_idx", "rank"]].values.tolist() == [
+        ["seven", 0, 1], ["seven", 1, 2], ["eight", 1, 1], ["eight", 2, 2], ["six", 3, 1],
     ]
-    assert out["score"].tolist() == pytest.approx([2.0, 1.0, 4.0, 4.0])
+    assert out["score"].tolist() == pytest.approx([2.0, 1.0, 4.0, 4.0, 0.0])
 
 
 def test_recommend_all_in_spark_matches_brute_force(spark):
@@ -176,3 +208,17 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
         mine = got[got.user_idx == user]
         assert mine["item_idx"].tolist() == expected
         assert mine["rank"].tolist() == list(range(1, len(expected) + 1))
+    # The same lists from per-user arrays (prepare's rated/ table), carrying a raw id along.
+    names = spark.createDataFrame(
+        pd.DataFrame({"user_idx": np.arange(40, dtype=np.int32),
+                      "user_id": [f"u{i}" for i in range(40)]})
+    )
+    grouped = recommend_all(
+        spark, spark.createDataFrame(users), rated_lists(spark.createDataFrame(rated)),
+        item_side_payload(model, spec, {}), top_n=5, users_per_block=4, device="cpu",
+        partitions=2, user_columns=names,
+    ).toPandas().sort_values(["user_idx", "rank"])
+    assert (grouped["user_id"] == "u" + grouped["user_idx"].astype(str)).all()
+    pd.testing.assert_frame_equal(
+        grouped.drop(columns="user_id").reset_index(drop=True), got.reset_index(drop=True)
+    )

@@ -3,6 +3,8 @@
 Reads ``input.*`` and writes ``prepared/RUN_DATE/`` (see :mod:`recspark.artifacts`): ``train``,
 ``validation`` and ``cold_start`` (``user_idx``, ``item_idx``, ``rating``, ``timestamp`` and
 ``weight`` when the input has one), ``user_index`` and ``item_index`` (raw id -> dense index),
+``rated`` (``user_idx``, ``items``: every item the user rated in any split, what ``score`` leaves
+out),
 ``quarantine`` (every rejected row with its ``reason``) and ``manifest.json``. When the quarantined
 fraction of the input exceeds ``input.max_bad_fraction`` the job fails before writing and nothing
 is published; any later failure discards the staging folder, so a prepared date is whole or absent.
@@ -16,17 +18,16 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recspark import sources
-from recspark.artifacts import Layout, latest_date, staged, write_json
+from recspark.artifacts import Layout, latest_date, parquet_rows, staged, write_json
+from recspark.commands.score import RATED
 from recspark.config import Config
 from recspark.constants import (
     ITEM_ID,
@@ -40,6 +41,7 @@ from recspark.constants import (
 )
 from recspark.errors import BadInputError
 from recspark.indexing import apply_index, check_index, extend_index
+from recspark.scoring import rated_lists
 from recspark.splitting import (
     COLD_START_FLAG,
     VALIDATION_FLAG,
@@ -128,11 +130,6 @@ def rating_stats(spark: SparkSession, path: str) -> dict[str, float]:
         F.min(RATING).alias("min"), F.max(RATING).alias("max"), F.mean(RATING).alias("mean")
     ).first()
     return {key: row[key] for key in ("min", "max", "mean")}
-
-
-def parquet_rows(path: Path) -> int:
-    """Rows of a written Parquet folder, from the file footers (no Spark job)."""
-    return sum(pq.ParquetFile(file).metadata.num_rows for file in sorted(path.glob("*.parquet")))
 
 
 def previous_maps(
@@ -273,6 +270,11 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             for name in TABLES:
                 write_feed(tables[name], str(folder / name), file_counts[name],
                            settings.row_group_mb, config.split.seed, feed_columns)
+            # Every item each user rated, one array per user: what `score` leaves out, grouped
+            # once here instead of reshuffling every rating at each scoring run.
+            rated_lists(flagged).repartition(max(2, files // 4), USER_IDX).write.parquet(
+                str(folder / RATED)
+            )
             rows = {name: parquet_rows(folder / name) for name in (*TABLES, *INDEXES)}
             users, items = rows["user_index"], rows["item_index"]
             if rows["train"] == 0 or rows["validation"] == 0:
@@ -331,7 +333,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     finally:
         for frame in cached:
             frame.unpersist()
-    outputs = {name: str(final / name) for name in (*TABLES, "user_index", "item_index")}
+    outputs = {name: str(final / name) for name in (*TABLES, "user_index", "item_index", RATED)}
     outputs["quarantine"] = str(final / "quarantine")
     outputs["manifest"] = str(final / "manifest.json")
     log.info(

@@ -19,17 +19,19 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_type
 
-from recspark.artifacts import Layout, clean_leftovers, read_json, staged
+from recspark.artifacts import Layout, clean_leftovers, parquet_rows, read_json, staged
 from recspark.config import Config
 from recspark.constants import ITEM_ID, ITEM_IDX, MODEL_VERSION, RANK, SCORE, USER_ID, USER_IDX
 from recspark.errors import MissingInputError
-from recspark.model_io import load_model
-from recspark.scoring import item_side_payload, recommend_all, seen_items
+from recspark.model_io import load_model, raw_ids
+from recspark.scoring import ITEMS, ScoreCounters, item_side_payload, rated_lists, recommend_all
 
 log = logging.getLogger(__name__)
 
 RATED_SPLITS = ("train", "validation", "cold_start")
+RATED = "rated"  # prepare's (user_idx, items) table: every item of RATED_SPLITS per user
 
 
 def load_published_model(layout: Layout, run_date):
@@ -50,31 +52,52 @@ def rated(spark: SparkSession, prepared: Path, names=RATED_SPLITS) -> DataFrame:
     return reduce(DataFrame.unionByName, frames)
 
 
+def rated_by_user(spark: SparkSession, prepared: Path) -> DataFrame:
+    """``(user_idx, items)``: every item each user rated, as ``prepare`` wrote it (``rated/``).
+
+    A prepared run from before ``rated/`` existed is regrouped from its splits (one shuffle).
+    """
+    folder = prepared / RATED
+    if (folder / "_SUCCESS").exists() or any(folder.glob("*.parquet")):
+        return spark.read.parquet(str(folder)).select(USER_IDX, ITEMS)
+    log.info("%s has no %s/ table: grouping the rated items of its splits", prepared, RATED)
+    return rated_lists(rated(spark, prepared))
+
+
 def recommendation_table(
     spark: SparkSession,
     user_factors: DataFrame,
-    user_index: DataFrame,
-    item_index: DataFrame,
+    prepared: Path,
     seen: DataFrame | None,
     payload: bytes,
     model_version: str,
     top_n: int,
-    users_per_block: int = 256,
+    users_per_block: int = 128,
     device: str = "auto",
     partitions: int | None = None,
+    counters: ScoreCounters | None = None,
 ) -> DataFrame:
     """The published table's rows: ``user_id``, ``item_id`` (raw, input types), rank, score, version.
 
-    Raw ids are joined on after scoring: the item index by broadcast, the user index by a shuffle
-    join (it grows with the users).
+    No join after scoring: the raw user id travels with the user's row (``train`` writes it into
+    ``user_factors``; an older table without it is joined with the prepared ``user_index``
+    before scoring), and the raw item ids are broadcast with the model (one per item, like the
+    item factors).
     """
+    index = prepared / "item_index"
+    id_type = spark.read.parquet(str(index)).schema[ITEM_ID].dataType  # as Spark reads it
+    item_ids = raw_ids(index, ITEM_ID, ITEM_IDX, parquet_rows(index)).cast(to_arrow_type(id_type))
+    carried = USER_ID in user_factors.columns
     recommendations = recommend_all(
-        spark, user_factors, seen, payload, top_n, users_per_block, device, partitions
+        spark, user_factors, seen, payload, top_n, users_per_block, device, partitions,
+        user_columns=None if carried else spark.read.parquet(str(prepared / "user_index")).select(
+            USER_IDX, USER_ID
+        ),
+        carry=(USER_ID,) if carried else (),
+        item_ids=item_ids,
+        counters=counters,
     )
-    return (
-        recommendations.join(user_index.select(USER_IDX, USER_ID), USER_IDX)
-        .join(F.broadcast(item_index.select(ITEM_IDX, ITEM_ID)), ITEM_IDX)
-    ).select(
+    return recommendations.select(
         USER_ID,
         ITEM_ID,
         F.col(RANK).cast("int").alias(RANK),
@@ -91,34 +114,33 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     name = f"recommendations-{config.run_date}"
     for path in clean_leftovers(layout, final, name):
         log.info("removed %s, left by an earlier run that did not finish", path)
+    counters = ScoreCounters.create(spark)
     table = recommendation_table(
         spark,
         spark.read.parquet(str(folder / "user_factors")),
-        spark.read.parquet(str(prepared / "user_index")),
-        spark.read.parquet(str(prepared / "item_index")),
-        seen_items(rated(spark, prepared)) if config.score.exclude_seen else None,
+        prepared,
+        rated_by_user(spark, prepared) if config.score.exclude_seen else None,
         item_side_payload(model, spec, meta),
         model_version,
         config.score.top_n,
         config.score.users_per_block,
         config.train.device,
         config.score.partitions,
+        counters,
     )
     with staged(layout, final, name) as staging:
         table.write.mode("overwrite").parquet(str(staging))
-        # Counted from what was written, so the summary describes the published partition. Every
-        # scored user has exactly one rank-1 row, so no distinct count (and no shuffle) is needed.
-        counts = (
-            spark.read.parquet(str(staging))
-            .agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.sum((F.col(RANK) == 1).cast("long")).alias("users"),
+        # The rows are counted from the written files' footers, so the summary describes the
+        # published partition; the tasks' own count must agree, and says how many users got one.
+        rows, users = parquet_rows(staging), counters.users.value
+        if rows != counters.rows.value:
+            raise RuntimeError(
+                f"the scoring tasks produced {counters.rows.value} rows but {rows} were written "
+                f"to {staging}: nothing was published"
             )
-            .first()
-        )
-    log.info("published %d rows for %d users to %s", counts["rows"], counts["users"], final)
+    log.info("published %d rows for %d users to %s", rows, users, final)
     return {
         "outputs": {"recommendations": str(layout.recommendations), "partition": str(final)},
-        "counts": {"users": counts["users"], "rows": counts["rows"], "model_users": spec["n_users"]},
+        "counts": {"users": users, "rows": rows, "model_users": spec["n_users"]},
         "metrics": {"model_version": model_version, "top_n": config.score.top_n},
     }

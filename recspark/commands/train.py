@@ -25,9 +25,17 @@ from pyspark.sql import SparkSession
 from recspark.artifacts import Layout, file_digest, latest_date, read_json, staged, write_json
 from recspark.checkpoints import remove_checkpoints
 from recspark.config import Config
+from recspark.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.errors import BadInputError, MissingInputError
 from recspark.feeding import row_groups
-from recspark.model_io import MODEL_FILE, carry_weights, load_model, save_model, write_factor_tables
+from recspark.model_io import (
+    MODEL_FILE,
+    carry_weights,
+    load_model,
+    raw_ids,
+    save_model,
+    write_factor_tables,
+)
 from recspark.models import EmbeddingModel
 from recspark.plots import loss_curve
 from recspark.side_info import SideFeatures, load_side_features
@@ -84,6 +92,7 @@ def model_spec(
         "item_factors": config.model.item_factors,
         "sparse": is_sparse_optimizer(config.train.optimizer),
         "bias_penalty": config.model.bias_penalty,
+        "members": config.model.ensemble,
         **side_features(config, manifest, prepared).spec(),
     }
 
@@ -289,7 +298,12 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         }
         save_model(folder / MODEL_FILE, model, spec, meta)
         model_version = f"{config.run_date}-{spec['kind']}-{file_digest(folder / MODEL_FILE, 10)}"
-        outputs = write_factor_tables(model, folder)
+        outputs = write_factor_tables(
+            model,
+            folder,
+            raw_ids(prepared / "user_index", USER_ID, USER_IDX, spec["n_users"]),
+            raw_ids(prepared / "item_index", ITEM_ID, ITEM_IDX, spec["n_items"]),
+        )
         metrics = {
             "model_version": model_version,
             "validation_rmse": best["validation_rmse"],
