@@ -50,10 +50,11 @@ class Scorer:
 
 @dataclass
 class Fitted:
-    """A fitted baseline: ``predict(pairs) -> pairs + prediction``, an optional :class:`Scorer`."""
+    """A fitted baseline: ``predict(pairs) -> pairs + prediction`` (None when its scores are not
+    ratings), an optional :class:`Scorer`."""
 
     name: str
-    predict: Callable[[DataFrame], DataFrame]
+    predict: Callable[[DataFrame], DataFrame] | None
     scorer: Scorer | None
     train_seconds: float
     info: dict[str, Any] = field(default_factory=dict)
@@ -167,10 +168,25 @@ def fit_biases(
     return Fitted("biases", predict, scorer, seconds, {"mean": mu, "reg": reg, "iterations": iterations})
 
 
-def _als(rank: int, reg: float, max_iter: int, seed: int) -> ALS:
+def _als(
+    rank: int, reg: float, max_iter: int, seed: int, implicit: bool = False, alpha: float = 1.0
+) -> ALS:
     return ALS(
         userCol=USER_IDX, itemCol=ITEM_IDX, ratingCol=RATING, rank=rank, regParam=reg,
-        maxIter=max_iter, seed=seed, coldStartStrategy="nan", implicitPrefs=False,
+        maxIter=max_iter, seed=seed, coldStartStrategy="nan", implicitPrefs=implicit, alpha=alpha,
+    )
+
+
+def _als_scorer(model, n_items: int, rank: int) -> Scorer:
+    """A fitted ALS model as the scoring kernel sees it: a ``dot`` model of its own factors."""
+    vectors, _ = _item_matrix(model.itemFactors, n_items, rank, "id", "features", None)
+    return Scorer(
+        model.userFactors.select(
+            F.col("id").alias(USER_IDX),
+            F.lit(0.0).cast("float").alias(BIAS),
+            F.col("features").cast("array<float>").alias(FACTORS),
+        ),
+        dot_payload(vectors),
     )
 
 
@@ -236,16 +252,32 @@ def fit_als(
             F.when(F.isnan(PREDICTION), F.lit(mu)).otherwise(F.col(PREDICTION)).cast("float"),
         )
 
-    vectors, _ = _item_matrix(model.itemFactors, n_items, rank, "id", "features", None)
-    scorer = Scorer(
-        model.userFactors.select(
-            F.col("id").alias(USER_IDX),
-            F.lit(0.0).cast("float").alias(BIAS),
-            F.col("features").cast("array<float>").alias(FACTORS),
-        ),
-        dot_payload(vectors),
+    return Fitted("als", predict, _als_scorer(model, n_items, rank), seconds, info, native=model)
+
+
+def fit_als_implicit(
+    train: DataFrame,
+    n_items: int,
+    rank: int,
+    reg: float,
+    alpha: float,
+    max_iter: int = 10,
+    seed: int = 42,
+) -> Fitted:
+    """Spark ALS with ``implicitPrefs``: each training rating is an interaction of confidence
+    ``1 + alpha * rating`` (Hu, Koren and Volinsky's weighting, as MLlib implements it).
+
+    It predicts preferences, not ratings, so it has no ``predict`` (no RMSE); it ranks through
+    the same kernel as every other model. Not tuned: the ranking benchmark fixes its settings.
+    """
+    started = time.perf_counter()
+    model = _als(rank, reg, max_iter, seed, implicit=True, alpha=alpha).fit(train)
+    model.userFactors.count()
+    seconds = time.perf_counter() - started
+    info = {"rank": rank, "reg_param": reg, "alpha": alpha, "max_iter": max_iter}
+    return Fitted(
+        "als_implicit", None, _als_scorer(model, n_items, rank), seconds, info, native=model
     )
-    return Fitted("als", predict, scorer, seconds, info, native=model)
 
 
 BASELINES = ("global_mean", "biases", "als")

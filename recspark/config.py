@@ -107,6 +107,7 @@ class ModelConfig(_Section):
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias_penalty: float = Field(1.0, ge=0.0)  # multiplier of train.weight_decay for bias rows
     side_info: SideInfoConfig | None = None  # side features added to the embedding tables
+    ensemble: int = Field(1, ge=1, le=16)  # >1: mean of that many dot/dot_bias models
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
@@ -119,6 +120,11 @@ class ModelConfig(_Section):
             raise ValueError("every dropout must be in [0, 1)")
         if self.y_range is not None and self.y_range[0] >= self.y_range[1]:
             raise ValueError("y_range must be [low, high] with low < high")
+        if self.ensemble > 1 and (self.kind == "mlp" or self.objective == "ranking"):
+            raise ValueError(
+                "model.ensemble averages rating-trained dot or dot_bias models: set "
+                "model.ensemble=1 for an mlp or a ranking model"
+            )
         if self.y_range is not None and self.objective == "ranking":
             raise ValueError(
                 "y_range squashes rating predictions; a ranking model scores without one: remove"
@@ -165,7 +171,7 @@ class TrainConfig(_Section):
 class ScoreConfig(_Section):
     top_n: int = Field(10, gt=0)
     exclude_seen: bool = True
-    users_per_block: int = Field(256, gt=0)  # users per matmul block; 256 keeps it in cache
+    users_per_block: int = Field(128, gt=0)  # users per matmul block: 128 x 20k floats fit in cache
     partitions: int | None = Field(None, gt=0)  # scoring tasks; None: Spark's default parallelism
 
 
@@ -187,15 +193,29 @@ class EvaluateConfig(_Section):
 class BenchmarkConfig(_Section):
     """``recspark benchmark``: which data sets and contenders, side by side in one run."""
 
-    datasets: list[Literal["ml100k-u1", "synthetic"]] = Field(
-        default_factory=lambda: ["ml100k-u1", "synthetic"]
+    datasets: list[Literal["ml100k-u1", "ml100k-ranking", "synthetic"]] = Field(
+        default_factory=lambda: ["ml100k-u1", "ml100k-ranking", "synthetic"]
     )
     synthetic_sizes: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000])
     ratings_per_user: int = Field(100, gt=0)  # synthetic shape: users = size / ratings_per_user
     ratings_per_item: int = Field(500, gt=0)  # items = size / ratings_per_item
     movielens_path: str = "../shared/data/ml-100k"
-    model_configs: dict[str, str] = Field(default_factory=dict)  # data set -> YAML for model/train
+    # data set -> YAML whose model/train sections the `recspark` contender uses there
+    model_configs: dict[str, str] = Field(
+        default_factory=lambda: {
+            "ml100k-u1": "conf/movielens-100k-dot-bias.yaml",
+            "ml100k-ranking": "conf/movielens-100k-notebook.yaml",
+        }
+    )
     contenders: list[str] = Field(default_factory=lambda: ["recspark", "als"])
+    # ml100k-ranking (u.data, user_stratified 25%, every validation item relevant) runs these
+    ranking_contenders: list[str] = Field(
+        default_factory=lambda: ["recspark", "recspark-ranking", "als", "als-implicit"]
+    )
+    ranking_config: str = "conf/movielens-100k-ranking.yaml"  # recspark-ranking's model/train
+    als_implicit_rank: int = Field(64, gt=0)
+    als_implicit_reg_param: float = Field(0.1, gt=0.0)
+    als_implicit_alpha: float = Field(5.0, gt=0.0)
     reference: str = "als"
     als_rank: int | None = Field(None, gt=0)  # fixed ALS rank/reg above tune_max_ratings
     als_reg_param: float | None = Field(None, gt=0.0)
@@ -263,6 +283,8 @@ class NightlyConfig(_Section):
     warm_start: bool = True
     max_rmse_increase: float = Field(0.05, ge=0.0)
     max_rmse: float | None = Field(None, gt=0.0)
+    max_ndcg_decrease: float = Field(0.02, ge=0.0)  # ranking models are gated on NDCG@k
+    min_ndcg: float | None = Field(None, ge=0.0, le=1.0)
     keep_runs: int = Field(7, ge=1)
     force: bool = False
     lock_stale_hours: float = Field(24.0, gt=0.0)

@@ -45,6 +45,7 @@ def tiny_benchmark(spark, tmp_path_factory):
         "synthetic.factors=2", "synthetic.noise=0.3",
         "model.factors=4", "train.epochs=3", "train.batch_size=512", "train.lr=0.02",
         "evaluate.als_ranks=[2]", "evaluate.als_reg_params=[0.1]", "evaluate.als_max_iter=4",
+        "benchmark.contenders=[recspark, als, als-implicit]", "benchmark.als_implicit_rank=2",
     ]
     errors = io.StringIO()
     output = io.StringIO()
@@ -59,11 +60,17 @@ def test_benchmark_prints_the_table_and_one_json_line(tiny_benchmark):
     _, summary, stderr = tiny_benchmark
     assert summary["command"] == "benchmark" and summary["status"] == "ok"
     assert "data set" in stderr and "NDCG@10" in stderr and "recspark/als" in stderr
+    assert "Precision@10" in stderr and "MAP@10" in stderr  # the ranking table
     figures = summary["metrics"]["synthetic-4k"]
-    assert set(figures) == {"recspark", "als"}
-    for contender in figures.values():
+    assert set(figures) == {"recspark", "als", "als-implicit"}
+    for name, contender in figures.items():
         assert contender["train_seconds"] > 0 and contender["score_seconds"] > 0
-        assert 0 < contender["rmse"] < 2 and 0 <= contender["ndcg_at_k"] <= 1
+        for key in ("ndcg_at_k", "precision_at_k", "recall_at_k", "map_at_k"):
+            assert 0 <= contender[key] <= 1, (name, key)
+        if name == "als-implicit":
+            assert contender["rmse"] is None  # preferences, not ratings: no RMSE
+        else:
+            assert 0 < contender["rmse"] < 2
     ratio = summary["ratios"]["synthetic-4k"]["recspark"]
     assert ratio["score_seconds"] == pytest.approx(
         figures["als"]["score_seconds"] / figures["recspark"]["score_seconds"]

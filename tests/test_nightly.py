@@ -130,6 +130,21 @@ def test_gate_rejects_a_regression_a_ceiling_and_a_missing_rmse():
     assert not nightly.quality_gate(None, None, 0.05)["passed"]
 
 
+def test_a_ranking_model_is_gated_on_ndcg_not_rmse():
+    def ranked(ndcg: float) -> dict:
+        return {**published(0.0), "metrics": {"rmse": None, "ndcg_at_k": ndcg}}
+
+    small = nightly.ranking_gate(0.44, ranked(0.45), max_ndcg_decrease=0.02)
+    assert small["passed"] and small["ndcg_at_k_decrease"] == pytest.approx(0.01)
+    assert nightly.ranking_gate(0.50, ranked(0.45), 0.02)["passed"]  # better is always fine
+    worse = nightly.ranking_gate(0.40, ranked(0.45), 0.02)
+    assert not worse["passed"] and "0.0500 worse" in worse["reason"]
+    assert "nightly.max_ndcg_decrease" in worse["reason"]
+    floor = nightly.ranking_gate(0.2, None, 0.02, min_ndcg=0.3)
+    assert not floor["passed"] and "below nightly.min_ndcg=0.3" in floor["reason"]
+    assert not nightly.ranking_gate(None, ranked(0.45), 0.02)["passed"]
+
+
 # -- the lock -----------------------------------------------------------------------------------
 
 

@@ -1,10 +1,13 @@
 """benchmark: recspark and Spark ALS on the same data in one run, side by side.
 
 For each data set of ``benchmark.datasets`` (MovieLens 100K's ``u1`` split from
-``benchmark.movielens_path``, and the embedded synthetic generator at each of
-``benchmark.synthetic_sizes`` ratings), the benchmark writes the data (synthetic only), prepares
-it with the ``prepare`` command under ``<paths.root>/benchmark/<data set>/``, and then runs every
-contender of ``benchmark.contenders`` on that one prepared split in this one Spark session:
+``benchmark.movielens_path``; ``ml100k-ranking``, its ``u.data`` split 75/25 per user with every
+validation item relevant, as in the microsoft/recommenders ranking benchmark; and the embedded
+synthetic generator at each of ``benchmark.synthetic_sizes`` ratings), the benchmark writes the
+data (synthetic only), prepares it with the ``prepare`` command under
+``<paths.root>/benchmark/<data set>/``, and then runs every contender of ``benchmark.contenders``
+(``benchmark.ranking_contenders`` on ``ml100k-ranking``) on that one prepared split in this one
+Spark session:
 
 - ``recspark``: the ``train`` command (train time) and the ``score`` command, end to end to the
   published Parquet partition (score time); accuracy from the published model.
@@ -13,12 +16,18 @@ contender of ``benchmark.contenders`` on that one prepared split in this one Spa
   holdout of train (tuning time reported apart); above, ``benchmark.als_rank`` (default: the
   model's ``factors``) and ``benchmark.als_reg_param`` (default: the last grid value) are used.
   Train time is the final fit; score time is ``recommendForAllUsers(top_n)`` written to Parquet.
+- ``recspark-ranking``: the ``recspark`` contender with the model, train and ranking sections of
+  ``benchmark.ranking_config`` (``model.objective: ranking``), prepared apart from the same input.
+- ``als-implicit``: Spark ALS with ``implicitPrefs`` (``benchmark.als_implicit_*``), timed as ALS.
+
+Models whose scores are not ratings (the ranking objective, implicit ALS) have no RMSE.
 
 Every contender is measured by the same code as ``evaluate`` (:func:`recspark.metrics.assess`):
 RMSE on the validation split and ranking metrics at ``evaluate.k`` with training items excluded
 (ALS is ranked through the same blocked kernel from its own factors, because its
 ``recommendForAllUsers`` cannot leave out seen items). The table on stderr shows, per data set,
 RMSE, NDCG@k, train and score seconds, and each contender's ratios to ``benchmark.reference``;
+a second table shows NDCG, precision, recall and MAP at k.
 ``benchmark/reports/RUN_DATE/benchmark.json`` keeps every figure.
 
 Adding a contender: write a function ``(spark, dataset, split) -> ContenderResult`` and register
@@ -44,8 +53,9 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recspark.artifacts import Layout, local_path, read_json, staged, write_json
-from recspark.baselines import Fitted, Scorer, fit_als, mean_rating
+from recspark.baselines import Fitted, Scorer, fit_als, fit_als_implicit, mean_rating
 from recspark.commands import evaluate, generate, prepare, score, train
+from recspark.commands.evaluate import predicts_ratings
 from recspark.commands.score import load_published_model
 from recspark.config import Config, load_config
 from recspark.errors import ConfigError, MissingInputError
@@ -55,6 +65,7 @@ from recspark.scoring import item_side_payload, predict
 log = logging.getLogger(__name__)
 
 ML100K = "ml100k-u1"
+ML100K_RANKING = "ml100k-ranking"
 
 
 @dataclass
@@ -64,6 +75,7 @@ class Dataset:
     name: str
     config: Config
     ratings: int
+    contenders: list[str] = field(default_factory=list)
 
     @property
     def layout(self) -> Layout:
@@ -136,12 +148,14 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
             spark.read.parquet(str(folder / "user_factors")), item_side_payload(model, spec, meta)
         )
         metrics = evaluate.assess_contender(
-            spark, split, predict_model, scorer, config.score.users_per_block,
+            spark, split, predict_model if predicts_ratings(meta) else None, scorer,
+            config.score.users_per_block,
             config.train.device, config.score.partitions,
         )
         info = {
             "model_version": version,
             "kind": spec["kind"],
+            "objective": meta.get("objective", "rating"),
             "factors": spec.get("factors"),
             "epochs": trained["metrics"].get("epochs"),
             "trainer_validation_rmse": trained["metrics"].get("validation_rmse"),
@@ -152,6 +166,24 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
         return ContenderResult(name, train_seconds, score_seconds, metrics, info)
 
     return run
+
+
+def ranking_contender(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
+    """recspark trained for ranking: the model, train and ranking sections of
+    ``benchmark.ranking_config``."""
+    chosen = recspark_contender("recspark-ranking", dataset.config.benchmark.ranking_config)
+    return chosen(spark, dataset, split)
+
+
+def _als_recommend_seconds(fitted: Fitted, dataset: Dataset, name: str) -> tuple[float, Path]:
+    """Seconds of ``recommendForAllUsers(top_n)`` written to Parquet: ALS's own scoring job."""
+    config = dataset.config
+    target = dataset.layout.root / f"{name}_recommendations" / str(config.run_date)
+    started = time.perf_counter()
+    fitted.native.recommendForAllUsers(config.score.top_n).write.mode("overwrite").parquet(
+        str(target)
+    )
+    return time.perf_counter() - started, target
 
 
 def run_als(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
@@ -167,12 +199,7 @@ def run_als(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
         split.train, split.n_items, ranks, regs, settings.als_max_iter, settings.als_seed,
         settings.als_tune_fraction, mean_rating(split.train),
     )
-    target = dataset.layout.root / "als_recommendations" / str(config.run_date)
-    started = time.perf_counter()
-    fitted.native.recommendForAllUsers(config.score.top_n).write.mode("overwrite").parquet(
-        str(target)
-    )
-    score_seconds = time.perf_counter() - started
+    score_seconds, target = _als_recommend_seconds(fitted, dataset, "als")
     metrics = evaluate.assess_contender(
         spark, split, fitted.predict, fitted.scorer, config.score.users_per_block,
         config.train.device, config.score.partitions,
@@ -182,8 +209,31 @@ def run_als(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
     return ContenderResult("als", fitted.train_seconds, score_seconds, metrics, info)
 
 
-#: Registered contenders by name; ``benchmark.contenders`` picks and orders them.
-CONTENDERS: dict[str, Contender] = {"recspark": recspark_contender(), "als": run_als}
+def run_als_implicit(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
+    """Spark ALS with ``implicitPrefs`` on the same training rows; it ranks, it has no RMSE."""
+    config = dataset.config
+    bench, settings = config.benchmark, config.evaluate
+    fitted = fit_als_implicit(
+        split.train, split.n_items, bench.als_implicit_rank, bench.als_implicit_reg_param,
+        bench.als_implicit_alpha, settings.als_max_iter, settings.als_seed,
+    )
+    score_seconds, target = _als_recommend_seconds(fitted, dataset, "als_implicit")
+    metrics = evaluate.assess_contender(
+        spark, split, None, fitted.scorer, config.score.users_per_block,
+        config.train.device, config.score.partitions,
+    )
+    info = {**fitted.info, "recommendations": str(target)}
+    return ContenderResult("als-implicit", fitted.train_seconds, score_seconds, metrics, info)
+
+
+#: Registered contenders by name; ``benchmark.contenders`` (``benchmark.ranking_contenders`` on
+#: the ranking data set) picks and orders them.
+CONTENDERS: dict[str, Contender] = {
+    "recspark": recspark_contender(),
+    "recspark-ranking": ranking_contender,
+    "als": run_als,
+    "als-implicit": run_als_implicit,
+}
 
 
 @dataclass(frozen=True)
@@ -207,8 +257,18 @@ def accuracy_table(k: int) -> list[Column]:
     ]
 
 
+def ranking_table(k: int) -> list[Column]:
+    """The table issue 9 asks for: the top-k lists' quality, every contender on its own lists."""
+    return [
+        Column(f"NDCG@{k}", "ndcg_at_k", lower_is_better=False),
+        Column(f"Precision@{k}", "precision_at_k", lower_is_better=False),
+        Column(f"Recall@{k}", "recall_at_k", lower_is_better=False),
+        Column(f"MAP@{k}", "map_at_k", lower_is_better=False),
+    ]
+
+
 #: Tables printed, each built from ``evaluate.k``; append a builder to add one.
-TABLES: list[Callable[[int], list[Column]]] = [accuracy_table]
+TABLES: list[Callable[[int], list[Column]]] = [accuracy_table, ranking_table]
 
 
 def datasets(config: Config) -> list[Dataset]:
@@ -218,12 +278,7 @@ def datasets(config: Config) -> list[Dataset]:
     chosen: list[Dataset] = []
     for kind in bench.datasets:
         if kind == ML100K:
-            folder = local_path(bench.movielens_path)
-            if not (folder / "u1.base").exists():
-                raise MissingInputError(
-                    f"MovieLens 100K's u1.base is not in {folder}: set benchmark.movielens_path "
-                    "to the unpacked ml-100k folder, or drop ml100k-u1 from benchmark.datasets"
-                )
+            folder = _movielens(bench.movielens_path, "u1.base", kind)
             update = {
                 "input": config.input.model_copy(update={
                     "path": str(folder / "u1.base"), "format": "movielens-100k",
@@ -232,6 +287,19 @@ def datasets(config: Config) -> list[Dataset]:
                 "split": config.split.model_copy(update={"method": "given"}),
             }
             chosen.append(_dataset(config, ML100K, base, update, 80_000))
+        elif kind == ML100K_RANKING:
+            folder = _movielens(bench.movielens_path, "u.data", kind)
+            update = {
+                "input": config.input.model_copy(update={
+                    "path": str(folder / "u.data"), "format": "movielens-100k",
+                    "validation_path": None, "rating_min": 1.0, "rating_max": 5.0,
+                }),
+                "split": config.split.model_copy(update={
+                    "method": "user_stratified", "validation_fraction": 0.25, "seed": 42,
+                }),
+                "evaluate": config.evaluate.model_copy(update={"relevance_threshold": 0.0}),
+            }
+            chosen.append(_dataset(config, kind, base, update, 100_000, bench.ranking_contenders))
         else:
             for size in bench.synthetic_sizes:
                 users = max(1, size // bench.ratings_per_user)
@@ -254,6 +322,16 @@ def datasets(config: Config) -> list[Dataset]:
     return chosen
 
 
+def _movielens(path: str, name: str, kind: str) -> Path:
+    folder = local_path(path)
+    if not (folder / name).exists():
+        raise MissingInputError(
+            f"MovieLens 100K's {name} is not in {folder}: set benchmark.movielens_path to the "
+            f"unpacked ml-100k folder, or drop {kind} from benchmark.datasets"
+        )
+    return folder
+
+
 def _short(size: int) -> str:
     for unit, scale in (("M", 1_000_000), ("k", 1_000)):
         if size >= scale and size % scale == 0:
@@ -261,13 +339,21 @@ def _short(size: int) -> str:
     return str(size)
 
 
-def _dataset(config: Config, name: str, base: Path, update: dict, ratings: int) -> Dataset:
+def _dataset(
+    config: Config,
+    name: str,
+    base: Path,
+    update: dict,
+    ratings: int,
+    contenders: list[str] | None = None,
+) -> Dataset:
     source = config.benchmark.model_configs.get(name)
     if source is not None:
         tuned = load_config(source)
         update = {**update, "model": tuned.model, "train": tuned.train}
     paths = config.paths.model_copy(update={"root": str(base / name)})
-    return Dataset(name, config.model_copy(update={**update, "paths": paths}), ratings)
+    chosen = list(config.benchmark.contenders if contenders is None else contenders)
+    return Dataset(name, config.model_copy(update={**update, "paths": paths}), ratings, chosen)
 
 
 def ensure_prepared(spark: SparkSession, dataset: Dataset) -> dict[str, Any]:
@@ -346,29 +432,32 @@ def format_table(
 
 def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     bench = config.benchmark
-    unknown = [name for name in bench.contenders if name not in CONTENDERS]
-    if unknown:
-        raise ConfigError(
-            f"benchmark.contenders: unknown {unknown}; registered: {sorted(CONTENDERS)}"
-        )
+    for key in ("contenders", "ranking_contenders"):
+        unknown = [name for name in getattr(bench, key) if name not in CONTENDERS]
+        if unknown:
+            raise ConfigError(
+                f"benchmark.{key}: unknown {unknown}; registered: {sorted(CONTENDERS)}"
+            )
     results: dict[str, list[ContenderResult]] = {}
     facts: dict[str, dict[str, Any]] = {}
     for dataset in datasets(config):
         manifest = ensure_prepared(spark, dataset)
         split = evaluate.read_split(
             spark, dataset.layout.prepared(dataset.config.run_date), manifest["items"],
-            config.evaluate.k, config.evaluate.relevance_threshold,
+            config.evaluate.k, dataset.config.evaluate.relevance_threshold,
         )
         facts[dataset.name] = {
             "users": manifest["users"], "items": manifest["items"], **manifest["counts"],
+            "split": dataset.config.split.method,
+            "relevance_threshold": dataset.config.evaluate.relevance_threshold,
             "root": str(dataset.layout.root),
         }
         results[dataset.name] = []
-        for name in bench.contenders:
+        for name in dataset.contenders:
             log.info("%s: running %s", dataset.name, name)
             result = CONTENDERS[name](spark, dataset, split)
-            log.info("%s %s: %s", dataset.name, name, {k: result.figure(k) for k in
-                                                        ("rmse", "ndcg_at_k", "train_seconds", "score_seconds")})
+            log.info("%s %s: %s", dataset.name, name,
+                     {key: result.figure(key) for key in SUMMARY_KEYS})
             results[dataset.name].append(result)
         split.popularity.unpersist()
     tables = [builder(config.evaluate.k) for builder in TABLES]
@@ -378,7 +467,6 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     report = {
         "run_date": str(config.run_date),
         "k": config.evaluate.k,
-        "relevance_threshold": config.evaluate.relevance_threshold,
         "reference": bench.reference,
         "datasets": facts,
         "results": {
@@ -398,8 +486,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         write_json(staging / "benchmark.json", report)
         (staging / "table.txt").write_text(text + "\n")
     figures = {
-        name: {r.name: {key: _finite(r.figure(key)) for key in ("rmse", "ndcg_at_k", "train_seconds",
-                                                               "score_seconds")} for r in rs}
+        name: {r.name: {key: _finite(r.figure(key)) for key in SUMMARY_KEYS} for r in rs}
         for name, rs in results.items()
     }
     return {
@@ -408,6 +495,13 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         "metrics": figures,
         "ratios": report["ratios"],
     }
+
+
+#: Figures of every contender in the JSON summary line (benchmark.json keeps all of them).
+SUMMARY_KEYS = (
+    "rmse", "ndcg_at_k", "precision_at_k", "recall_at_k", "map_at_k", "train_seconds",
+    "score_seconds",
+)
 
 
 def _finite(value):

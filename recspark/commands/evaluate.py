@@ -9,7 +9,8 @@ split in the same run and measured by the same code (:func:`recspark.metrics.ass
 
 Writes the report folder ``evaluation/RUN_DATE/``: ``evaluation.json``, ``training_curves.png``
 (from the model's ``metrics.json`` history), ``metrics_vs_baselines.png`` and
-``rating_distribution.png``, published whole like every output.
+``rating_distribution.png`` (rating models only: a ranking model's scores are not ratings, so its
+RMSE and MAE are None), published whole like every output.
 """
 
 from __future__ import annotations
@@ -103,9 +104,13 @@ def assess_contender(
     device: str = "auto",
     partitions: int | None = None,
 ) -> dict[str, Any]:
-    """Every metric of one model: ``predict_pairs(frame) -> frame + prediction``, and its scorer."""
-    predictions = predict_pairs(split.validation).cache()
-    cold = predict_pairs(split.cold_start)
+    """Every metric of one model: ``predict_pairs(frame) -> frame + prediction``, and its scorer.
+
+    ``predict_pairs`` is None for a model whose scores are not ratings (the ranking objective,
+    implicit ALS): its RMSE and MAE are reported as None rather than as meaningless figures.
+    """
+    predictions = predict_pairs(split.validation).cache() if predict_pairs else None
+    cold = predict_pairs(split.cold_start) if predict_pairs else None
     lists = (
         top_k_lists(spark, scorer, split, users_per_block, device, partitions).cache()
         if scorer is not None
@@ -115,10 +120,19 @@ def assess_contender(
         predictions, lists, split.relevant, split.k, split.n_items, split.popularity,
         split.train_users, cold,
     )
-    predictions.unpersist()
+    if predictions is not None:
+        predictions.unpersist()
     if lists is not None:
         lists.unpersist()
     return metrics
+
+
+def predicts_ratings(meta: dict[str, Any]) -> bool:
+    """Whether a published model's scores are ratings (``model.objective: rating``).
+
+    A ranking model's scores are unbounded preferences: only its lists are measured.
+    """
+    return meta.get("objective", "rating") == "rating"
 
 
 def fit_baseline(name: str, split: EvaluationSplit, settings: EvaluateConfig, mean: float) -> Fitted:
@@ -147,8 +161,12 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     def predict_model(pairs: DataFrame) -> DataFrame:
         return predict(spark, pairs, whole_model, device)
 
+    rates = predicts_ratings(meta)
     scorer = Scorer(spark.read.parquet(str(folder / "user_factors")), item_side_payload(model, spec, meta))
-    metrics = assess_contender(spark, split, predict_model, scorer, block, device, config.score.partitions)
+    metrics = assess_contender(
+        spark, split, predict_model if rates else None, scorer, block, device,
+        config.score.partitions,
+    )
     log.info("model: RMSE %s, NDCG@%d %s", metrics["rmse"], settings.k, metrics["ndcg_at_k"])
 
     mean = mean_rating(split.train)
@@ -165,10 +183,12 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
                  baseline_metrics["ndcg_at_k"])
 
     low, high = config.input.rating_min - 0.5, config.input.rating_max + 0.5
-    predictions = predict_model(split.validation)
+    predictions = predict_model(split.validation) if rates else None
     distribution = {
         "low": low, "high": high,
-        "prediction": report.histogram(predictions, PREDICTION, low, high, HISTOGRAM_BINS),
+        "prediction": (
+            report.histogram(predictions, PREDICTION, low, high, HISTOGRAM_BINS) if rates else None
+        ),
         "truth": report.histogram(split.validation, RATING, low, high, HISTOGRAM_BINS),
     }
     history = read_json(folder / "metrics.json").get("history", [])
@@ -194,11 +214,13 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             plots.append("training_curves.png")
         table = {"model": metrics, **{name: b["metrics"] for name, b in baselines.items()}}
         report.metric_table(table, settings.k, staging / "metrics_vs_baselines.png")
-        report.rating_distribution(
-            distribution["prediction"], distribution["truth"], low, high,
-            staging / "rating_distribution.png",
-        )
-        plots += ["metrics_vs_baselines.png", "rating_distribution.png"]
+        plots.append("metrics_vs_baselines.png")
+        if rates:
+            report.rating_distribution(
+                distribution["prediction"], distribution["truth"], low, high,
+                staging / "rating_distribution.png",
+            )
+            plots.append("rating_distribution.png")
         evaluation["plots"] = plots
         write_json(staging / "evaluation.json", evaluation)
     split.popularity.unpersist()

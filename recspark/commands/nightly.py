@@ -13,7 +13,8 @@ session. Order and publication::
   last published model's rows for known ids, and the carried counts reach this summary.
 * **Gate**: the candidate's validation RMSE (evaluate's, computed in Spark on the saved model) may
   exceed the last published run's by at most ``nightly.max_rmse_increase`` (and ``nightly.max_rmse``
-  when set). Evaluate runs before score for this reason: nothing downstream reads is written until
+  when set); a ranking model's NDCG@k may fall short of it by at most
+  ``nightly.max_ndcg_decrease`` (and stay above ``nightly.min_ndcg`` when set). Evaluate runs before score for this reason: nothing downstream reads is written until
   the candidate has passed.
 * **Commit**: score's atomic rename of ``recommendations/run_date=D`` is the one moment the run
   becomes visible. Before it, a failure or a kill rolls back: the candidate model and report move to
@@ -162,7 +163,7 @@ def quality_gate(
     max_rmse_increase: float,
     max_rmse: float | None = None,
 ) -> dict[str, Any]:
-    """Decide whether a candidate may be published.
+    """Decide whether a rating model may be published, by its validation RMSE.
 
     Parameters
     ----------
@@ -180,39 +181,64 @@ def quality_gate(
     dict
         ``passed``, ``reason`` and the figures the decision used.
     """
-    baseline_rmse = (baseline or {}).get("metrics", {}).get("rmse")
+    return _gate("rmse", "validation RMSE", False, candidate_rmse, baseline,
+                 max_rmse_increase, "nightly.max_rmse_increase", max_rmse, "nightly.max_rmse")
+
+
+def ranking_gate(
+    candidate_ndcg: float | None,
+    baseline: dict[str, Any] | None,
+    max_ndcg_decrease: float,
+    min_ndcg: float | None = None,
+) -> dict[str, Any]:
+    """Decide whether a ranking model (``model.objective: ranking``) may be published, by its
+    validation NDCG@k: its scores are not ratings, so RMSE says nothing about it."""
+    return _gate("ndcg_at_k", "validation NDCG@k", True, candidate_ndcg, baseline,
+                 max_ndcg_decrease, "nightly.max_ndcg_decrease", min_ndcg, "nightly.min_ndcg")
+
+
+def _gate(
+    key: str,
+    label: str,
+    higher_is_better: bool,
+    candidate: float | None,
+    baseline: dict[str, Any] | None,
+    max_worse: float,
+    max_worse_setting: str,
+    bound: float | None,
+    bound_setting: str,
+) -> dict[str, Any]:
+    change = f"{key}_{'decrease' if higher_is_better else 'increase'}"
+    base = (baseline or {}).get("metrics", {}).get(key)
     gate = {
-        "candidate_rmse": candidate_rmse,
+        f"candidate_{key}": candidate,
         "baseline_run_date": (baseline or {}).get("run_date"),
         "baseline_model_version": (baseline or {}).get("model_version"),
-        "baseline_rmse": baseline_rmse,
-        "rmse_increase": None,
-        "max_rmse_increase": max_rmse_increase,
-        "max_rmse": max_rmse,
+        f"baseline_{key}": base,
+        change: None,
+        f"max_{change}": max_worse,
+        bound_setting.split(".")[-1]: bound,
     }
-    if candidate_rmse is None or not math.isfinite(candidate_rmse):
-        return {
-            **gate,
-            "passed": False,
-            "reason": f"the candidate's validation RMSE is {candidate_rmse}",
-        }
-    if baseline_rmse is not None:
-        gate["rmse_increase"] = candidate_rmse - baseline_rmse
-    if max_rmse is not None and candidate_rmse > max_rmse:
-        reason = f"validation RMSE {candidate_rmse:.4f} is above nightly.max_rmse={max_rmse}"
+    if candidate is None or not math.isfinite(candidate):
+        return {**gate, "passed": False, "reason": f"the candidate's {label} is {candidate}"}
+    sign = -1.0 if higher_is_better else 1.0
+    if base is not None:
+        gate[change] = sign * (candidate - base)
+    if bound is not None and sign * (candidate - bound) > 0:
+        side = "below" if higher_is_better else "above"
+        reason = f"{label} {candidate:.4f} is {side} {bound_setting}={bound}"
         return {**gate, "passed": False, "reason": reason}
-    if gate["rmse_increase"] is not None and gate["rmse_increase"] > max_rmse_increase:
+    if gate[change] is not None and gate[change] > max_worse:
         reason = (
-            f"validation RMSE {candidate_rmse:.4f} is {gate['rmse_increase']:.4f} worse than the "
-            f"last published run's {baseline_rmse:.4f} ({gate['baseline_run_date']}, model "
-            f"{gate['baseline_model_version']}), more than "
-            f"nightly.max_rmse_increase={max_rmse_increase}"
+            f"{label} {candidate:.4f} is {gate[change]:.4f} worse than the last published run's "
+            f"{base:.4f} ({gate['baseline_run_date']}, model {gate['baseline_model_version']}), "
+            f"more than {max_worse_setting}={max_worse}"
         )
         return {**gate, "passed": False, "reason": reason}
-    if baseline_rmse is None:
+    if base is None:
         reason = "first published run: no baseline to compare with"
     else:
-        reason = f"within nightly.max_rmse_increase of {gate['baseline_run_date']}"
+        reason = f"within {max_worse_setting} of {gate['baseline_run_date']}"
     return {**gate, "passed": True, "reason": reason}
 
 
@@ -485,10 +511,19 @@ def _run_unit(
         for name in ("prepare", "train", "evaluate"):
             _run_stage(name, settings, spark, state, journal)
         evaluated, trained = journal["summaries"]["evaluate"], journal["summaries"]["train"]
-        candidate_rmse = evaluated["metrics"].get("rmse", trained["metrics"].get("validation_rmse"))
-        gate = quality_gate(
-            candidate_rmse, baseline, config.nightly.max_rmse_increase, config.nightly.max_rmse
-        )
+        settings_ = config.nightly
+        if config.model.objective == "ranking":
+            gate = ranking_gate(
+                evaluated["metrics"].get("ndcg_at_k"), baseline, settings_.max_ndcg_decrease,
+                settings_.min_ndcg,
+            )
+        else:
+            candidate_rmse = evaluated["metrics"].get(
+                "rmse", trained["metrics"].get("validation_rmse")
+            )
+            gate = quality_gate(
+                candidate_rmse, baseline, settings_.max_rmse_increase, settings_.max_rmse
+            )
         journal["gate"], journal["stage"] = gate, "gate"
         _write_atomic(state.journal, journal)
         if not gate["passed"]:
