@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from recspark.errors import BadInputError
-from recspark.models import DotBias, DotProduct, EmbeddingModel, EmbeddingNet
+from recspark.models import DotBias, DotProduct, EmbeddingModel, EmbeddingNet, Ensemble
 
 # Scaled ratings are clipped to [EDGE, 1 - EDGE] before the logit: a rating at the bottom of
 # y_range would otherwise need an infinite logit. Gauss-Newton then refines on the exact loss.
@@ -442,7 +442,7 @@ def fold_in(
         raise IndexError(f"item_idx outside [0, {model.n_items})")
     if ranking is not None:
         return fold_in_ranking(model, item_idx, ratings, regularization, ranking)
-    if isinstance(model, EmbeddingNet):
+    if isinstance(model, EmbeddingNet | Ensemble):
         return fold_in_network(model, item_idx, ratings, regularization)
     vectors = model.item_factors.weight.detach().cpu().numpy()[item_idx]
     if isinstance(model, DotBias):

@@ -14,6 +14,9 @@ occupation). The features are a buffer of the model, filled at training time fro
 is the *effective* matrix: the factor tables written for scoring and downstream use hold what the
 model actually multiplies.
 
+An :class:`Ensemble` (``model.ensemble`` > 1) averages several ``dot`` or ``dot_bias`` models
+trained side by side from different initialisations.
+
 Each model also answers :meth:`EmbeddingModel.score_items`, the full ``users x items`` score block
 that scoring and ranking evaluation need; dot models compute it as one matrix product.
 """
@@ -221,6 +224,13 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
             for table in featured:
                 table.set_features(weights)
 
+    def cut_users(self) -> None:
+        """Cut the user tables to one row: what scoring executors hold (they get user vectors)."""
+        self.user_factors = nn.Embedding(1, self.user_factors.embedding_dim)
+        if hasattr(self, "user_bias"):
+            self.user_bias = nn.Embedding(1, 1)
+        self.n_users = 1
+
     def score_items(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """Scores of every (user, item) pair as a ``len(user_idx) x len(item_idx)`` block."""
         bias = self.user_bias(user_idx).squeeze(1) if hasattr(self, "user_bias") else None
@@ -344,7 +354,109 @@ class EmbeddingNet(EmbeddingModel):
         return _scale(self.layers(joined).squeeze(1), self.y_range).view(users, items)
 
 
+class _SideBySide:
+    """An ensemble's user or item side read like one table: every member's rows side by side.
+
+    Each member contributes its factor columns and, when it has one, its bias as one more
+    column, so a single vector per id carries everything the members need; scoring and the
+    factor tables handle it like any other table. Not a module: the members own the weights.
+    """
+
+    def __init__(self, parts: list[nn.Module]):
+        self.parts = parts
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([part.weight for part in self.parts], dim=1)
+
+    @property
+    def embedding_dim(self) -> int:
+        return sum(part.embedding_dim for part in self.parts)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.parts[0].num_embeddings
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(index) for part in self.parts], dim=1)
+
+
+class Ensemble(EmbeddingModel):
+    """The mean prediction of several models of one kind, trained side by side.
+
+    Members differ only in their random initialisation. Training sums the members' own losses
+    on the same batches (:meth:`forward` with ``members=True``), so each member's gradient is the
+    one it would get trained alone: they learn independently and their errors partly cancel in
+    the mean, as averaging separately trained seeds does.
+
+    ``user_factors`` and ``item_factors`` read the members' tables side by side (see
+    :class:`_SideBySide`): a member's bias is one column of the vector, so the ensemble has no
+    ``user_bias``/``item_bias`` of its own and :meth:`score_vectors` ignores ``user_bias``.
+    """
+
+    def __init__(self, members: list[EmbeddingModel]):
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        first = members[0]
+        super().__init__(first.n_users, first.n_items, first.bias_penalty)
+        self.members = nn.ModuleList(members)
+        self.y_range = getattr(first, "y_range", None)
+
+    def _side(self, side: str) -> list[nn.Module]:
+        parts = []
+        for member in self.members:
+            parts.append(getattr(member, f"{side}_factors"))
+            if hasattr(member, f"{side}_bias"):
+                parts.append(getattr(member, f"{side}_bias"))
+        return parts
+
+    @property
+    def user_factors(self) -> _SideBySide:
+        return _SideBySide(self._side("user"))
+
+    @property
+    def item_factors(self) -> _SideBySide:
+        return _SideBySide(self._side("item"))
+
+    def forward(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, *, members: bool = False
+    ) -> torch.Tensor:
+        """The mean prediction; ``members=True``: every member's, ``members x batch``."""
+        each = torch.stack([member(user_idx, item_idx) for member in self.members])
+        return each if members else each.mean(dim=0)
+
+    def penalty(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """The sum of the members' penalties, as training sums their losses."""
+        return torch.stack([m.penalty(user_idx, item_idx) for m in self.members]).sum()
+
+    def set_side_features(
+        self, user: np.ndarray | None = None, item: np.ndarray | None = None
+    ) -> None:
+        for member in self.members:
+            member.set_side_features(user, item)
+
+    def cut_users(self) -> None:
+        for member in self.members:
+            member.cut_users()
+        self.n_users = 1
+
+    def score_vectors(self, user_vectors, user_bias, item_idx):
+        scores, offset = [], 0
+        for member in self.members:
+            width = member.user_factors.embedding_dim
+            vectors = user_vectors[:, offset : offset + width]
+            offset += width
+            bias = None
+            if hasattr(member, "user_bias"):
+                bias = user_vectors[:, offset]
+                offset += 1
+            scores.append(member.score_vectors(vectors, bias, item_idx))
+        return torch.stack(scores).mean(dim=0)
+
+
 MODEL_KINDS = ("dot", "dot_bias", "mlp")
+#: Kinds an ensemble may average: their scores are one matrix product per member.
+ENSEMBLE_KINDS = ("dot", "dot_bias")
 
 
 def build_model(
@@ -362,6 +474,7 @@ def build_model(
     user_features: int = 0,
     item_features: int = 0,
     bias_penalty: float = 1.0,
+    members: int = 1,
 ) -> EmbeddingModel:
     """Build a model by name; table sizes come from the id maps, never from the batches.
 
@@ -386,6 +499,8 @@ def build_model(
         :meth:`EmbeddingModel.set_side_features`, or arrive with a state dict.
     bias_penalty
         Multiplier of ``train.weight_decay`` for bias rows.
+    members
+        Above 1: an :class:`Ensemble` of that many models of ``kind`` (``dot`` or ``dot_bias``).
     """
     if n_users <= 0 or n_items <= 0:
         raise ValueError(f"empty tables ({n_users} users, {n_items} items): prepare found no data")
@@ -396,6 +511,13 @@ def build_model(
         "item_features": item_features,
         "bias_penalty": bias_penalty,
     }
+    if members > 1:
+        if kind not in ENSEMBLE_KINDS:
+            raise ValueError(f"an ensemble averages {ENSEMBLE_KINDS} models, not {kind!r}")
+        return Ensemble(
+            [build_model(kind, n_users, n_items, factors, y_range, sparse=sparse, **extra)
+             for _ in range(members)]
+        )
     if kind == "dot":
         return DotProduct(n_users, n_items, factors, sparse, **extra)
     if kind == "dot_bias":

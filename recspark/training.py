@@ -36,6 +36,7 @@ from torch import nn
 from recspark.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from recspark.constants import ITEM_IDX, RATING, USER_IDX
 from recspark.feeding import FEED_FIELDS, open_feed, row_groups
+from recspark.models import Ensemble
 
 log = logging.getLogger(__name__)
 
@@ -327,18 +328,26 @@ def train_epoch(
 
     Returns
     -------
-    (mean MSE over the rows seen, rows seen)
+    (mean MSE over the rows seen, rows seen); for an ensemble, its members' mean MSE
     """
     model.train()
     penalty = unwrap(model).penalty
+    ensemble = isinstance(unwrap(model), Ensemble)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     rows, steps = 0, 0
     for batch in batches:
         if max_steps is not None and steps >= max_steps:
             break
         users, items, ratings = _batch_tensors(batch, device)
-        mse = nn.functional.mse_loss(model(users, items), ratings)
-        loss = mse + weight_decay * penalty(users, items) if weight_decay else mse
+        if ensemble:
+            # The sum of the members' own losses: each member's gradient is exactly what it
+            # would get trained alone, so they learn independently. Reported: their mean MSE.
+            predicted = model(users, items, members=True)
+            each = (predicted - ratings).pow(2).mean(dim=1)
+            fit_loss, mse = each.sum(), each.mean()
+        else:
+            mse = fit_loss = nn.functional.mse_loss(model(users, items), ratings)
+        loss = fit_loss + weight_decay * penalty(users, items) if weight_decay else fit_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -10,6 +10,7 @@ featured model can predict for films it never saw rated.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from recspark.model_io import model_from_bytes
-from recspark.models import MODEL_KINDS, FeaturedTable, build_model, embedding_size
+from recspark.models import MODEL_KINDS, Ensemble, FeaturedTable, build_model, embedding_size
 from recspark.scoring import item_side_payload
 
 N_USERS, N_ITEMS, USER_FEATURES, ITEM_FEATURES = 7, 5, 3, 4
@@ -303,3 +304,70 @@ def test_side_features_predict_films_nobody_rated_from_their_genre():
             predictions[featured] = model(torch.zeros(2, dtype=torch.long), new_films)
     assert predictions[True][0] > 4.0 and predictions[True][1] < 2.0
     assert (predictions[False] - 3.0).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("featured", [False, True], ids=["plain", "featured"])
+def test_an_ensemble_is_its_members_mean_everywhere_the_jobs_read_it(featured):
+    """forward, score_items, the exported rows through the scoring payload, and a rebuild."""
+    spec = _spec("dot_bias", featured, members=3)
+    torch.manual_seed(0)
+    model = build_model(**spec)
+    assert isinstance(model, Ensemble) and len(model.members) == 3
+    if featured:
+        model.set_side_features(*_features())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5)
+    model.eval()
+    users, items = _all_pairs()
+    with torch.no_grad():
+        each = torch.stack([member(users, items) for member in model.members])
+        torch.testing.assert_close(model(users, items), each.mean(0))
+        torch.testing.assert_close(model(users, items, members=True), each)
+        block = model.score_items(torch.arange(N_USERS), torch.arange(N_ITEMS))
+        torch.testing.assert_close(block.reshape(-1), each.mean(0), rtol=1e-5, atol=1e-5)
+        # One vector per user: each member's factors and its bias side by side.
+        assert model.user_factors.weight.shape == (N_USERS, 3 * (4 + 1))
+        light, light_spec, _ = model_from_bytes(item_side_payload(model, spec, {}))
+        assert light_spec["n_users"] == 1
+        scored = light.score_vectors(model.user_factors.weight, None, torch.arange(N_ITEMS))
+        torch.testing.assert_close(scored.reshape(-1), each.mean(0), rtol=1e-5, atol=1e-5)
+        rebuilt = build_model(**spec)
+        rebuilt.load_state_dict(model.state_dict())
+        torch.testing.assert_close(rebuilt.eval()(users, items), model(users, items))
+
+
+def test_ensemble_members_learn_as_if_each_were_trained_alone():
+    """The loop gives every member its own loss: Adam steps equal those of lone members."""
+    from recspark.training import Optimizers, train_epoch
+
+    spec = _spec("dot_bias", False, members=2)
+    torch.manual_seed(5)
+    ensemble = build_model(**spec)
+    alone = [copy.deepcopy(member) for member in ensemble.members]
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "user_idx": torch.as_tensor(rng.integers(0, N_USERS, 16)),
+            "item_idx": torch.as_tensor(rng.integers(0, N_ITEMS, 16)),
+            "rating": torch.as_tensor(rng.integers(1, 6, 16).astype(np.float32)),
+        }
+        for _ in range(5)
+    ]
+    cpu = torch.device("cpu")
+    train_epoch(ensemble, batches, Optimizers([torch.optim.Adam(ensemble.parameters(), lr=0.05)]),
+                None, cpu, weight_decay=0.1)
+    for member in alone:
+        train_epoch(member, batches, Optimizers([torch.optim.Adam(member.parameters(), lr=0.05)]),
+                    None, cpu, weight_decay=0.1)
+    for trained, reference in zip(ensemble.members, alone, strict=True):
+        for (name, got), expected in zip(trained.state_dict().items(),
+                                         reference.state_dict().values(), strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(ensemble.members[0].user_factors.weight,
+                           ensemble.members[1].user_factors.weight)
+
+
+def test_an_ensemble_of_mlps_is_refused():
+    with pytest.raises(ValueError, match="ensemble averages"):
+        build_model(**_spec("mlp", False, members=2))

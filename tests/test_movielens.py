@@ -131,11 +131,8 @@ def _overrides(root: Path, ml100k: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, tmp_path):
-    """dot_bias <= 0.915; the shipped side-information model well ahead of it.
-
-    Issue 4 asks <= 0.905 of the shipped model; it measures 0.9052 +- 0.0006 over seeds 42-44
-    (benchmarks/movielens_accuracy.py), so this asserts what it reaches, 0.906, and the gain.
-    """
+    """dot_bias <= 0.915; the shipped model (three side-information dot_bias models averaged)
+    <= 0.905, well ahead of it, and published as one user table."""
     from recspark.commands import prepare, train
 
     root = tmp_path / "ml100k"
@@ -151,7 +148,7 @@ def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, tmp_path):
     assert plain["metrics"]["validation_rmse"] <= 0.915
 
     best = train.run(load_config(shipped, [*_overrides(root, ml100k), *side]), spark)
-    assert best["metrics"]["validation_rmse"] <= 0.906
+    assert best["metrics"]["validation_rmse"] <= 0.905
     assert best["metrics"]["validation_rmse"] < plain["metrics"]["validation_rmse"] - 0.007
     factors = pd.read_parquet(best["outputs"]["user_factors"])
     assert len(factors) == 943  # the published user table holds every user's effective row
