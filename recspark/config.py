@@ -204,7 +204,7 @@ class BenchmarkConfig(_Section):
     model_configs: dict[str, str] = Field(
         default_factory=lambda: {
             "ml100k-u1": "conf/movielens-100k-dot-bias.yaml",
-            "ml100k-ranking": "conf/movielens-100k-notebook.yaml",
+            "ml100k-ranking": "conf/movielens-100k-dot-bias.yaml",
         }
     )
     contenders: list[str] = Field(default_factory=lambda: ["recspark", "als"])
