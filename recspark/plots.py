@@ -10,11 +10,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def loss_curve(epochs: list[int], train_loss: list[float], validation_loss: list[float], path: str | Path) -> None:
+def loss_curve(
+    epochs: list[int],
+    train_loss: list[float],
+    validation_loss: list[float],
+    path: str | Path,
+    loss_name: str = "MSE",
+) -> None:
     """Train and validation loss per epoch."""
     figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
-    axis.plot(epochs, train_loss, marker="o", label="train loss (MSE)")
-    axis.plot(epochs, validation_loss, marker="o", label="validation loss (MSE)")
+    axis.plot(epochs, train_loss, marker="o", label=f"train loss ({loss_name})")
+    axis.plot(epochs, validation_loss, marker="o", label=f"validation loss ({loss_name})")
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss")
     axis.set_title("Training curve")

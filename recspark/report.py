@@ -27,25 +27,32 @@ RATING_PANEL = ("rmse", "mae", "cold_start_rmse")
 RANKING_PANEL = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "hit_rate_at_k", "coverage")
 
 
-def training_curves(history: list[dict[str, Any]], path: str | Path) -> bool:
-    """Loss per epoch from the trainer's history; False (no file) when the history is empty."""
+def training_curves(history: list[dict[str, Any]], path: str | Path, objective: str = "rating") -> bool:
+    """Loss per epoch from the trainer's history, and validation RMSE (rating objective) or AUC
+    (ranking: 1 - the mean fraction of items scored above a held-out positive); False (no file)
+    when the history is empty."""
     if not history:
         return False
     epochs = [record["epoch"] for record in history]
+    ranking = objective == "ranking"
+    loss_name = "softmax/BPR" if ranking else "MSE"
     figure, (loss_axis, rmse_axis) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    loss_axis.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train loss (MSE)")
+    loss_axis.plot(epochs, [r["train_loss"] for r in history], marker="o", label=f"train loss ({loss_name})")
     loss_axis.plot(
-        epochs, [r["validation_loss"] for r in history], marker="o", label="validation loss (MSE)"
+        epochs, [r["validation_loss"] for r in history], marker="o",
+        label=f"validation loss ({loss_name})",
     )
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss")
     loss_axis.set_title("Training curve")
     loss_axis.legend()
-    if all("validation_rmse" in r for r in history):
-        rmse_axis.plot(epochs, [r["validation_rmse"] for r in history], marker="o", color="tab:green")
+    key, label = ("validation_mae", "validation AUC") if ranking else ("validation_rmse", "validation RMSE")
+    if all(key in r for r in history):
+        values = [1.0 - r[key] if ranking else r[key] for r in history]
+        rmse_axis.plot(epochs, values, marker="o", color="tab:green")
     rmse_axis.set_xlabel("epoch")
-    rmse_axis.set_ylabel("validation RMSE")
-    rmse_axis.set_title("Validation RMSE")
+    rmse_axis.set_ylabel(label)
+    rmse_axis.set_title(label[0].upper() + label[1:])
     for axis in (loss_axis, rmse_axis):
         axis.grid(alpha=0.3)
     figure.tight_layout()

@@ -649,15 +649,17 @@ def fit(
         result.stopped_early = state.stopped_early
         if parallel.is_leader:
             per_epoch = time.perf_counter() - started
+            figures = (
+                f"auc {1.0 - second:.4f}" if objective == "ranking"
+                else f"rmse {record.validation_rmse:.4f}, mae {second:.4f}"
+            )
             log.info(
-                "epoch %d/%d train_loss %.4f valid_loss %.4f (rmse %.4f, mae %.4f) "
-                "%.0f rows/s lr %.2e, ~%.0fs left",
+                "epoch %d/%d train_loss %.4f valid_loss %.4f (%s) %.0f rows/s lr %.2e, ~%.0fs left",
                 epoch,
                 settings.epochs,
                 train_loss,
                 loss,
-                record.validation_rmse,
-                second,
+                figures,
                 record.rows_per_second,
                 record.lr,
                 (settings.epochs - epoch) * per_epoch,

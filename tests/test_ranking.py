@@ -384,6 +384,10 @@ def test_train_score_evaluate_with_the_ranking_objective(spark, tmp_path):
     assert history[-1]["validation_loss"] < history[0]["validation_loss"]
     # The second figure is the share of sampled items ranked above a positive: 0.5 at random.
     assert history[-1]["validation_mae"] < min(0.45, history[0]["validation_mae"])
+    # The summary calls it what it is: an AUC, not an RMSE of ratings it never predicted.
+    trained = summaries["train"]["metrics"]
+    assert trained["validation_rmse"] is None and trained["validation_mae"] is None
+    assert trained["validation_auc"] == pytest.approx(1 - history[trained["best_epoch"] - 1]["validation_mae"])
 
     table = pd.read_parquet(Path(summaries["score"]["outputs"]["recommendations"]))
     assert table.groupby("user_id")["rank"].apply(lambda r: sorted(r) == list(range(1, 11))).all()
@@ -393,3 +397,6 @@ def test_train_score_evaluate_with_the_ranking_objective(spark, tmp_path):
     metrics = summaries["evaluate"]["metrics"]
     # About 10 of ~150 unseen items per user are relevant: a random list has precision ~0.07.
     assert metrics["precision_at_k"] > 0.15 and metrics["ndcg_at_k"] > 0.15, metrics
+    assert metrics["rmse"] is None and metrics["mae"] is None  # scores, not ratings
+    plots = [Path(plot).name for plot in summaries["evaluate"]["outputs"]["plots"]]
+    assert plots == ["training_curves.png", "metrics_vs_baselines.png"]

@@ -210,7 +210,8 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     final = layout.evaluation(config.run_date)
     with staged(layout, final, f"evaluation-{config.run_date}") as staging:
         plots = []
-        if report.training_curves(history, staging / "training_curves.png"):
+        objective = meta.get("objective", "rating")
+        if report.training_curves(history, staging / "training_curves.png", objective):
             plots.append("training_curves.png")
         table = {"model": metrics, **{name: b["metrics"] for name, b in baselines.items()}}
         report.metric_table(table, settings.k, staging / "metrics_vs_baselines.png")

@@ -304,10 +304,14 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             raw_ids(prepared / "user_index", USER_ID, USER_IDX, spec["n_users"]),
             raw_ids(prepared / "item_index", ITEM_ID, ITEM_IDX, spec["n_items"]),
         )
+        ranking = config.model.objective == "ranking"
         metrics = {
             "model_version": model_version,
-            "validation_rmse": best["validation_rmse"],
-            "validation_mae": best["validation_mae"],
+            # A ranking model's loss is not a squared error: it reports an AUC instead (1 - the
+            # mean fraction of sampled items scored above each held-out positive).
+            "validation_rmse": None if ranking else best["validation_rmse"],
+            "validation_mae": None if ranking else best["validation_mae"],
+            "validation_auc": 1.0 - best["validation_mae"] if ranking else None,
             "validation_loss": best["validation_loss"],
             "epochs": len(history),
             "best_epoch": result.best_epoch,
@@ -331,6 +335,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
                 [r["train_loss"] for r in history],
                 [r["validation_loss"] for r in history],
                 folder / "loss.png",
+                "softmax/BPR" if ranking else "MSE",
             )
     remove_checkpoints(checkpoint_dir)
     outputs = {name: str(final / name) for name in outputs}
@@ -340,6 +345,8 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     summary_metrics = (
         "validation_rmse",
         "validation_mae",
+        "validation_auc",
+        "validation_loss",
         "epochs",
         "best_epoch",
         "stopped_early",
