@@ -137,7 +137,15 @@ def raw_ids(index_folder: str | Path, id_name: str, index_name: str, size: int) 
     ValueError
         When the map's indices are not exactly ``0 .. size - 1``.
     """
-    table = pq.read_table(str(local_path(index_folder)), columns=[id_name, index_name])
+    folder = local_path(index_folder)
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    names = set(pq.read_schema(files[0]).names) if files else set()
+    if not {id_name, index_name} <= names:
+        raise ValueError(
+            f"{index_folder} is not an id map with {id_name} and {index_name}: re-run `recspark "
+            "prepare` for this run date"
+        )
+    table = pq.read_table(str(folder), columns=[id_name, index_name])
     order = pc.sort_indices(table.column(index_name))
     indices = table.column(index_name).take(order).to_numpy()
     if len(indices) != size or (size and (indices[0] != 0 or indices[-1] != size - 1)):

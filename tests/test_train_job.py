@@ -61,6 +61,9 @@ def test_train_publishes_model_factors_metrics_and_curve(spark, root):
     assert meta["index_date"] == "2026-01-15" and spec["kind"] == "dot_bias"
     users = pd.read_parquet(outputs["user_factors"]).sort_values("user_idx")
     assert list(users["user_idx"]) == list(range(300))
+    assert list(users["user_id"]) == [f"u{u}" for u in range(300)]  # raw ids, for downstream
+    items = pd.read_parquet(outputs["item_factors"]).sort_values("item_idx")
+    assert list(items["item_id"]) == [10 * i for i in range(120)]
     weights = model.user_factors.weight.detach().numpy()
     np.testing.assert_allclose(np.stack(users["factors"].to_numpy()), weights, rtol=1e-6)
     np.testing.assert_allclose(

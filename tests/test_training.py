@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -100,8 +101,16 @@ def write_prepared(
         "counts": {"train": cut, "validation": rest, "cold_start": 0, "quarantined": 0},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    for name in ("user_index", "item_index"):
+    # The id maps as prepare writes them: raw ids (strings for users, longs for items) by index.
+    maps = {
+        "user_index": pd.DataFrame({"user_id": [f"u{u}" for u in range(users)],
+                                    "user_idx": np.arange(users, dtype=np.int32)}),
+        "item_index": pd.DataFrame({"item_id": np.arange(items, dtype=np.int64) * 10,
+                                    "item_idx": np.arange(items, dtype=np.int32)}),
+    }
+    for name, frame in maps.items():
         (folder / name).mkdir(exist_ok=True)
+        frame.to_parquet(folder / name / "part-0.parquet", index=False)
     return folder
 
 
