@@ -173,6 +173,9 @@ class ScoreConfig(_Section):
     exclude_seen: bool = True
     users_per_block: int = Field(128, gt=0)  # users per matmul block (fastest of 64-512 at 20k items)
     partitions: int | None = Field(None, gt=0)  # scoring tasks; None: Spark's default parallelism
+    # The model's user table is broadcast to the scoring tasks up to this size (MiB), and joined
+    # by user (one shuffle of the users and their rated items) above it or at 0.
+    broadcast_users_mb: float = Field(256.0, ge=0)
 
 
 class EvaluateConfig(_Section):

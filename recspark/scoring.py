@@ -1,10 +1,13 @@
 """Top-N recommendations for every user: a blocked matrix product and a top-k per block.
 
 Executors receive the item side of the model once, as a broadcast (item factors and biases, or the
-MLP's weights). Each scoring task receives one row per user: its row of the model's
-``user_factors`` table and every item it rated as one array (``prepare`` writes these arrays once
-per run as ``rated/``), partitioned by user, and reads them as Arrow buffers (``mapInArrow``): the
-list columns are the block's matrix and its sparse mask without a per-row loop. Per block of
+MLP's weights). Each scoring task receives one row per user with every item it rated as one array
+(``prepare`` writes these rows once per run as ``rated/``) and reads them as Arrow buffers
+(``mapInArrow``): the list columns are the block's sparse mask (and matrix) without a per-row loop.
+The users' vectors come one of two ways: with a user table small enough to broadcast
+(:func:`recommend_listed`), the table rides the broadcast and the tasks read ``rated/`` as it
+lies, with no shuffle at all; otherwise (:func:`recommend_all`) the rows of the ``user_factors``
+table are joined by user with the rated arrays (one shuffle of one row per user). Per block of
 ``users_per_block`` users the kernel computes the full ``users x items`` score block, masks the
 rated items with ``-inf`` and keeps the best ``top_n``. Candidate user x item pairs never become
 rows, and no rating crosses a shuffle at scoring time.
@@ -50,7 +53,7 @@ from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 from torch import nn
 
-from recspark.constants import ITEM_ID, ITEM_IDX, PREDICTION, RANK, SCORE, USER_IDX
+from recspark.constants import ITEM_ID, ITEM_IDX, PREDICTION, RANK, SCORE, USER_ID, USER_IDX
 from recspark.model_io import model_bytes, model_from_bytes
 
 SEEN = "seen"
@@ -398,6 +401,46 @@ def _rated_csr(column: pa.Array, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return starts, items
 
 
+@dataclass(frozen=True)
+class UserTable:
+    """A model's user side as arrays, row ``i`` for user index ``i``: what a scoring task looks a
+    user's vector up in when the table is broadcast instead of joined to the users' rows."""
+
+    factors: np.ndarray  # users x width, float32: the ``factors`` column of ``user_factors``
+    bias: np.ndarray  # users, float32: the ``bias`` column (zeros for a model without biases)
+
+    @classmethod
+    def of(cls, model: nn.Module) -> UserTable:
+        """The same rows :func:`recspark.model_io.write_factor_tables` writes to ``user_factors``."""
+        factors = model.user_factors.weight.detach().cpu().float().numpy()
+        bias = getattr(model, "user_bias", None)
+        return cls(
+            np.ascontiguousarray(factors),
+            bias.weight.detach().cpu().float().numpy().reshape(-1).copy()
+            if bias is not None
+            else np.zeros(len(factors), dtype=np.float32),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.factors.nbytes + self.bias.nbytes
+
+    def rows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(factors, bias)`` of the given users.
+
+        Raises
+        ------
+        ValueError
+            When an index is not a row of the table (the users are not this model's).
+        """
+        if len(user_idx) and (user_idx.min() < 0 or user_idx.max() >= len(self.bias)):
+            raise ValueError(
+                f"user index {int(user_idx.max())} is outside the model's {len(self.bias)} users: "
+                "the users to score are not this model's (re-run `recspark train`)"
+            )
+        return self.factors[user_idx], self.bias[user_idx]
+
+
 @dataclass
 class ScoreCounters:
     """Users given a list and rows produced, added up by the scoring tasks (Spark accumulators:
@@ -420,12 +463,15 @@ def recommend_batches(
     carry: tuple[str, ...] = (),
     item_ids: pa.Array | None = None,
     counters: ScoreCounters | None = None,
+    users: UserTable | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: one row per user in, its top-N rows out.
 
     Each input row is ``(user_idx, bias, factors, items, *carry)``: the user's row of the model's
     user table and every item it rated (``items``, null when none), so a batch is scored on its
-    own, in blocks of ``users_per_block`` users, without holding the partition. The Arrow list
+    own, in blocks of ``users_per_block`` users, without holding the partition. With ``users``
+    (the broadcast user table) a row is ``(user_idx, items, *carry)`` and the user's ``bias`` and
+    ``factors`` are looked up in it. The Arrow list
     columns become the block's matrix and its sparse mask directly. Output: ``user_idx``, the
     ``carry`` columns, ``item_idx``, ``item_id`` (when ``item_ids``, the raw id of each index, is
     given), ``rank`` (1 = best), ``score``; a user with fewer than ``top_n`` unrated items gets
@@ -443,8 +489,12 @@ def recommend_batches(
         if n == 0:
             continue
         user_idx = batch.column(USER_IDX).to_numpy(zero_copy_only=False).astype(np.int32)
-        bias = pc.fill_null(batch.column(BIAS), 0.0).to_numpy(zero_copy_only=False).astype(np.float32)
-        vectors = _fixed_width(batch.column(FACTORS), n)
+        if users is not None:
+            vectors, bias = users.rows(user_idx)
+        else:
+            bias = pc.fill_null(batch.column(BIAS), 0.0).to_numpy(zero_copy_only=False)
+            bias = bias.astype(np.float32)
+            vectors = _fixed_width(batch.column(FACTORS), n)
         starts, rated = _rated_csr(batch.column(ITEMS), n)
         for start in range(0, n, users_per_block):
             stop = min(start + users_per_block, n)
@@ -486,11 +536,25 @@ def item_side_payload(model: nn.Module, spec: dict, meta: dict) -> bytes:
 def rated_lists(pairs: DataFrame) -> DataFrame:
     """``(user_idx, items)``: each user's rated items as one array, from ``(user_idx, item_idx)``.
 
-    One shuffle of the pairs. ``prepare`` writes this table once per run (``rated/``), so the
-    nightly score job reads it instead of regrouping every rating.
+    One shuffle of the pairs; a user with no pair has no row.
     """
     return pairs.groupBy(F.col(USER_IDX).cast("int").alias(USER_IDX)).agg(
         F.sort_array(F.collect_list(F.col(ITEM_IDX).cast("int"))).alias(ITEMS)
+    )
+
+
+def rated_by_every_user(user_index: DataFrame, pairs: DataFrame) -> DataFrame:
+    """``(user_idx, user_id, items)``: one row for every user of the id map ``user_index``.
+
+    ``items`` holds the user's rated items of ``pairs`` (``(user_idx, item_idx)``), sorted, and is
+    empty for a user with none. ``prepare`` writes this table once per run (``rated/``): the score
+    job reads it as its list of users to score, with what each one has already rated, instead of
+    regrouping every rating and joining it to the model's users at each run.
+    """
+    return user_index.select(F.col(USER_IDX).cast("int").alias(USER_IDX), USER_ID).join(
+        rated_lists(pairs), USER_IDX, "left"
+    ).select(
+        USER_IDX, USER_ID, F.coalesce(F.col(ITEMS), F.array().cast("array<int>")).alias(ITEMS)
     )
 
 
@@ -511,8 +575,9 @@ def recommend_all(
     """Top-N ``(user_idx, item_idx, rank, score)`` for every row of ``user_factors``.
 
     The user rows, each user's rated items (one array per user) and ``user_columns`` are
-    hash-partitioned by ``user_idx`` into the same ``partitions`` and joined without a further
-    shuffle: a scoring task receives one row per user, never one row per rating.
+    hash-partitioned by ``user_idx`` into the same partitions and joined without a further
+    shuffle: a scoring task receives one row per user, never one row per rating. When the model's
+    user table is small enough to broadcast, :func:`recommend_listed` avoids these shuffles.
 
     Parameters
     ----------
@@ -533,7 +598,8 @@ def recommend_all(
     device
         ``train.device``: ``auto`` uses CUDA on executors that have a GPU.
     partitions
-        Scoring tasks; default the session's default parallelism.
+        Scoring tasks at least; default the session's default parallelism. (Spark may raise it to
+        ``spark.sql.shuffle.partitions`` for the joins.)
     user_columns
         ``(user_idx, ...)``, one row per user (e.g. the raw ``user_id``): its other columns are
         carried into the output after ``user_idx``.
@@ -548,7 +614,6 @@ def recommend_all(
     missing = [c for c in (USER_IDX, BIAS, FACTORS) if c not in user_factors.columns]
     if missing:
         raise ValueError(f"user_factors lacks column(s) {missing}; it has {user_factors.columns}")
-    shared = spark.sparkContext.broadcast((payload, item_ids))
     # An explicit count is kept by adaptive execution, which would otherwise merge small user
     # tables into one task; equal partitioning on every side makes the joins shuffle-free.
     count = partitions or spark.sparkContext.defaultParallelism
@@ -576,11 +641,67 @@ def recommend_all(
         extra = user_columns.withColumn(USER_IDX, F.col(USER_IDX).cast("int"))
         users = users.join(extra.repartition(count, USER_IDX), USER_IDX)
         carry += joined
+    # Sorted, so blocks (and any floating-point blocking effect) do not depend on join order.
+    users = users.sortWithinPartitions(USER_IDX).select(USER_IDX, BIAS, FACTORS, ITEMS, *carry)
+    return _map_users(spark, users, payload, None, top_n, users_per_block, device, carry, item_ids,
+                      counters)
+
+
+def recommend_listed(
+    spark: SparkSession,
+    users: DataFrame,
+    user_table: UserTable,
+    payload: bytes,
+    top_n: int,
+    users_per_block: int = 256,
+    device: str = "auto",
+    partitions: int | None = None,
+    carry: tuple[str, ...] = (),
+    item_ids: pa.Array | None = None,
+    counters: ScoreCounters | None = None,
+) -> DataFrame:
+    """Top-N ``(user_idx, *carry, item_idx, rank, score)`` for every row of ``users``, no shuffle.
+
+    ``users`` is ``(user_idx, items, *carry)``, one row per user (``prepare``'s ``rated/`` table;
+    ``items`` null or empty excludes nothing), read as it lies: the model's user table is
+    broadcast with the item side, and each task looks its users' vectors up in it. Use it when the
+    user table fits the executors' Python workers (``score.broadcast_users_mb``);
+    :func:`recommend_all` joins the table instead. Other parameters as in :func:`recommend_all`;
+    ``partitions``: when ``users`` is read as fewer partitions, it is repartitioned by user (one
+    shuffle) so every core has a task.
+    """
+    missing = [c for c in (USER_IDX, ITEMS, *carry) if c not in users.columns]
+    if missing:
+        raise ValueError(f"users lacks column(s) {missing}; it has {users.columns}")
+    count = partitions or spark.sparkContext.defaultParallelism
+    rows = users.select(
+        F.col(USER_IDX).cast("int").alias(USER_IDX),
+        F.col(ITEMS).cast("array<int>").alias(ITEMS),
+        *carry,
+    )
+    if rows.rdd.getNumPartitions() < count:
+        rows = rows.repartition(count, USER_IDX).sortWithinPartitions(USER_IDX)
+    return _map_users(spark, rows, payload, user_table, top_n, users_per_block, device,
+                      tuple(carry), item_ids, counters)
+
+
+def _map_users(
+    spark: SparkSession,
+    users: DataFrame,
+    payload: bytes,
+    user_table: UserTable | None,
+    top_n: int,
+    users_per_block: int,
+    device: str,
+    carry: tuple[str, ...],
+    item_ids: pa.Array | None,
+    counters: ScoreCounters | None,
+) -> DataFrame:
+    """``users`` (the rows :func:`recommend_batches` reads) scored by one ``mapInArrow``."""
     clash = set(carry) & {BIAS, FACTORS, ITEMS, ITEM_IDX, ITEM_ID, RANK, SCORE}
     if clash:
         raise ValueError(f"cannot carry {sorted(clash)} into the output: the names are taken")
-    # Sorted, so blocks (and any floating-point blocking effect) do not depend on join order.
-    users = users.sortWithinPartitions(USER_IDX)
+    shared = spark.sparkContext.broadcast((payload, item_ids, user_table))
     carried = [users.schema[name] for name in carry]
     schema = StructType(
         [
@@ -594,12 +715,12 @@ def recommend_all(
     )
 
     def score(batches):
-        model_bytes_, ids = shared.value
+        model_bytes_, ids, table = shared.value
         return recommend_batches(
-            batches, model_bytes_, top_n, users_per_block, device, carry, ids, counters
+            batches, model_bytes_, top_n, users_per_block, device, carry, ids, counters, table
         )
 
-    return users.select(USER_IDX, BIAS, FACTORS, ITEMS, *carry).mapInArrow(score, schema)
+    return users.mapInArrow(score, schema)
 
 
 def seen_items(ratings: DataFrame, user_col: str = USER_IDX, item_col: str = ITEM_IDX) -> DataFrame:

@@ -89,6 +89,7 @@ def test_score_publishes_top_n_without_seen_items(pipeline):
     _, summaries = pipeline
     scored = summaries["score"]
     assert scored["counts"]["users"] == 600 and scored["counts"]["rows"] == 6000
+    assert scored["metrics"]["user_factors"] == "broadcast"  # prepare's rated/ lists every user
     table = pd.read_parquet(Path(scored["outputs"]["recommendations"]))
     assert set(table["run_date"].astype(str)) == {"2026-01-15"}
     assert (Path(scored["outputs"]["partition"]) / "_SUCCESS").exists()

@@ -178,6 +178,12 @@ def test_two_runs_keep_every_old_index_and_append_new_ids(spark, tmp_path):
     assert manifest["previous_index_date"] == "2026-02-01" and manifest["users"] == 7
     got = prepared_ratings(two)
     assert len(got) == 30 and set(got.user_id) == {"u0", "u1", "u2", "u4", "u5", "u9"}
+    # rated/ lists every user of the map, u3 (gone today, still in the map) with nothing rated:
+    # it is the list of users score scores.
+    rated = read(two, "rated").set_index("user_id")
+    assert dict(rated["user_idx"]) == users2
+    assert list(rated.loc["u3", "items"]) == []
+    assert list(rated.loc["u9", "items"]) == sorted(items2[i] for i in ["i5", "i1", "i2", "i0", "i4"])
 
 
 def test_same_input_and_seed_give_the_same_maps_and_splits(spark, tmp_path):
@@ -201,6 +207,9 @@ def test_same_input_and_seed_give_the_same_maps_and_splits(spark, tmp_path):
     every = pd.concat([read(one, name) for name in TABLES])
     expected = every.groupby("user_idx")["item_idx"].apply(sorted).to_dict()
     assert {u: list(items) for u, items in zip(rated.user_idx, rated["items"], strict=True)} == expected
+    assert sorted(pairs(rated, "user_id", "user_idx")) == sorted(
+        pairs(read(one, "user_index"), "user_id", "user_idx")
+    )
 
 
 def test_synthetic_format_with_chronological_split(spark, tmp_path):

@@ -25,10 +25,14 @@ from tests.conftest import REPO
 RUN_DATE = "2026-01-15"
 
 
-def publish_hand_made_run(root: Path, model, spec: dict, user_ids, item_ids, rated: dict) -> None:
+def publish_hand_made_run(
+    root: Path, model, spec: dict, user_ids, item_ids, rated: dict, listed: bool = False
+) -> None:
     """Write prepared/ and models/ the way prepare and train publish them, for a planted model.
 
     ``rated`` maps a split name to ``(user_idx, item_idx[, rating])`` tuples (rating 4 if absent).
+    ``listed`` writes prepare's ``rated/`` table too (one row per user, as prepare writes it now);
+    without it the run looks like one prepared before that table existed.
     """
     layout = Layout(root)
     prepared = layout.prepared(RUN_DATE)
@@ -44,6 +48,16 @@ def publish_hand_made_run(root: Path, model, spec: dict, user_ids, item_ids, rat
         )
         (prepared / split).mkdir(parents=True)
         frame.to_parquet(prepared / split / "part-0.parquet", index=False)
+    if listed:
+        every = [(r[0], r[1]) for rows in rated.values() for r in rows]
+        table = pd.DataFrame({
+            "user_idx": np.arange(len(user_ids), dtype=np.int32),
+            "user_id": user_ids,
+            "items": [sorted(i for u, i in every if u == user) for user in range(len(user_ids))],
+        })
+        (prepared / "rated").mkdir(parents=True)
+        table.to_parquet(prepared / "rated" / "part-0.parquet", index=False)
+        mark_success(prepared / "rated")
     mark_success(prepared)
     folder = layout.model(RUN_DATE)
     folder.mkdir(parents=True)
@@ -66,11 +80,9 @@ def score(root: Path, capsys, *extra: str) -> dict:
     return summary
 
 
-@pytest.fixture(scope="module")
-def planted(spark, tmp_path_factory):
+def plant(root: Path, listed: bool = False) -> Path:
     """Five users (string ids) x six items (long ids); item i scores 10 - i for every user, items
     2 and 3 tie. User "c" has rated all but two items; user "e" is known but rated nothing."""
-    root = tmp_path_factory.mktemp("planted")
     spec = {"kind": "dot", "n_users": 5, "n_items": 6, "factors": 2}
     model = build_model(**spec)
     with torch.no_grad():
@@ -84,8 +96,23 @@ def planted(spark, tmp_path_factory):
         "cold_start": [(3, 5)],
     }
     publish_hand_made_run(root, model, spec, ["a", "b", "c", "d", "e"], [100, 101, 102, 103, 104, 105],
-                          rated)
+                          rated, listed)
     return root
+
+
+@pytest.fixture(scope="module")
+def planted(spark, tmp_path_factory):
+    """A planted run prepared before ``rated/`` existed: score joins the user table."""
+    return plant(tmp_path_factory.mktemp("planted"))
+
+
+KNOWN_LISTS = {
+    "a": [101, 103, 104],  # 100 (train) and 102 (validation) are seen
+    "b": [100, 102, 103],  # 102 before 103: equal scores, lower index first
+    "c": [104, 105],  # only two unrated items: a short list
+    "d": [100, 101, 102],  # the cold-start rating excludes 105, which was not near the top
+    "e": [100, 101, 102],  # known to the model, absent from the input: still scored
+}
 
 
 def read_partition(root: Path) -> pd.DataFrame:
@@ -98,19 +125,32 @@ def test_score_publishes_the_known_lists_with_raw_ids(planted, capsys):
     assert summary["counts"] == {"users": 5, "rows": 14, "model_users": 5}
     table = read_partition(planted)
     assert table["user_id"].dtype == object and table["item_id"].dtype == np.int64
-    lists = table.groupby("user_id")["item_id"].apply(list).to_dict()
-    assert lists == {
-        "a": [101, 103, 104],  # 100 (train) and 102 (validation) are seen
-        "b": [100, 102, 103],  # 102 before 103: equal scores, lower index first
-        "c": [104, 105],  # only two unrated items: a short list
-        "d": [100, 101, 102],  # the cold-start rating excludes 105, which was not near the top
-        "e": [100, 101, 102],  # known to the model, absent from the input: still scored
-    }
+    assert table.groupby("user_id")["item_id"].apply(list).to_dict() == KNOWN_LISTS
+    assert summary["metrics"]["user_factors"] == "joined"
     assert table.groupby("user_id")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1))).all()
     assert table.loc[table.user_id == "a", "score"].tolist() == pytest.approx([9.0, 8.0, 6.0])
     assert set(table["model_version"]) == {f"{RUN_DATE}-planted"}
     assert set(table["run_date"].astype(str)) == {RUN_DATE}
     assert (Path(summary["outputs"]["partition"]) / "_SUCCESS").exists()
+
+
+def test_a_broadcast_user_table_publishes_the_same_lists_as_a_joined_one(spark, tmp_path, capsys):
+    root = plant(tmp_path / "listed", listed=True)
+    summary = score(root, capsys, "score.top_n=3")
+    assert summary["metrics"]["user_factors"] == "broadcast"
+    assert summary["counts"] == {"users": 5, "rows": 14, "model_users": 5}
+    broadcast = read_partition(root)
+    assert broadcast.groupby("user_id")["item_id"].apply(list).to_dict() == KNOWN_LISTS
+    # Over the size limit, the same run joins the user table instead: the same rows.
+    summary = score(root, capsys, "score.top_n=3", "score.broadcast_users_mb=0")
+    assert summary["metrics"]["user_factors"] == "joined"
+    pd.testing.assert_frame_equal(read_partition(root), broadcast)
+    # Without exclusion, every user (e included) gets the best items from the broadcast path too.
+    score(root, capsys, "score.top_n=2", "score.exclude_seen=false")
+    table = read_partition(root)
+    assert table.groupby("user_id")["item_id"].apply(list).to_dict() == {
+        user: [100, 101] for user in "abcde"
+    }
 
 
 def test_exclude_seen_off_and_a_rerun_replaces_the_partition_whole(planted, capsys):
@@ -199,6 +239,13 @@ def test_ml100k_every_user_gets_ten_unrated_items_identically_twice(spark, ml100
     second = read_partition(root)
     pd.testing.assert_frame_equal(first, second)
     assert second_summary["counts"] == first_summary["counts"]
+    # prepare's rated/ lists every user: the user table is broadcast. Joining it instead (over
+    # score.broadcast_users_mb) scores the same users the same way.
+    assert first_summary["metrics"]["user_factors"] == "broadcast"
+    joined_summary = score(root, capsys, *sets[3:], "score.broadcast_users_mb=0")
+    assert joined_summary["metrics"]["user_factors"] == "joined"
+    assert joined_summary["counts"] == first_summary["counts"]
+    pd.testing.assert_frame_equal(read_partition(root), first)
     assert first.groupby("user_id")["rank"].apply(lambda r: list(r) == list(range(1, 11))).all()
     assert (first.groupby("user_id")["score"].diff().dropna() <= 0).all()
     base = pd.read_csv(ml100k / "u1.base", sep="\t", names=["user_id", "item_id", "rating", "ts"])

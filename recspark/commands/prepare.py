@@ -3,8 +3,8 @@
 Reads ``input.*`` and writes ``prepared/RUN_DATE/`` (see :mod:`recspark.artifacts`): ``train``,
 ``validation`` and ``cold_start`` (``user_idx``, ``item_idx``, ``rating``, ``timestamp`` and
 ``weight`` when the input has one), ``user_index`` and ``item_index`` (raw id -> dense index),
-``rated`` (``user_idx``, ``items``: every item the user rated in any split, what ``score`` leaves
-out),
+``rated`` (``user_idx``, ``user_id``, ``items``: one row per user of the id map with every item
+it rated in any split, empty when none: the users ``score`` scores and what it leaves out),
 ``quarantine`` (every rejected row with its ``reason``) and ``manifest.json``. When the quarantined
 fraction of the input exceeds ``input.max_bad_fraction`` the job fails before writing and nothing
 is published; any later failure discards the staging folder, so a prepared date is whole or absent.
@@ -41,7 +41,7 @@ from recspark.constants import (
 )
 from recspark.errors import BadInputError
 from recspark.indexing import apply_index, check_index, extend_index
-from recspark.scoring import rated_lists
+from recspark.scoring import rated_by_every_user
 from recspark.splitting import (
     COLD_START_FLAG,
     VALIDATION_FLAG,
@@ -270,11 +270,12 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             for name in TABLES:
                 write_feed(tables[name], str(folder / name), file_counts[name],
                            settings.row_group_mb, config.split.seed, feed_columns)
-            # Every item each user rated, one array per user: what `score` leaves out, grouped
-            # once here instead of reshuffling every rating at each scoring run.
-            rated_lists(flagged).repartition(max(2, files // 4), USER_IDX).write.parquet(
-                str(folder / RATED)
-            )
+            # Every user of the id map with every item it rated, one array per user: the users
+            # `score` scores and what it leaves out, grouped once here instead of reshuffling
+            # every rating at each scoring run.
+            rated_by_every_user(user_index, flagged).repartition(
+                max(2, files // 4), USER_IDX
+            ).sortWithinPartitions(USER_IDX).write.parquet(str(folder / RATED))
             rows = {name: parquet_rows(folder / name) for name in (*TABLES, *INDEXES)}
             users, items = rows["user_index"], rows["item_index"]
             if rows["train"] == 0 or rows["validation"] == 0:
