@@ -421,10 +421,6 @@ class UserTable:
             else np.zeros(len(factors), dtype=np.float32),
         )
 
-    @property
-    def nbytes(self) -> int:
-        return self.factors.nbytes + self.bias.nbytes
-
     def rows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(factors, bias)`` of the given users.
 
@@ -471,8 +467,8 @@ def recommend_batches(
     user table and every item it rated (``items``, null when none), so a batch is scored on its
     own, in blocks of ``users_per_block`` users, without holding the partition. With ``users``
     (the broadcast user table) a row is ``(user_idx, items, *carry)`` and the user's ``bias`` and
-    ``factors`` are looked up in it. The Arrow list
-    columns become the block's matrix and its sparse mask directly. Output: ``user_idx``, the
+    ``factors`` are looked up in it. The Arrow list columns become the block's matrix and its
+    sparse mask directly. Output: ``user_idx``, the
     ``carry`` columns, ``item_idx``, ``item_id`` (when ``item_ids``, the raw id of each index, is
     given), ``rank`` (1 = best), ``score``; a user with fewer than ``top_n`` unrated items gets
     them all.

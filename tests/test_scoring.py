@@ -13,11 +13,14 @@ import torch
 from recspark.models import build_model
 from recspark.scoring import (
     ScoringKernel,
+    UserTable,
     best_columns,
     item_side_payload,
+    rated_by_every_user,
     rated_lists,
     recommend_all,
     recommend_batches,
+    recommend_listed,
     seen_items,
     top_k,
 )
@@ -222,3 +225,22 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
     pd.testing.assert_frame_equal(
         grouped.drop(columns="user_id").reset_index(drop=True), got.reset_index(drop=True)
     )
+    # And from the broadcast user table over rated_by_every_user's rows (one per user of the
+    # map, the empty ones included): the same lists, with no join.
+    listed = rated_by_every_user(names, spark.createDataFrame(rated))
+    broadcast = recommend_listed(
+        spark, listed, UserTable.of(model), item_side_payload(model, spec, {}), top_n=5,
+        users_per_block=4, device="cpu", partitions=2, carry=("user_id",),
+    ).toPandas().sort_values(["user_idx", "rank"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(broadcast, grouped.reset_index(drop=True))
+
+
+def test_a_broadcast_user_table_refuses_users_it_does_not_have():
+    model = build_model("dot", n_users=3, n_items=4, factors=2).eval()
+    payload = item_side_payload(model, {"kind": "dot", "n_users": 3, "n_items": 4, "factors": 2}, {})
+    batch = pa.RecordBatch.from_pydict(
+        {"user_idx": pa.array([1, 3], pa.int32()), "items": pa.array([[0], []], pa.list_(pa.int32()))}
+    )
+    with pytest.raises(ValueError, match="user index 3 is outside the model's 3 users"):
+        list(recommend_batches(iter([batch]), payload, 2, 2, "cpu", users=UserTable.of(model)))
+
