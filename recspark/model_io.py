@@ -45,13 +45,21 @@ def save_model(
     Path(local_path(path)).write_bytes(model_bytes(model, spec, meta))
 
 
+#: Parameters above which :func:`model_from_bytes` builds the model on the meta device.
+META_BUILD_PARAMETERS = 1 << 24
+
+
 def model_from_bytes(
     data: bytes, device: str | torch.device = "cpu"
 ) -> tuple[EmbeddingModel, dict, dict]:
     """(model in eval mode, spec, meta) from :func:`model_bytes` output."""
     payload = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
-    # Built without memory or random initialisation (the meta device): the state replaces it all.
-    with torch.device("meta"):
+    # The state replaces every parameter, so a large model is built without memory or random
+    # initialisation (the meta device). A small one is built on the CPU: initialising it costs
+    # less than the meta device's first use in a process (~1.5 s of imports), which every scoring
+    # worker would pay for its item-side model.
+    size = sum(tensor.numel() for tensor in payload["state_dict"].values())
+    with torch.device("meta" if size > META_BUILD_PARAMETERS else "cpu"):
         model = build_model(**payload["spec"])
     model.load_state_dict(payload["state_dict"], assign=True)
     model.to(device).eval()

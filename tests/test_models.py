@@ -162,6 +162,23 @@ def test_a_saved_state_rebuilds_the_same_model_from_its_spec(kind, featured):
 
 
 @SUITE
+@pytest.mark.parametrize("build_on", ["cpu", "meta"])
+def test_model_bytes_load_back_exactly_whichever_device_builds_them(kind, featured, build_on,
+                                                                  monkeypatch):
+    """Small models are built on the CPU before their state is loaded, large ones on the meta
+    device (``META_BUILD_PARAMETERS``): either way every tensor comes back as saved."""
+    from recspark import model_io
+
+    model = _model(kind, featured)
+    monkeypatch.setattr(model_io, "META_BUILD_PARAMETERS", 0 if build_on == "meta" else 1 << 24)
+    loaded, spec, meta = model_from_bytes(model_io.model_bytes(model, _spec(kind, featured), {"a": 1}))
+    assert spec == _spec(kind, featured) and meta == {"a": 1} and not loaded.training
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], v) and state[k].device.type == "cpu"
+               for k, v in model.state_dict().items())
+
+
+@SUITE
 def test_construction_is_repeatable_under_a_seed(kind, featured):
     def weights(seed):
         torch.manual_seed(seed)
