@@ -57,9 +57,11 @@ def model_from_bytes(
     # The state replaces every parameter, so a large model is built without memory or random
     # initialisation (the meta device). A small one is built on the CPU: initialising it costs
     # less than the meta device's first use in a process (~1.5 s of imports), which every scoring
-    # worker would pay for its item-side model.
+    # worker would pay for its item-side model. The random state is restored afterwards: loading
+    # a model does not move the seeded stream of whatever runs next.
     size = sum(tensor.numel() for tensor in payload["state_dict"].values())
-    with torch.device("meta" if size > META_BUILD_PARAMETERS else "cpu"):
+    building = torch.device("meta" if size > META_BUILD_PARAMETERS else "cpu")
+    with torch.random.fork_rng(devices=[]), building:
         model = build_model(**payload["spec"])
     model.load_state_dict(payload["state_dict"], assign=True)
     model.to(device).eval()
