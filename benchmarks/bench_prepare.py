@@ -69,7 +69,7 @@ def child(args: argparse.Namespace) -> None:
     """Run prepare in this process and print one JSON line of figures."""
     sys.path.insert(0, str(REPO))
     from recspark.cli import run_command
-    from recspark.config import load_config
+    from recspark.core.config import load_config
 
     overrides = [f"paths.root={args.root}", "input.format=synthetic", f"run_date={args.run_date}"]
     config = load_config(args.config, overrides)

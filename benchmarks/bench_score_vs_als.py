@@ -30,8 +30,8 @@ import time
 
 from recspark.commands import score, train
 from recspark.commands.benchmark import Dataset, ensure_prepared
-from recspark.config import load_config
-from recspark.spark import get_spark
+from recspark.core.config import load_config
+from recspark.core.spark import get_spark
 
 RUN_DATE = "2026-01-15"
 

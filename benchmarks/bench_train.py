@@ -6,7 +6,7 @@ writes), or reads an existing one given by ``--path``, then times:
 
 - the feed: one shuffled epoch of ``make_batch_reader`` + ``BatchedDataLoader`` batches, for each
   ``--reader-workers`` count;
-- training: one epoch of :func:`recspark.training.train_epoch` per optimizer and device, fed the
+- training: one epoch of :func:`recspark.train.loop.train_epoch` per optimizer and device, fed the
   same way, as the train job runs it.
 
 Example::
@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recspark.feeding import open_feed, row_groups
-from recspark.training import (
+from recspark.train.feeding import open_feed, row_groups
+from recspark.train.loop import (
     Schedule,
     init_model,
     is_sparse_optimizer,

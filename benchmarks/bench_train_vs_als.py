@@ -28,7 +28,7 @@ import sys
 import time
 
 from recspark.cli import run_command
-from recspark.config import load_config
+from recspark.core.config import load_config
 
 # The shipped recspark settings for this benchmark: a biased MF as wide as ALS's rank, large
 # batches (the per-step cost of dense Adam is the table, not the batch), one thread per process
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     overrides = [f"{key}={value}" for key, value in base.items()] + args.overrides
     config = load_config(None, overrides)
-    from recspark.artifacts import Layout
+    from recspark.core.storage import Layout
 
     layout = Layout(config.paths.root)
     prepared = layout.prepared(config.run_date)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     trained = run_command("train", config)
     times["recspark"] = time.perf_counter() - started
-    from recspark.spark import get_spark
+    from recspark.core.spark import get_spark
 
     spark = get_spark(master=config.spark.master, conf=config.spark.conf)
     low, high = config.input.rating_min, config.input.rating_max

@@ -65,10 +65,12 @@ def train_once(name: str, seed: int, root: str, data: str, extra: list[str]) -> 
     """Train one config under one seed; returns the best epoch's figures."""
     import torch
 
-    from recspark.artifacts import Layout
-    from recspark.commands.train import model_spec, read_manifest, side_features, train_settings
-    from recspark.config import load_config
-    from recspark.training import fit, init_model, resolve_device
+    from recspark.commands.train import model_spec, side_features, train_settings
+    from recspark.core.config import load_config
+    from recspark.core.storage import Layout
+    from recspark.core.torch_utils import resolve_device
+    from recspark.data.prepared import read_manifest
+    from recspark.train.loop import fit, init_model
 
     torch.set_num_threads(1)
     path, overrides = CONFIGS[name]

@@ -1,10 +1,10 @@
 """recspark: a recommender that runs as distributed batch jobs on Apache Spark.
 
-Stages (one module per concern): :mod:`recspark.synthetic` (the embedded data set),
-:mod:`recspark.sources` (reading and checking), :mod:`recspark.indexing` (stable id maps),
-:mod:`recspark.splitting`, :mod:`recspark.feeding` (Petastorm), :mod:`recspark.models`,
-:mod:`recspark.training`, :mod:`recspark.scoring`, :mod:`recspark.metrics`,
-:mod:`recspark.artifacts` (layout and safe publishing) and :mod:`recspark.config`. The commands in
+Stages (one module per concern): :mod:`recspark.data.synthetic` (the embedded data set),
+:mod:`recspark.data.sources` (reading and checking), :mod:`recspark.data.indexing` (stable id maps),
+:mod:`recspark.data.splitting`, :mod:`recspark.train.feeding` (Petastorm), :mod:`recspark.model.embedding`,
+:mod:`recspark.train.loop`, :mod:`recspark.serve.scoring`, :mod:`recspark.evaluate.metrics`,
+:mod:`recspark.core.storage` (layout and safe publishing) and :mod:`recspark.core.config`. The commands in
 :mod:`recspark.commands` wire them together; :mod:`recspark.cli` runs them.
 """
 

@@ -18,8 +18,8 @@ import time
 import traceback
 from typing import Any
 
-from recspark.config import Config, load_config
-from recspark.errors import ConfigError, RecsparkError
+from recspark.core.config import Config, load_config
+from recspark.core.errors import ConfigError, RecsparkError
 
 COMMANDS = {
     "generate": "Write the embedded synthetic ratings data set and its planted factors.",
@@ -82,7 +82,7 @@ def run_command(command: str, config: Config, clock: dict[str, float] | None = N
     not the JVM start.
     """
     module = importlib.import_module(f"recspark.commands.{command}")
-    from recspark.spark import get_spark
+    from recspark.core.spark import get_spark
 
     spark = get_spark(f"recspark-{command}", master=config.spark.master, conf=config.spark.conf)
     if clock is not None:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from recspark.spark import get_spark
+    from recspark.core.spark import get_spark
 
     local_dir = tmp_path_factory.mktemp("spark-local")
     os.environ["PYSPARK_PYTHON"] = sys.executable

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from recspark.cli import main
-from recspark.config import DEFAULT_CONFIG, load_config
-from recspark.errors import ConfigError
+from recspark.core.config import DEFAULT_CONFIG, load_config
+from recspark.core.errors import ConfigError
 
 
 def test_default_config_is_the_synthetic_data_set():
@@ -62,7 +62,7 @@ def test_cli_rejects_bad_config_before_spark_with_a_json_line(capsys, monkeypatc
     def no_spark(*args, **kwargs):
         raise AssertionError("Spark must not start for a bad config")
 
-    monkeypatch.setattr("recspark.spark.get_spark", no_spark)
+    monkeypatch.setattr("recspark.core.spark.get_spark", no_spark)
     status = main(["train", "--set", "train.optimiser=adam"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(line)

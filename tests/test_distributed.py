@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from recspark.cli import main
-from recspark.model_io import load_model
+from recspark.model.saving import load_model
 from tests.test_training import write_prepared
 
 OVERRIDES = {

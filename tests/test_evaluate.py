@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from recspark.artifacts import Layout
 from recspark.cli import main
-from recspark.models import build_model
+from recspark.core.storage import Layout
+from recspark.model.embedding import build_model
 from tests.test_score_job import RUN_DATE, publish_hand_made_run, set_args
 
 USERS, ITEMS = 60, 40
@@ -100,7 +100,7 @@ def test_evaluate_report_folder_holds_pngs(planted_ratings):
 
 
 def test_training_curves_come_from_the_history(tmp_path):
-    from recspark.report import training_curves
+    from recspark.evaluate.report import training_curves
 
     history = [
         {"epoch": e, "train_loss": 1.0 / e, "validation_loss": 1.1 / e, "validation_rmse": 1.05 / e}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recspark.explore import item_pca, pca_plot, pca_summary
+from recspark.evaluate.explore import item_pca, pca_plot, pca_summary
 
 
 def _planted(items: int = 200, seed: int = 0):

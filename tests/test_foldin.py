@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from recspark.errors import BadInputError
-from recspark.foldin import (
+from recspark.core.errors import BadInputError
+from recspark.model.embedding import DotBias, DotProduct, EmbeddingNet, build_model
+from recspark.serve.foldin import (
     RankingFoldIn,
     fold_in,
     fold_in_dot_bias,
     parse_ratings,
     score_user,
 )
-from recspark.models import DotBias, DotProduct, EmbeddingNet, build_model
 
 
 def _dot_model(kind: str, items: int = 80, factors: int = 4, seed: int = 0):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from recspark.errors import BadInputError
-from recspark.indexing import apply_index, check_index, extend_index
+from recspark.core.errors import BadInputError
+from recspark.data.indexing import apply_index, check_index, extend_index
 
 
 def as_dict(index, id_col="user_id", idx_col="user_idx"):

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recspark.baselines import fit_biases, fit_global_mean
-from recspark.metrics import (
+from recspark.data.prepared import seen_items
+from recspark.evaluate.baselines import fit_biases, fit_global_mean
+from recspark.evaluate.metrics import (
     assess,
     coverage,
     item_popularity,
@@ -18,7 +19,7 @@ from recspark.metrics import (
     rating_metrics,
     relevant_items,
 )
-from recspark.scoring import recommend_all, seen_items
+from recspark.serve.scoring import recommend_all
 
 K = 3
 # (user, item, rank). u1 has a relevant item at rank 4, beyond k; u2 has a short list and more

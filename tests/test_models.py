@@ -17,9 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from recspark.model_io import model_from_bytes
-from recspark.models import MODEL_KINDS, Ensemble, FeaturedTable, build_model, embedding_size
-from recspark.scoring import item_side_payload
+from recspark.model.embedding import (
+    MODEL_KINDS,
+    Ensemble,
+    FeaturedTable,
+    build_model,
+    embedding_size,
+)
+from recspark.model.saving import model_from_bytes
+from recspark.serve.scoring import item_side_payload
 
 N_USERS, N_ITEMS, USER_FEATURES, ITEM_FEATURES = 7, 5, 3, 4
 Y_RANGE = (1.0, 5.5)
@@ -167,7 +173,7 @@ def test_model_bytes_load_back_exactly_whichever_device_builds_them(kind, featur
                                                                   monkeypatch):
     """Small models are built on the CPU before their state is loaded, large ones on the meta
     device (``META_BUILD_PARAMETERS``): either way every tensor comes back as saved."""
-    from recspark import model_io
+    from recspark.model import saving as model_io
 
     model = _model(kind, featured)
     monkeypatch.setattr(model_io, "META_BUILD_PARAMETERS", 0 if build_on == "meta" else 1 << 24)
@@ -361,7 +367,7 @@ def test_an_ensemble_is_its_members_mean_everywhere_the_jobs_read_it(featured):
 
 def test_ensemble_members_learn_as_if_each_were_trained_alone():
     """The loop gives every member its own loss: Adam steps equal those of lone members."""
-    from recspark.training import Optimizers, train_epoch
+    from recspark.train.loop import Optimizers, train_epoch
 
     spec = _spec("dot_bias", False, members=2)
     torch.manual_seed(5)

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recspark.config import load_config
-from recspark.errors import BadInputError
-from recspark.side_info import (
+from recspark.core.config import load_config
+from recspark.core.errors import BadInputError
+from recspark.data.side_info import (
     YEAR_NAMES,
     ZIP_REGIONS,
     load_side_features,

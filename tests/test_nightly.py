@@ -24,15 +24,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recspark.artifacts import Layout, mark_success
 from recspark.cli import main
 from recspark.commands import nightly
-from recspark.config import load_config
-from recspark.errors import ConfigError, LockHeldError
-from recspark.history import append_record, latest_record, read_history
-from recspark.locking import RunLock
+from recspark.core.config import load_config
+from recspark.core.errors import ConfigError, LockHeldError
+from recspark.core.storage import Layout, mark_success
+from recspark.ops.history import append_record, latest_record, read_history
+from recspark.ops.locking import RunLock
+from recspark.ops.retention import prune_runs
 from recspark.packaging import build_zip
-from recspark.retention import prune_runs
 from tests.conftest import REPO, tiny_overrides
 
 DAY1, DAY2, DAY3 = "2026-03-01", "2026-03-02", "2026-03-03"
@@ -329,7 +329,7 @@ def test_the_package_zip_holds_every_module_and_imports(tmp_path):
 KILLED_AT_PREPARE = """
 import os, signal, sys
 from recspark.commands import nightly, prepare
-from recspark.config import load_config
+from recspark.core.config import load_config
 prepare.run = lambda config, spark: os.kill(os.getpid(), signal.SIGKILL)
 nightly.run(load_config(None, sys.argv[1:]), None)
 """

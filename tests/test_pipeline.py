@@ -107,7 +107,7 @@ def test_score_publishes_top_n_without_seen_items(pipeline):
 def test_score_matches_a_brute_force_ranking(pipeline):
     import torch
 
-    from recspark.model_io import load_model
+    from recspark.model.saving import load_model
 
     _, summaries = pipeline
     model, _, _ = load_model(Path(summaries["train"]["outputs"]["model"]))

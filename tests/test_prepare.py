@@ -13,8 +13,8 @@ import pytest
 
 from recspark.cli import main
 from recspark.commands.prepare import run
-from recspark.config import load_config
-from recspark.sources import REASONS
+from recspark.core.config import load_config
+from recspark.data.sources import REASONS
 from tests.test_sources import BAD_LINES
 
 TABLES = ("train", "validation", "cold_start")
@@ -75,7 +75,7 @@ def test_ml100k_user_stratified(spark, ml100k, tmp_path):
     assert manifest["rating"]["mean"] == pytest.approx(train["rating"].mean())
     assert len(manifest["input"]["fingerprint"]) == 16
     # Petastorm's batch reader reads the table as written.
-    from recspark.feeding import open_feed
+    from recspark.train.feeding import open_feed
 
     fed = 0
     with open_feed(summary["outputs"]["train"], batch_size=8192, shuffle=True, seed=1) as loader:

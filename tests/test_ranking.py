@@ -22,10 +22,11 @@ import pytest
 import torch
 
 from recspark.cli import main
-from recspark.config import load_config
-from recspark.errors import ConfigError
-from recspark.models import build_model
-from recspark.ranking import (
+from recspark.core.config import load_config
+from recspark.core.errors import ConfigError
+from recspark.model.embedding import build_model
+from recspark.train.loop import TrainSettings, epoch_functions, fit, make_optimizer
+from recspark.train.objectives.ranking import (
     NegativeSampler,
     RankingSettings,
     bpr_loss,
@@ -36,7 +37,6 @@ from recspark.ranking import (
     train_epoch,
     validation_loss,
 )
-from recspark.training import TrainSettings, epoch_functions, fit, make_optimizer
 from tests.conftest import tiny_overrides
 
 
@@ -376,7 +376,7 @@ def test_train_score_evaluate_with_the_ranking_objective(spark, tmp_path):
         summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
         assert status == 0, summary
         summaries[command] = summary
-    from recspark.model_io import load_model
+    from recspark.model.saving import load_model
 
     _, spec, meta = load_model(Path(summaries["train"]["outputs"]["model"]))
     assert spec["y_range"] is None and meta["objective"] == "ranking"

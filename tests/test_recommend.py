@@ -14,12 +14,12 @@ import torch
 
 from recspark.cli import main
 from recspark.commands.recommend import fold_in_regularization
-from recspark.errors import BadInputError, MissingInputError
-from recspark.foldin import fold_in, score_user
-from recspark.model_io import load_model
-from recspark.similar import most_similar, read_item_factors
-from recspark.synthetic import BIAS_SD, GLOBAL_MEAN, SyntheticSpec
-from recspark.titles import read_titles
+from recspark.core.errors import BadInputError, MissingInputError
+from recspark.data.synthetic import BIAS_SD, GLOBAL_MEAN, SyntheticSpec
+from recspark.data.titles import read_titles
+from recspark.model.saving import load_model
+from recspark.serve.foldin import fold_in, score_user
+from recspark.serve.similar import most_similar, read_item_factors
 from tests.conftest import tiny_overrides
 
 RUN_DATE = "2026-01-15"

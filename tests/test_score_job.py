@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from recspark.artifacts import Layout, mark_success, write_json
 from recspark.cli import main
-from recspark.model_io import save_model, write_factor_tables
-from recspark.models import build_model
-from recspark.scoring import PAUSE_ENV
+from recspark.core.storage import Layout, mark_success, write_json
+from recspark.model.embedding import build_model
+from recspark.model.saving import save_model, write_factor_tables
+from recspark.serve.scoring import PAUSE_ENV
 from tests.conftest import REPO
 
 RUN_DATE = "2026-01-15"
@@ -206,7 +206,7 @@ def test_a_job_killed_while_writing_leaves_the_previous_partition(planted, capsy
 
 
 def test_a_partition_retired_by_a_killed_publish_is_restored(planted, capsys):
-    from recspark.artifacts import clean_leftovers
+    from recspark.core.storage import clean_leftovers
 
     layout = Layout(planted)
     score(planted, capsys, "score.top_n=3")

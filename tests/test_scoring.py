@@ -10,20 +10,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from recspark.models import build_model
-from recspark.scoring import (
-    ScoringKernel,
-    UserTable,
-    best_columns,
-    item_side_payload,
-    rated_by_every_user,
-    rated_lists,
-    recommend_all,
-    recommend_batches,
-    recommend_listed,
-    seen_items,
-    top_k,
-)
+from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
+from recspark.model.embedding import build_model
+from recspark.serve.kernel import ScoringKernel, UserTable, best_columns, recommend_batches, top_k
+from recspark.serve.scoring import item_side_payload, recommend_all, recommend_listed
 
 INF = math.inf
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recspark.similar import most_similar, read_item_factors, similar_items_table, unit_rows
+from recspark.serve.similar import most_similar, read_item_factors, similar_items_table, unit_rows
 
 
 def _twins(pairs: int = 12, factors: int = 5, seed: int = 1) -> np.ndarray:

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import types as T
 
-from recspark import sources
-from recspark.errors import BadInputError, MissingInputError
+from recspark.core.errors import BadInputError, MissingInputError
+from recspark.data import sources
 
 
 def write(path, text: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recspark.splitting import flag_validation, set_apart_cold_start, split_ratings
+from recspark.data.splitting import flag_validation, set_apart_cold_start, split_ratings
 
 SCHEMA = "user_idx int, item_idx int, rating float, timestamp long"
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from recspark.synthetic import SyntheticSpec, rating_moments, ratings_per_user
+from recspark.data.synthetic import SyntheticSpec, rating_moments, ratings_per_user
 
 
 @pytest.mark.parametrize("blocks", [1, 3, 17])

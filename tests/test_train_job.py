@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-import recspark.training
+import recspark.train.loop
 from recspark.cli import main
-from recspark.model_io import load_model
+from recspark.model.saving import load_model
 from tests.test_training import write_prepared
 
 BASE = {
@@ -84,7 +84,7 @@ def test_a_killed_train_job_resumes_to_the_uninterrupted_result(spark, root, tmp
     assert status == 0
     whole_model, _, _ = load_model(Path(whole["outputs"]["model"]))
 
-    save = recspark.training.save_checkpoint
+    save = recspark.train.loop.save_checkpoint
 
     def save_then_die_after_epoch_2(folder, checkpoint):
         path = save(folder, checkpoint)
@@ -92,11 +92,11 @@ def test_a_killed_train_job_resumes_to_the_uninterrupted_result(spark, root, tmp
             raise KeyboardInterrupt("killed after epoch 2")
         return path
 
-    monkeypatch.setattr(recspark.training, "save_checkpoint", save_then_die_after_epoch_2)
+    monkeypatch.setattr(recspark.train.loop, "save_checkpoint", save_then_die_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(root)
     assert (root / "_checkpoints" / "2026-01-15" / "last.pt").exists()
-    monkeypatch.setattr(recspark.training, "save_checkpoint", save)
+    monkeypatch.setattr(recspark.train.loop, "save_checkpoint", save)
     status, resumed = train(root, **{"train.resume": "true"})
     assert status == 0, resumed
     assert resumed["metrics"]["validation_rmse"] == whole["metrics"]["validation_rmse"]

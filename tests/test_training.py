@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recspark.feeding import open_feed, row_groups
-from recspark.model_io import carry_weights
-from recspark.models import build_model
-from recspark.training import (
+from recspark.model.embedding import build_model
+from recspark.model.saving import carry_weights
+from recspark.train.feeding import open_feed, row_groups
+from recspark.train.loop import (
     Schedule,
     TrainSettings,
     epoch_functions,
@@ -237,7 +237,7 @@ def test_a_killed_run_resumes_to_the_same_result(prepared, tmp_path):
 
 
 def test_resuming_with_other_settings_is_refused(prepared, tmp_path):
-    from recspark.errors import RecsparkError
+    from recspark.core.errors import RecsparkError
 
     checkpoints = str(tmp_path / "checkpoints")
     run(prepared, quick(epochs=1), checkpoint_dir=checkpoints, fingerprint="one")

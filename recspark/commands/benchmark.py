@@ -22,7 +22,7 @@ Spark session:
 
 Models whose scores are not ratings (the ranking objective, implicit ALS) have no RMSE.
 
-Every contender is measured by the same code as ``evaluate`` (:func:`recspark.metrics.assess`):
+Every contender is measured by the same code as ``evaluate`` (:func:`recspark.evaluate.metrics.assess`):
 RMSE on the validation split and ranking metrics at ``evaluate.k`` with training items excluded
 (ALS is ranked through the same blocked kernel from its own factors, because its
 ``recommendForAllUsers`` cannot leave out seen items). The table on stderr shows, per data set,
@@ -33,9 +33,9 @@ a second table shows NDCG, precision, recall and MAP at k.
 Adding a contender: write a function ``(spark, dataset, split) -> ContenderResult`` and register
 it in :data:`CONTENDERS` (another recspark model: ``recspark_contender(name, model_config)``; a
 library model: fit it, give :func:`recspark.commands.evaluate.assess_contender` its predictions
-and a :class:`recspark.baselines.Scorer` of its factors). A new printed table is a function
+and a :class:`recspark.evaluate.baselines.Scorer` of its factors). A new printed table is a function
 ``k -> [Column, ...]`` appended to :data:`TABLES`; every contender already carries every metric of
-:func:`recspark.metrics.assess`.
+:func:`recspark.evaluate.metrics.assess`.
 """
 
 from __future__ import annotations
@@ -52,15 +52,14 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recspark.artifacts import Layout, local_path, read_json, staged, write_json
-from recspark.baselines import Fitted, Scorer, fit_als, fit_als_implicit, mean_rating
 from recspark.commands import evaluate, generate, prepare, score, train
 from recspark.commands.evaluate import predicts_ratings
-from recspark.commands.score import load_published_model
-from recspark.config import Config, load_config
-from recspark.errors import ConfigError, MissingInputError
-from recspark.model_io import model_bytes
-from recspark.scoring import item_side_payload, predict
+from recspark.core.config import Config, load_config
+from recspark.core.errors import ConfigError, MissingInputError
+from recspark.core.storage import Layout, local_path, read_json, staged, write_json
+from recspark.evaluate.baselines import Fitted, Scorer, fit_als, fit_als_implicit, mean_rating
+from recspark.model.saving import load_published_model, model_bytes
+from recspark.serve.scoring import item_side_payload, predict
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ training never saw) reported apart. Ranking metrics at ``evaluate.k`` for every 
 validation item rated at or above ``evaluate.relevance_threshold`` (0: every validation item is
 relevant): each model ranks every item the user did not rate in training. Baselines
 (``evaluate.baselines``: global mean, user+item biases, Spark ALS) are fitted on the same training
-split in the same run and measured by the same code (:func:`recspark.metrics.assess`).
+split in the same run and measured by the same code (:func:`recspark.evaluate.metrics.assess`).
 
 Writes the report folder ``evaluation/RUN_DATE/``: ``evaluation.json``, ``training_curves.png``
 (from the model's ``metrics.json`` history), ``metrics_vs_baselines.png`` and
@@ -22,15 +22,22 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from recspark import report
-from recspark.artifacts import Layout, read_json, staged, write_json
-from recspark.baselines import Fitted, Scorer, fit_als, fit_biases, fit_global_mean, mean_rating
-from recspark.commands.score import load_published_model
-from recspark.config import Config, EvaluateConfig
-from recspark.constants import PREDICTION, RATING, USER_IDX
-from recspark.metrics import assess, item_popularity, relevant_items
-from recspark.model_io import model_bytes
-from recspark.scoring import item_side_payload, predict, recommend_all, seen_items
+from recspark.core.config import Config, EvaluateConfig
+from recspark.core.constants import PREDICTION, RATING, USER_IDX
+from recspark.core.storage import Layout, read_json, staged, write_json
+from recspark.data.prepared import seen_items
+from recspark.evaluate import report
+from recspark.evaluate.baselines import (
+    Fitted,
+    Scorer,
+    fit_als,
+    fit_biases,
+    fit_global_mean,
+    mean_rating,
+)
+from recspark.evaluate.metrics import assess, item_popularity, relevant_items
+from recspark.model.saving import load_published_model, model_bytes
+from recspark.serve.scoring import item_side_payload, predict, recommend_all
 
 log = logging.getLogger(__name__)
 

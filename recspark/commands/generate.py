@@ -7,10 +7,10 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from recspark.artifacts import Layout, publish, write_json
-from recspark.config import Config
-from recspark.constants import ITEM_ID, USER_ID
-from recspark.synthetic import (
+from recspark.core.config import Config
+from recspark.core.constants import ITEM_ID, USER_ID
+from recspark.core.storage import Layout, publish, write_json
+from recspark.data.synthetic import (
     SyntheticSpec,
     generate_ratings,
     item_truth_frame,

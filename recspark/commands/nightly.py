@@ -7,7 +7,7 @@ session. Order and publication::
          -> prepare -> train (warm start) -> evaluate -> quality gate -> score (the commit)
          -> history record -> retention -> unlock
 
-* **Lock**: :class:`recspark.locking.RunLock` on ``<root>/_nightly/lock``; a second run for the same
+* **Lock**: :class:`recspark.ops.locking.RunLock` on ``<root>/_nightly/lock``; a second run for the same
   root exits at once with a message naming the holder.
 * **Warm start**: ``train.warm_start`` is set from ``nightly.warm_start``; the trainer copies the
   last published model's rows for known ids, and the carried counts reach this summary.
@@ -23,7 +23,7 @@ session. Order and publication::
 * **Journal**: ``_nightly/inflight.json`` records the stage, what was set aside and what each stage
   reported. A run that finds one (its predecessor died, e.g. ``kill -9``) recovers it first, so the
   last published output is intact and the next run succeeds.
-* **History**: one record per run under ``history/`` (see :mod:`recspark.history`): published,
+* **History**: one record per run under ``history/`` (see :mod:`recspark.ops.history`): published,
   rejected (by the gate) or failed.
 * **Idempotence**: a date already published from the same input files and settings is not run
   again (``nightly.force=true`` does); any other re-run replaces the date's outputs whole.
@@ -51,8 +51,10 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recspark import history, retention
-from recspark.artifacts import (
+from recspark.commands import evaluate, prepare, score, train
+from recspark.core.config import Config
+from recspark.core.errors import QualityGateError
+from recspark.core.storage import (
     SUCCESS,
     Layout,
     clean_leftovers,
@@ -60,10 +62,8 @@ from recspark.artifacts import (
     read_json,
     write_json,
 )
-from recspark.commands import evaluate, prepare, score, train
-from recspark.config import Config
-from recspark.errors import QualityGateError
-from recspark.locking import RunLock
+from recspark.ops import history, retention
+from recspark.ops.locking import RunLock
 
 log = logging.getLogger(__name__)
 

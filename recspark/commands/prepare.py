@@ -1,6 +1,6 @@
 """prepare: check every row, index ids stably, split, and publish Parquet for training.
 
-Reads ``input.*`` and writes ``prepared/RUN_DATE/`` (see :mod:`recspark.artifacts`): ``train``,
+Reads ``input.*`` and writes ``prepared/RUN_DATE/`` (see :mod:`recspark.core.storage`): ``train``,
 ``validation`` and ``cold_start`` (``user_idx``, ``item_idx``, ``rating``, ``timestamp`` and
 ``weight`` when the input has one), ``user_index`` and ``item_index`` (raw id -> dense index),
 ``rated`` (``user_idx``, ``user_id``, ``items``: one row per user of the id map with every item
@@ -25,11 +25,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recspark import sources
-from recspark.artifacts import Layout, latest_date, parquet_rows, staged, write_json
-from recspark.commands.score import RATED
-from recspark.config import Config
-from recspark.constants import (
+from recspark.core.config import Config
+from recspark.core.constants import (
     ITEM_ID,
     ITEM_IDX,
     RATING,
@@ -39,10 +36,12 @@ from recspark.constants import (
     USER_IDX,
     WEIGHT,
 )
-from recspark.errors import BadInputError
-from recspark.indexing import apply_index, check_index, extend_index
-from recspark.scoring import rated_by_every_user
-from recspark.splitting import (
+from recspark.core.errors import BadInputError
+from recspark.core.storage import Layout, latest_date, parquet_rows, staged, write_json
+from recspark.data import sources
+from recspark.data.indexing import apply_index, check_index, extend_index
+from recspark.data.prepared import RATED, rated_by_every_user
+from recspark.data.splitting import (
     COLD_START_FLAG,
     VALIDATION_FLAG,
     flag_cold_start,

@@ -4,7 +4,7 @@ Exactly one query, or none when only batch outputs are asked for:
 
 - ``recommend.user=ID``: an existing user's top-N from their trained row, items they rated (in
   any split of the prepared run) left out; the same list ``score`` publishes for them.
-- ``recommend.ratings=ITEM=RATING,...``: a new user, folded in (:mod:`recspark.foldin`): their
+- ``recommend.ratings=ITEM=RATING,...``: a new user, folded in (:mod:`recspark.serve.foldin`): their
   row and bias solved from these ratings with the item side fixed, no retraining; items they
   rated left out.
 - ``recommend.similar_to=ITEM``: the items nearest to one item by cosine of the embeddings.
@@ -39,15 +39,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recspark.artifacts import Layout, latest_date, read_json, staged, write_json
-from recspark.commands.score import load_published_model, rated
-from recspark.config import Config
-from recspark.constants import ITEM_ID, ITEM_IDX, MODEL_VERSION, USER_ID, USER_IDX
-from recspark.errors import BadInputError, ConfigError, MissingInputError
-from recspark.explore import item_pca, pca_plot, pca_summary
-from recspark.foldin import RankingFoldIn, fold_in, parse_ratings, score_user
-from recspark.scoring import top_k
-from recspark.similar import (
+from recspark.core.config import Config
+from recspark.core.constants import ITEM_ID, ITEM_IDX, MODEL_VERSION, USER_ID, USER_IDX
+from recspark.core.errors import BadInputError, ConfigError, MissingInputError
+from recspark.core.storage import Layout, latest_date, read_json, staged, write_json
+from recspark.data.prepared import rated
+from recspark.data.titles import read_titles
+from recspark.evaluate.explore import item_pca, pca_plot, pca_summary
+from recspark.model.saving import load_published_model
+from recspark.serve.foldin import RankingFoldIn, fold_in, parse_ratings, score_user
+from recspark.serve.kernel import top_k
+from recspark.serve.similar import (
     RANK,
     SIMILAR_ITEM_IDX,
     SIMILARITY,
@@ -55,7 +57,6 @@ from recspark.similar import (
     read_item_factors,
     similar_items_table,
 )
-from recspark.titles import read_titles
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def ranking_settings(
         confidence_alpha=float(recorded.get("confidence_alpha", 1.0)),
     )
     if settings.loss == "bpr" and settings.sampling_alpha > 0:
-        from recspark.ranking import item_popularity
+        from recspark.train.objectives.ranking import item_popularity
 
         counts = item_popularity(train, n_items, settings.positive_threshold)
         settings = dataclasses.replace(settings, item_counts=counts)

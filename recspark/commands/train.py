@@ -2,7 +2,7 @@
 
 Table sizes come from the prepared manifest (the id maps), never from the batches. One process
 trains in the driver; ``train.num_processes > 1`` trains data-parallel through TorchDistributor
-(:mod:`recspark.distributed`). Every epoch is checkpointed under ``_checkpoints/RUN_DATE``;
+(:mod:`recspark.train.distributed`). Every epoch is checkpointed under ``_checkpoints/RUN_DATE``;
 ``train.resume`` continues a killed run from there, and the checkpoint is removed once the model
 is published. ``train.warm_start`` starts from the last published model before this run date.
 
@@ -22,13 +22,16 @@ from typing import Any
 import torch
 from pyspark.sql import SparkSession
 
-from recspark.artifacts import Layout, file_digest, latest_date, read_json, staged, write_json
-from recspark.checkpoints import remove_checkpoints
-from recspark.config import Config
-from recspark.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
-from recspark.errors import BadInputError, MissingInputError
-from recspark.feeding import row_groups
-from recspark.model_io import (
+from recspark.core.config import Config
+from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+from recspark.core.errors import BadInputError
+from recspark.core.plots import loss_curve
+from recspark.core.storage import Layout, file_digest, latest_date, staged, write_json
+from recspark.core.torch_utils import resolve_device
+from recspark.data.prepared import read_manifest
+from recspark.data.side_info import SideFeatures, load_side_features
+from recspark.model.embedding import EmbeddingModel
+from recspark.model.saving import (
     MODEL_FILE,
     carry_weights,
     load_model,
@@ -36,17 +39,15 @@ from recspark.model_io import (
     save_model,
     write_factor_tables,
 )
-from recspark.models import EmbeddingModel
-from recspark.plots import loss_curve
-from recspark.side_info import SideFeatures, load_side_features
-from recspark.training import (
+from recspark.train.checkpoints import remove_checkpoints
+from recspark.train.feeding import row_groups
+from recspark.train.loop import (
     FitResult,
     TrainSettings,
     evaluate_split,
     fit,
     init_model,
     is_sparse_optimizer,
-    resolve_device,
     settings_fingerprint,
 )
 
@@ -56,21 +57,10 @@ log = logging.getLogger(__name__)
 _NOT_IN_FINGERPRINT = {"resume", "device", "reader_workers", "cpu_threads"}
 
 
-def read_manifest(layout: Layout, run_date) -> dict[str, Any]:
-    """The prepared run's ``manifest.json``; a clear error when prepare has not run."""
-    path = layout.prepared(run_date) / "manifest.json"
-    if not path.exists():
-        raise MissingInputError(
-            f"no prepared data for run_date {run_date} under {layout.root}: run `recspark prepare` "
-            "with the same paths.root and run_date first"
-        )
-    return read_json(path)
-
-
 def model_spec(
     config: Config, manifest: dict[str, Any], prepared: Path | None = None
 ) -> dict[str, Any]:
-    """Arguments of :func:`recspark.models.build_model` for this config and these tables.
+    """Arguments of :func:`recspark.model.embedding.build_model` for this config and these tables.
 
     The seam where model kinds that need more than ids (side information read from ``prepared``)
     add their arguments; the spec is stored in ``model.pt`` and rebuilds the model on its own.
@@ -127,7 +117,11 @@ def objective_context(
     """
     context = {"rating_range": list(manifest["rating_range"]), "objective": config.model.objective}
     if config.model.objective == "ranking":
-        from recspark.ranking import RankingSettings, item_popularity, ranking_context
+        from recspark.train.objectives.ranking import (
+            RankingSettings,
+            item_popularity,
+            ranking_context,
+        )
 
         settings = RankingSettings(**config.ranking.model_dump())
         counts = None
@@ -198,7 +192,7 @@ def run_fit(
         # On cores shared with Spark tasks (or other jobs) fewer threads than cores run faster.
         torch.set_num_threads(config.train.cpu_threads)
     if config.train.num_processes > 1:
-        from recspark.distributed import fit_distributed
+        from recspark.train.distributed import fit_distributed
 
         groups = len(row_groups(train_path))
         if groups < config.train.num_processes:

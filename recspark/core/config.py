@@ -1,0 +1,379 @@
+"""Typed configuration for every recspark command.
+
+A run is described by one YAML file (``conf/default.yaml`` unless ``--config`` names another) plus
+``--set dotted.key=value`` overrides. Both are validated here, by pydantic models that forbid
+unknown keys, before any Spark session starts: a typo or a bad value stops the command with a
+message that names the key. Jobs pick the values they need out of :class:`Config` and pass plain
+values down; no transform receives the whole config.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recspark.core.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+
+
+def default_config_path() -> Path:
+    """``conf/default.yaml`` of the source tree, else of the working directory.
+
+    The second covers an installed package or a ``--py-files`` zip, where the package no longer
+    sits next to ``conf/``: run from the repository, or pass ``--config``.
+    """
+    for candidate in (DEFAULT_CONFIG, Path.cwd() / "conf" / "default.yaml"):
+        if candidate.is_file():
+            return candidate
+    return DEFAULT_CONFIG
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(_Section):
+    root: str = "runs/default"
+
+
+class SparkConfig(_Section):
+    master: str | None = None
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class ColumnsConfig(_Section):
+    user: str = "user_id"
+    item: str = "item_id"
+    rating: str | None = "rating"
+    timestamp: str | None = "timestamp"
+    weight: str | None = None
+
+
+class InputConfig(_Section):
+    path: str | None = None
+    format: Literal[
+        "auto", "movielens-100k", "movielens-1m", "csv", "tsv", "parquet", "synthetic"
+    ] = "synthetic"
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    validation_path: str | None = None
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    implicit: bool = False
+    # auto: integers when every id of a text column is one (always for MovieLens), else strings.
+    id_type: Literal["auto", "integer", "string"] = "auto"
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> InputConfig:
+        if self.rating_min >= self.rating_max:
+            raise ValueError("rating_min must be below rating_max")
+        return self
+
+
+class SplitConfig(_Section):
+    method: Literal["random", "user_stratified", "chronological", "given"] = "random"
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+
+
+class PrepareConfig(_Section):
+    rows_per_file: int = Field(2_000_000, gt=0)
+    row_group_mb: int = Field(8, gt=0)
+
+
+class SideInfoConfig(_Section):
+    """``model.side_info``: user and item features read from a MovieLens folder."""
+
+    format: Literal["movielens-100k", "movielens-1m"] = "movielens-100k"
+    path: str  # the folder holding u.user/u.item (100K) or users.dat/movies.dat (1M)
+    users: bool = True  # age band, gender, occupation
+    items: bool = True  # genres
+
+
+class ModelConfig(_Section):
+    kind: Literal["dot", "dot_bias", "mlp"] = "dot_bias"
+    objective: Literal["rating", "ranking"] = "rating"
+    factors: int = Field(32, gt=0)
+    user_factors: int | None = Field(None, gt=0)
+    item_factors: int | None = Field(None, gt=0)
+    y_range: tuple[float, float] | None = None
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    dropouts: list[float] = Field(default_factory=lambda: [0.2])
+    embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias_penalty: float = Field(1.0, ge=0.0)  # multiplier of train.weight_decay for bias rows
+    side_info: SideInfoConfig | None = None  # side features added to the embedding tables
+    ensemble: int = Field(1, ge=1, le=16)  # >1: mean of that many dot/dot_bias models
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelConfig:
+        if len(self.dropouts) != len(self.hidden):
+            raise ValueError(
+                f"dropouts has {len(self.dropouts)} entries but hidden has {len(self.hidden)}:"
+                " give one dropout per hidden layer"
+            )
+        if any(not 0.0 <= p < 1.0 for p in self.dropouts):
+            raise ValueError("every dropout must be in [0, 1)")
+        if self.y_range is not None and self.y_range[0] >= self.y_range[1]:
+            raise ValueError("y_range must be [low, high] with low < high")
+        if self.ensemble > 1 and (self.kind == "mlp" or self.objective == "ranking"):
+            raise ValueError(
+                "model.ensemble averages rating-trained dot or dot_bias models: set "
+                "model.ensemble=1 for an mlp or a ranking model"
+            )
+        if self.y_range is not None and self.objective == "ranking":
+            raise ValueError(
+                "y_range squashes rating predictions; a ranking model scores without one: remove"
+                " model.y_range or set model.objective=rating"
+            )
+        return self
+
+
+class RankingConfig(_Section):
+    """``model.objective: ranking``: which rows are positives, the loss, negative sampling."""
+
+    loss: Literal["softmax", "bpr"] = "softmax"
+    # Per positive (bpr) or per batch, shared by its rows (softmax); >= items: whole catalogue.
+    negatives: int = Field(100, gt=0)
+    sampling_alpha: float = Field(0.0, ge=0.0)  # negatives drawn as (count + 1)^alpha; 0: uniform
+    positive_threshold: float = Field(0.0, ge=0.0)  # rating at or above it is a positive
+    confidence: Literal["none", "weight", "rating"] = "none"  # per-row weight 1 + alpha * value
+    confidence_alpha: float = Field(1.0, ge=0.0)
+    validation_items: int = Field(1000, gt=0)  # items each validation positive is ranked against
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(4096, gt=0)
+    lr: float = Field(0.01, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)  # L2 penalty on the embedding rows a batch uses
+    optimizer_weight_decay: float = Field(0.0, ge=0.0)  # the optimizer's decay (adamw: decoupled)
+    optimizer: Literal["sgd", "adam", "adamw", "sparse_adam", "sparse_sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    schedule: Literal["one_cycle", "cosine", "constant"] = "one_cycle"
+    restart_epochs: int = Field(1, ge=1)  # cosine: length of the first cycle, in epochs
+    restart_mult: int = Field(1, ge=1)  # cosine: each next cycle this many times longer
+    patience: int = Field(3, ge=0)
+    seed: int = 42
+    num_processes: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    resume: bool = False
+    warm_start: bool = False  # start from the last published model's rows (stable id maps)
+    reader_workers: int = Field(1, ge=1)  # >1 reads faster but in no fixed order
+    cpu_threads: int | None = Field(None, ge=1)  # torch threads per process; None: torch's choice
+    shuffle_buffer: int = Field(100_000, ge=0)
+
+
+class ScoreConfig(_Section):
+    top_n: int = Field(10, gt=0)
+    exclude_seen: bool = True
+    users_per_block: int = Field(128, gt=0)  # users per matmul block (fastest of 64-512 at 20k items)
+    partitions: int | None = Field(None, gt=0)  # scoring tasks; None: Spark's default parallelism
+    # The model's user table is broadcast to the scoring tasks up to this size (MiB), and joined
+    # by user (one shuffle of the users and their rated items) above it or at 0.
+    broadcast_users_mb: float = Field(256.0, ge=0)
+
+
+class EvaluateConfig(_Section):
+    k: int = Field(10, gt=0)
+    relevance_threshold: float = Field(4.0, ge=0.0)
+    baselines: list[Literal["global_mean", "biases", "als"]] = Field(
+        default_factory=lambda: ["global_mean", "biases", "als"]
+    )
+    bias_reg: float = Field(10.0, ge=0.0)  # shrinkage of the user+item bias baseline
+    bias_iterations: int = Field(3, gt=0)
+    als_ranks: list[int] = Field(default_factory=lambda: [10, 20])  # ALS grid, tuned on a
+    als_reg_params: list[float] = Field(default_factory=lambda: [0.1, 0.15])  # holdout of train
+    als_max_iter: int = Field(10, gt=0)
+    als_tune_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    als_seed: int = 42
+
+
+class BenchmarkConfig(_Section):
+    """``recspark benchmark``: which data sets and contenders, side by side in one run."""
+
+    datasets: list[Literal["ml100k-u1", "ml100k-ranking", "synthetic"]] = Field(
+        default_factory=lambda: ["ml100k-u1", "ml100k-ranking", "synthetic"]
+    )
+    synthetic_sizes: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000])
+    ratings_per_user: int = Field(100, gt=0)  # synthetic shape: users = size / ratings_per_user
+    ratings_per_item: int = Field(500, gt=0)  # items = size / ratings_per_item
+    movielens_path: str = "../shared/data/ml-100k"
+    # data set -> YAML whose model/train sections the `recspark` contender uses there
+    model_configs: dict[str, str] = Field(
+        default_factory=lambda: {
+            "ml100k-u1": "conf/movielens-100k-dot-bias.yaml",
+            "ml100k-ranking": "conf/movielens-100k-dot-bias.yaml",
+        }
+    )
+    contenders: list[str] = Field(default_factory=lambda: ["recspark", "als"])
+    # ml100k-ranking (u.data, user_stratified 25%, every validation item relevant) runs these
+    ranking_contenders: list[str] = Field(
+        default_factory=lambda: ["recspark", "recspark-ranking", "als", "als-implicit"]
+    )
+    ranking_config: str = "conf/movielens-100k-ranking.yaml"  # recspark-ranking's model/train
+    als_implicit_rank: int = Field(64, gt=0)
+    als_implicit_reg_param: float = Field(0.1, gt=0.0)
+    als_implicit_alpha: float = Field(5.0, gt=0.0)
+    reference: str = "als"
+    als_rank: int | None = Field(None, gt=0)  # fixed ALS rank/reg above tune_max_ratings
+    als_reg_param: float | None = Field(None, gt=0.0)
+    tune_max_ratings: int = Field(2_000_000, ge=0)
+
+
+class RecommendConfig(_Section):
+    """``recspark recommend``: one user (existing or folded in), one item's neighbours, or both
+    batch extras (the similar-items table, the PCA plot of the item embeddings)."""
+
+    user: str | None = None
+    ratings: str | None = None  # a new user's ITEM=RATING pairs, comma-separated (raw item ids)
+    similar_to: str | None = None
+    top_n: int = Field(10, gt=0)  # list length, and K of the similar-items table
+    titles_path: str | None = None  # u.item, movies.dat or movies.csv
+    regularization: float | None = Field(None, gt=0.0)  # fold-in ridge; None: train.weight_decay
+    min_item_ratings: int = Field(5, ge=0)  # candidates need this many train ratings
+    similar_table: bool = False  # write top_n similar items of every item (Spark job)
+    pca_plot: bool = False  # PCA of the item embeddings: PNG + JSON under exploration/D
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ids_as_text(cls, data: Any) -> Any:
+        # `--set recommend.user=196` arrives as an int and a YAML mapping {1: 5} as a dict.
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("user", "similar_to"):
+                if isinstance(data.get(key), int | float) and not isinstance(data.get(key), bool):
+                    data[key] = str(data[key])
+            if isinstance(data.get("ratings"), dict):
+                data["ratings"] = ",".join(f"{k}={v}" for k, v in data["ratings"].items())
+        return data
+
+    @model_validator(mode="after")
+    def _one_query(self) -> RecommendConfig:
+        given = [key for key in ("user", "ratings", "similar_to") if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set only one of recommend.user, ratings, similar_to (got {given})")
+        return self
+
+
+class SyntheticConfig(_Section):
+    users: int = Field(10_000, gt=0)
+    items: int = Field(2_000, gt=1)
+    ratings: int = Field(500_000, gt=0)
+    factors: int = Field(8, gt=0)
+    noise: float = Field(0.5, ge=0.0)
+    seed: int = 7
+    popularity_exponent: float = Field(0.8, ge=0.0)
+    activity_sigma: float = Field(1.0, ge=0.0)
+    partitions: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _feasible(self) -> SyntheticConfig:
+        if self.ratings < self.users:
+            raise ValueError("ratings must be at least users: every user rates at least one item")
+        if self.ratings > self.users * self.items // 2:
+            raise ValueError("ratings must be at most half of users x items")
+        return self
+
+
+class NightlyConfig(_Section):
+    """``recspark nightly``: warm start, quality gate, retention and lock of the scheduled run."""
+
+    warm_start: bool = True
+    max_rmse_increase: float = Field(0.05, ge=0.0)
+    max_rmse: float | None = Field(None, gt=0.0)
+    max_ndcg_decrease: float = Field(0.02, ge=0.0)  # ranking models are gated on NDCG@k
+    min_ndcg: float | None = Field(None, ge=0.0, le=1.0)
+    keep_runs: int = Field(7, ge=1)
+    force: bool = False
+    lock_stale_hours: float = Field(24.0, gt=0.0)
+
+
+class Config(_Section):
+    """The whole run description; every section has defaults so a config may be sparse."""
+
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    run_date: dt.date = Field(default_factory=dt.date.today)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    nightly: NightlyConfig = Field(default_factory=NightlyConfig)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (check its spelling against INTERFACE.md)")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid config: " + "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate the result.
+
+    Parameters
+    ----------
+    path
+        YAML file; ``conf/default.yaml`` when None.
+    overrides
+        ``dotted.key=value`` strings; values are parsed as YAML scalars or lists.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or unreadable, or any key is unknown or any value invalid; the
+        message names every offending key.
+    """
+    config_path = Path(path) if path is not None else default_config_path()
+    if not config_path.is_file():
+        raise ConfigError(f"config file {config_path} not found: pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {config_path} must hold a mapping of sections")
+    for item in overrides or []:
+        key_path, value = _parse_override(item)
+        _apply_override(data, key_path, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None

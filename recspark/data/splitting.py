@@ -1,0 +1,150 @@
+"""Train/validation splits that depend only on the data and a seed.
+
+Spark's ``rand(seed)`` depends on how rows are partitioned, so a re-run on another cluster could
+move rows between splits. Here each row's draw is a hash of (user, item, seed) instead: the same
+input and seed give the same split anywhere. Callers hash the raw ids, so the split of a rating
+does not change when the id maps grow.
+
+Methods (``split.method``): ``random`` sends each rating to validation with probability
+``validation_fraction``; ``user_stratified`` sends ``round(n * fraction)`` of each user's ``n``
+ratings, chosen by the draw; ``chronological`` sends each user's latest ``round(n * fraction)``
+ratings by timestamp. The per-user methods always leave a user at least one rating in train.
+``given`` is not a split of one table: ``prepare`` reads ``input.validation_path`` instead.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from recspark.core.constants import ITEM_IDX, TIMESTAMP, USER_IDX
+
+METHODS = ("random", "user_stratified", "chronological")
+VALIDATION_FLAG = "_validation"
+COLD_START_FLAG = "_cold_start"
+_SCALE = 1 << 30
+
+
+def row_draw(seed: int, user_col: str = USER_IDX, item_col: str = ITEM_IDX) -> Column:
+    """A uniform draw in [0, 1) fixed by the row's (user, item) and ``seed``."""
+    hashed = F.xxhash64(F.col(user_col), F.col(item_col), F.lit(seed))
+    return F.pmod(hashed, F.lit(_SCALE)) / F.lit(float(_SCALE))
+
+
+def flag_validation(
+    ratings: DataFrame,
+    method: str,
+    validation_fraction: float,
+    seed: int,
+    user_col: str = USER_IDX,
+    item_col: str = ITEM_IDX,
+    timestamp_col: str = TIMESTAMP,
+    flag_col: str = VALIDATION_FLAG,
+) -> DataFrame:
+    """Add a boolean ``flag_col``: True for the rows that go to validation.
+
+    Parameters
+    ----------
+    ratings
+        One row per (user, item); ``user_col`` and ``item_col`` are hashed for the draw.
+    method
+        ``random``, ``user_stratified`` or ``chronological`` (see the module docstring).
+    validation_fraction
+        In (0, 1).
+    seed
+        Same seed and rows, same split.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, a fraction outside (0, 1), or a missing column.
+    """
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown split method {method!r}: use one of {list(METHODS)}; "
+            "'given' reads input.validation_path"
+        )
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    needed = [user_col, item_col] + ([timestamp_col] if method == "chronological" else [])
+    missing = [c for c in needed if c not in ratings.columns]
+    if missing:
+        raise ValueError(f"split needs column(s) {missing}; the table has {ratings.columns}")
+    draw = row_draw(seed, user_col, item_col)
+    if method == "random":
+        return ratings.withColumn(flag_col, draw < validation_fraction)
+    if method == "user_stratified":
+        order = [draw, F.col(item_col)]
+    else:
+        order = [F.col(timestamp_col).desc(), draw, F.col(item_col)]
+    per_user = Window.partitionBy(user_col)
+    count = F.count(F.lit(1)).over(per_user)
+    held_out = F.least(F.round(count * validation_fraction), count - 1)
+    position = F.row_number().over(per_user.orderBy(*order))
+    return ratings.withColumn(flag_col, position <= held_out)
+
+
+def split_ratings(
+    ratings: DataFrame,
+    method: str,
+    validation_fraction: float,
+    seed: int,
+    user_col: str = USER_IDX,
+    item_col: str = ITEM_IDX,
+    timestamp_col: str = TIMESTAMP,
+) -> tuple[DataFrame, DataFrame]:
+    """Split ratings into (train, validation) with :func:`flag_validation`.
+
+    Returns
+    -------
+    tuple of DataFrame
+        Train and validation, each with the columns of ``ratings``.
+    """
+    flagged = flag_validation(
+        ratings, method, validation_fraction, seed, user_col, item_col, timestamp_col
+    )
+    return (
+        flagged.where(~F.col(VALIDATION_FLAG)).drop(VALIDATION_FLAG),
+        flagged.where(F.col(VALIDATION_FLAG)).drop(VALIDATION_FLAG),
+    )
+
+
+def flag_cold_start(
+    flagged: DataFrame,
+    user_col: str = USER_IDX,
+    item_col: str = ITEM_IDX,
+    flag_col: str = VALIDATION_FLAG,
+    cold_col: str = COLD_START_FLAG,
+) -> DataFrame:
+    """Add a boolean ``cold_col``: True for validation rows whose user or item is not in train.
+
+    ``flagged`` is :func:`flag_validation`'s output (train rows have ``flag_col`` False). Doing this
+    on the flagged table lets a caller persist it once and write train, validation and the
+    cold-start slice as three filters of it.
+    """
+    train = flagged.where(~F.col(flag_col))
+    users = train.select(user_col).distinct().withColumn("_known_user", F.lit(True))
+    items = train.select(item_col).distinct().withColumn("_known_item", F.lit(True))
+    marked = flagged.join(users, user_col, "left").join(items, item_col, "left")
+    unknown = F.col("_known_user").isNull() | F.col("_known_item").isNull()
+    return marked.select(*flagged.columns, (F.col(flag_col) & unknown).alias(cold_col))
+
+
+def set_apart_cold_start(
+    train: DataFrame, validation: DataFrame, user_col: str = USER_IDX, item_col: str = ITEM_IDX
+) -> tuple[DataFrame, DataFrame]:
+    """Separate validation rows whose user or item never appears in train.
+
+    Returns
+    -------
+    tuple of DataFrame
+        (validation rows whose user and item both appear in train, the rest: the cold-start
+        slice), both with the columns of ``validation``.
+    """
+    users = train.select(user_col).distinct().withColumn("_known_user", F.lit(True))
+    items = train.select(item_col).distinct().withColumn("_known_item", F.lit(True))
+    marked = validation.join(users, user_col, "left").join(items, item_col, "left")
+    warm = F.col("_known_user").isNotNull() & F.col("_known_item").isNotNull()
+    columns = validation.columns
+    return marked.where(warm).select(columns), marked.where(~warm).select(columns)

@@ -1,0 +1,142 @@
+"""Item titles (and genres) for people to read, from the titles tables MovieLens ships.
+
+Three layouts are recognised from the file itself, so ``recommend.titles_path`` needs no format key:
+
+- ML-100K ``u.item``: ``|``-separated, latin-1, no header; id, title, release date, video date,
+  IMDb URL, then 19 genre flags named in ``u.genre`` (read from the same folder when present).
+- ML-1M ``movies.dat``: ``::``-separated, latin-1, no header; id, title, ``|``-joined genres.
+- ML-latest ``movies.csv``: a CSV with the header ``movieId,title,genres`` (UTF-8, titles quoted
+  where they hold commas).
+
+A titles table has one row per item, so it is read on the driver with pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from recspark.core.constants import ITEM_ID
+from recspark.core.errors import BadInputError, MissingInputError
+from recspark.core.storage import local_path
+
+TITLE = "title"
+GENRES = "genres"
+
+# u.genre's names, in the column order of u.item's flags (used when u.genre is not beside u.item).
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "War", "Western",
+)
+
+
+def _ml100k_genre_names(folder: Path) -> tuple[str, ...]:
+    genre_file = folder / "u.genre"
+    if not genre_file.is_file():
+        return ML100K_GENRES
+    names = [line.split("|")[0] for line in genre_file.read_text(encoding="latin-1").splitlines()]
+    names = [name for name in names if name]
+    return tuple(names) if len(names) == len(ML100K_GENRES) else ML100K_GENRES
+
+
+def _read_ml100k(path: Path) -> pd.DataFrame:
+    names = _ml100k_genre_names(path.parent)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) < 2 + len(names) or not fields[0].strip().isdigit():
+            raise BadInputError(
+                f"{path} line {number} is not a u.item row (id|title|...|{len(names)} genre flags): "
+                f"{line[:80]!r}"
+            )
+        flags = fields[-len(names) :]
+        genres = "|".join(name for name, flag in zip(names, flags, strict=True) if flag.strip() == "1")
+        rows.append((int(fields[0]), fields[1].strip(), genres))
+    return pd.DataFrame(rows, columns=[ITEM_ID, TITLE, GENRES])
+
+
+def _read_ml1m(path: Path) -> pd.DataFrame:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("::")
+        if len(fields) != 3 or not fields[0].strip().isdigit():
+            raise BadInputError(f"{path} line {number} is not a movies.dat row (id::title::genres)")
+        rows.append((int(fields[0]), fields[1].strip(), fields[2].strip()))
+    return pd.DataFrame(rows, columns=[ITEM_ID, TITLE, GENRES])
+
+
+def _read_csv(path: Path, header: list[str]) -> pd.DataFrame:
+    lowered = [name.strip().lower() for name in header]
+    id_column = next((i for i, name in enumerate(lowered) if name in ("movieid", "item_id", "itemid")), None)
+    if id_column is None or "title" not in lowered:
+        raise BadInputError(
+            f"{path}: a CSV titles table needs a header with movieId (or item_id) and title; "
+            f"found {header}"
+        )
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.columns = [name.strip().lower() for name in frame.columns]
+    ids = frame.iloc[:, id_column].str.strip()
+    numeric = pd.to_numeric(ids, errors="coerce")
+    out = pd.DataFrame(
+        {
+            ITEM_ID: numeric.astype("int64") if numeric.notna().all() else ids,
+            TITLE: frame["title"].str.strip(),
+            GENRES: frame["genres"].str.strip() if "genres" in frame else "",
+        }
+    )
+    return out
+
+
+def read_titles(path: str) -> pd.DataFrame:
+    """The titles table at ``path`` as ``(item_id, title, genres)``, one row per item.
+
+    Parameters
+    ----------
+    path
+        ML-100K ``u.item``, ML-1M ``movies.dat`` or a ``movies.csv`` with a ``movieId,title``
+        header. Numeric ids become ``int64``, matching the ids ``prepare`` reads from text ratings.
+
+    Raises
+    ------
+    MissingInputError
+        When the file does not exist.
+    BadInputError
+        When its layout is none of the three, or a row is malformed.
+    """
+    target = local_path(path)
+    if not target.is_file():
+        raise MissingInputError(
+            f"recommend.titles_path {path} does not exist: point it at u.item, movies.dat or "
+            "movies.csv, or leave it unset"
+        )
+    with open(target, encoding="latin-1") as handle:
+        first = handle.readline().rstrip("\r\n")
+    if "::" in first:
+        frame = _read_ml1m(target)
+    elif first.count("|") >= 5:
+        frame = _read_ml100k(target)
+    elif "," in first:
+        frame = _read_csv(target, next(csv.reader(io.StringIO(first))))
+    else:
+        raise BadInputError(
+            f"cannot tell the layout of titles table {path}: expected u.item (|), movies.dat (::) "
+            "or a CSV with a movieId,title header"
+        )
+    if frame.empty:
+        raise BadInputError(f"titles table {path} has no rows")
+    return frame.drop_duplicates(ITEM_ID, keep="first").reset_index(drop=True)
+
+
+def title_lookup(titles: pd.DataFrame | None) -> dict:
+    """``{item_id: title}`` from :func:`read_titles` output; empty when there is no table."""
+    if titles is None:
+        return {}
+    return dict(zip(titles[ITEM_ID].tolist(), titles[TITLE].tolist(), strict=True))

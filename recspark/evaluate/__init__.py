@@ -1,0 +1,1 @@
+"""evaluate's room: metrics, baselines (global mean, biases, ALS), reports, plots and exploration."""

@@ -1,0 +1,539 @@
+"""The embedding models, one signature for all: ``forward(user_idx, item_idx) -> prediction``.
+
+- ``dot``: the dot product of user and item embeddings.
+- ``dot_bias``: dot product plus user and item biases, squashed by a sigmoid into ``y_range``
+  (fastai's ``collab_learner`` default).
+- ``mlp``: fastai's EmbeddingNet: concatenated user and item embeddings (sizes may differ), embedding
+  dropout, hidden layers with ReLU and dropout, and a sigmoid-scaled output.
+
+Any of them may take side features (``user_features``/``item_features`` > 0): each user and item
+table then becomes a :class:`FeaturedTable`, whose row is the id's own embedding plus a weighted
+sum of embeddings of its fixed features (a film's genres; a user's age band, gender and
+occupation). The features are a buffer of the model, filled at training time from
+:mod:`recspark.data.side_info`, so the signature and the jobs stay the same, and a table's ``weight``
+is the *effective* matrix: the factor tables written for scoring and downstream use hold what the
+model actually multiplies.
+
+An :class:`Ensemble` (``model.ensemble`` > 1) averages several ``dot`` or ``dot_bias`` models
+trained side by side from different initialisations.
+
+Each model also answers :meth:`EmbeddingModel.score_items`, the full ``users x items`` score block
+that scoring and ranking evaluation need; dot models compute it as one matrix product.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def embedding_size(count: int) -> int:
+    """fastai's rule of thumb for an embedding width: ``min(600, round(1.6 * count ** 0.56))``."""
+    return min(600, round(1.6 * count**0.56))
+
+
+def _embedding(count: int, width: int, sparse: bool, std: float = 0.01) -> nn.Embedding:
+    table = nn.Embedding(count, width, sparse=sparse)
+    nn.init.trunc_normal_(table.weight, std=std, a=-2 * std, b=2 * std)
+    return table
+
+
+def _zero_embedding(count: int, sparse: bool, width: int = 1) -> nn.Embedding:
+    # Biases start at zero so the first predictions sit at the middle of y_range (spotlight).
+    table = nn.Embedding(count, width, sparse=sparse)
+    nn.init.zeros_(table.weight)
+    return table
+
+
+def _scale(raw: torch.Tensor, y_range: tuple[float, float] | None) -> torch.Tensor:
+    if y_range is None:
+        return raw
+    low, high = y_range
+    return torch.sigmoid(raw) * (high - low) + low
+
+
+class FeaturedTable(nn.Module):
+    """An embedding table whose rows add embeddings of fixed side features.
+
+    Row ``r`` is ``own[r] + sum_f feature_weights[r, f] * feature_table[f]``. ``feature_weights``
+    (rows x features) is a buffer: a one-hot per attribute group for users, ``1/n`` over a film's
+    ``n`` genres for items. The feature embeddings start at zero, so an untrained featured model
+    predicts what the plain one does.
+
+    The table reads like an ``nn.Embedding`` to the rest of recspark: calling it gathers rows,
+    :attr:`weight` is the whole effective matrix, :attr:`embedding_dim` its width. A state dict of
+    a plain table (``weight`` only, as in a scoring payload whose user rows were cut away) loads
+    into it as the own part with no features, which computes the same rows.
+
+    Parameters
+    ----------
+    rows, width
+        Rows (ids) and width of the table.
+    features
+        How many side features; must be positive.
+    sparse
+        Sparse gradients for the own rows (the feature table is small and stays dense).
+    zero
+        Start the own rows at zero (bias tables) instead of a small truncated normal.
+    """
+
+    def __init__(self, rows: int, width: int, features: int, sparse: bool = False, zero: bool = False):
+        super().__init__()
+        if features <= 0:
+            raise ValueError(f"a featured table needs at least one feature, got {features}")
+        self.own = _zero_embedding(rows, sparse, width) if zero else _embedding(rows, width, sparse)
+        self.feature_table = _zero_embedding(features, False, width)
+        self.register_buffer("feature_weights", torch.zeros(rows, features))
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.own.embedding_dim
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.own.num_embeddings
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective table, ``rows x width``: own rows plus their features' embeddings."""
+        return self.own.weight + self.feature_weights @ self.feature_table.weight
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.own(index) + self.feature_weights[index] @ self.feature_table.weight
+
+    def row_penalty(self, index: torch.Tensor) -> torch.Tensor:
+        """Per row of ``index``: squared norm of its own row plus its features' rows, weighted.
+
+        A feature embedding is shrunk in proportion to how often rows carrying it are seen, as
+        the own rows are.
+        """
+        features = self.feature_weights[index].abs() @ self.feature_table.weight.pow(2).sum(1)
+        return self.own(index).pow(2).sum(1) + features
+
+    @torch.no_grad()
+    def set_features(self, weights: np.ndarray | torch.Tensor) -> None:
+        """Fill the feature buffer; ``weights`` must be ``rows x features``."""
+        values = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+        if tuple(values.shape) != tuple(self.feature_weights.shape):
+            raise ValueError(
+                f"side features of shape {tuple(values.shape)} do not fit a table of shape "
+                f"{tuple(self.feature_weights.shape)}: they must come from the same id maps and "
+                "feature vocabulary as the model's spec"
+            )
+        if not torch.isfinite(values).all():
+            raise ValueError("side features hold NaN or infinite weights")
+        self.feature_weights.copy_(values.to(self.feature_weights.device))
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        plain = prefix + "weight"
+        if plain in state_dict and prefix + "own.weight" not in state_dict:
+            # A plain table holds effective rows already: they become own rows with no features.
+            rows = state_dict.pop(plain)
+            state_dict[prefix + "own.weight"] = rows
+            state_dict[prefix + "feature_weights"] = rows.new_zeros(
+                rows.shape[0], self.feature_weights.shape[1]
+            )
+            state_dict[prefix + "feature_table.weight"] = torch.zeros_like(
+                self.feature_table.weight, device=rows.device
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+def _table(rows: int, width: int, features: int, sparse: bool, zero: bool = False) -> nn.Module:
+    """A plain embedding table, or a :class:`FeaturedTable` when there are side features."""
+    if features:
+        return FeaturedTable(rows, width, features, sparse, zero)
+    return _zero_embedding(rows, sparse, width) if zero else _embedding(rows, width, sparse)
+
+
+def _row_penalty(table: nn.Module, index: torch.Tensor) -> torch.Tensor:
+    if isinstance(table, FeaturedTable):
+        return table.row_penalty(index)
+    return table(index).pow(2).sum(1)
+
+
+class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
+    """Base class: table sizes, the index check, the L2 penalty and the side-feature hook.
+
+    Parameters
+    ----------
+    n_users, n_items
+        Table sizes, from the id maps.
+    bias_penalty
+        Multiplier of the L2 penalty on bias rows relative to factor rows (0 leaves biases free).
+    """
+
+    def __init__(self, n_users: int, n_items: int, bias_penalty: float = 1.0):
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.bias_penalty = float(bias_penalty)
+
+    def check_indices(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> None:
+        """Fail loudly on an index outside the tables instead of reading random memory."""
+        for name, values, size in (
+            ("user_idx", user_idx, self.n_users),
+            ("item_idx", item_idx, self.n_items),
+        ):
+            if values.numel() and (int(values.min()) < 0 or int(values.max()) >= size):
+                raise IndexError(
+                    f"{name} outside [0, {size}): the data was indexed with another id map than "
+                    "the model's; re-run prepare and train with the same paths.root and run_date"
+                )
+
+    def penalty(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of the squared norms of the embedding rows it uses.
+
+        The classic matrix-factorisation regulariser: a row is shrunk in proportion to how often
+        it is seen, unlike optimizer weight decay, which shrinks every row at every step. Bias rows
+        are weighted by ``bias_penalty``; side-feature rows count like the rows that carry them.
+        """
+        total = _row_penalty(self.user_factors, user_idx) + _row_penalty(self.item_factors, item_idx)
+        if self.bias_penalty:
+            for name, index in (("user_bias", user_idx), ("item_bias", item_idx)):
+                if hasattr(self, name):
+                    total = total + self.bias_penalty * _row_penalty(getattr(self, name), index)
+        return total.mean()
+
+    def set_side_features(
+        self, user: np.ndarray | None = None, item: np.ndarray | None = None
+    ) -> None:
+        """Fill the side-feature buffers of the user and/or item tables (and their biases).
+
+        Raises
+        ------
+        ValueError
+            When features are given for a side the model was built without, or do not fit.
+        """
+        for side, weights in (("user", user), ("item", item)):
+            if weights is None:
+                continue
+            tables = [getattr(self, f"{side}_factors"), getattr(self, f"{side}_bias", None)]
+            featured = [t for t in tables if isinstance(t, FeaturedTable)]
+            if not featured:
+                raise ValueError(
+                    f"{side} side features given, but the model was built without them: build it "
+                    f"with {side}_features={np.shape(weights)[-1]}"
+                )
+            for table in featured:
+                table.set_features(weights)
+
+    def cut_users(self) -> None:
+        """Cut the user tables to one row: what scoring executors hold (they get user vectors)."""
+        self.user_factors = nn.Embedding(1, self.user_factors.embedding_dim)
+        if hasattr(self, "user_bias"):
+            self.user_bias = nn.Embedding(1, 1)
+        self.n_users = 1
+
+    def score_items(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Scores of every (user, item) pair as a ``len(user_idx) x len(item_idx)`` block."""
+        bias = self.user_bias(user_idx).squeeze(1) if hasattr(self, "user_bias") else None
+        return self.score_vectors(self.user_factors(user_idx), bias, item_idx)
+
+    @abc.abstractmethod
+    def score_vectors(
+        self, user_vectors: torch.Tensor, user_bias: torch.Tensor | None, item_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores of users given by their embedding rows against ``item_idx``.
+
+        Scoring jobs use this: user rows arrive with their vectors (the effective rows of the
+        user table), so executors hold only the item side of the model.
+        """
+
+
+class DotProduct(EmbeddingModel):
+    """``p_u . q_i``: the plain matrix-factorisation model."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        factors: int,
+        sparse: bool = False,
+        user_features: int = 0,
+        item_features: int = 0,
+        bias_penalty: float = 1.0,
+    ):
+        super().__init__(n_users, n_items, bias_penalty)
+        self.user_factors = _table(n_users, factors, user_features, sparse)
+        self.item_factors = _table(n_items, factors, item_features, sparse)
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        return (self.user_factors(user_idx) * self.item_factors(item_idx)).sum(dim=1)
+
+    def score_vectors(self, user_vectors, user_bias, item_idx):
+        return user_vectors @ self.item_factors(item_idx).T
+
+
+class DotBias(DotProduct):
+    """``sigmoid(p_u . q_i + b_u + b_i)`` scaled into ``y_range``."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        factors: int,
+        y_range: tuple[float, float] | None = (1.0, 5.5),
+        sparse: bool = False,
+        user_features: int = 0,
+        item_features: int = 0,
+        bias_penalty: float = 1.0,
+    ):
+        super().__init__(
+            n_users, n_items, factors, sparse, user_features, item_features, bias_penalty
+        )
+        self.user_bias = _table(n_users, 1, user_features, sparse, zero=True)
+        self.item_bias = _table(n_items, 1, item_features, sparse, zero=True)
+        self.y_range = tuple(y_range) if y_range is not None else None
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        raw = (self.user_factors(user_idx) * self.item_factors(item_idx)).sum(dim=1)
+        raw = raw + self.user_bias(user_idx).squeeze(1) + self.item_bias(item_idx).squeeze(1)
+        return _scale(raw, self.y_range)
+
+    def score_vectors(self, user_vectors, user_bias, item_idx):
+        raw = user_vectors @ self.item_factors(item_idx).T + self.item_bias(item_idx).T
+        if user_bias is not None:
+            raw = raw + user_bias[:, None]
+        return _scale(raw, self.y_range)
+
+
+class EmbeddingNet(EmbeddingModel):
+    """An MLP over concatenated user and item embeddings (fastai's ``EmbeddingNN``)."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        user_factors: int,
+        item_factors: int,
+        hidden: list[int],
+        dropouts: list[float],
+        embedding_dropout: float = 0.0,
+        y_range: tuple[float, float] | None = (1.0, 5.5),
+        sparse: bool = False,
+        user_features: int = 0,
+        item_features: int = 0,
+        bias_penalty: float = 1.0,
+    ):
+        super().__init__(n_users, n_items, bias_penalty)
+        self.user_factors = _table(n_users, user_factors, user_features, sparse)
+        self.item_factors = _table(n_items, item_factors, item_features, sparse)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        layers: list[nn.Module] = []
+        width = user_factors + item_factors
+        for size, dropout in zip(hidden, dropouts, strict=True):
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.layers = nn.Sequential(*layers)
+        self.y_range = tuple(y_range) if y_range is not None else None
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        joined = torch.cat([self.user_factors(user_idx), self.item_factors(item_idx)], dim=1)
+        raw = self.layers(self.embedding_dropout(joined)).squeeze(1)
+        return _scale(raw, self.y_range)
+
+    def score_vectors(self, user_vectors, user_bias, item_idx):
+        # The network runs once per (user, item) pair: users x items rows through every layer.
+        users, items = len(user_vectors), len(item_idx)
+        item_vectors = self.item_factors(item_idx)
+        joined = torch.cat(
+            [
+                user_vectors.repeat_interleave(items, dim=0),
+                item_vectors.repeat(users, 1),
+            ],
+            dim=1,
+        )
+        return _scale(self.layers(joined).squeeze(1), self.y_range).view(users, items)
+
+
+class _SideBySide:
+    """An ensemble's user or item side read like one table: every member's rows side by side.
+
+    Each member contributes its factor columns and, when it has one, its bias as one more
+    column, so a single vector per id carries everything the members need; scoring and the
+    factor tables handle it like any other table. Not a module: the members own the weights.
+    """
+
+    def __init__(self, parts: list[nn.Module]):
+        self.parts = parts
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([part.weight for part in self.parts], dim=1)
+
+    @property
+    def embedding_dim(self) -> int:
+        return sum(part.embedding_dim for part in self.parts)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.parts[0].num_embeddings
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(index) for part in self.parts], dim=1)
+
+
+class Ensemble(EmbeddingModel):
+    """The mean prediction of several models of one kind, trained side by side.
+
+    Members differ only in their random initialisation. Training sums the members' own losses
+    on the same batches (:meth:`forward` with ``members=True``), so each member's gradient is the
+    one it would get trained alone: they learn independently and their errors partly cancel in
+    the mean, as averaging separately trained seeds does.
+
+    ``user_factors`` and ``item_factors`` read the members' tables side by side (see
+    :class:`_SideBySide`): a member's bias is one column of the vector, so the ensemble has no
+    ``user_bias``/``item_bias`` of its own and :meth:`score_vectors` ignores ``user_bias``.
+    """
+
+    def __init__(self, members: list[EmbeddingModel]):
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        first = members[0]
+        super().__init__(first.n_users, first.n_items, first.bias_penalty)
+        self.members = nn.ModuleList(members)
+        self.y_range = getattr(first, "y_range", None)
+
+    def _side(self, side: str) -> list[nn.Module]:
+        parts = []
+        for member in self.members:
+            parts.append(getattr(member, f"{side}_factors"))
+            if hasattr(member, f"{side}_bias"):
+                parts.append(getattr(member, f"{side}_bias"))
+        return parts
+
+    @property
+    def user_factors(self) -> _SideBySide:
+        return _SideBySide(self._side("user"))
+
+    @property
+    def item_factors(self) -> _SideBySide:
+        return _SideBySide(self._side("item"))
+
+    def forward(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, *, members: bool = False
+    ) -> torch.Tensor:
+        """The mean prediction; ``members=True``: every member's, ``members x batch``."""
+        each = torch.stack([member(user_idx, item_idx) for member in self.members])
+        return each if members else each.mean(dim=0)
+
+    def penalty(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """The sum of the members' penalties, as training sums their losses."""
+        return torch.stack([m.penalty(user_idx, item_idx) for m in self.members]).sum()
+
+    def set_side_features(
+        self, user: np.ndarray | None = None, item: np.ndarray | None = None
+    ) -> None:
+        for member in self.members:
+            member.set_side_features(user, item)
+
+    def cut_users(self) -> None:
+        for member in self.members:
+            member.cut_users()
+        self.n_users = 1
+
+    def score_vectors(self, user_vectors, user_bias, item_idx):
+        scores, offset = [], 0
+        for member in self.members:
+            width = member.user_factors.embedding_dim
+            vectors = user_vectors[:, offset : offset + width]
+            offset += width
+            bias = None
+            if hasattr(member, "user_bias"):
+                bias = user_vectors[:, offset]
+                offset += 1
+            scores.append(member.score_vectors(vectors, bias, item_idx))
+        return torch.stack(scores).mean(dim=0)
+
+
+MODEL_KINDS = ("dot", "dot_bias", "mlp")
+#: Kinds an ensemble may average: their scores are one matrix product per member.
+ENSEMBLE_KINDS = ("dot", "dot_bias")
+
+
+def build_model(
+    kind: str,
+    n_users: int,
+    n_items: int,
+    factors: int = 32,
+    y_range: tuple[float, float] | None = (1.0, 5.5),
+    hidden: list[int] | None = None,
+    dropouts: list[float] | None = None,
+    embedding_dropout: float = 0.0,
+    user_factors: int | None = None,
+    item_factors: int | None = None,
+    sparse: bool = False,
+    user_features: int = 0,
+    item_features: int = 0,
+    bias_penalty: float = 1.0,
+    members: int = 1,
+) -> EmbeddingModel:
+    """Build a model by name; table sizes come from the id maps, never from the batches.
+
+    Parameters
+    ----------
+    kind
+        ``dot``, ``dot_bias`` or ``mlp``.
+    n_users, n_items
+        Rows of the user and item tables.
+    factors
+        Embedding width of the dot models.
+    y_range
+        ``(low, high)`` of the sigmoid-scaled output (``dot_bias``, ``mlp``); None for raw scores.
+    hidden, dropouts, embedding_dropout
+        The ``mlp``'s layers, their dropout, and dropout on the concatenated embeddings.
+    user_factors, item_factors
+        The ``mlp``'s embedding widths; default to fastai's :func:`embedding_size`.
+    sparse
+        Embedding tables with sparse gradients (for the sparse optimizers).
+    user_features, item_features
+        Number of side features per user / item (0: none); their values are set afterwards with
+        :meth:`EmbeddingModel.set_side_features`, or arrive with a state dict.
+    bias_penalty
+        Multiplier of ``train.weight_decay`` for bias rows.
+    members
+        Above 1: an :class:`Ensemble` of that many models of ``kind`` (``dot`` or ``dot_bias``).
+    """
+    if n_users <= 0 or n_items <= 0:
+        raise ValueError(f"empty tables ({n_users} users, {n_items} items): prepare found no data")
+    if user_features < 0 or item_features < 0:
+        raise ValueError("user_features and item_features count features: they cannot be negative")
+    extra = {
+        "user_features": user_features,
+        "item_features": item_features,
+        "bias_penalty": bias_penalty,
+    }
+    if members > 1:
+        if kind not in ENSEMBLE_KINDS:
+            raise ValueError(f"an ensemble averages {ENSEMBLE_KINDS} models, not {kind!r}")
+        return Ensemble(
+            [build_model(kind, n_users, n_items, factors, y_range, sparse=sparse, **extra)
+             for _ in range(members)]
+        )
+    if kind == "dot":
+        return DotProduct(n_users, n_items, factors, sparse, **extra)
+    if kind == "dot_bias":
+        return DotBias(n_users, n_items, factors, y_range, sparse, **extra)
+    if kind == "mlp":
+        hidden = list(hidden if hidden is not None else [64])
+        return EmbeddingNet(
+            n_users,
+            n_items,
+            user_factors or embedding_size(n_users),
+            item_factors or embedding_size(n_items),
+            hidden,
+            list(dropouts if dropouts is not None else [0.0] * len(hidden)),
+            embedding_dropout,
+            y_range,
+            sparse,
+            **extra,
+        )
+    raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")

@@ -1,0 +1,1 @@
+"""nightly's room: the run lock, history records, retention of old dates and the nightly journal."""

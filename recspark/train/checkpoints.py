@@ -1,0 +1,91 @@
+"""Per-epoch training checkpoints, so a killed run can resume where it stopped.
+
+A checkpoint is one file, ``last.pt``, under ``paths.root/_checkpoints/RUN_DATE/``: the model and
+optimizer state, the schedule's position, the epoch, the best validation loss and its weights, the
+patience counter and the history so far. No random-generator state is kept because the loop
+reseeds every epoch from ``(seed, epoch, rank)`` (see :mod:`recspark.train.loop`), which makes the
+epoch number all a resumed run needs. A fingerprint of the settings and tables guards against
+resuming with a different config: that is an error that says what to do. The file is written to a
+temporary name and renamed, so a kill during the write leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recspark.core.errors import RecsparkError
+from recspark.core.storage import local_path
+
+CHECKPOINT_FILE = "last.pt"
+
+
+@dataclass
+class Checkpoint:
+    """Everything :func:`recspark.train.loop.fit` needs to carry on after ``epoch``."""
+
+    fingerprint: str = ""
+    epoch: int = 0
+    model: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: list[dict] = field(default_factory=list)
+    schedule: dict[str, Any] = field(default_factory=dict)
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    waited: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu(item) for item in value)
+    return value
+
+
+def save_checkpoint(folder: str | os.PathLike, checkpoint: Checkpoint) -> Path:
+    """Write ``folder/last.pt`` atomically and return its path."""
+    base = local_path(folder)
+    base.mkdir(parents=True, exist_ok=True)
+    target = base / CHECKPOINT_FILE
+    partial = base / f".{CHECKPOINT_FILE}.{os.getpid()}.partial"
+    torch.save(_cpu(vars(checkpoint)), partial)
+    os.replace(partial, target)
+    return target
+
+
+def load_checkpoint(folder: str | os.PathLike, fingerprint: str) -> Checkpoint | None:
+    """The checkpoint under ``folder``, or None when there is none.
+
+    Raises
+    ------
+    RecsparkError
+        When the checkpoint was written by a run with other settings or other tables.
+    """
+    target = local_path(folder) / CHECKPOINT_FILE
+    if not target.exists():
+        return None
+    payload = torch.load(target, map_location="cpu", weights_only=False)
+    checkpoint = Checkpoint(**payload)
+    if checkpoint.fingerprint != fingerprint:
+        raise RecsparkError(
+            f"the checkpoint {target} was written by a run with other model/train settings or "
+            "other prepared tables: resume with the same config, or set train.resume=false to "
+            "start over (which replaces it)"
+        )
+    return checkpoint
+
+
+def remove_checkpoints(folder: str | os.PathLike) -> None:
+    """Delete a run's checkpoints once its model is published."""
+    shutil.rmtree(local_path(folder), ignore_errors=True)

@@ -1,0 +1,235 @@
+"""Data-parallel training through Spark's ``TorchDistributor`` (``train.num_processes > 1``).
+
+The driver hands :func:`train_worker` (a module-level function, so it pickles by reference) and
+a plain dict to ``TorchDistributor``. Every process joins a ``torch.distributed`` group (gloo on
+CPU, nccl on GPU), wraps the model in ``DistributedDataParallel``, reads its own shard of row
+groups through petastorm (``cur_shard``/``shard_count``), and runs the very loop a single process
+runs (:func:`recspark.train.loop.fit`) with a :class:`TorchProcessGroup` for its sums and barriers.
+Workers never touch Spark: paths, settings and the initial weights travel in the dict, so
+``paths.root`` must be a filesystem every process sees (as it must be for every command).
+
+Shards hold whole row groups and so can differ in size; :func:`recspark.train.loop.plan_feed` gives
+each process a batch proportional to its shard and the same number of steps, and
+:func:`weighted_allreduce` weights each process's gradient by its share of the global batch, so a
+step is the same average over ``train.batch_size`` rows that one process would take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import sys
+import tempfile
+import uuid
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from recspark.train.loop import EpochRecord, FitResult, LocalProcess, TrainSettings, fit
+
+log = logging.getLogger(__name__)
+
+
+def weighted_allreduce(weight, bucket):
+    """DDP communication hook: sum over processes of ``weight x`` each process's gradient.
+
+    ``weight`` is a float, ``bucket`` a ``torch.distributed.GradBucket``; the result a future of
+    the reduced tensor. (No annotations: under postponed evaluation they would be strings, and DDP
+    rejects a hook whose ``bucket`` annotation is not the class itself.)
+
+    With ``weight`` this process's share of the global batch, the sum is the gradient of the mean
+    loss over the global batch, where DDP's default (a plain mean over processes) would overweight
+    the rows of a smaller shard.
+    """
+    buffer = bucket.buffer().mul_(weight)
+    future = dist.all_reduce(buffer, async_op=True).get_future()
+    return future.then(lambda done: done.value()[0])
+
+
+class TorchProcessGroup(LocalProcess):
+    """:class:`~recspark.train.loop.LocalProcess` over an initialised ``torch.distributed`` group."""
+
+    def __init__(self, device: torch.device):
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.device = device
+        # nccl reduces only GPU tensors; gloo only CPU ones.
+        self.reduce_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def wrap(self, model: nn.Module, batch_weight: float) -> nn.Module:
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        wrapped.register_comm_hook(state=batch_weight, hook=weighted_allreduce)
+        return wrapped
+
+    def sum(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.reduce_device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _cpu(item) for key, item in value.items()}
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+
+
+def _state_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({key: value.detach().cpu() for key, value in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+def train_worker(job: dict[str, Any]) -> str:
+    """Body of one training process; rank 0 writes the trained weights and history to a file.
+
+    ``job`` holds plain values only: the model spec and initial weights, the two split paths,
+    :class:`~recspark.train.loop.TrainSettings` fields, the device kind, the objective and its
+    context, checkpoint settings, and ``result_path``. TorchDistributor keeps the return value of
+    whichever process ends last, not rank 0's, so the result travels through ``result_path``
+    (written by rank 0, renamed into place) and every process returns that same path.
+    """
+    from recspark.model.embedding import build_model
+
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("recspark").setLevel(logging.INFO)
+    # Processes on one machine share its cores: without this each would start one thread per core.
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(job["cpu_threads"] or max(1, (os.cpu_count() or 1) // local_processes))
+    device = torch.device(job["device"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        model = build_model(**job["spec"])
+        model.load_state_dict(torch.load(io.BytesIO(job["initial_state"]), map_location="cpu"))
+        group = TorchProcessGroup(device)
+        result = fit(
+            model,
+            job["train_path"],
+            job["validation_path"],
+            TrainSettings(**job["settings"]),
+            device,
+            objective=job["objective"],
+            context=job["context"],
+            checkpoint_dir=job["checkpoint_dir"],
+            resume=job["resume"],
+            fingerprint=job["fingerprint"],
+            parallel=group,
+        )
+        if group.rank == 0:
+            output = {
+                "state_dict": model.state_dict(),
+                "history": [dataclasses.asdict(record) for record in result.history],
+                "best_epoch": result.best_epoch,
+                "stopped_early": result.stopped_early,
+                "resumed_from_epoch": result.resumed_from_epoch,
+            }
+            partial = f"{job['result_path']}.partial"
+            torch.save({k: _cpu(v) for k, v in output.items()}, partial)
+            os.replace(partial, job["result_path"])
+        group.barrier()
+        return job["result_path"]
+    finally:
+        dist.destroy_process_group()
+
+
+def fit_distributed(
+    model: nn.Module,
+    spec: dict[str, Any],
+    train_path: str,
+    validation_path: str,
+    settings: TrainSettings,
+    device: torch.device,
+    num_processes: int,
+    *,
+    local_mode: bool = True,
+    cpu_threads: int | None = None,
+    objective: str = "rating",
+    context: dict[str, Any] | None = None,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+) -> FitResult:
+    """Train ``model`` in place with ``num_processes`` data-parallel processes.
+
+    Parameters
+    ----------
+    model
+        Built from ``spec``; its weights are every process's starting point.
+    local_mode
+        Run the processes on the driver's machine (``local[*]`` masters), else as a barrier
+        stage on the executors (one process per task; GPUs need ``spark.task.resource.gpu.amount``).
+    cpu_threads
+        Torch threads per process; None divides the machine's cores among its processes.
+    Other parameters are those of :func:`recspark.train.loop.fit`.
+
+    Returns
+    -------
+    The :class:`~recspark.train.loop.FitResult` of rank 0; ``model`` holds the best weights.
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    job = {
+        "spec": spec,
+        "initial_state": _state_bytes(model.state_dict()),
+        "train_path": str(train_path),
+        "validation_path": str(validation_path),
+        "settings": dataclasses.asdict(settings),
+        "device": device.type,
+        "cpu_threads": cpu_threads,
+        "objective": objective,
+        "context": dict(context or {}),
+        "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+        "resume": resume,
+        "fingerprint": fingerprint,
+        # Under paths.root when checkpointing: a place every process sees, on a cluster too.
+        "result_path": os.path.join(
+            checkpoint_dir or tempfile.mkdtemp(prefix="recspark-ddp-"),
+            f"result-{uuid.uuid4().hex[:12]}.pt",
+        ),
+    }
+    if checkpoint_dir is not None:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    distributor = TorchDistributor(
+        num_processes=num_processes, local_mode=local_mode, use_gpu=device.type == "cuda"
+    )
+    log.info(
+        "data-parallel training: %d processes (%s, %s)",
+        num_processes,
+        "on the driver" if local_mode else "on executors",
+        "nccl" if device.type == "cuda" else "gloo",
+    )
+    # TorchDistributor echoes the workers' output on stdout, which must hold only the summary line.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            distributor.run(train_worker, job)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"data-parallel training failed ({str(exc).splitlines()[0][:200]}); the workers' "
+                "traceback is in the log above, prefixed by their rank"
+            ) from exc
+    if not os.path.exists(job["result_path"]):
+        raise RuntimeError("data-parallel training wrote no result: see the workers' log above")
+    output = torch.load(job["result_path"], map_location="cpu", weights_only=False)
+    os.remove(job["result_path"])
+    model.load_state_dict(output["state_dict"])
+    return FitResult(
+        history=[EpochRecord(**record) for record in output["history"]],
+        best_epoch=output["best_epoch"],
+        stopped_early=output["stopped_early"],
+        resumed_from_epoch=output["resumed_from_epoch"],
+    )

@@ -1,0 +1,1 @@
+"""Training objectives: what the loop computes per batch (the loss) and per validation pass."""
