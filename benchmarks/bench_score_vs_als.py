@@ -29,9 +29,10 @@ import sys
 import time
 
 from recspark.commands import score, train
-from recspark.commands.benchmark import Dataset, ensure_prepared
+from recspark.commands.benchmark import ensure_prepared
 from recspark.core.config import load_config
 from recspark.core.spark import get_spark
+from recspark.evaluate.benchmark import Dataset
 
 RUN_DATE = "2026-01-15"
 

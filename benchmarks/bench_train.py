@@ -29,14 +29,8 @@ import pyarrow.parquet as pq
 import torch
 
 from recspark.train.feeding import open_feed, row_groups
-from recspark.train.loop import (
-    Schedule,
-    init_model,
-    is_sparse_optimizer,
-    make_optimizer,
-    plan_feed,
-    train_epoch,
-)
+from recspark.train.loop import init_model, plan_feed, train_epoch
+from recspark.train.optim import Schedule, is_sparse_optimizer, make_optimizer
 
 
 def write_synthetic(

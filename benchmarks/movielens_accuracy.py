@@ -65,11 +65,11 @@ def train_once(name: str, seed: int, root: str, data: str, extra: list[str]) -> 
     """Train one config under one seed; returns the best epoch's figures."""
     import torch
 
-    from recspark.commands.train import model_spec, side_features, train_settings
     from recspark.core.config import load_config
     from recspark.core.storage import Layout
     from recspark.core.torch_utils import resolve_device
     from recspark.data.prepared import read_manifest
+    from recspark.train.job import model_spec, side_features, train_settings
     from recspark.train.loop import fit, init_model
 
     torch.set_num_threads(1)

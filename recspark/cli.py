@@ -3,7 +3,7 @@
 ``recspark COMMAND [--config FILE] [--set dotted.key=value ...]`` and
 ``spark-submit jobs/COMMAND.py [--config FILE] [--set ...]`` both land in :func:`main`, so the two
 behave the same by construction. The config is validated before Spark starts; the command's own
-work is timed; the last line on stdout is always one JSON object (see ``INTERFACE.md``), with
+work is timed; the last line on stdout is always one JSON object (see ``docs/INTERFACE.md``), with
 ``"status": "error"`` and a non-zero exit status when the command fails.
 """
 
@@ -16,37 +16,109 @@ import logging
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from recspark.core.config import Config, load_config
 from recspark.core.errors import ConfigError, RecsparkError
 
+
+@dataclass(frozen=True)
+class CommandHelp:
+    """What ``recspark COMMAND --help`` says: the purpose, the config sections read, an example."""
+
+    purpose: str
+    sections: tuple[str, ...]
+    example: str
+
+
 COMMANDS = {
-    "generate": "Write the embedded synthetic ratings data set and its planted factors.",
-    "prepare": "Check, index and split a ratings table into Parquet for training.",
-    "train": "Train an embedding model on the prepared tables (Petastorm + PyTorch).",
-    "score": "Write the top-N recommendations of every user, partitioned by run date.",
-    "evaluate": "Rating and ranking metrics of the trained model on the validation split.",
-    "nightly": "prepare, train, score and evaluate one run date as one unit, gated and locked.",
-    "recommend": "Top-N for one existing or new user, or the items most similar to one item.",
-    "benchmark": "recspark and Spark ALS on the same data in one run, side by side.",
+    "generate": CommandHelp(
+        "Write the embedded synthetic ratings data set and its planted factors.",
+        ("paths", "synthetic", "spark"),
+        "recspark generate --set synthetic.users=100000 --set synthetic.ratings=10000000",
+    ),
+    "prepare": CommandHelp(
+        "Check, index and split a ratings table into Parquet for training.",
+        ("paths", "run_date", "input", "split", "prepare", "spark"),
+        "recspark prepare --config conf/movielens-100k.yaml --set split.method=chronological",
+    ),
+    "train": CommandHelp(
+        "Train an embedding model on the prepared tables (Petastorm + PyTorch).",
+        ("paths", "run_date", "model", "train", "ranking", "spark"),
+        "recspark train --set train.epochs=20 --set model.kind=mlp",
+    ),
+    "score": CommandHelp(
+        "Write the top-N recommendations of every user, partitioned by run date.",
+        ("paths", "run_date", "score", "train.device", "spark"),
+        "recspark score --set score.top_n=20",
+    ),
+    "evaluate": CommandHelp(
+        "Rating and ranking metrics of the trained model on the validation split.",
+        ("paths", "run_date", "evaluate", "score", "spark"),
+        "recspark evaluate --set evaluate.k=20",
+    ),
+    "nightly": CommandHelp(
+        "prepare, train, evaluate, gate, then score one run date as one locked unit.",
+        ("every section of prepare, train, evaluate and score", "nightly"),
+        "recspark nightly --config conf/nightly.yaml --set run_date=2026-11-26",
+    ),
+    "recommend": CommandHelp(
+        "Top-N for one existing or new user, or the items most similar to one item.",
+        ("paths", "run_date", "recommend", "spark"),
+        "recspark recommend --set recommend.user=196 --set recommend.top_n=10",
+    ),
+    "benchmark": CommandHelp(
+        "recspark and Spark ALS on the same data in one run, side by side.",
+        ("benchmark", "evaluate", "model", "train", "spark"),
+        "recspark benchmark --set 'benchmark.datasets=[synthetic]'",
+    ),
 }
 
 log = logging.getLogger("recspark")
 
 
+class UsageError(ConfigError):
+    """The command line itself is wrong (unknown command or option)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so a bad command line still ends in a JSON line."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: {message} (`recspark --help` lists the commands)")
+
+
+def command_list() -> str:
+    return "commands:\n" + "\n".join(
+        f"  {name:<10} {text.purpose}" for name, text in COMMANDS.items()
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """``recspark COMMAND [--config FILE] [--set KEY=VALUE ...]``, with help per command."""
+    parser = _Parser(
         prog="recspark",
         description="Distributed batch recommender on Apache Spark. Every command prints one "
-        "JSON summary line last on stdout; logs go to stderr.",
+        "JSON summary line last on stdout; logs go to stderr. `recspark COMMAND --help` says "
+        "what one command does and which config sections it reads.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n"
-        + "\n".join(f"  {name:<10} {text}" for name, text in COMMANDS.items())
+        epilog=command_list()
         + "\n\nexample: recspark train --set train.epochs=5 --set model.kind=mlp",
     )
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
-    add_config_arguments(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, text in COMMANDS.items():
+        sub = commands.add_parser(
+            name,
+            help=text.purpose,
+            description=f"{text.purpose}\n\nconfig sections read: {', '.join(text.sections)} "
+            "(docs/INTERFACE.md lists every key).\nIt prints one JSON summary line last on "
+            "stdout; the exit status is 0 on success, 2 for a bad config, 1 otherwise.",
+            epilog=f"example:\n  {text.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_config_arguments(sub)
     return parser
 
 
@@ -62,7 +134,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def summary_line(command: str, config: Config | None, **fields: Any) -> str:
+def summary_line(command: str | None, config: Config | None, **fields: Any) -> str:
     summary: dict[str, Any] = {
         "command": command,
         "status": "ok",
@@ -78,10 +150,14 @@ def summary_line(command: str, config: Config | None, **fields: Any) -> str:
 def run_command(command: str, config: Config, clock: dict[str, float] | None = None) -> dict[str, Any]:
     """Run one command in this process and return its summary fields (no printing).
 
-    ``clock["started"]`` is set once Spark is up, so ``seconds`` counts the command's own work and
-    not the JVM start.
+    A command module's ``precheck(config)``, when it has one, runs first: the cheap checks of its
+    input fail in a second rather than after the JVM's start. ``clock["started"]`` is set once
+    Spark is up, so ``seconds`` counts the command's own work and not the JVM start.
     """
     module = importlib.import_module(f"recspark.commands.{command}")
+    precheck = getattr(module, "precheck", None)
+    if precheck is not None:
+        precheck(config)
     from recspark.core.spark import get_spark
 
     spark = get_spark(f"recspark-{command}", master=config.spark.master, conf=config.spark.conf)
@@ -123,7 +199,17 @@ def main(
     args_list = list(sys.argv[1:] if argv is None else argv)
     if command is not None:
         args_list = [command, *args_list]
-    args = build_parser().parse_args(args_list)
+    if not args_list:
+        # Bare `recspark`: what there is to run, and a clean exit (nothing was asked).
+        print(f"usage: recspark COMMAND [--config FILE] [--set KEY=VALUE ...]\n\n{command_list()}")
+        print("\n`recspark COMMAND --help` for one command; docs/INTERFACE.md for every key.")
+        return 0
+    try:
+        args = build_parser().parse_args(args_list)
+    except UsageError as exc:
+        known = args_list[0] if args_list[0] in COMMANDS else None
+        print(summary_line(known, None, status="error", error=str(exc), seconds=0.0), flush=True)
+        return 2
     config = None
     clock = {"started": time.perf_counter()}
     try:

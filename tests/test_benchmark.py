@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recspark.cli import main
-from recspark.commands.benchmark import ContenderResult, accuracy_table, format_table, ratios
+from recspark.evaluate.benchmark import ContenderResult, accuracy_table, format_table, ratios
 from recspark.model.saving import load_model
 from tests.test_score_job import set_args
 

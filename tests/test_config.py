@@ -40,6 +40,8 @@ def test_overrides_are_typed_and_nested():
         ("run_date=yesterday", "run_date"),
     ],
 )
+
+
 def test_bad_keys_and_values_are_rejected_by_name(override, key):
     with pytest.raises(ConfigError) as error:
         load_config(None, [override])
@@ -69,3 +71,10 @@ def test_cli_rejects_bad_config_before_spark_with_a_json_line(capsys, monkeypatc
     assert status == 2
     assert summary["status"] == "error" and summary["command"] == "train"
     assert "train.optimiser" in summary["error"]
+
+
+def test_the_default_config_is_found_from_any_folder(tmp_path, monkeypatch):
+    """The shipped conf/default.yaml is found from the package, not from the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert DEFAULT_CONFIG.is_file() and DEFAULT_CONFIG.parent.name == "conf"
+    assert load_config(None).input.format == "synthetic"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recspark.core.errors import BadInputError
 from recspark.evaluate.explore import item_pca, pca_plot, pca_summary
 
 
@@ -47,7 +48,7 @@ def test_pca_on_a_subset_reports_item_indices():
     pca = item_pca(rows, subset, components=2)
     high, low = pca.ends(0, 3)
     assert set(high) | set(low) <= set(subset)
-    with pytest.raises(ValueError, match="at least 3 items"):
+    with pytest.raises(BadInputError, match="at least 3 items"):
         item_pca(rows, np.array([1, 2]))
 
 

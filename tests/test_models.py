@@ -17,13 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from recspark.model.embedding import (
-    MODEL_KINDS,
-    Ensemble,
-    FeaturedTable,
-    build_model,
-    embedding_size,
-)
+from recspark.core.choices import MODEL_KINDS
+from recspark.core.errors import BadInputError
+from recspark.model.embedding import Ensemble, FeaturedTable, build_model, embedding_size
 from recspark.model.saving import model_from_bytes
 from recspark.serve.scoring import item_side_payload
 
@@ -251,7 +247,7 @@ def test_side_features_that_do_not_fit_are_refused():
 
 
 def test_build_model_refuses_empty_tables_and_unknown_kinds():
-    with pytest.raises(ValueError, match="empty tables"):
+    with pytest.raises(BadInputError, match="empty tables"):
         build_model("dot", 0, 3)
     with pytest.raises(ValueError, match="unknown model kind 'svd'"):
         build_model("svd", 3, 3)
@@ -367,7 +363,8 @@ def test_an_ensemble_is_its_members_mean_everywhere_the_jobs_read_it(featured):
 
 def test_ensemble_members_learn_as_if_each_were_trained_alone():
     """The loop gives every member its own loss: Adam steps equal those of lone members."""
-    from recspark.train.loop import Optimizers, train_epoch
+    from recspark.train.loop import train_epoch
+    from recspark.train.optim import Optimizers
 
     spec = _spec("dot_bias", False, members=2)
     torch.manual_seed(5)

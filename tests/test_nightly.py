@@ -25,11 +25,13 @@ import pandas as pd
 import pytest
 
 from recspark.cli import main
-from recspark.commands import nightly
 from recspark.core.config import load_config
-from recspark.core.errors import ConfigError, LockHeldError
+from recspark.core.errors import BadInputError, ConfigError, LockHeldError
 from recspark.core.storage import Layout, mark_success
-from recspark.ops.history import append_record, latest_record, read_history
+from recspark.ops import nightly, retention
+from recspark.ops.gate import quality_gate, ranking_gate
+from recspark.ops.history import HistoryRecord, append_record, latest_record, read_history
+from recspark.ops.journal import NightlyState, folder_identity
 from recspark.ops.locking import RunLock
 from recspark.ops.retention import prune_runs
 from recspark.packaging import build_zip
@@ -105,44 +107,55 @@ def test_the_shipped_nightly_config_loads_and_bad_nightly_values_are_rejected():
 # -- the quality gate ---------------------------------------------------------------------------
 
 
-def published(rmse: float, run_date: str = DAY1) -> dict:
-    return {
-        "run_date": run_date,
-        "model_version": "v1",
-        "metrics": {"rmse": rmse},
-        "status": "published",
-    }
+def published(rmse: float | None, run_date: str = DAY1, **metrics: float) -> HistoryRecord:
+    return HistoryRecord(
+        run_id="r1",
+        run_date=run_date,
+        model_version="v1",
+        metrics={"rmse": rmse, **metrics},
+        status="published",
+    )
 
 
 def test_gate_passes_a_first_run_and_a_small_increase():
-    first = nightly.quality_gate(0.9, None, max_rmse_increase=0.05)
-    assert first["passed"] and first["baseline_rmse"] is None
-    small = nightly.quality_gate(0.93, published(0.9), max_rmse_increase=0.05)
-    assert small["passed"] and small["rmse_increase"] == pytest.approx(0.03)
+    first = quality_gate(0.9, None, max_rmse_increase=0.05)
+    assert first.passed and first.baseline_rmse is None
+    small = quality_gate(0.93, published(0.9), max_rmse_increase=0.05)
+    assert small.passed and small.rmse_increase == pytest.approx(0.03)
+    assert small.figures() == {"baseline_rmse": 0.9, "rmse_increase": small.rmse_increase}
+    # The other gate's figures are None, and left out of the JSON as they always were.
+    assert small.metric == "rmse" and small.baseline_ndcg_at_k is None
+    assert "baseline_ndcg_at_k" not in small.model_dump(mode="json")
 
 
 def test_gate_rejects_a_regression_a_ceiling_and_a_missing_rmse():
-    worse = nightly.quality_gate(0.96, published(0.9), max_rmse_increase=0.05)
-    assert not worse["passed"] and "0.0600 worse" in worse["reason"] and DAY1 in worse["reason"]
-    ceiling = nightly.quality_gate(1.2, None, max_rmse_increase=0.05, max_rmse=1.0)
-    assert not ceiling["passed"] and "nightly.max_rmse" in ceiling["reason"]
-    assert not nightly.quality_gate(float("nan"), published(0.9), 0.05)["passed"]
-    assert not nightly.quality_gate(None, None, 0.05)["passed"]
+    worse = quality_gate(0.96, published(0.9), max_rmse_increase=0.05)
+    assert not worse.passed and "0.0600 worse" in worse.reason and DAY1 in worse.reason
+    ceiling = quality_gate(1.2, None, max_rmse_increase=0.05, max_rmse=1.0)
+    assert not ceiling.passed and "nightly.max_rmse" in ceiling.reason
+    assert not quality_gate(float("nan"), published(0.9), 0.05).passed
+    assert not quality_gate(None, None, 0.05).passed
 
 
 def test_a_ranking_model_is_gated_on_ndcg_not_rmse():
-    def ranked(ndcg: float) -> dict:
-        return {**published(0.0), "metrics": {"rmse": None, "ndcg_at_k": ndcg}}
+    def ranked(ndcg: float) -> HistoryRecord:
+        return published(None, ndcg_at_k=ndcg)
 
-    small = nightly.ranking_gate(0.44, ranked(0.45), max_ndcg_decrease=0.02)
-    assert small["passed"] and small["ndcg_at_k_decrease"] == pytest.approx(0.01)
-    assert nightly.ranking_gate(0.50, ranked(0.45), 0.02)["passed"]  # better is always fine
-    worse = nightly.ranking_gate(0.40, ranked(0.45), 0.02)
-    assert not worse["passed"] and "0.0500 worse" in worse["reason"]
-    assert "nightly.max_ndcg_decrease" in worse["reason"]
-    floor = nightly.ranking_gate(0.2, None, 0.02, min_ndcg=0.3)
-    assert not floor["passed"] and "below nightly.min_ndcg=0.3" in floor["reason"]
-    assert not nightly.ranking_gate(None, ranked(0.45), 0.02)["passed"]
+    small = ranking_gate(0.44, ranked(0.45), max_ndcg_decrease=0.02)
+    assert small.passed and small.ndcg_at_k_decrease == pytest.approx(0.01)
+    assert small.figures() == {
+        "baseline_ndcg_at_k": 0.45,
+        "ndcg_at_k_decrease": small.ndcg_at_k_decrease,
+    }
+    assert small.metric == "ndcg_at_k" and small.baseline_rmse is None
+    assert small.model_dump(mode="json")["max_ndcg_at_k_decrease"] == 0.02
+    assert ranking_gate(0.50, ranked(0.45), 0.02).passed  # better is always fine
+    worse = ranking_gate(0.40, ranked(0.45), 0.02)
+    assert not worse.passed and "0.0500 worse" in worse.reason
+    assert "nightly.max_ndcg_decrease" in worse.reason
+    floor = ranking_gate(0.2, None, 0.02, min_ndcg=0.3)
+    assert not floor.passed and "below nightly.min_ndcg=0.3" in floor.reason
+    assert not ranking_gate(None, ranked(0.45), 0.02).passed
 
 
 # -- the lock -----------------------------------------------------------------------------------
@@ -192,23 +205,42 @@ def test_another_hosts_recent_record_is_honoured_and_an_old_one_taken_over(tmp_p
 
 
 def test_history_is_one_whole_file_per_run_read_back_in_order(tmp_path):
-    append_record(
-        tmp_path, {"run_id": "b", "run_date": DAY2, "status": "rejected", "finished_at": "2"}
-    )
-    append_record(
-        tmp_path, {"run_id": "a", "run_date": DAY1, "status": "published", "finished_at": "1"}
-    )
-    append_record(
-        tmp_path, {"run_id": "c", "run_date": DAY2, "status": "published", "finished_at": "3"}
-    )
+    for run_id, run_date, status, finished_at in (
+        ("b", DAY2, "rejected", "2"),
+        ("a", DAY1, "published", "1"),
+        ("c", DAY2, "published", "3"),
+    ):
+        record = HistoryRecord(
+            run_id=run_id, run_date=run_date, status=status, finished_at=finished_at
+        )
+        append_record(tmp_path, record)
     assert not list((tmp_path / "history").glob(".*"))  # no temporary file left behind
+    written = json.loads((tmp_path / "history" / f"{DAY1}_a.json").read_text())
+    assert written["error"] is None and "recovered" not in written  # only keys that apply
     records = read_history(tmp_path)
-    assert [r["run_id"] for r in records] == ["a", "b", "c"]
-    assert latest_record(records, before=DAY2)["run_id"] == "a"
-    assert latest_record(records, upto=DAY2)["run_id"] == "c"
-    assert latest_record(records, status="rejected")["run_id"] == "b"
+    assert [r.run_id for r in records] == ["a", "b", "c"]
+    assert latest_record(records, before=DAY2).run_id == "a"
+    assert latest_record(records, upto=DAY2).run_id == "c"
+    assert latest_record(records, status="rejected").run_id == "b"
     with pytest.raises(ValueError, match="status"):
-        append_record(tmp_path, {"run_id": "d", "run_date": DAY3, "status": "maybe"})
+        HistoryRecord(run_id="d", run_date=DAY3, status="maybe")
+
+
+def test_old_history_records_read_and_a_foreign_file_is_named(tmp_path):
+    folder = tmp_path / "history"
+    folder.mkdir()
+    # A record as an older version wrote it: no figures of the ranking gate, an unknown key.
+    old = {"run_id": "a", "run_date": DAY1, "status": "published", "model_version": "v1",
+           "metrics": {"rmse": 0.9, "stopped_early": True}, "future_key": 1,
+           "gate": {"passed": True, "reason": "first", "baseline_rmse": None}}
+    (folder / f"{DAY1}_a.json").write_text(json.dumps(old) + "\n")
+    (record,) = read_history(tmp_path)
+    assert record.gate.passed and record.gate.baseline_ndcg_at_k is None
+    assert record.metrics == {"rmse": 0.9, "stopped_early": True}  # a flag stays a flag
+    assert record.model_dump(mode="json")["future_key"] == 1
+    (folder / f"{DAY2}_b.json").write_text(json.dumps({"run_id": "b"}) + "\n")
+    with pytest.raises(BadInputError, match=f"{DAY2}_b.json"):
+        read_history(tmp_path)
 
 
 def fake_run(layout: Layout, run_date: str) -> None:
@@ -245,7 +277,7 @@ def test_retention_keeps_the_newest_runs_and_the_protected_one(tmp_path):
 def crashed_run(layout: Layout, stage: str, gate_passed: bool = False) -> dict:
     """A root where DAY1 was published and a re-run of DAY1 died at ``stage``, as on disk."""
     fake_run(layout, DAY1)
-    state = nightly.NightlyState(layout)
+    state = NightlyState(layout)
     partition = layout.recommendations_partition(DAY1)
     journal = {
         "run_id": "dead-run",
@@ -253,14 +285,14 @@ def crashed_run(layout: Layout, stage: str, gate_passed: bool = False) -> dict:
         "stage": stage,
         "started_at": "2026-03-02T02:00:00+00:00",
         "stashed": {"prepared": True, "model": True, "evaluation": True},
-        "partition_before": nightly._identity(partition),
+        "partition_before": folder_identity(partition),
         "summaries": {"train": {"metrics": {"model_version": "new", "validation_rmse": 0.8}}},
         "gate": {"passed": gate_passed},
     }
     stash = state.stash("dead-run")
     stash.mkdir(parents=True)
     for kind in nightly.RESTORABLE:  # what the dead run set aside, and what it wrote since
-        os.rename(nightly.retention.run_folders(layout, DAY1)[kind], stash / kind)
+        os.rename(retention.run_folders(layout, DAY1)[kind], stash / kind)
     for folder in (layout.prepared(DAY1), layout.model(DAY1)):
         folder.mkdir()
         (folder / "part-0").write_text("candidate")
@@ -273,15 +305,19 @@ def crashed_run(layout: Layout, stage: str, gate_passed: bool = False) -> dict:
 def test_a_run_that_died_before_its_commit_is_rolled_back(tmp_path):
     layout = Layout(tmp_path)
     crashed_run(layout, "evaluate")
-    state = nightly.NightlyState(layout)
+    state = NightlyState(layout)
     record = nightly.recover_crashed(layout, state, "next-run")
-    assert record["status"] == "failed" and "interrupted during evaluate" in record["error"]
-    for folder in nightly.retention.run_folders(layout, DAY1).values():
+    assert record.status == "failed" and "interrupted during evaluate" in record.error
+    assert record.recovered_by == "next-run"
+    for folder in retention.run_folders(layout, DAY1).values():
         assert (folder / "part-0").read_text() == DAY1, folder  # the published outputs, restored
-    assert (state.rejected / f"{DAY1}_dead-run" / "model" / "part-0").read_text() == "candidate"
+    rejected = state.rejected / f"{DAY1}_dead-run"
+    assert (rejected / "model" / "part-0").read_text() == "candidate"
+    assert record.rejected_outputs == str(rejected)
+    assert json.loads((rejected / "record.json").read_text())["run_id"] == "dead-run"
     assert not state.journal.exists() and not state.stash_root.exists()
     assert not list((tmp_path / "_staging").iterdir())
-    assert read_history(tmp_path)[-1]["run_id"] == "dead-run"
+    assert read_history(tmp_path)[-1] == record
     assert nightly.recover_crashed(layout, state, "later-run") is None  # nothing left to do
 
 
@@ -295,10 +331,10 @@ def test_a_run_that_died_after_its_commit_is_rolled_forward(tmp_path):
     mark_success(new)
     os.rename(partition, partition.parent / ".retired-old")  # score's publish, killed after it
     os.rename(new, partition)
-    state = nightly.NightlyState(layout)
+    state = NightlyState(layout)
     record = nightly.recover_crashed(layout, state, "next-run")
-    assert record["status"] == "published" and record["recovered"] is True
-    assert record["model_version"] == "new"
+    assert record.status == "published" and record.recovered is True
+    assert record.model_version == "new" and record.metrics["validation_rmse"] == 0.8
     assert (layout.model(DAY1) / "part-0").read_text() == "candidate"
     assert (partition / "part-0").read_text() == "candidate"
     assert not state.journal.exists() and not state.stash_root.exists()
@@ -430,8 +466,8 @@ def test_rerunning_a_published_date_changes_nothing(story):
     assert status == 0 and again["nightly"]["decision"] == "skipped"
     assert again["metrics"]["model_version"] == story["day2"][1]["metrics"]["model_version"]
     records = read_history(story["root"])
-    assert [r["status"] for r in records if r["run_date"] == DAY1] == ["published", "failed"]
-    assert [r["status"] for r in records if r["run_date"] == DAY2] == ["published"]
+    assert [r.status for r in records if r.run_date == DAY1] == ["published", "failed"]
+    assert [r.status for r in records if r.run_date == DAY2] == ["published"]
 
 
 def test_a_corrupted_input_is_stopped_by_the_gate_and_the_last_output_stays(story):
@@ -445,9 +481,9 @@ def test_a_corrupted_input_is_stopped_by_the_gate_and_the_last_output_stays(stor
     day2_now = pd.read_parquet(layout.recommendations_partition(DAY2))
     pd.testing.assert_frame_equal(day2_now, story["day2_partition"])
     rejected = latest_record(read_history(story["root"]), status=None)
-    assert rejected["run_date"] == DAY3 and rejected["status"] == "rejected"
-    assert rejected["gate"]["baseline_rmse"] == pytest.approx(story["day2"][1]["metrics"]["rmse"])
-    assert (Path(rejected["rejected_outputs"]) / "model" / "model.pt").exists()
+    assert rejected.run_date == DAY3 and rejected.status == "rejected"
+    assert rejected.gate.baseline_rmse == pytest.approx(story["day2"][1]["metrics"]["rmse"])
+    assert (Path(rejected.rejected_outputs) / "model" / "model.pt").exists()
     assert not (story["root"] / "_nightly" / "inflight.json").exists()
 
 
@@ -457,3 +493,35 @@ def test_a_second_run_on_a_locked_root_exits_with_a_clear_message(spark, tmp_pat
         status, summary = run_nightly(nightly_overrides(root, DAY3, str(tmp_path / "in")), capsys)
     assert status == 1 and summary["status"] == "error"
     assert f"pid {os.getpid()}" in summary["error"] and "did nothing" in summary["error"]
+
+
+def test_a_ranking_model_publishes_and_its_summary_names_its_ndcg_gate(spark, tmp_path, capsys):
+    """A ranking model is gated on NDCG@k, and those figures reach the summary line."""
+    root = tmp_path / "root"
+    source = write_input(planted_ratings(users=80, items=40, per_user=12), tmp_path / "in")
+    ranking = {
+        "model.objective": "ranking",
+        "ranking.negatives": 40,
+        "ranking.validation_items": 40,
+        "train.epochs": 2,
+        "evaluate.relevance_threshold": 0,
+        "nightly.max_ndcg_decrease": 1.0,  # this test is about the figures, not the verdict
+    }
+    summaries = {}
+    for run_date in (DAY1, DAY2):
+        status, summary = run_nightly(nightly_overrides(root, run_date, source, **ranking), capsys)
+        assert status == 0 and summary["nightly"]["decision"] == "published", summary
+        summaries[run_date] = summary
+    first, second = summaries[DAY1], summaries[DAY2]
+    assert first["metrics"]["baseline_ndcg_at_k"] is None  # a first run has no baseline
+    gate = second["nightly"]["gate"]
+    assert gate["passed"] and gate["baseline_run_date"] == DAY1
+    assert gate["baseline_ndcg_at_k"] == pytest.approx(first["metrics"]["ndcg_at_k"])
+    assert gate["candidate_ndcg_at_k"] == pytest.approx(second["metrics"]["ndcg_at_k"])
+    assert "baseline_rmse" not in gate and "candidate_rmse" not in gate
+    assert second["metrics"]["baseline_ndcg_at_k"] == gate["baseline_ndcg_at_k"]
+    assert second["metrics"]["ndcg_at_k_decrease"] == pytest.approx(
+        first["metrics"]["ndcg_at_k"] - second["metrics"]["ndcg_at_k"]
+    )
+    assert "baseline_rmse" not in second["metrics"]
+    assert read_history(root)[-1].gate.metric == "ndcg_at_k"

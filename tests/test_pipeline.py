@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,17 +128,22 @@ def test_score_matches_a_brute_force_ranking(pipeline):
 
 
 def test_spark_submit_runs_the_same_job_as_the_cli(spark, tmp_path, capsys):
+    """The README's spark-submit line, as written: scripts/spark-submit from a bare shell (no venv
+    on PATH, no SPARK_HOME, another working folder) runs the job the CLI runs."""
     overrides = tiny_overrides(tmp_path / "cli", **{"synthetic.ratings": 5000, "synthetic.users": 300})
     via_cli = run_command("generate", overrides, capsys)
-    submit = Path(sys.executable).parent / "spark-submit"
     sets = [
         part
         for item in overrides
         for part in ("--set", item.replace(str(tmp_path / "cli"), str(tmp_path / "submit")))
     ]
+    bare = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    if "JAVA_HOME" in os.environ:
+        bare["JAVA_HOME"] = os.environ["JAVA_HOME"]
     result = subprocess.run(
-        [str(submit), "--master", "local[1]", str(REPO / "jobs" / "generate.py"), *sets],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        [str(REPO / "scripts" / "spark-submit"), "--master", "local[1]",
+         str(REPO / "jobs" / "generate.py"), *sets],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=bare,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     via_submit = json.loads(result.stdout.strip().splitlines()[-1])

@@ -278,11 +278,16 @@ def test_failures_publish_nothing(spark, tmp_path):
     assert "3 of 15 rows are bad" in summary["error"]
     assert "input.max_bad_fraction" in summary["error"] and "Nothing was published" in summary[
         "error"]
+    # Only the quarantine of the rejected date is published, apart from the run dates.
+    rejected = root / "prepared" / "_rejected" / "2026-02-02" / "quarantine"
+    assert str(rejected) in summary["error"]
+    assert sorted(pd.read_parquet(rejected)["reason"]) == [
+        "missing_rating", "non_numeric_rating", "rating_out_of_range"]
     # A failure after writing began (an empty validation split) discards the staging folder too.
     lonely = write_csv(tmp_path / "lonely.csv", grid(["a", "b"], ["x"]))
     status, summary = run_cli({**base, "input.path": lonely, "run_date": "2026-02-03",
                                "split.method": "user_stratified", "input.max_bad_fraction": 0.1})
     assert status == 1 and "validation with 0 rows" in summary["error"]
-    assert sorted(p.name for p in (root / "prepared").iterdir()) == ["2026-02-01"]
+    assert sorted(p.name for p in (root / "prepared").iterdir()) == ["2026-02-01", "_rejected"]
     assert sorted(p.name for p in (root / "prepared" / "2026-02-01").iterdir()) == before
     assert list((root / "_staging").iterdir()) == []

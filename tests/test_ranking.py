@@ -25,18 +25,19 @@ from recspark.cli import main
 from recspark.core.config import load_config
 from recspark.core.errors import ConfigError
 from recspark.model.embedding import build_model
-from recspark.train.loop import TrainSettings, epoch_functions, fit, make_optimizer
+from recspark.train.loop import TrainSettings, fit, train_epoch
+from recspark.train.objectives import for_name, ranking
+from recspark.train.objectives.base import RunContext
 from recspark.train.objectives.ranking import (
     NegativeSampler,
+    RankingObjective,
     RankingSettings,
     bpr_loss,
     comparison_items,
     item_popularity,
-    ranking_context,
     softmax_loss,
-    train_epoch,
-    validation_loss,
 )
+from recspark.train.optim import make_optimizer
 from tests.conftest import tiny_overrides
 
 
@@ -46,8 +47,6 @@ def _sigmoid(x: float) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Losses, by hand
-
-
 def test_bpr_loss_matches_hand_computed_values():
     positive = torch.tensor([2.0, 0.0])
     negative = torch.tensor([[1.0, 3.0], [0.0, -1.0]])
@@ -91,8 +90,6 @@ def test_softmax_loss_matches_hand_computed_values():
 
 # ---------------------------------------------------------------------------------------------
 # Negative sampling
-
-
 def test_popularity_sampling_follows_count_plus_one_to_the_alpha():
     counts = np.array([0.0, 1.0, 3.0, 7.0])
     sampler = NegativeSampler(4, counts, alpha=1.0)
@@ -204,14 +201,13 @@ def train_planted(kind: str, settings: RankingSettings, epochs: int, lr: float, 
                         dropouts=[0.0], user_factors=16, item_factors=16)
     optimizer = make_optimizer(model, "adam", lr)
     counts = np.bincount(train["item_idx"], minlength=CLUSTERS * CLUSTER_SIZE)
-    context = {"n_items": CLUSTERS * CLUSTER_SIZE, "seed": seed}
-    context.update(ranking_context(settings, counts))
+    objective = RankingObjective(settings, counts)
     losses = []
     for epoch in range(1, epochs + 1):
-        context["epoch"] = epoch
+        context = RunContext(n_items=CLUSTERS * CLUSTER_SIZE, seed=seed, epoch=epoch)
         loss, rows = train_epoch(
             model, batches_of(train, 256, epoch), optimizer, None, torch.device("cpu"),
-            weight_decay=0.01, context=context,
+            weight_decay=0.01, objective=objective, context=context,
         )
         assert rows == len(train)
         losses.append(loss)
@@ -227,6 +223,8 @@ def train_planted(kind: str, settings: RankingSettings, epochs: int, lr: float, 
     ],
     ids=["dot-softmax-catalogue", "dot_bias-bpr-popularity", "mlp-sampled-softmax"],
 )
+
+
 def test_ranking_recovers_the_planted_clusters_far_better_than_popularity(
     kind, settings, epochs, lr
 ):
@@ -253,31 +251,28 @@ def test_ranking_epochs_are_repeatable_and_depend_on_the_sampling_seed():
     assert not torch.equal(first.item_factors.weight, other.item_factors.weight)
 
 
-def test_validation_loss_ranks_positives_against_a_fixed_sample():
+def test_validation_ranks_positives_against_a_fixed_sample():
     _, validation, _ = planted_interactions()
     model, _ = train_planted("dot", RankingSettings(negatives=500), 25, 0.01)
     untrained = build_model("dot", 240, CLUSTERS * CLUSTER_SIZE, factors=16)
-    context = {"n_items": CLUSTERS * CLUSTER_SIZE, "seed": 1,
-               **ranking_context(RankingSettings(validation_items=50))}
-    loss, above, rows = validation_loss(
-        model, batches_of(validation, 100, 0), torch.device("cpu"), context=context
-    )
-    again = validation_loss(
-        model, batches_of(validation, 37, 5), torch.device("cpu"), context=context
-    )
-    assert rows == len(validation) and again[2] == rows
-    assert (loss, above) == pytest.approx(again[:2], rel=1e-5)  # batch size and order don't matter
-    base_loss, base_above, _ = validation_loss(
-        untrained, batches_of(validation, 100, 0), torch.device("cpu"), context=context
-    )
-    # An untrained model ranks a positive at random: about half the sample above it, and a loss
-    # near log(50); the trained one ranks held-out cluster members near the top.
-    assert base_above == pytest.approx(0.5, abs=0.1)
-    assert base_loss == pytest.approx(math.log(50), abs=0.2)
-    assert above < 0.15 and loss < base_loss - 0.5
-    strict = {**context, **ranking_context(RankingSettings(positive_threshold=6.0))}
+    objective = RankingObjective(RankingSettings(validation_items=50))
+    context = RunContext(n_items=CLUSTERS * CLUSTER_SIZE, seed=1)
+    cpu = torch.device("cpu")
+    figures = objective.validation(model, batches_of(validation, 100, 0), cpu, context)
+    again = objective.validation(model, batches_of(validation, 37, 5), cpu, context)
+    assert figures.rows == len(validation) and again.rows == figures.rows
+    # Batch size and order don't matter.
+    assert (figures.loss, figures.auc) == pytest.approx((again.loss, again.auc), rel=1e-5)
+    assert figures.mse is None and figures.mae is None and figures.rmse is None
+    base = objective.validation(untrained, batches_of(validation, 100, 0), cpu, context)
+    # An untrained model ranks a positive at random: an AUC about 0.5, and a loss near log(50);
+    # the trained one ranks held-out cluster members near the top.
+    assert base.auc == pytest.approx(0.5, abs=0.1)
+    assert base.loss == pytest.approx(math.log(50), abs=0.2)
+    assert figures.auc > 0.85 and figures.loss < base.loss - 0.5
+    strict = RankingObjective(RankingSettings(positive_threshold=6.0))
     with pytest.raises(ValueError, match="positive_threshold"):
-        validation_loss(model, batches_of(validation, 100, 0), torch.device("cpu"), context=strict)
+        strict.validation(model, batches_of(validation, 100, 0), cpu, context)
 
 
 def test_threshold_and_confidence_pick_and_weigh_the_positives():
@@ -292,22 +287,57 @@ def test_threshold_and_confidence_pick_and_weigh_the_positives():
     model = build_model("dot", 3, 4, factors=4)
     before = model.user_factors.weight.detach().clone()
     optimizer = make_optimizer(model, "sgd", 0.1, momentum=0.0)
-    context = {"n_items": 4, "seed": 0, "epoch": 1, **ranking_context(settings)}
-    _, rows = train_epoch(model, [batch], optimizer, None, torch.device("cpu"), context=context)
+    context = RunContext(n_items=4, seed=0, epoch=1)
+    _, rows = train_epoch(model, [batch], optimizer, None, torch.device("cpu"),
+                          objective=RankingObjective(settings), context=context)
     assert rows == 3
     moved = (model.user_factors.weight.detach() - before).abs().sum(dim=1)
     assert moved[0] > 0 and moved[1] > 0 and moved[2] == 0
-    weighted = RankingSettings(confidence="weight")
+    weighted = RankingObjective(RankingSettings(confidence="weight"))
     with pytest.raises(ValueError, match="no 'weight' column"):
         train_epoch(model, [batch], optimizer, None, torch.device("cpu"),
-                    context={"n_items": 4, **ranking_context(weighted)})
-    assert ranking_context(weighted)["feed_fields"][-1] == "weight"
+                    objective=weighted, context=RunContext(n_items=4))
+    assert weighted.feed_fields[-1] == "weight"
+
+
+def test_the_ranking_batch_loss_is_the_softmax_over_the_catalogue_by_hand():
+    """A strategy, not a loop: one batch's loss, what it counts, and nothing stepped."""
+    assert not hasattr(ranking, "train_epoch") and not hasattr(ranking, "validation_loss")
+    torch.manual_seed(0)
+    model = build_model("dot", 3, 5, factors=4, y_range=None)
+    batch = {
+        "user_idx": torch.tensor([0, 1, 2, 1]),
+        "item_idx": torch.tensor([4, 0, 2, 3]),
+        "rating": torch.tensor([5.0, 4.0, 1.0, 3.0]),
+    }
+    # At least as many negatives as items: the softmax runs over the whole catalogue, no sampling.
+    objective = RankingObjective(RankingSettings(negatives=10, positive_threshold=3.0))
+    cpu = torch.device("cpu")
+    with pytest.raises(RuntimeError, match="start_epoch"):
+        objective.batch_loss(model, batch, cpu)
+    objective.start_epoch(model, cpu, RunContext(n_items=5, seed=1, epoch=1))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    step = objective.batch_loss(model, batch, cpu)
+    with torch.no_grad():
+        scores = model.score_items(torch.tensor([0, 1, 2, 1]), torch.arange(5))
+    kept = [0, 1, 3]  # the row rated 1 is below the threshold
+    by_hand = []
+    for row in kept:
+        positive = int(batch["item_idx"][row])
+        others = [scores[row, j] for j in range(5) if j != positive]
+        logits = torch.stack([scores[row, positive], *others])
+        by_hand.append(float(torch.logsumexp(logits, 0) - scores[row, positive]))
+    assert step.loss.item() == pytest.approx(sum(by_hand) / 3, rel=1e-5)
+    assert (step.counted, step.rows) == (3, 4)
+    assert step.users.tolist() == [0, 1, 1] and step.items.tolist() == [4, 0, 3]
+    assert step.reported_sum.item() == pytest.approx(3 * step.loss.item(), rel=1e-6)
+    assert step.loss.requires_grad and not step.reported_sum.requires_grad
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name  # the loop steps, not the objective
 
 
 # ---------------------------------------------------------------------------------------------
 # Through the trainer's loop (Petastorm feed) and the whole pipeline
-
-
 def write_table(folder: Path, frame: pd.DataFrame, parts: int = 2) -> str:
     folder.mkdir(parents=True)
     bounds = np.linspace(0, len(frame), parts + 1).astype(int)
@@ -323,19 +353,24 @@ def write_table(folder: Path, frame: pd.DataFrame, parts: int = 2) -> str:
 
 
 def test_fit_trains_the_ranking_objective_from_parquet(tmp_path):
-    assert epoch_functions("ranking") == (train_epoch, validation_loss)
     train, validation, cluster_of = planted_interactions()
     train_path = write_table(tmp_path / "train", train.sample(frac=1.0, random_state=0))
     validation_path = write_table(tmp_path / "validation", validation)
     model = build_model("dot_bias", 240, CLUSTERS * CLUSTER_SIZE, factors=16, y_range=None)
     counts = np.bincount(train["item_idx"], minlength=CLUSTERS * CLUSTER_SIZE)
     settings = TrainSettings(epochs=20, batch_size=256, lr=0.05, weight_decay=1e-4, patience=20)
+    objective = for_name(
+        "ranking", ranking=RankingSettings(negatives=60, sampling_alpha=0.5), item_counts=counts
+    )
+    assert isinstance(objective, RankingObjective)
     result = fit(
-        model, train_path, validation_path, settings, torch.device("cpu"), objective="ranking",
-        context=ranking_context(RankingSettings(negatives=60, sampling_alpha=0.5), counts),
+        model, train_path, validation_path, settings, torch.device("cpu"), objective=objective
     )
     losses = [record.validation_loss for record in result.history]
     assert losses[result.best_epoch - 1] == min(losses) < losses[0]
+    # The records name the ranking figures: no RMSE of ratings it never predicted, an AUC.
+    assert all(r.validation_rmse is None and r.validation_mae is None for r in result.history)
+    assert result.history[-1].validation_auc > result.history[0].validation_auc + 0.2
     with torch.no_grad():
         scores = model.score_items(torch.arange(240), torch.arange(CLUSTERS * CLUSTER_SIZE)).numpy()
     assert planted_precision(scores, train, cluster_of) > 0.9
@@ -382,12 +417,14 @@ def test_train_score_evaluate_with_the_ranking_objective(spark, tmp_path):
     assert spec["y_range"] is None and meta["objective"] == "ranking"
     history = json.loads(Path(summaries["train"]["outputs"]["metrics"]).read_text())["history"]
     assert history[-1]["validation_loss"] < history[0]["validation_loss"]
-    # The second figure is the share of sampled items ranked above a positive: 0.5 at random.
-    assert history[-1]["validation_mae"] < min(0.45, history[0]["validation_mae"])
+    # metrics.json's history names a ranking model's figures for what they are: the AUC is the
+    # share of sampled items ranked below a positive (0.5 at random), never an "RMSE" or "MAE".
+    assert history[-1]["validation_auc"] > max(0.55, history[0]["validation_auc"])
+    assert history[-1]["validation_rmse"] is None and history[-1]["validation_mae"] is None
     # The summary calls it what it is: an AUC, not an RMSE of ratings it never predicted.
     trained = summaries["train"]["metrics"]
     assert trained["validation_rmse"] is None and trained["validation_mae"] is None
-    assert trained["validation_auc"] == pytest.approx(1 - history[trained["best_epoch"] - 1]["validation_mae"])
+    assert trained["validation_auc"] == pytest.approx(history[trained["best_epoch"] - 1]["validation_auc"])
 
     table = pd.read_parquet(Path(summaries["score"]["outputs"]["recommendations"]))
     assert table.groupby("user_id")["rank"].apply(lambda r: sorted(r) == list(range(1, 11))).all()

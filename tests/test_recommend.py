@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
@@ -13,12 +14,12 @@ import pytest
 import torch
 
 from recspark.cli import main
-from recspark.commands.recommend import fold_in_regularization
 from recspark.core.errors import BadInputError, MissingInputError
 from recspark.data.synthetic import BIAS_SD, GLOBAL_MEAN, SyntheticSpec
 from recspark.data.titles import read_titles
 from recspark.model.saving import load_model
 from recspark.serve.foldin import fold_in, score_user
+from recspark.serve.recommend import fold_in_regularization
 from recspark.serve.similar import most_similar, read_item_factors
 from tests.conftest import tiny_overrides
 
@@ -211,11 +212,44 @@ def test_similar_to_with_titles_and_the_batch_outputs(trained, tmp_path):
         ("recommend.top_n=3", 2, "needs a query"),
     ],
 )
+
+
 def test_bad_queries_get_clear_errors(trained, setting, status_code, message):
     _, overrides = trained
     status, summary = _run("recommend", [*overrides, setting])
     assert status == status_code and summary["status"] == "error"
     assert message in summary["error"]
+
+
+class PlantedHook:
+    """Pickles as a call of ``Path.touch(marker)``: what a tampered ``model.pt`` would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_recommend_refuses_a_model_file_that_holds_code(trained, tmp_path):
+    """A ``model.pt`` whose meta holds a pickled object with a ``__reduce__`` hook: exit 1, the
+    reason on the summary line, and the hook never ran."""
+    root, overrides = trained
+    copy = tmp_path / "root"
+    for name in ("models", "prepared"):
+        shutil.copytree(root / name, copy / name)
+    marker = tmp_path / "hook-ran"
+    model_file = copy / "models" / RUN_DATE / "model.pt"
+    payload = torch.load(model_file, weights_only=True)
+    payload["meta"]["note"] = PlantedHook(marker)
+    torch.save(payload, model_file)
+    status, summary = _run(
+        "recommend", [*overrides, f"paths.root={copy}", "recommend.similar_to=1"]
+    )
+    assert status == 1 and summary["status"] == "error", summary
+    assert "is not a recspark model" in summary["error"]
+    assert "holds code/objects that are not plain data: refusing to load it" in summary["error"]
+    assert not marker.exists()
 
 
 def test_two_queries_at_once_are_a_config_error(tmp_path):

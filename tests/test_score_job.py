@@ -17,8 +17,10 @@ import torch
 
 from recspark.cli import main
 from recspark.core.storage import Layout, mark_success, write_json
+from recspark.data.prepared import PreparedRun, write_manifest
 from recspark.model.embedding import build_model
-from recspark.model.saving import save_model, write_factor_tables
+from recspark.model.published import index_fingerprint, save_model
+from recspark.model.saving import write_factor_tables
 from recspark.serve.scoring import PAUSE_ENV
 from tests.conftest import REPO
 
@@ -26,13 +28,22 @@ RUN_DATE = "2026-01-15"
 
 
 def publish_hand_made_run(
-    root: Path, model, spec: dict, user_ids, item_ids, rated: dict, listed: bool = False
+    root: Path,
+    model,
+    spec: dict,
+    user_ids,
+    item_ids,
+    rated: dict,
+    listed: bool = False,
+    input_fingerprint: str | None = None,
 ) -> None:
     """Write prepared/ and models/ the way prepare and train publish them, for a planted model.
 
     ``rated`` maps a split name to ``(user_idx, item_idx[, rating])`` tuples (rating 4 if absent).
     ``listed`` writes prepare's ``rated/`` table too (one row per user, as prepare writes it now);
-    without it the run looks like one prepared before that table existed.
+    without it the run looks like one prepared before that table existed. With
+    ``input_fingerprint`` the run gets a ``manifest.json`` and the model records its id maps'
+    fingerprint, as train does now; without it the model is one saved before that field existed.
     """
     layout = Layout(root)
     prepared = layout.prepared(RUN_DATE)
@@ -58,13 +69,32 @@ def publish_hand_made_run(
         (prepared / "rated").mkdir(parents=True)
         table.to_parquet(prepared / "rated" / "part-0.parquet", index=False)
         mark_success(prepared / "rated")
+    meta = {"index_date": RUN_DATE, "run_date": RUN_DATE}
+    if input_fingerprint is not None:
+        manifest = write_hand_made_manifest(root, len(user_ids), len(item_ids), input_fingerprint)
+        meta["index_fingerprint"] = index_fingerprint(manifest)
     mark_success(prepared)
     folder = layout.model(RUN_DATE)
     folder.mkdir(parents=True)
-    save_model(folder / "model.pt", model, spec, {"index_date": RUN_DATE, "run_date": RUN_DATE})
+    save_model(folder / "model.pt", model, spec, meta)
     write_factor_tables(model, folder)
     write_json(folder / "metrics.json", {"model_version": f"{RUN_DATE}-planted", "history": []})
     mark_success(folder)
+
+
+def write_hand_made_manifest(root: Path, users: int, items: int, input_fingerprint: str):
+    """The prepared run's ``manifest.json``; returns it as :class:`PreparedRun`."""
+    manifest = PreparedRun.model_validate({
+        "run_date": RUN_DATE, "users": users, "items": items, "rating_range": [1.0, 5.0],
+        "input": {"path": "ratings.csv", "format": "csv", "fingerprint": input_fingerprint},
+    })
+    write_manifest(Layout(root).prepared(RUN_DATE), manifest)
+    return manifest
+
+
+def spark_jobs(spark) -> set[int]:
+    """Ids of the Spark jobs run so far in this session."""
+    return set(spark.sparkContext.statusTracker().getJobIdsForGroup())
 
 
 def set_args(items) -> list[str]:
@@ -80,7 +110,7 @@ def score(root: Path, capsys, *extra: str) -> dict:
     return summary
 
 
-def plant(root: Path, listed: bool = False) -> Path:
+def plant(root: Path, listed: bool = False, input_fingerprint: str | None = None) -> Path:
     """Five users (string ids) x six items (long ids); item i scores 10 - i for every user, items
     2 and 3 tie. User "c" has rated all but two items; user "e" is known but rated nothing."""
     spec = {"kind": "dot", "n_users": 5, "n_items": 6, "factors": 2}
@@ -96,7 +126,7 @@ def plant(root: Path, listed: bool = False) -> Path:
         "cold_start": [(3, 5)],
     }
     publish_hand_made_run(root, model, spec, ["a", "b", "c", "d", "e"], [100, 101, 102, 103, 104, 105],
-                          rated, listed)
+                          rated, listed, input_fingerprint)
     return root
 
 
@@ -151,6 +181,46 @@ def test_a_broadcast_user_table_publishes_the_same_lists_as_a_joined_one(spark, 
     assert table.groupby("user_id")["item_id"].apply(list).to_dict() == {
         user: [100, 101] for user in "abcde"
     }
+
+
+def score_status(root: Path, capsys) -> tuple[int, dict]:
+    sets = [f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}"]
+    status = main(["score", *set_args(sets)])
+    return status, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_score_refuses_a_model_whose_prepared_run_was_prepared_again(spark, tmp_path, capsys):
+    """prepare re-run for the date on other data, then score: a clear error, before any task.
+
+    (Before, the scoring tasks died with "unexpected failure (PythonException: )" and an
+    ``ArrowIndexError`` inside: an item index past the model's table.)"""
+    root = plant(tmp_path / "root", input_fingerprint="day-one")
+    status, summary = score_status(root, capsys)
+    assert status == 0, summary
+    # The same sizes, other input: the id maps may map other ids to the same rows.
+    write_hand_made_manifest(root, 5, 6, "day-one-again-with-other-data")
+    before = spark_jobs(spark)
+    status, summary = score_status(root, capsys)
+    assert status == 1 and summary["status"] == "error", summary
+    assert f"the model for {RUN_DATE} was trained on other id maps" in summary["error"]
+    assert f"re-run `recspark train` for {RUN_DATE}" in summary["error"]
+    assert "unexpected failure" not in summary["error"]
+    assert spark_jobs(spark) == before  # failed before any Spark job
+
+
+def test_score_refuses_an_older_model_whose_id_maps_grew(spark, tmp_path, capsys):
+    """A model saved before it recorded its id maps: checked by the sizes of its tables."""
+    root = plant(tmp_path / "root")
+    item_index = Layout(root).prepared(RUN_DATE) / "item_index" / "part-0.parquet"
+    grown = pd.DataFrame({"item_id": [100, 101, 102, 103, 104, 105, 106],
+                          "item_idx": np.arange(7, dtype=np.int32)})
+    grown.to_parquet(item_index, index=False)
+    before = spark_jobs(spark)
+    status, summary = score_status(root, capsys)
+    assert status == 1, summary
+    assert "trained on other id maps" in summary["error"] and "6 items" in summary["error"]
+    assert "7" in summary["error"]
+    assert spark_jobs(spark) == before
 
 
 def test_exclude_seen_off_and_a_rerun_replaces_the_partition_whole(planted, capsys):

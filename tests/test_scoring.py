@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from recspark.core.errors import BadInputError
 from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
 from recspark.model.embedding import build_model
 from recspark.serve.kernel import ScoringKernel, UserTable, best_columns, recommend_batches, top_k
@@ -231,6 +232,5 @@ def test_a_broadcast_user_table_refuses_users_it_does_not_have():
     batch = pa.RecordBatch.from_pydict(
         {"user_idx": pa.array([1, 3], pa.int32()), "items": pa.array([[0], []], pa.list_(pa.int32()))}
     )
-    with pytest.raises(ValueError, match="user index 3 is outside the model's 3 users"):
+    with pytest.raises(BadInputError, match="user index 3 is outside the model's 3 users"):
         list(recommend_batches(iter([batch]), payload, 2, 2, "cpu", users=UserTable.of(model)))
-

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recspark.core.errors import BadInputError
 from recspark.serve.similar import most_similar, read_item_factors, similar_items_table, unit_rows
 
 
@@ -63,7 +64,7 @@ def test_read_item_factors_orders_rows_by_item_index(tmp_path):
     np.testing.assert_array_equal(side.factors, matrix)
     np.testing.assert_array_equal(side.bias, [0.0, 1.0, 2.0, 3.0])
     pq.write_table(table.slice(0, 3), tmp_path / "part-0.parquet")
-    with pytest.raises(ValueError, match="once each"):
+    with pytest.raises(BadInputError, match="once each"):
         read_item_factors(str(tmp_path))
 
 

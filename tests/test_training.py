@@ -21,19 +21,21 @@ import torch
 
 from recspark.model.embedding import build_model
 from recspark.model.saving import carry_weights
+from recspark.train.checkpoints import load_checkpoint, save_checkpoint
 from recspark.train.feeding import open_feed, row_groups
 from recspark.train.loop import (
-    Schedule,
+    EpochRecord,
     TrainSettings,
-    epoch_functions,
     evaluate_split,
     fit,
     init_model,
-    make_optimizer,
     plan_feed,
-    train_epoch,
-    validation_loss,
 )
+from recspark.train.objectives import for_name
+from recspark.train.objectives.base import ValidationFigures
+from recspark.train.objectives.ranking import RankingObjective, RankingSettings
+from recspark.train.objectives.rating import RatingObjective
+from recspark.train.optim import Schedule, make_optimizer
 
 CPU = torch.device("cpu")
 SPEC = {"kind": "dot_bias", "n_users": 300, "n_items": 120, "factors": 6, "y_range": [0.5, 5.5]}
@@ -156,15 +158,17 @@ def spread(prepared: Path) -> float:
         ("sparse_sgd", 5.0, "one_cycle"),
     ],
 )
+
+
 def test_every_optimizer_learns_the_planted_ratings(prepared, optimizer, lr, schedule):
     spec = {**SPEC, "sparse": optimizer.startswith("sparse")}
     model, result = run(prepared, quick(optimizer=optimizer, lr=lr, schedule=schedule), spec)
     rmse = result.history[result.best_epoch - 1].validation_rmse
     # Predicting the mean scores the spread of the ratings (~1.0); learning the factors ~0.3-0.5.
     assert rmse < 0.6 * spread(prepared), (optimizer, rmse, spread(prepared))
-    loss, _, rows = evaluate_split(model, str(prepared / "validation"), CPU)
-    assert rows == 2400
-    assert math.sqrt(loss) == pytest.approx(rmse, rel=1e-5)
+    figures = evaluate_split(model, str(prepared / "validation"), CPU)
+    assert figures.rows == 2400 and figures.auc is None
+    assert math.sqrt(figures.loss) == pytest.approx(rmse, rel=1e-5) == figures.rmse
 
 
 def test_the_mlp_with_sparse_adam_trains_dense_layers_too(prepared):
@@ -261,8 +265,8 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     best = result.history[result.best_epoch - 1]
     later = result.history[result.best_epoch :]
     assert len(later) == 2 and all(r.validation_loss >= best.validation_loss for r in later)
-    loss, _, _ = evaluate_split(model, str(folder / "validation"), CPU)
-    assert loss == pytest.approx(best.validation_loss, rel=1e-6)
+    figures = evaluate_split(model, str(folder / "validation"), CPU)
+    assert figures.loss == pytest.approx(best.validation_loss, rel=1e-6)
 
 
 def test_a_diverging_loss_fails_loudly(prepared):
@@ -332,10 +336,130 @@ def test_feed_plan_keeps_processes_in_step_over_unequal_shards(tmp_path):
         plan_feed(counts, 256, 0, 5)
 
 
-def test_epoch_functions_dispatch_on_the_objective():
-    assert epoch_functions("rating") == (train_epoch, validation_loss)
+def test_for_name_builds_the_objective_model_objective_names():
+    assert isinstance(for_name("rating"), RatingObjective)
+    ranking = for_name("ranking", ranking=RankingSettings(loss="bpr", confidence="weight"))
+    assert isinstance(ranking, RankingObjective) and ranking.settings.loss == "bpr"
+    assert ranking.feed_fields == ("user_idx", "item_idx", "rating", "weight")
     with pytest.raises(ValueError, match=r"model.objective"):
-        epoch_functions("clicks")
+        for_name("clicks")
+
+
+def test_one_fit_trains_both_objectives_and_names_their_figures(prepared):
+    """The rating and the ranking objective run through the same loop; each reports its own."""
+    settings = quick(epochs=2)
+    _, rating = run(prepared, settings, objective=for_name("rating"))
+    ranking_spec = {**SPEC, "y_range": None}
+    objective = for_name("ranking", ranking=RankingSettings(negatives=20, validation_items=50))
+    _, ranking = run(prepared, settings, ranking_spec, objective=objective)
+    for record in rating.history:
+        assert record.validation_auc is None
+        assert record.validation_rmse == pytest.approx(math.sqrt(record.validation_loss))
+        assert record.validation_mae is not None
+    for record in ranking.history:
+        assert record.validation_rmse is None and record.validation_mae is None
+        assert 0.0 <= record.validation_auc <= 1.0
+        assert record.rows == 9600  # every train row read, each epoch
+    # Early stopping keeps the epoch of the objective's own lowest validation loss.
+    losses = [r.validation_loss for r in ranking.history]
+    assert losses[ranking.best_epoch - 1] == min(losses)
+
+
+def test_no_objective_runs_a_loop_of_its_own():
+    """Objectives compute losses; only recspark.train.loop steps an optimizer or runs backward."""
+    import ast
+
+    import recspark.train.objectives as objectives
+
+    folder = Path(objectives.__file__).parent
+    modules = sorted(folder.glob("*.py"))
+    assert {m.name for m in modules} >= {"base.py", "rating.py", "ranking.py"}
+    for module in modules:
+        tree = ast.parse(module.read_text())
+        calls = {
+            node.func.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        }
+        assert not calls & {"backward", "step", "zero_grad"}, module.name
+        names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        assert not names & {"train_epoch", "fit", "validation_loss"}, module.name
+
+
+def test_validation_figures_pool_over_processes_as_means_over_rows():
+    shards = [
+        ValidationFigures(rows=3, loss=1.0, mse=1.0, mae=0.5),
+        ValidationFigures(rows=1, loss=5.0, mse=5.0, mae=1.5),
+    ]
+    sums = [sum(parts) for parts in zip(*(f.sums() for f in shards), strict=True)]
+    pooled = shards[0].pooled(sums)
+    assert (pooled.rows, pooled.loss, pooled.mae, pooled.auc) == (4, 2.0, 0.75, None)
+    assert pooled.rmse == pytest.approx(math.sqrt(2.0))
+    assert pooled.describe() == "rmse 1.4142, mae 0.7500"
+    ranking = ValidationFigures(rows=2, loss=3.0, auc=0.75)
+    assert ranking.rmse is None and ranking.describe() == "auc 0.7500"
+
+
+def legacy_layout(entry: dict) -> dict:
+    """A history entry as metrics.json and checkpoints held it before figures had own names."""
+    entry = dict(entry)
+    auc = entry.pop("validation_auc")
+    if auc is not None:
+        entry["validation_rmse"] = math.sqrt(entry["validation_loss"])
+        entry["validation_mae"] = 1.0 - auc
+    return entry
+
+
+def test_records_are_published_by_their_own_names_and_old_layouts_still_read():
+    common = {"epoch": 1, "train_loss": 1.0, "rows": 10, "seconds": 1.0,
+              "rows_per_second": 10.0, "lr": 0.1}
+    rating = EpochRecord(**common, validation_loss=0.25, validation_rmse=0.5,
+                         validation_mae=0.4, validation_auc=None)
+    ranking = EpochRecord(**common, validation_loss=4.0, validation_rmse=None,
+                          validation_mae=None, validation_auc=0.75)
+    published = {"epoch", "train_loss", "validation_loss", "validation_rmse", "validation_mae",
+                 "validation_auc", "rows", "seconds", "rows_per_second", "lr"}
+    assert set(rating.published()) == set(ranking.published()) == published
+    assert rating.published()["validation_rmse"] == 0.5
+    assert rating.published()["validation_auc"] is None
+    # A ranking model's figures are never passed off as an RMSE or an MAE.
+    assert ranking.published()["validation_rmse"] is None
+    assert ranking.published()["validation_mae"] is None
+    assert ranking.published()["validation_auc"] == 0.75
+    # Checkpoints hold either layout; the old one is read back by the objective.
+    assert EpochRecord.from_saved(ranking.published(), "ranking") == ranking
+    assert EpochRecord.from_saved(legacy_layout(ranking.published()), "ranking") == ranking
+    assert EpochRecord.from_saved(legacy_layout(rating.published()), "rating") == rating
+
+
+def test_a_checkpoint_of_the_earlier_layout_still_resumes(prepared, tmp_path):
+    settings = quick(epochs=3)
+    whole, whole_result = run(prepared, settings)
+    checkpoints = str(tmp_path / "checkpoints")
+
+    def stop_after_epoch_1(record, model):
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(prepared, settings, checkpoint_dir=checkpoints, fingerprint="f",
+            on_epoch=stop_after_epoch_1)
+    saved = load_checkpoint(checkpoints, "f")
+    saved.history = [legacy_layout(EpochRecord(**entry).published()) for entry in saved.history]
+    assert "validation_auc" not in saved.history[0]
+    save_checkpoint(checkpoints, saved)
+    resumed, resumed_result = run(
+        prepared, settings, checkpoint_dir=checkpoints, resume=True, fingerprint="f"
+    )
+    assert resumed_result.resumed_from_epoch == 1
+    first = resumed_result.history[0]
+    assert first.validation_auc is None
+    assert first.validation_rmse == whole_result.history[0].validation_rmse
+    assert [r.validation_loss for r in resumed_result.history] == [
+        r.validation_loss for r in whole_result.history
+    ]
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
 
 
 def test_warm_start_carries_known_rows_and_leaves_new_ones_fresh():

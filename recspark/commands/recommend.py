@@ -27,225 +27,42 @@ a table on stderr.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from recspark.core.config import Config
-from recspark.core.constants import ITEM_ID, ITEM_IDX, MODEL_VERSION, USER_ID, USER_IDX
+from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError, ConfigError, MissingInputError
-from recspark.core.storage import Layout, latest_date, read_json, staged, write_json
-from recspark.data.prepared import rated
+from recspark.core.storage import Layout, latest_date
+from recspark.data.prepared import rated, read_manifest
 from recspark.data.titles import read_titles
-from recspark.evaluate.explore import item_pca, pca_plot, pca_summary
-from recspark.model.saving import load_published_model
-from recspark.serve.foldin import RankingFoldIn, fold_in, parse_ratings, score_user
-from recspark.serve.kernel import top_k
+from recspark.evaluate.explore import write_exploration
+from recspark.model.published import check_id_maps, load_published_model
+from recspark.serve.foldin import fold_in, parse_ratings, score_user
+from recspark.serve.recommend import (
+    best_items,
+    fold_in_regularization,
+    format_table,
+    item_ids_by_index,
+    item_rating_counts,
+    listing,
+    lookup_items,
+    lookup_user,
+    ranking_settings,
+    to_raw_id,
+)
 from recspark.serve.similar import (
-    RANK,
-    SIMILAR_ITEM_IDX,
-    SIMILARITY,
     most_similar,
     read_item_factors,
-    similar_items_table,
+    write_similar_table,
 )
 
 log = logging.getLogger(__name__)
-
-SIMILAR_ITEM_ID = "similar_item_id"
-# Ridge weight of a fold-in when the model was trained without an embedding penalty.
-FALLBACK_REGULARIZATION = 0.01
-
-
-def item_ids_by_index(item_index: pd.DataFrame, n_items: int) -> np.ndarray:
-    """Raw item id of every model item index, as an array of length ``n_items``."""
-    if item_index[ITEM_IDX].max() >= n_items or item_index[ITEM_IDX].min() < 0:
-        raise BadInputError(
-            f"the item index has indices outside the model's {n_items} items: the model and the "
-            "prepared run disagree; re-run train on this prepared run"
-        )
-    ordered = item_index.sort_values(ITEM_IDX)
-    if len(ordered) != n_items or not ordered[ITEM_IDX].is_unique:
-        raise BadInputError(
-            f"the item index has {len(ordered)} rows for a model of {n_items} items: re-run train "
-            "on this prepared run"
-        )
-    return ordered[ITEM_ID].to_numpy()
-
-
-def to_raw_id(text: str, kind: T.DataType, what: str) -> Any:
-    """A raw id given as text, in the type of the id column (``long`` ids need integer text)."""
-    text = str(text).strip()
-    if isinstance(kind, T.IntegralType):
-        try:
-            return int(text)
-        except ValueError:
-            raise BadInputError(f"{what} {text!r} is not an integer, and this model's ids are") from None
-    if isinstance(kind, T.StringType):
-        return text
-    raise BadInputError(f"{what}: ids of type {kind.simpleString()} are not supported here")
-
-
-def lookup_items(raw_ids: list, item_ids: np.ndarray) -> np.ndarray:
-    """Model indices of raw item ids; every unknown id is named in one error."""
-    position = {value.item() if hasattr(value, "item") else value: i for i, value in enumerate(item_ids)}
-    unknown = [raw for raw in raw_ids if raw not in position]
-    if unknown:
-        raise BadInputError(
-            f"item ids {unknown} are not in the model's item index ({len(item_ids)} items): check "
-            "the ids (raw ids of the ratings input, e.g. u.data's item column)"
-        )
-    return np.array([position[raw] for raw in raw_ids], dtype=np.int64)
-
-
-def lookup_user(user_index: DataFrame, raw_id: Any) -> int:
-    """The index of one raw user id (a filter in Spark; one row comes back)."""
-    rows = user_index.where(F.col(USER_ID) == F.lit(raw_id)).select(USER_IDX).limit(2).collect()
-    if not rows:
-        raise BadInputError(
-            f"user {raw_id!r} is not in the model's user index: check recommend.user, or give the "
-            "user's ratings as recommend.ratings to fold them in"
-        )
-    return int(rows[0][USER_IDX])
-
-
-def item_rating_counts(train: DataFrame, n_items: int) -> np.ndarray:
-    """Training ratings per item index (an item-sized aggregate)."""
-    counts = train.groupBy(ITEM_IDX).count().toPandas()
-    out = np.zeros(n_items, dtype=np.int64)
-    out[counts[ITEM_IDX].to_numpy(dtype=np.int64)] = counts["count"].to_numpy()
-    return out
-
-
-def fold_in_regularization(setting: float | None, model_metrics: dict) -> float:
-    """``recommend.regularization``, else the ``train.weight_decay`` the model was trained with."""
-    if setting is not None:
-        return float(setting)
-    trained = float((model_metrics.get("train") or {}).get("weight_decay") or 0.0)
-    return trained if trained > 0 else FALLBACK_REGULARIZATION
-
-
-def ranking_settings(
-    config: Config, model_metrics: dict, meta: dict, train: DataFrame, n_items: int
-) -> RankingFoldIn | None:
-    """How the model was ranked in training (None for a rating model).
-
-    The settings recorded with the model win; a model that did not record them is assumed to
-    have been trained with this config's ``ranking.*``.
-    """
-    if meta.get("objective", "rating") != "ranking":
-        return None
-    recorded = model_metrics.get("ranking") or config.ranking.model_dump()
-    settings = RankingFoldIn(
-        loss=recorded.get("loss", "softmax"),
-        positive_threshold=float(recorded.get("positive_threshold", 0.0)),
-        sampling_alpha=float(recorded.get("sampling_alpha", 0.0)),
-        confidence=recorded.get("confidence", "none"),
-        confidence_alpha=float(recorded.get("confidence_alpha", 1.0)),
-    )
-    if settings.loss == "bpr" and settings.sampling_alpha > 0:
-        from recspark.train.objectives.ranking import item_popularity
-
-        counts = item_popularity(train, n_items, settings.positive_threshold)
-        settings = dataclasses.replace(settings, item_counts=counts)
-    return settings
-
-
-def best_items(scores: np.ndarray, excluded: np.ndarray, top_n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-N (indices, scores) of one row of scores, ``excluded`` items masked, ties to lower index."""
-    masked = torch.as_tensor(np.asarray(scores, dtype=np.float32)).clone()
-    masked[torch.as_tensor(excluded)] = -torch.inf
-    index, value, valid = top_k(masked[None, :], top_n)
-    keep = valid[0].numpy()
-    return index[0].numpy()[keep], value[0].numpy()[keep]
-
-
-def listing(index: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, labels: dict[int, str]) -> list[dict]:
-    """The summary's ``recommendations``: ``{item_id, score, title}``, in the given order."""
-    out = []
-    for item, score in zip(index, scores, strict=True):
-        raw = item_ids[int(item)]
-        out.append(
-            {
-                "item_id": raw.item() if hasattr(raw, "item") else raw,
-                "score": round(float(score), 6),
-                "title": labels.get(int(item)),
-            }
-        )
-    return out
-
-
-def format_table(rows: list[dict], heading: str, score_name: str = "score") -> str:
-    """A fixed-width table of :func:`listing` rows for people (stderr)."""
-    lines = [heading, f"{'rank':>4}  {'item_id':>10}  {score_name:>10}  title"]
-    for rank, row in enumerate(rows, start=1):
-        lines.append(f"{rank:>4}  {row['item_id']!s:>10}  {row['score']:>10.4f}  {row['title'] or ''}")
-    if not rows:
-        lines.append("  (no eligible items)")
-    return "\n".join(lines)
-
-
-def write_similar_table(
-    spark: SparkSession,
-    layout: Layout,
-    run_date,
-    item_factors_path: str,
-    factors: np.ndarray,
-    eligible: np.ndarray,
-    item_index: DataFrame,
-    top_n: int,
-    model_version: str,
-) -> tuple[str, int]:
-    """Publish ``similar_items/run_date=D`` whole; return (partition path, rows written)."""
-    items = spark.read.parquet(item_factors_path).select(ITEM_IDX)
-    neighbours = similar_items_table(spark, items, factors, top_n, eligible)
-    ids = F.broadcast(item_index.select(ITEM_IDX, ITEM_ID))
-    similar_ids = F.broadcast(
-        item_index.select(F.col(ITEM_IDX).alias(SIMILAR_ITEM_IDX), F.col(ITEM_ID).alias(SIMILAR_ITEM_ID))
-    )
-    table = (
-        neighbours.join(ids, ITEM_IDX)
-        .join(similar_ids, SIMILAR_ITEM_IDX)
-        .select(
-            ITEM_ID,
-            SIMILAR_ITEM_ID,
-            F.col(RANK).cast("int").alias(RANK),
-            F.col(SIMILARITY).cast("float").alias(SIMILARITY),
-            F.lit(model_version).alias(MODEL_VERSION),
-        )
-    )
-    final = layout.root / "similar_items" / f"run_date={run_date}"
-    with staged(layout, final, f"similar-items-{run_date}") as staging:
-        table.write.mode("overwrite").parquet(str(staging))
-        rows = spark.read.parquet(str(staging)).count()
-    log.info("published %d similar-item rows to %s", rows, final)
-    return str(final), rows
-
-
-def write_exploration(
-    layout: Layout,
-    run_date,
-    factors: np.ndarray,
-    eligible: np.ndarray,
-    labels: dict[int, str],
-    item_ids: np.ndarray,
-) -> tuple[dict[str, str], dict]:
-    """Publish ``exploration/D`` (``item_pca.png``, ``item_pca.json``); return (paths, summary)."""
-    pca = item_pca(factors, np.flatnonzero(eligible), components=3)
-    summary = pca_summary(pca, labels, item_ids)
-    final = layout.root / "exploration" / str(run_date)
-    with staged(layout, final, f"exploration-{run_date}") as staging:
-        pca_plot(pca, labels, staging / "item_pca.png")
-        write_json(staging / "item_pca.json", summary)
-    return {"pca_plot": str(final / "item_pca.png"), "pca_summary": str(final / "item_pca.json")}, summary
 
 
 def run(config: Config, spark: SparkSession) -> dict[str, Any]:
@@ -264,9 +81,10 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         raise MissingInputError(
             f"no trained model on or before {config.run_date} under {layout.root}: run `recspark train`"
         )
-    folder, model, _spec, meta, model_version = load_published_model(layout, model_date)
-    model_metrics = read_json(folder / "metrics.json")
-    prepared = layout.prepared(meta["index_date"])
+    model, published = load_published_model(layout, model_date)
+    check_id_maps(layout, published)  # before any Spark task
+    folder, model_version = published.folder, published.model_version
+    prepared = layout.prepared(published.meta.index_date)
     item_index_frame = spark.read.parquet(str(prepared / "item_index"))
     item_ids = item_ids_by_index(item_index_frame.select(ITEM_ID, ITEM_IDX).toPandas(), model.n_items)
     item_id_type = item_index_frame.schema[ITEM_ID].dataType
@@ -296,13 +114,15 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     if given is not None:
         raw_ids = [to_raw_id(item, item_id_type, "recommend.ratings item") for item, _ in given]
         values = np.array([rating for _, rating in given], dtype=np.float64)
-        low, high = read_json(prepared / "manifest.json")["rating_range"]
+        low, high = read_manifest(layout, published.meta.index_date).rating_range
         outside = [f"{item}={rating:g}" for item, rating in given if not low <= rating <= high]
         if outside:
             raise BadInputError(f"recommend.ratings {outside} are outside the rating range [{low:g}, {high:g}]")
         rated_idx = lookup_items(raw_ids, item_ids)
-        regularization = fold_in_regularization(settings.regularization, model_metrics)
-        ranking = ranking_settings(config, model_metrics, meta, train, model.n_items)
+        regularization = fold_in_regularization(settings.regularization, published.metrics)
+        ranking = ranking_settings(
+            config, published.metrics, published.meta.objective, train, model.n_items
+        )
         user = fold_in(model, rated_idx, values, regularization, ranking)
         excluded = ~eligible
         excluded[rated_idx] = True
@@ -312,7 +132,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             mode="new_user",
             rated_items=len(given),
             regularization=regularization,
-            objective=meta.get("objective", "rating"),
+            objective=published.meta.objective,
             fold_in_rmse=user.rmse,
             fold_in_rank_share=user.rank_share,
             fold_in_iterations=user.iterations,

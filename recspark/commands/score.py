@@ -24,7 +24,7 @@ from pyspark.sql import SparkSession
 
 from recspark.core.config import Config
 from recspark.core.storage import Layout, clean_leftovers, parquet_rows, staged
-from recspark.model.saving import load_published_model
+from recspark.model.published import check_id_maps, load_published_model
 from recspark.serve.kernel import UserTable
 from recspark.serve.scoring import (
     ScoreCounters,
@@ -35,23 +35,27 @@ from recspark.serve.scoring import (
 
 log = logging.getLogger(__name__)
 
+
 def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     layout = Layout(config.paths.root)
-    folder, model, spec, meta, model_version = load_published_model(layout, config.run_date)
-    prepared = layout.prepared(meta["index_date"])
+    model, published = load_published_model(layout, config.run_date)
+    check_id_maps(layout, published)  # before any Spark task
+    prepared = layout.prepared(published.meta.index_date)
     final = layout.recommendations_partition(config.run_date)
     name = f"recommendations-{config.run_date}"
     for path in clean_leftovers(layout, final, name):
         log.info("removed %s, left by an earlier run that did not finish", path)
     counters = ScoreCounters.create(spark)
-    user_table = model_users(spark, model, folder, prepared, config.score.broadcast_users_mb)
+    user_table = model_users(
+        spark, model, published.folder, prepared, config.score.broadcast_users_mb
+    )
     table = recommendation_table(
         spark,
         user_table,
         prepared,
         config.score.exclude_seen,
-        item_side_payload(model, spec, meta),
-        model_version,
+        item_side_payload(model, published.spec.as_dict(), published.meta.as_dict()),
+        published.model_version,
         config.score.top_n,
         config.score.users_per_block,
         config.train.device,
@@ -71,9 +75,9 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     log.info("published %d rows for %d users to %s", rows, users, final)
     return {
         "outputs": {"recommendations": str(layout.recommendations), "partition": str(final)},
-        "counts": {"users": users, "rows": rows, "model_users": spec["n_users"]},
+        "counts": {"users": users, "rows": rows, "model_users": published.spec.n_users},
         "metrics": {
-            "model_version": model_version,
+            "model_version": published.model_version,
             "top_n": config.score.top_n,
             # How the tasks got the users' vectors: "broadcast" (no shuffle) or "joined".
             "user_factors": "broadcast" if isinstance(user_table, UserTable) else "joined",

@@ -10,15 +10,44 @@ values down; no transform receives the whole config.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recspark.core.choices import (
+    Confidence,
+    InputFormat,
+    ModelKind,
+    Optimizer,
+    RankingLoss,
+    ScheduleName,
+    SideInfoFormat,
+)
 from recspark.core.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+REPO = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO / "conf"
+DEFAULT_CONFIG = CONF_DIR / "default.yaml"
+
+#: Keys that hold a path. In a config file a relative local path is resolved against the file's
+#: folder, so a config means the same from any working directory; ``--set`` values are resolved
+#: against the working directory, as a shell user expects. URIs (``s3a://``, ``hdfs://``,
+#: ``file://``...) are left as they are. ``*`` stands for every key of a mapping.
+PATH_KEYS = (
+    ("paths", "root"),
+    ("input", "path"),
+    ("input", "validation_path"),
+    ("model", "side_info", "path"),
+    ("recommend", "titles_path"),
+    ("benchmark", "movielens_path"),
+    ("benchmark", "ranking_config"),
+    ("benchmark", "model_configs", "*"),
+)
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def default_config_path() -> Path:
@@ -56,17 +85,18 @@ class ColumnsConfig(_Section):
 
 class InputConfig(_Section):
     path: str | None = None
-    format: Literal[
-        "auto", "movielens-100k", "movielens-1m", "csv", "tsv", "parquet", "synthetic"
-    ] = "synthetic"
+    format: Literal["auto"] | InputFormat = "synthetic"
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     validation_path: str | None = None
     rating_min: float = 1.0
     rating_max: float = 5.0
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     implicit: bool = False
-    # auto: integers when every id of a text column is one (always for MovieLens), else strings.
+    # auto: integers when most ids of a text column are (always for MovieLens), else strings.
     id_type: Literal["auto", "integer", "string"] = "auto"
+    max_id_length: int = Field(256, gt=0)  # longer raw ids are quarantined
+    # CSV/TSV: auto (a first line naming a column or holding no number is a header), true, false.
+    header: Literal["auto"] | bool = "auto"
 
     @model_validator(mode="after")
     def _range_ordered(self) -> InputConfig:
@@ -89,14 +119,14 @@ class PrepareConfig(_Section):
 class SideInfoConfig(_Section):
     """``model.side_info``: user and item features read from a MovieLens folder."""
 
-    format: Literal["movielens-100k", "movielens-1m"] = "movielens-100k"
+    format: SideInfoFormat = "movielens-100k"
     path: str  # the folder holding u.user/u.item (100K) or users.dat/movies.dat (1M)
     users: bool = True  # age band, gender, occupation
     items: bool = True  # genres
 
 
 class ModelConfig(_Section):
-    kind: Literal["dot", "dot_bias", "mlp"] = "dot_bias"
+    kind: ModelKind = "dot_bias"
     objective: Literal["rating", "ranking"] = "rating"
     factors: int = Field(32, gt=0)
     user_factors: int | None = Field(None, gt=0)
@@ -136,25 +166,25 @@ class ModelConfig(_Section):
 class RankingConfig(_Section):
     """``model.objective: ranking``: which rows are positives, the loss, negative sampling."""
 
-    loss: Literal["softmax", "bpr"] = "softmax"
+    loss: RankingLoss = "softmax"
     # Per positive (bpr) or per batch, shared by its rows (softmax); >= items: whole catalogue.
     negatives: int = Field(100, gt=0)
     sampling_alpha: float = Field(0.0, ge=0.0)  # negatives drawn as (count + 1)^alpha; 0: uniform
     positive_threshold: float = Field(0.0, ge=0.0)  # rating at or above it is a positive
-    confidence: Literal["none", "weight", "rating"] = "none"  # per-row weight 1 + alpha * value
+    confidence: Confidence = "none"  # per-row weight 1 + alpha * value
     confidence_alpha: float = Field(1.0, ge=0.0)
     validation_items: int = Field(1000, gt=0)  # items each validation positive is ranked against
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=0)
+    epochs: int = Field(10, ge=1)  # an untrained model is never published
     batch_size: int = Field(4096, gt=0)
     lr: float = Field(0.01, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)  # L2 penalty on the embedding rows a batch uses
     optimizer_weight_decay: float = Field(0.0, ge=0.0)  # the optimizer's decay (adamw: decoupled)
-    optimizer: Literal["sgd", "adam", "adamw", "sparse_adam", "sparse_sgd"] = "adam"
+    optimizer: Optimizer = "adam"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    schedule: Literal["one_cycle", "cosine", "constant"] = "one_cycle"
+    schedule: ScheduleName = "one_cycle"
     restart_epochs: int = Field(1, ge=1)  # cosine: length of the first cycle, in epochs
     restart_mult: int = Field(1, ge=1)  # cosine: each next cycle this many times longer
     patience: int = Field(3, ge=0)
@@ -166,6 +196,8 @@ class TrainConfig(_Section):
     reader_workers: int = Field(1, ge=1)  # >1 reads faster but in no fixed order
     cpu_threads: int | None = Field(None, ge=1)  # torch threads per process; None: torch's choice
     shuffle_buffer: int = Field(100_000, ge=0)
+    # Publish a model that did not beat its own starting point or the global-mean baseline.
+    allow_worse: bool = False
 
 
 class ScoreConfig(_Section):
@@ -202,12 +234,12 @@ class BenchmarkConfig(_Section):
     synthetic_sizes: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000])
     ratings_per_user: int = Field(100, gt=0)  # synthetic shape: users = size / ratings_per_user
     ratings_per_item: int = Field(500, gt=0)  # items = size / ratings_per_item
-    movielens_path: str = "../shared/data/ml-100k"
+    movielens_path: str = str(REPO.parent / "shared" / "data" / "ml-100k")
     # data set -> YAML whose model/train sections the `recspark` contender uses there
     model_configs: dict[str, str] = Field(
         default_factory=lambda: {
-            "ml100k-u1": "conf/movielens-100k-dot-bias.yaml",
-            "ml100k-ranking": "conf/movielens-100k-dot-bias.yaml",
+            "ml100k-u1": str(CONF_DIR / "movielens-100k-dot-bias.yaml"),
+            "ml100k-ranking": str(CONF_DIR / "movielens-100k-dot-bias.yaml"),
         }
     )
     contenders: list[str] = Field(default_factory=lambda: ["recspark", "als"])
@@ -215,7 +247,7 @@ class BenchmarkConfig(_Section):
     ranking_contenders: list[str] = Field(
         default_factory=lambda: ["recspark", "recspark-ranking", "als", "als-implicit"]
     )
-    ranking_config: str = "conf/movielens-100k-ranking.yaml"  # recspark-ranking's model/train
+    ranking_config: str = str(CONF_DIR / "movielens-100k-ranking.yaml")  # recspark-ranking's
     als_implicit_rank: int = Field(64, gt=0)
     als_implicit_reg_param: float = Field(0.1, gt=0.0)
     als_implicit_alpha: float = Field(5.0, gt=0.0)
@@ -313,15 +345,58 @@ class Config(_Section):
     nightly: NightlyConfig = Field(default_factory=NightlyConfig)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without implicit timestamps: ``2026-02-30`` stays text for the config to judge.
+
+    PyYAML would build a ``date`` itself and raise a bare ``ValueError`` on an impossible one;
+    as text, pydantic parses it and the error names the key (``run_date``).
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
+
+
+def resolve_local(path: str, base: Path) -> str:
+    """``path`` made absolute against ``base`` when it is a relative local path; else as given."""
+    if not isinstance(path, str) or not path or _URI.match(path):
+        return path
+    expanded = os.path.expanduser(path)
+    if os.path.isabs(expanded):
+        return expanded
+    return os.path.normpath(os.path.join(base, expanded))
+
+
+def _resolve_paths(node: Any, keys: tuple[str, ...], base: Path) -> None:
+    """Resolve the path at ``keys`` inside the nested mapping ``node`` against ``base``."""
+    if not isinstance(node, dict) or not keys:
+        return
+    head, rest = keys[0], keys[1:]
+    names = list(node) if head == "*" else [head]
+    for name in names:
+        if name not in node:
+            continue
+        if rest:
+            _resolve_paths(node[name], rest, base)
+        elif isinstance(node[name], str):
+            node[name] = resolve_local(node[name], base)
 
 
 def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
@@ -339,7 +414,7 @@ def _format_errors(error: ValidationError) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key (check its spelling against INTERFACE.md)")
+            lines.append(f"{key}: unknown key (check its spelling against docs/INTERFACE.md)")
         else:
             lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return "invalid config: " + "; ".join(lines)
@@ -351,9 +426,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Parameters
     ----------
     path
-        YAML file; ``conf/default.yaml`` when None.
+        YAML file; ``conf/default.yaml`` when None. Relative local paths in it (the keys of
+        :data:`PATH_KEYS`) are resolved against its folder.
     overrides
-        ``dotted.key=value`` strings; values are parsed as YAML scalars or lists.
+        ``dotted.key=value`` strings; values are parsed as YAML scalars or lists. Their relative
+        paths stay relative to the working directory.
 
     Raises
     ------
@@ -365,11 +442,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not config_path.is_file():
         raise ConfigError(f"config file {config_path} not found: pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(config_path.read_text()) or {}
+        data = _parse_yaml(config_path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {config_path} must hold a mapping of sections")
+    for keys in PATH_KEYS:
+        _resolve_paths(data, keys, config_path.resolve().parent)
     for item in overrides or []:
         key_path, value = _parse_override(item)
         _apply_override(data, key_path, value)

@@ -28,3 +28,8 @@ class QualityGateError(RecsparkError):
 
 class LockHeldError(RecsparkError):
     """Another nightly run holds the lock on this ``paths.root``: wait for it, or check it died."""
+
+
+class TrainingRejectedError(RecsparkError):
+    """A training run that did not learn (no better than where it started, or than predicting the
+    mean rating): its model was not published, and the date's previous model stays."""

@@ -3,7 +3,8 @@
 ``prepare`` publishes ``prepared/<run_date>/``: the splits (``train/``, ``validation/``,
 ``cold_start/``), the id maps (``user_index/``, ``item_index/``), the quarantine, ``rated/`` (one row
 per user of the id map with every item it rated, sorted: what ``score`` excludes and its list of
-users) and ``manifest.json``. This module names them and reads them in one place.
+users) and ``manifest.json``. This module names them and reads them in one place; the manifest is
+:class:`PreparedRun`, written by :func:`write_manifest` and read by :func:`read_manifest`.
 """
 
 from __future__ import annotations
@@ -14,28 +15,116 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark.core.constants import ITEM_IDX, ITEMS, USER_ID, USER_IDX
-from recspark.core.errors import MissingInputError
-from recspark.core.storage import Layout, parquet_rows, read_json
+from recspark.core.errors import BadInputError, MissingInputError
+from recspark.core.storage import Layout, parquet_rows, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 RATED_SPLITS = ("train", "validation", "cold_start")
 RATED = "rated"  # prepare's (user_idx, items) table: every item of RATED_SPLITS per user
+MANIFEST = "manifest.json"
 
 
-def read_manifest(layout: Layout, run_date) -> dict[str, Any]:
-    """The prepared run's ``manifest.json``; a clear error when prepare has not run."""
-    path = layout.prepared(run_date) / "manifest.json"
+class _Read(BaseModel):
+    # Read back from disk: keys of other versions are ignored, keys this one lacks default.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class PreparedInput(_Read):
+    """Where the ratings came from and how they were read."""
+
+    path: str | None = None
+    format: str | None = None
+    validation_path: str | None = None  # split.method: given
+    fingerprint: str | None = None  # :func:`recspark.data.sources.fingerprint` of the input files
+    implicit: bool = False
+    columns: dict[str, str | None] = Field(default_factory=dict)  # input.columns
+    has_timestamp: bool | None = None
+    has_weight: bool | None = None
+    id_types: dict[str, str] = Field(default_factory=dict)  # Spark type of user_id and item_id
+    max_bad_fraction: float | None = None
+
+
+class RatingStats(_Read):
+    """Rating min, max and mean of the train split."""
+
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+
+
+class TableFacts(_Read):
+    rows: int
+
+
+class PreparedRun(_Read):
+    """A prepared run's ``manifest.json``: what ``prepare`` hands ``train`` and the later stages.
+
+    Table sizes (``users``, ``items``) are the id maps' and size the model's tables.
+    """
+
+    run_date: str
+    users: int = Field(ge=0)
+    items: int = Field(ge=0)
+    rating_range: tuple[float, float]  # the scale the model's predictions are bounded to
+    input: PreparedInput = Field(default_factory=PreparedInput)
+    split: dict[str, Any] = Field(default_factory=dict)  # split.* as prepare ran it
+    previous_index_date: str | None = None  # the run whose id maps these extend
+    # prepare's summary counts (users, items, new_users, input_rows, the splits, quarantined,
+    # quarantined_by_reason, and aggregated_events for implicit input).
+    counts: dict[str, int | dict[str, int]] = Field(default_factory=dict)
+    rating: RatingStats = Field(default_factory=RatingStats)
+    columns: list[str] = Field(default_factory=list)  # the split tables' columns
+    tables: dict[str, TableFacts] = Field(default_factory=dict)
+    row_group_mb: int | None = None
+
+
+def write_manifest(folder: Path, manifest: PreparedRun) -> Path:
+    """Write ``manifest.json`` into a prepared run's (staging) ``folder``; return its path.
+
+    Only the fields that were given are written, so the file holds what ``prepare`` said.
+    """
+    path = folder / MANIFEST
+    write_json(path, manifest.model_dump(mode="json", exclude_unset=True))
+    return path
+
+
+def read_manifest(layout: Layout, run_date) -> PreparedRun:
+    """The prepared run's ``manifest.json``; a clear error when prepare has not run.
+
+    Raises
+    ------
+    MissingInputError
+        When ``run_date`` was not prepared under ``layout``.
+    BadInputError
+        When its manifest is not one ``prepare`` wrote.
+    """
+    path = layout.prepared(run_date) / MANIFEST
     if not path.exists():
         raise MissingInputError(
             f"no prepared data for run_date {run_date} under {layout.root}: run `recspark prepare` "
             "with the same paths.root and run_date first"
         )
-    return read_json(path)
+    try:
+        return PreparedRun.model_validate(read_json(path))
+    except (ValidationError, ValueError) as error:
+        detail = (
+            "; ".join(
+                f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+                for problem in error.errors()[:3]
+            )
+            if isinstance(error, ValidationError)
+            else str(error)
+        )
+        raise BadInputError(
+            f"{path} is not a prepared run's manifest ({detail}): re-run `recspark prepare` for "
+            f"{run_date}"
+        ) from None
 
 
 def rated_lists(pairs: DataFrame) -> DataFrame:

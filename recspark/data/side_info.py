@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from recspark.core.choices import SIDE_INFO_FORMATS
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-SIDE_INFO_FORMATS = ("movielens-100k", "movielens-1m")
 
 # MovieLens 1M's age codes are the lower bounds of these bands; 100K's exact ages fall into them.
 AGE_BANDS = (1, 18, 25, 35, 45, 50, 56)

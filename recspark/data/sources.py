@@ -9,6 +9,12 @@ otherwise says why the row is unusable. :func:`mark_duplicates` (explicit rating
 :func:`mark_repeated_events` (implicit interactions) then deal with rows that repeat a (user, item)
 pair, and :func:`split_valid` separates good rows from the quarantine.
 
+Ids are checked before their type is decided: an id that is not valid UTF-8, longer than
+``max_id_length`` or blank (any whitespace) is quarantined with its own reason and has no say in
+whether the column holds integers. The type is then decided from the good rows by
+:func:`infer_id_types` (integers when most ids are), so one odd id cannot turn a table of integer
+ids into text; :func:`cast_ids` quarantines the ids that do not fit the decided type.
+
 Text formats are read as lines and split here rather than by Spark's CSV reader, so that a short or
 malformed line is kept and quarantined with its reason instead of being dropped or nulled silently.
 Every cast is a ``try_cast``: Spark 4 runs with ANSI SQL on, where a plain cast of ``"abc"`` to a
@@ -18,21 +24,24 @@ number fails the whole job instead of flagging one row.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from recspark.core.choices import INPUT_FORMATS
 from recspark.core.constants import ITEM_ID, RATING, REASON, TIMESTAMP, USER_ID, WEIGHT
 from recspark.core.errors import BadInputError, MissingInputError
 from recspark.core.storage import local_path
 
-FORMATS = ("movielens-100k", "movielens-1m", "csv", "tsv", "parquet", "synthetic")
+FORMATS = INPUT_FORMATS
 DELIMITERS = {"movielens-100k": "\t", "tsv": "\t", "movielens-1m": "::", "csv": ","}
 # MovieLens files have no header and exactly these fields: user, item, rating, timestamp.
 FIXED_FIELD_COUNT = {"movielens-100k": 4, "movielens-1m": 4}
@@ -45,15 +54,31 @@ COLUMN_ALIASES = {
     USER_ID: ("userId", "user", "userID"),
     ITEM_ID: ("movieId", "itemId", "item", "movie_id", "itemID"),
 }
-_INTEGER = r"^[+-]?[0-9]{1,18}$"
+_INTEGER = r"^[+-]?[0-9]+$"  # the form of an integer id, whatever its size
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity)",
+                     re.IGNORECASE)
+# Spark's trim strips spaces only: a tab or a no-break space around an id would survive it.
+_WHITESPACE = r"(?U)^\s+|\s+$"
 _BOM = "\ufeff"
+# What a text line's invalid UTF-8 bytes read as once Spark decodes the line.
+_REPLACEMENT = "\ufffd"
+MAX_ID_LENGTH = 256  # input.max_id_length
 
 # Reasons a row is quarantined, in the order they are checked; a row gets the first that applies.
 WRONG_FIELD_COUNT = "wrong_field_count"
-MISSING_USER = "missing_user"
+MISSING_USER = "missing_user"  # null, or empty after trimming any whitespace
 MISSING_ITEM = "missing_item"
-NON_NUMERIC_USER = "non_numeric_user"
+NON_UTF8_USER = "non_utf8_user"  # the id's bytes are not valid UTF-8
+NON_UTF8_ITEM = "non_utf8_item"
+USER_TOO_LONG = "user_too_long"  # longer than max_id_length characters
+ITEM_TOO_LONG = "item_too_long"
+# A quoted id holding the delimiter ("106,106") in a column of integer ids: fields run together.
+QUOTED_DELIMITER_USER = "quoted_delimiter_user"
+QUOTED_DELIMITER_ITEM = "quoted_delimiter_item"
+NON_NUMERIC_USER = "non_numeric_user"  # not an integer in a column of integer ids
 NON_NUMERIC_ITEM = "non_numeric_item"
+USER_OUT_OF_RANGE = "user_out_of_range"  # an integer id below 0 or above a long's largest
+ITEM_OUT_OF_RANGE = "item_out_of_range"
 MISSING_RATING = "missing_rating"
 NON_NUMERIC_RATING = "non_numeric_rating"
 RATING_OUT_OF_RANGE = "rating_out_of_range"
@@ -68,8 +93,16 @@ REASONS = (
     WRONG_FIELD_COUNT,
     MISSING_USER,
     MISSING_ITEM,
+    NON_UTF8_USER,
+    NON_UTF8_ITEM,
+    USER_TOO_LONG,
+    ITEM_TOO_LONG,
+    QUOTED_DELIMITER_USER,
+    QUOTED_DELIMITER_ITEM,
     NON_NUMERIC_USER,
     NON_NUMERIC_ITEM,
+    USER_OUT_OF_RANGE,
+    ITEM_OUT_OF_RANGE,
     MISSING_RATING,
     NON_NUMERIC_RATING,
     RATING_OUT_OF_RANGE,
@@ -110,17 +143,26 @@ def _is_parquet(file: Path) -> bool:
         return handle.read(4) == b"PAR1"
 
 
-def first_line(path: str) -> str | None:
-    """The first non-blank line of the first data file, without a byte-order mark."""
+def head_lines(path: str, count: int) -> list[str]:
+    """The first ``count`` non-blank lines of the first data file, without a byte-order mark."""
     files = data_files(_existing(path))
+    lines: list[str] = []
     if not files:
-        return None
+        return lines
     with open(files[0], encoding="utf-8", errors="replace") as handle:
         for line in handle:
             line = line.lstrip(_BOM).rstrip("\r\n")
             if line.strip():
-                return line
-    return None
+                lines.append(line)
+                if len(lines) == count:
+                    break
+    return lines
+
+
+def first_line(path: str) -> str | None:
+    """The first non-blank line of the first data file, without a byte-order mark."""
+    lines = head_lines(path, 1)
+    return lines[0] if lines else None
 
 
 def detect_format(path: str) -> str:
@@ -143,7 +185,9 @@ def detect_format(path: str) -> str:
         raise BadInputError(f"input {path} holds no data files")
     if any(f.suffix == ".parquet" for f in files) or _is_parquet(files[0]):
         return "parquet"
-    line = first_line(path) or ""
+    line = first_line(path)
+    if line is None:
+        raise BadInputError(f"input {path} is empty")
     if "::" in line:
         return "movielens-1m"
     if "\t" in line:
@@ -159,26 +203,28 @@ def detect_format(path: str) -> str:
 
 
 def fingerprint(paths: Iterable[str | None]) -> str:
-    """A short digest of the inputs' file names, sizes and modification times.
+    """A short digest of the inputs' file names, sizes and modification times (not their bytes).
 
-    Cheap at any size (no file is read), and it changes whenever a file is replaced or edited.
+    Cheap at any size (no file is read), and it changes whenever a file is replaced, edited or
+    touched. Spark's ``_*`` and hidden ``.*`` files under a folder are left out; a path that does
+    not exist counts as missing, None is skipped. ``prepare`` keeps it in the manifest, and
+    ``nightly`` in its history records to tell a date already published from the same files.
     """
     digest = hashlib.sha256()
-    for path in paths:
-        if not path:
+    for text in paths:
+        if not text:
             continue
-        target = local_path(path)
-        for file in data_files(target) if target.exists() else []:
-            stat = file.stat()
-            name = file.relative_to(target.parent)
-            digest.update(f"{name}|{stat.st_size}|{int(stat.st_mtime)}\n".encode())
+        base = local_path(text)
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in files:
+            relative = path.relative_to(base.parent)
+            if any(part.startswith((".", "_")) for part in relative.parts[1:]):
+                continue
+            stat = path.stat()
+            digest.update(f"{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        if not files:
+            digest.update(f"{text}|missing\n".encode())
     return digest.hexdigest()[:16]
-
-
-def input_size_bytes(path: str) -> int:
-    """Total size of the data files under ``path`` (0 when it does not exist)."""
-    target = local_path(path)
-    return sum(os.path.getsize(f) for f in data_files(target)) if target.exists() else 0
 
 
 def _unquote(text: str) -> str:
@@ -236,19 +282,123 @@ def resolve_columns(available: list[str], wanted: dict[str, str], where: str) ->
             found[standard] = match
     if missing:
         raise BadInputError(
-            f"{where} lacks column(s) {missing} (it has {available}): map them with "
-            "input.columns.user/item/rating/timestamp/weight"
+            f"{where} lacks column(s) {missing}: expected {list(wanted.values())}, found "
+            f"{available}. Map them with input.columns.user/item/rating/timestamp/weight"
         )
     return found
 
 
-def _looks_like_header(fields: list[str], wanted: dict[str, str]) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a field reads as a number (``NaN`` and ``inf`` included), quotes and spaces aside."""
+    return _NUMBER.fullmatch(_unquote(text)) is not None
+
+
+def looks_like_header(fields: list[str], wanted: dict[str, str]) -> bool:
+    """Whether a first line is a header (``input.header: auto``).
+
+    It is when one of its fields names a configured column (or an alias of a default name), or
+    when none of its fields is a number: a line of ratings holds at least its rating or timestamp.
+    A header of other names is then still a header, and reading it fails naming them, rather than
+    being read as a row and its columns taken by position.
+    """
     names = set()
     for standard, name in wanted.items():
         names.add(name)
         if name == standard:
             names.update(COLUMN_ALIASES.get(standard, ()))
-    return any(field in names for field in fields)
+    return any(field in names for field in fields) or not any(is_number(f) for f in fields)
+
+
+# The format a first line's delimiter points to when the configured one is absent from it.
+_OTHER_DELIMITERS = (("::", "movielens-1m"), ("\t", "tsv"), (",", "csv"))
+_HEAD_LINES = 20  # lines looked at for the delimiter
+
+
+def check_delimiter(lines: list[str], fmt: str, where: str) -> None:
+    """Fail when none of a text input's first lines has its format's delimiter and the first
+    holds another format's.
+
+    A TSV file read as ``csv`` would otherwise be one field per line, and the error would be about
+    the field count rather than the format. Several lines are looked at so that one malformed
+    first line is quarantined like any other rather than failing the job.
+
+    Raises
+    ------
+    BadInputError
+        Naming the ``input.format`` the first line points to.
+    """
+    delimiter = DELIMITERS[fmt]
+    if not lines or any(delimiter in line for line in lines):
+        return
+    for other, suggestion in _OTHER_DELIMITERS:
+        if other in lines[0]:
+            raise BadInputError(
+                f"{where} is read as {fmt} (fields split on {delimiter!r}) but its first line "
+                f"holds {other!r} and no {delimiter!r}: set input.format: {suggestion} (or auto)"
+            )
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    """How the lines of a text input are split, and which field holds which column."""
+
+    delimiter: str
+    header: str | None  # the header line as the files hold it; None for a file without one
+    positions: dict[str, int]  # standard name -> field position, for the columns the input has
+    field_count: int
+
+
+def text_layout(
+    path: str, fmt: str, wanted: dict[str, str], header: bool | None = None
+) -> TextLayout:
+    """Decide from a text input's first line (read here, without Spark) how its lines are read.
+
+    Parameters
+    ----------
+    path
+        A file or folder of a text format (MovieLens, CSV, TSV).
+    fmt
+        Its format, not ``auto``.
+    wanted
+        Standard name -> configured input name (:func:`wanted_columns`).
+    header
+        ``input.header``: True, the first line names the columns; False, there is no header and
+        fields are read by position (user, item, rating or weight, timestamp); None (``auto``),
+        :func:`looks_like_header` decides. Only CSV and TSV files have a header.
+
+    Raises
+    ------
+    BadInputError
+        When the input holds no line, its first line holds another format's delimiter, a header
+        lacks a configured column (naming the expected and the found names), or a file without a
+        header has too few fields.
+    """
+    delimiter = DELIMITERS[fmt]
+    head = head_lines(path, _HEAD_LINES)
+    if not head:
+        raise BadInputError(f"input {path} is empty")
+    first = head[0]
+    check_delimiter(head, fmt, str(path))
+    if header and fmt not in HEADER_FORMATS:
+        raise BadInputError(
+            f"input.header is true but {fmt} files have no header: set input.format to csv or tsv"
+        )
+    fields = split_header(first, delimiter)
+    has_header = looks_like_header(fields, wanted) if header is None else header
+    if fmt in HEADER_FORMATS and has_header:
+        try:
+            columns = resolve_columns(fields, wanted, f"the header of {path}")
+        except BadInputError as error:
+            raise BadInputError(
+                f"{error}, or set input.header: false if the first line is a row, not a header"
+            ) from None
+        positions = {standard: fields.index(name) for standard, name in columns.items()}
+        return TextLayout(delimiter, first, positions, len(fields))
+    # Without a header the usual field count of the first lines is every line's: one malformed
+    # first line is then quarantined like any other instead of deciding how the rest are read.
+    usual = Counter(len(split_header(line, delimiter)) for line in head).most_common(1)[0][0]
+    field_count = FIXED_FIELD_COUNT.get(fmt, usual)
+    return TextLayout(delimiter, None, _positional(wanted, field_count, str(path)), field_count)
 
 
 def _positional(wanted: dict[str, str], field_count: int, where: str) -> dict[str, int]:
@@ -267,12 +417,17 @@ def _positional(wanted: dict[str, str], field_count: int, where: str) -> dict[st
     return positions
 
 
+def _strip(value: Column) -> Column:
+    """``value`` without leading and trailing whitespace of any kind (tabs, no-break spaces)."""
+    return F.regexp_replace(value, _WHITESPACE, "")
+
+
 def _clean_field(value: Column) -> Column:
     """Trim a text field and undo CSV quoting: a doubled quote inside quotes is one quote."""
-    value = F.trim(value)
+    value = _strip(value)
     quoted = value.startswith('"') & value.endswith('"') & (F.length(value) >= 2)
     inner = F.regexp_replace(F.regexp_extract(value, '^"(.*)"$', 1), '""', '"')
-    return F.when(quoted, F.trim(inner)).otherwise(value)
+    return F.when(quoted, _strip(inner)).otherwise(value)
 
 
 def _split_line(line: Column, delimiter: str) -> Column:
@@ -286,37 +441,26 @@ def _split_line(line: Column, delimiter: str) -> Column:
 
 
 def _read_text(
-    spark: SparkSession, path: str, fmt: str, wanted: dict[str, str]
+    spark: SparkSession, path: str, fmt: str, wanted: dict[str, str], header: bool | None = None
 ) -> DataFrame:
     """Lines split on the format's delimiter; a line with the wrong number of fields says so."""
-    delimiter = DELIMITERS[fmt]
-    first = first_line(path)
-    if first is None:
-        raise BadInputError(f"input {path} is empty")
-    fields = split_header(first, delimiter)
-    header = fmt in HEADER_FORMATS and _looks_like_header(fields, wanted)
-    if header:
-        columns = resolve_columns(fields, wanted, f"the header of {path}")
-        positions = {standard: fields.index(name) for standard, name in columns.items()}
-        field_count = len(fields)
-    else:
-        field_count = FIXED_FIELD_COUNT.get(fmt, len(fields))
-        positions = _positional(wanted, field_count, str(path))
+    layout = text_layout(path, fmt, wanted, header)
+    field_count = layout.field_count
     text = spark.read.text(str(local_path(path)))
     lines = text.select(F.regexp_replace("value", "^" + _BOM, "").alias(RAW_LINE))
     # Blank lines (a trailing newline, a gap between files) hold no row.
     lines = lines.where(F.trim(F.col(RAW_LINE)) != "")
-    if header:
+    if layout.header is not None:
         # Every file of a folder starts with the same header line.
-        lines = lines.where(F.col(RAW_LINE) != first)
-    parts = _split_line(F.col(RAW_LINE), delimiter)
+        lines = lines.where(F.col(RAW_LINE) != layout.header)
+    parts = _split_line(F.col(RAW_LINE), layout.delimiter)
     size = F.size(parts)
     # Empty trailing fields (``1,2,3.5,1112486027,,``) are allowed: real ratings.csv has them.
     extra_empty = F.forall(F.slice(parts, field_count + 1, 1 << 20), lambda x: F.trim(x) == "")
     count_ok = (size == field_count) | ((size > field_count) & extra_empty)
     selected = [
         F.when(count_ok, _clean_field(F.try_element_at(parts, F.lit(position + 1)))).alias(name)
-        for name, position in positions.items()
+        for name, position in layout.positions.items()
     ]
     reason = F.when(~count_ok, F.lit(WRONG_FIELD_COUNT)).otherwise(F.lit(None).cast("string"))
     return lines.select(F.col(RAW_LINE), *selected, reason.alias(REASON))
@@ -350,6 +494,62 @@ def wanted_columns(
     return {standard: name for standard, name in wanted.items() if name}
 
 
+def _parquet_names(path: str, files: list[Path]) -> list[str]:
+    """The columns of a Parquet input from its first file's footer, plus ``key=value`` folders."""
+    base = local_path(path)
+    relative = files[0].relative_to(base).parts[:-1] if base.is_dir() else ()
+    partitions = [part.split("=", 1)[0] for part in relative if "=" in part]
+    return list(pq.read_schema(files[0]).names) + partitions
+
+
+def inspect_input(
+    path: str,
+    input_format: str = "auto",
+    wanted: dict[str, str] | None = None,
+    header: bool | None = None,
+) -> tuple[str, list[str]]:
+    """Check what an input's first file tells without Spark; return its format and columns.
+
+    The checks :func:`read_raw` makes before any row is read, runnable before the JVM starts:
+    the path exists and holds data, the format is known (and matches the bytes), the header or
+    Parquet schema has the configured columns, a text file's first line has the format's
+    delimiter.
+
+    Parameters
+    ----------
+    wanted
+        Standard name -> configured input name (:func:`wanted_columns`); the defaults when None.
+
+    Returns
+    -------
+    tuple
+        The format (``auto`` resolved) and the standard names of the columns the input has.
+
+    Raises
+    ------
+    MissingInputError
+        When ``path`` does not exist.
+    BadInputError
+        For an unknown format, no data, Parquet expected but not found, or any problem of
+        :func:`text_layout` and :func:`resolve_columns`.
+    """
+    if wanted is None:
+        wanted = wanted_columns(USER_ID, ITEM_ID, RATING, TIMESTAMP, None)
+    target = _existing(path)
+    fmt = detect_format(path) if input_format == "auto" else input_format
+    if fmt not in FORMATS:
+        raise BadInputError(f"unknown input format {fmt!r}: use auto or one of {list(FORMATS)}")
+    if fmt not in {"parquet", "synthetic"}:
+        return fmt, list(text_layout(path, fmt, wanted, header).positions)
+    files = data_files(target)
+    if not files or not _is_parquet(files[0]):
+        raise BadInputError(
+            f"input {path} is not Parquet but input.format is {fmt}: set input.format to "
+            "auto or to the file's format"
+        )
+    return fmt, list(resolve_columns(_parquet_names(path, files), wanted, str(path)))
+
+
 def read_raw(
     spark: SparkSession,
     path: str,
@@ -359,6 +559,7 @@ def read_raw(
     rating_col: str | None = RATING,
     timestamp_col: str | None = TIMESTAMP,
     weight_col: str | None = None,
+    header: bool | None = None,
 ) -> DataFrame:
     """Read an input into standard column names, values as read, plus ``raw_line`` and ``reason``.
 
@@ -373,6 +574,9 @@ def read_raw(
         None for implicit feedback). CSV and TSV files may have a header naming the columns; a
         file without one is read by position: user, item, rating (or weight), timestamp. A
         headerless file with three fields has no timestamp.
+    header
+        ``input.header`` for CSV and TSV: True, False, or None to decide from the first line
+        (see :func:`text_layout`).
 
     Returns
     -------
@@ -381,26 +585,32 @@ def read_raw(
         has (strings for text formats, the input's types for Parquet), and ``reason``
         (``wrong_field_count`` or null).
     """
-    _existing(path)
-    fmt = detect_format(path) if input_format == "auto" else input_format
-    if fmt not in FORMATS:
-        raise BadInputError(f"unknown input format {fmt!r}: use auto or one of {list(FORMATS)}")
     wanted = wanted_columns(user_col, item_col, rating_col, timestamp_col, weight_col)
+    fmt, _ = inspect_input(path, input_format, wanted, header)
     if fmt in {"parquet", "synthetic"}:
-        files = data_files(local_path(path))
-        if not files or not _is_parquet(files[0]):
-            raise BadInputError(
-                f"input {path} is not Parquet but input.format is {fmt}: set input.format to "
-                "auto or to the file's format"
-            )
         return _read_parquet(spark, path, wanted)
-    return _read_text(spark, path, fmt, wanted)
+    return _read_text(spark, path, fmt, wanted, header)
 
 
 def _blank(column: Column, data_type: T.DataType) -> Column:
     if isinstance(data_type, T.StringType):
-        return column.isNull() | (F.trim(column) == "")
+        return column.isNull() | (_strip(column) == "")
     return column.isNull()
+
+
+def _id_checks(
+    column: Column, data_type: T.DataType, max_id_length: int, reasons: tuple[str, str, str]
+) -> list[tuple[Column, str]]:
+    """The checks of an id that do not depend on its type: blank, not UTF-8, too long."""
+    missing, non_utf8, too_long = reasons
+    checks = [(_blank(column, data_type), missing)]
+    if isinstance(data_type, T.StringType):
+        # Spark decodes a text line's invalid bytes to U+FFFD; a Parquet string keeps its bytes.
+        checks += [
+            (~F.is_valid_utf8(column) | column.contains(_REPLACEMENT), non_utf8),
+            (F.length(column) > max_id_length, too_long),
+        ]
+    return checks
 
 
 def _number(column: Column, data_type: T.DataType) -> Column:
@@ -421,7 +631,12 @@ def _epoch_seconds(column: Column, data_type: T.DataType) -> Column:
     return F.coalesce(as_number, as_date)
 
 
-def check_rows(raw: DataFrame, rating_min: float = 1.0, rating_max: float = 5.0) -> DataFrame:
+def check_rows(
+    raw: DataFrame,
+    rating_min: float = 1.0,
+    rating_max: float = 5.0,
+    max_id_length: int = MAX_ID_LENGTH,
+) -> DataFrame:
     """Check each row of :func:`read_raw`'s output and cast good values to standard types.
 
     Parameters
@@ -430,6 +645,8 @@ def check_rows(raw: DataFrame, rating_min: float = 1.0, rating_max: float = 5.0)
         :func:`read_raw`'s output.
     rating_min, rating_max
         The valid rating range, inclusive (``input.rating_min``/``rating_max``).
+    max_id_length
+        Longer text ids are quarantined (``input.max_id_length``).
 
     Returns
     -------
@@ -443,10 +660,16 @@ def check_rows(raw: DataFrame, rating_min: float = 1.0, rating_max: float = 5.0)
     schema = {field.name: field.dataType for field in raw.schema.fields}
     checks: list[tuple[Column, str]] = []
     user, item = F.col(USER_ID), F.col(ITEM_ID)
-    checks += [
-        (_blank(user, schema[USER_ID]), MISSING_USER),
-        (_blank(item, schema[ITEM_ID]), MISSING_ITEM),
-    ]
+    if isinstance(schema[USER_ID], T.StringType):
+        user = _strip(user)
+    if isinstance(schema[ITEM_ID], T.StringType):
+        item = _strip(item)
+    checks += _id_checks(
+        user, schema[USER_ID], max_id_length, (MISSING_USER, NON_UTF8_USER, USER_TOO_LONG)
+    )
+    checks += _id_checks(
+        item, schema[ITEM_ID], max_id_length, (MISSING_ITEM, NON_UTF8_ITEM, ITEM_TOO_LONG)
+    )
     rating = F.lit(1.0).cast(T.FloatType())
     if RATING in schema:
         value = _number(F.col(RATING), schema[RATING])
@@ -473,14 +696,13 @@ def check_rows(raw: DataFrame, rating_min: float = 1.0, rating_max: float = 5.0)
             ((weight <= 0) | (weight == float("inf")), WEIGHT_OUT_OF_RANGE),
         ]
         extra.append(weight.cast(T.FloatType()).alias(WEIGHT))
+    checks.sort(key=lambda check: REASONS.index(check[1]))
     reason = F.lit(None).cast("string")
     for condition, name in reversed(checks):
         reason = F.when(condition, F.lit(name)).otherwise(reason)
-    reason = F.coalesce(F.col(REASON), reason)
-    if isinstance(schema[USER_ID], T.StringType):
-        user = F.trim(user)
-    if isinstance(schema[ITEM_ID], T.StringType):
-        item = F.trim(item)
+    # A column of its own before it is used below, so that the checks run once per row.
+    raw = raw.withColumn(REASON, F.coalesce(F.col(REASON), reason))
+    reason = F.col(REASON)
     # Parquet rows have no text line: keep their values as JSON when they are quarantined.
     present = [c for c in STANDARD_COLUMNS if c in schema]
     raw_line = F.coalesce(
@@ -504,10 +726,13 @@ def check_rows(raw: DataFrame, rating_min: float = 1.0, rating_max: float = 5.0)
 def infer_id_types(
     frame: DataFrame, columns: tuple[str, ...] = (USER_ID, ITEM_ID)
 ) -> dict[str, T.DataType]:
-    """The type each id column should have: ``long`` for a text column of integers only.
+    """The type each id column should have: ``long`` for a text column whose ids are mostly
+    integers, else the column's own type.
 
-    One small aggregate over the good rows; a text column with any non-integer id stays a string,
-    so string ids are never mistaken for bad rows.
+    One small aggregate over the good rows of :func:`check_rows` (an id that is blank, not UTF-8
+    or too long has no say). Most, not all: one stray id (``106,106``, ``x7``) in a column of
+    integers does not turn it into text; :func:`cast_ids` quarantines it instead. A column of
+    text ids with a few that look like numbers (``42`` among names) stays text.
     """
     types = {column: frame.schema[column].dataType for column in columns}
     strings = [c for c in columns if isinstance(types[c], T.StringType)]
@@ -515,47 +740,113 @@ def infer_id_types(
         good = frame.where(F.col(REASON).isNull())
         counts = good.agg(
             F.count(F.lit(1)).alias("_rows"),
-            *[F.sum((~F.col(c).rlike(_INTEGER)).cast("long")).alias(c) for c in strings],
+            *[F.sum(F.col(c).rlike(_INTEGER).cast("long")).alias(c) for c in strings],
         ).first()
         for column in strings:
-            if counts["_rows"] and not counts[column]:
+            if counts["_rows"] and 2 * (counts[column] or 0) > counts["_rows"]:
                 types[column] = T.LongType()
     return types
 
 
-def cast_ids(frame: DataFrame, types: dict[str, T.DataType]) -> DataFrame:
-    """Cast id columns to ``types``; a text id that is not an integer where one is required is
-    quarantined as ``non_numeric_user``/``non_numeric_item``.
+_ID_REASON = "_id_reason"
+# Per id column: the reasons of an id that does not fit an integer type, in REASONS order.
+_CAST_REASONS = {
+    USER_ID: (QUOTED_DELIMITER_USER, NON_NUMERIC_USER, USER_OUT_OF_RANGE),
+    ITEM_ID: (QUOTED_DELIMITER_ITEM, NON_NUMERIC_ITEM, ITEM_OUT_OF_RANGE),
+}
+
+
+def _integer_id(
+    value: Column, source: T.DataType, target: T.DataType, delimiters: tuple[str, ...],
+    reasons: tuple[str, str, str],
+) -> tuple[Column, list[tuple[Column, str]]]:
+    """``value`` cast to the integral ``target``, and the checks that quarantine what does not fit.
+
+    Integer ids run from 0 to a long's largest: a negative id or one too large for a long is
+    out of range (never wrapped or merged with another).
+    """
+    quoted_delimiter, non_numeric, out_of_range = reasons
+    cast = value.try_cast(target) if source != target else value
+    checks: list[tuple[Column, str]] = []
+    if isinstance(source, T.StringType):
+        integer = value.rlike(_INTEGER)
+        if delimiters:
+            # A field can hold its delimiter only inside quotes: fields that ran together.
+            holds = F.lit(False)
+            for delimiter in delimiters:
+                holds = holds | value.contains(delimiter)
+            checks.append((~integer & holds, quoted_delimiter))
+        checks.append((~integer, non_numeric))
+        checks.append((integer & cast.isNull(), out_of_range))
+    elif isinstance(source, T.FractionalType):
+        finite = ~F.isnan(value) & (F.abs(value) != float("inf"))
+        whole = finite & (value % 1 == 0)
+        checks.append((~whole, non_numeric))
+        checks.append((whole & cast.isNull(), out_of_range))
+    elif not isinstance(source, T.IntegralType):
+        checks.append((value.isNotNull() & cast.isNull(), non_numeric))
+    checks.append((cast < 0, out_of_range))
+    return cast, checks
+
+
+def cast_ids(
+    frame: DataFrame, types: dict[str, T.DataType], delimiters: tuple[str, ...] = ()
+) -> DataFrame:
+    """Cast id columns to ``types``, quarantining the ids that do not fit an integer type.
+
+    An id of an integer column is ``quoted_delimiter_*`` when it is text holding one of
+    ``delimiters`` (only quotes let a field hold its delimiter), else ``non_numeric_*`` when it
+    is not an integer, and ``*_out_of_range`` when it is below 0 or too large for a long. A row
+    already quarantined for a reason that comes earlier in :data:`REASONS` keeps it; one
+    quarantined for a later reason (a bad rating, say) gets the id's.
 
     Parameters
     ----------
     types
         ``{"user_id": LongType(), ...}`` from :func:`infer_id_types`, from ``input.id_type``, or
         from the previous run's id maps (so that ids keep their type from run to run).
+    delimiters
+        The delimiters of the text formats read (``,`` for CSV); none for Parquet.
     """
-    reasons = {USER_ID: NON_NUMERIC_USER, ITEM_ID: NON_NUMERIC_ITEM}
-    reason = F.col(REASON)
-    casts = {}
+    checks: list[tuple[Column, str]] = []
+    casts, integers = {}, {}
     for column, target in types.items():
         source = frame.schema[column].dataType
-        if source == target:
-            continue
         value = F.col(column)
-        if isinstance(source, T.StringType) and isinstance(target, T.IntegralType):
-            ok = value.rlike(_INTEGER)
-            reason = F.when(reason.isNull() & ~ok, F.lit(reasons[column])).otherwise(reason)
+        if isinstance(target, T.IntegralType):
+            cast, column_checks = _integer_id(
+                value, source, target, delimiters, _CAST_REASONS[column]
+            )
+            checks += column_checks
+            if source != target:
+                integers[column] = cast
+        elif source != target:
             casts[column] = value.try_cast(target)
-        elif isinstance(source, T.FractionalType) and isinstance(target, T.IntegralType):
-            ok = value == F.floor(value)
-            reason = F.when(reason.isNull() & ~ok, F.lit(reasons[column])).otherwise(reason)
-            casts[column] = value.try_cast(target)
-        else:
-            casts[column] = value.try_cast(target)
-    if not casts:
-        return frame
-    # The reason is computed from the columns before they are cast.
-    frame = frame.withColumn(REASON, reason)
-    return frame.withColumns(casts)
+    if checks:
+        checks.sort(key=lambda check: REASONS.index(check[1]))
+        id_reason = F.lit(None).cast("string")
+        for condition, name in reversed(checks):
+            id_reason = F.when(condition, F.lit(name)).otherwise(id_reason)
+        # A column of its own, so that the checks are computed once per row, not once per use.
+        frame = frame.withColumn(_ID_REASON, id_reason)
+        found = F.col(_ID_REASON)
+        for column, cast in integers.items():
+            # An id that does not fit is null, not truncated (2.5 is not user 2).
+            casts[column] = F.when(found.isNull() | ~found.isin(*_CAST_REASONS[column]), cast)
+        current = F.col(REASON)
+        order = F.array(*[F.lit(reason) for reason in REASONS])
+        earlier = F.array_position(order, found) < F.array_position(order, current)
+        reason = F.when(found.isNotNull() & (current.isNull() | earlier), found).otherwise(current)
+        # A Parquet row quarantined here keeps its values as read, before the cast.
+        present = [c for c in STANDARD_COLUMNS if c in frame.columns]
+        raw_line = F.coalesce(
+            F.col(RAW_LINE), F.when(reason.isNotNull(), F.to_json(F.struct(*present)))
+        )
+        frame = frame.withColumns({RAW_LINE: raw_line, REASON: reason})
+        # Values of rows quarantined here are null, as those of check_rows' bad rows are.
+        values = [c for c in (RATING, TIMESTAMP, WEIGHT) if c in frame.columns]
+        casts.update({c: F.when(F.col(REASON).isNull(), F.col(c)) for c in values})
+    return frame.withColumns(casts).drop(_ID_REASON) if casts else frame.drop(_ID_REASON)
 
 
 def mark_duplicates(frame: DataFrame) -> DataFrame:
@@ -656,4 +947,6 @@ def read_ratings(
     raw = read_raw(spark, path, input_format, user_col, item_col, rating_col, timestamp_col,
                    weight_col)
     checked = check_rows(raw, rating_min, rating_max)
-    return cast_ids(checked, infer_id_types(checked))
+    fmt = detect_format(path) if input_format == "auto" else input_format
+    delimiters = (DELIMITERS[fmt],) if fmt in DELIMITERS else ()
+    return cast_ids(checked, infer_id_types(checked), delimiters)

@@ -133,10 +133,3 @@ def read_titles(path: str) -> pd.DataFrame:
     if frame.empty:
         raise BadInputError(f"titles table {path} has no rows")
     return frame.drop_duplicates(ITEM_ID, keep="first").reset_index(drop=True)
-
-
-def title_lookup(titles: pd.DataFrame | None) -> dict:
-    """``{item_id: title}`` from :func:`read_titles` output; empty when there is no table."""
-    if titles is None:
-        return {}
-    return dict(zip(titles[ITEM_ID].tolist(), titles[TITLE].tolist(), strict=True))

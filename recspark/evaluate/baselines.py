@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recspark.core.constants import BIAS, FACTORS, ITEM_IDX, PREDICTION, RATING, USER_IDX
+from recspark.core.errors import BadInputError
 from recspark.model.embedding import build_model
 from recspark.model.saving import model_bytes
 
@@ -100,7 +101,7 @@ def mean_rating(train: DataFrame, rating_col: str = RATING) -> float:
     """The mean training rating."""
     value = train.agg(F.mean(rating_col)).first()[0]
     if value is None:
-        raise ValueError("the training split is empty: there is no mean rating")
+        raise BadInputError("the training split is empty: there is no mean rating")
     return float(value)
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from recspark.core.errors import BadInputError
 from recspark.core.plots import plt
+from recspark.core.storage import Layout, staged, write_json
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,13 @@ def item_pca(factors: np.ndarray, rows: np.ndarray | None = None, components: in
     factors = np.asarray(factors, dtype=np.float64)
     rows = np.arange(len(factors)) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(rows) < 3:
-        raise ValueError(f"PCA needs at least 3 items, got {len(rows)}: lower recommend.min_item_ratings")
+        raise BadInputError(f"PCA needs at least 3 items, got {len(rows)}: lower recommend.min_item_ratings")
     data = factors[rows]
     centred = data - data.mean(axis=0)
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
     variance = singular**2
     if variance.sum() <= 0:
-        raise ValueError("the item embeddings do not vary: train the model first")
+        raise BadInputError("the item embeddings do not vary: train the model first")
     share = variance / variance.sum()
     keep = min(components, int((singular > singular[0] * 1e-9).sum()))
     basis = vt[:keep]
@@ -198,3 +200,21 @@ def pca_summary(pca: ItemPCA, labels: dict[int, str], item_ids: np.ndarray, ends
 def _entry(item_idx: int, labels: dict[int, str], item_ids: np.ndarray) -> dict:
     raw = item_ids[int(item_idx)]
     return {"item_id": raw.item() if hasattr(raw, "item") else raw, "title": labels.get(int(item_idx))}
+
+
+def write_exploration(
+    layout: Layout,
+    run_date,
+    factors: np.ndarray,
+    eligible: np.ndarray,
+    labels: dict[int, str],
+    item_ids: np.ndarray,
+) -> tuple[dict[str, str], dict]:
+    """Publish ``exploration/D`` (``item_pca.png``, ``item_pca.json``); return (paths, summary)."""
+    pca = item_pca(factors, np.flatnonzero(eligible), components=3)
+    summary = pca_summary(pca, labels, item_ids)
+    final = layout.root / "exploration" / str(run_date)
+    with staged(layout, final, f"exploration-{run_date}") as staging:
+        pca_plot(pca, labels, staging / "item_pca.png")
+        write_json(staging / "item_pca.json", summary)
+    return {"pca_plot": str(final / "item_pca.png"), "pca_summary": str(final / "item_pca.json")}, summary

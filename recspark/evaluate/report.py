@@ -46,9 +46,9 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, objective: 
     loss_axis.set_ylabel("loss")
     loss_axis.set_title("Training curve")
     loss_axis.legend()
-    key, label = ("validation_mae", "validation AUC") if ranking else ("validation_rmse", "validation RMSE")
-    if all(key in r for r in history):
-        values = [1.0 - r[key] if ranking else r[key] for r in history]
+    label = "validation AUC" if ranking else "validation RMSE"
+    values = [_figure(record, ranking) for record in history]
+    if all(value is not None for value in values):
         rmse_axis.plot(epochs, values, marker="o", color="tab:green")
     rmse_axis.set_xlabel("epoch")
     rmse_axis.set_ylabel(label)
@@ -59,6 +59,20 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, objective: 
     figure.savefig(path)
     plt.close(figure)
     return True
+
+
+def _figure(record: dict[str, Any], ranking: bool) -> float | None:
+    """An epoch's AUC (ranking) or RMSE (rating) from ``metrics.json``'s history.
+
+    Histories written before the figures had their own names kept a ranking model's one minus
+    AUC under ``validation_mae``.
+    """
+    if not ranking:
+        return record.get("validation_rmse")
+    if record.get("validation_auc") is not None:
+        return record["validation_auc"]
+    legacy = record.get("validation_mae")
+    return None if legacy is None else 1.0 - legacy
 
 
 def _bars(axis, names: list[str], rows: dict[str, dict[str, Any]], metrics: tuple[str, ...]) -> None:

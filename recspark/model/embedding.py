@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from recspark.core.choices import MODEL_KINDS
+from recspark.core.errors import BadInputError
+
 
 def embedding_size(count: int) -> int:
     """fastai's rule of thumb for an embedding width: ``min(600, round(1.6 * count ** 0.56))``."""
@@ -48,7 +51,12 @@ def _zero_embedding(count: int, sparse: bool, width: int = 1) -> nn.Embedding:
     return table
 
 
-def _scale(raw: torch.Tensor, y_range: tuple[float, float] | None) -> torch.Tensor:
+def scale_to_range(raw: torch.Tensor, y_range: tuple[float, float] | None) -> torch.Tensor:
+    """``low + (high - low) * sigmoid(raw)`` for ``y_range = (low, high)``; ``raw`` itself for None.
+
+    The one definition of fastai's ``y_range`` squashing: training, scoring and every kernel that
+    finishes candidate scores use it, so a model scores the same wherever it runs.
+    """
     if y_range is None:
         return raw
     low, high = y_range
@@ -295,13 +303,13 @@ class DotBias(DotProduct):
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         raw = (self.user_factors(user_idx) * self.item_factors(item_idx)).sum(dim=1)
         raw = raw + self.user_bias(user_idx).squeeze(1) + self.item_bias(item_idx).squeeze(1)
-        return _scale(raw, self.y_range)
+        return scale_to_range(raw, self.y_range)
 
     def score_vectors(self, user_vectors, user_bias, item_idx):
         raw = user_vectors @ self.item_factors(item_idx).T + self.item_bias(item_idx).T
         if user_bias is not None:
             raw = raw + user_bias[:, None]
-        return _scale(raw, self.y_range)
+        return scale_to_range(raw, self.y_range)
 
 
 class EmbeddingNet(EmbeddingModel):
@@ -338,7 +346,7 @@ class EmbeddingNet(EmbeddingModel):
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         joined = torch.cat([self.user_factors(user_idx), self.item_factors(item_idx)], dim=1)
         raw = self.layers(self.embedding_dropout(joined)).squeeze(1)
-        return _scale(raw, self.y_range)
+        return scale_to_range(raw, self.y_range)
 
     def score_vectors(self, user_vectors, user_bias, item_idx):
         # The network runs once per (user, item) pair: users x items rows through every layer.
@@ -351,7 +359,7 @@ class EmbeddingNet(EmbeddingModel):
             ],
             dim=1,
         )
-        return _scale(self.layers(joined).squeeze(1), self.y_range).view(users, items)
+        return scale_to_range(self.layers(joined).squeeze(1), self.y_range).view(users, items)
 
 
 class _SideBySide:
@@ -454,7 +462,6 @@ class Ensemble(EmbeddingModel):
         return torch.stack(scores).mean(dim=0)
 
 
-MODEL_KINDS = ("dot", "dot_bias", "mlp")
 #: Kinds an ensemble may average: their scores are one matrix product per member.
 ENSEMBLE_KINDS = ("dot", "dot_bias")
 
@@ -503,7 +510,7 @@ def build_model(
         Above 1: an :class:`Ensemble` of that many models of ``kind`` (``dot`` or ``dot_bias``).
     """
     if n_users <= 0 or n_items <= 0:
-        raise ValueError(f"empty tables ({n_users} users, {n_items} items): prepare found no data")
+        raise BadInputError(f"empty tables ({n_users} users, {n_items} items): prepare found no data")
     if user_features < 0 or item_features < 0:
         raise ValueError("user_features and item_features count features: they cannot be negative")
     extra = {

@@ -1,9 +1,15 @@
 """Saving and loading trained models, their factors as Parquet tables, and warm starts.
 
-``model.pt`` holds the state dict, the model's constructor arguments, and which prepared run's id
-maps its rows refer to (``meta.index_date``); :func:`load_model` rebuilds the model from that
-alone. The factor tables (``user_idx``, ``bias``, ``factors``) are for downstream use and for
-scoring. :func:`carry_weights` starts a new model from an older one: because id maps are stable
+``model.pt`` holds the state dict, the model's constructor arguments (``spec``) and facts about it
+(``meta``: which prepared run's id maps its rows refer to, ``meta.index_date``, and its objective),
+as plain dicts; :func:`load_model` rebuilds the model from that alone. Saving goes through
+:func:`recspark.model.published.save_model`, which checks them against their typed form (what the
+later stages read of a published model); this module itself needs no pydantic, so the scoring kernel loads
+models on a machine with torch alone. A model file holds tensors and plain data only
+(:func:`plain_data`), and is read back with ``torch.load(weights_only=True)`` (:func:`load_plain`):
+a file that holds anything else (a pickled object whose ``__reduce__`` would run code) is refused
+before any of it runs. Checkpoints are written and read the same way. The factor tables (``user_idx``, ``bias``, ``factors``) are
+for downstream use and for scoring. :func:`carry_weights` starts a new model from an older one: because id maps are stable
 (a known id keeps its index, new ids are appended), row ``i`` of an old user or item table is row
 ``i`` of the new one.
 """
@@ -12,6 +18,8 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +30,8 @@ import pyarrow.parquet as pq
 import torch
 
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
-from recspark.core.errors import MissingInputError
-from recspark.core.storage import Layout, local_path, read_json
+from recspark.core.errors import BadInputError
+from recspark.core.storage import local_path
 from recspark.model.embedding import EmbeddingModel, build_model
 
 MODEL_FILE = "model.pt"
@@ -31,19 +39,101 @@ MODEL_FILE = "model.pt"
 log = logging.getLogger(__name__)
 
 
+#: What a model or checkpoint file may hold besides tensors, dicts, lists and tuples.
+PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def plain_data(value: Any, where: str = "value") -> Any:
+    """``value`` as a model or checkpoint file may hold it: tensors (moved to the CPU), dicts, lists,
+    tuples, str, int, float, bool and None; numpy scalars become Python numbers.
+
+    Such a file loads with ``torch.load(weights_only=True)``, which runs no code.
+
+    Raises
+    ------
+    TypeError
+        For anything else, naming where in ``value`` it is: convert it to plain data first.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.generic):  # before the scalars: np.float64 is a float subclass
+        value = value.item()
+    if value is None or type(value) in PLAIN_SCALARS:
+        return value
+    for kind in (bool, int, float, str):  # a subclass (an enum member) pickles as its class
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, dict):
+        keys = [plain_data(key, f"a key of {where}") for key in value]
+        if any(not isinstance(key, PLAIN_SCALARS) for key in keys):
+            raise TypeError(f"{where} has a key that is not plain data")
+        return {
+            plain_key: plain_data(item, f"{where}[{key!r}]")
+            for plain_key, (key, item) in zip(keys, value.items(), strict=True)
+        }
+    if isinstance(value, list | tuple):
+        items = [plain_data(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, not plain data "
+        "(tensors, dicts, lists, str, int, float, bool, None): convert it before saving"
+    )
+
+
+def load_plain(
+    source: bytes | str | Path, name: str, kind: str, advice: str, map_location: Any = "cpu"
+) -> Any:
+    """What ``torch.save`` wrote to ``source`` (bytes or a file), read with ``weights_only=True``.
+
+    Parameters
+    ----------
+    name
+        The file as the error message names it (its path).
+    kind, advice
+        What the file should be (``recspark model``) and what to do when it is not, for the
+        error message.
+
+    Raises
+    ------
+    BadInputError
+        When the file holds code or objects that are not plain data (nothing of it was run), or
+        is not a file ``torch.save`` wrote.
+    """
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        return torch.load(stream, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, EOFError) as error:
+        text = str(error)
+    # A pickle names a global (a function or class) to call or build: that is what weights_only
+    # refuses, and what a planted ``__reduce__`` needs.
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    if named:
+        raise BadInputError(
+            f"{name} is not a {kind}: it holds code/objects that are not plain data: refusing "
+            f"to load it (its pickle names {named.group(1)}); {advice}"
+        )
+    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    reason = next((line.strip() for line in after.splitlines() if line.strip()), None)
+    raise BadInputError(
+        f"{name} is not a {kind}: torch cannot read it as plain data "
+        f"({reason or (text.splitlines() or [''])[0][:200] or 'the file is empty'}); {advice}"
+    )
+
+
 def model_bytes(model: EmbeddingModel, spec: dict[str, Any], meta: dict[str, Any]) -> bytes:
-    """``model.pt``'s bytes: ``{"spec", "meta", "state_dict"}`` with CPU tensors."""
+    """``model.pt``'s bytes: ``{"spec", "meta", "state_dict"}`` with CPU tensors.
+
+    Raises
+    ------
+    TypeError
+        When ``spec`` or ``meta`` holds anything but plain data (:func:`plain_data`).
+    """
     buffer = io.BytesIO()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"spec": spec, "meta": meta, "state_dict": state}, buffer)
+    payload = {"spec": spec, "meta": meta, "state_dict": dict(model.state_dict())}
+    torch.save(plain_data(payload, "the model file"), buffer)
     return buffer.getvalue()
 
 
-def save_model(
-    path: str | Path, model: EmbeddingModel, spec: dict[str, Any], meta: dict[str, Any]
-) -> None:
-    """Write ``model.pt``; ``spec`` are :func:`build_model` arguments, ``meta`` free-form facts."""
-    Path(local_path(path)).write_bytes(model_bytes(model, spec, meta))
 
 
 #: Parameters above which :func:`model_from_bytes` builds the model on the meta device.
@@ -51,10 +141,28 @@ META_BUILD_PARAMETERS = 1 << 24
 
 
 def model_from_bytes(
-    data: bytes, device: str | torch.device = "cpu"
+    data: bytes, device: str | torch.device = "cpu", name: str = "this model file"
 ) -> tuple[EmbeddingModel, dict, dict]:
-    """(model in eval mode, spec, meta) from :func:`model_bytes` output."""
-    payload = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    """(model in eval mode, spec, meta) from :func:`model_bytes` output.
+
+    Raises
+    ------
+    BadInputError
+        When ``data`` is not a model file recspark wrote, in particular when it holds code or
+        objects that are not plain data: it is refused unread (``weights_only=True``).
+    """
+    advice = "re-run `recspark train` to write a new one, and find out what wrote this one"
+    payload = load_plain(data, name, "recspark model", advice, map_location=device)
+    if not (
+        isinstance(payload, dict)
+        and isinstance(payload.get("spec"), dict)
+        and isinstance(payload.get("meta"), dict)
+        and isinstance(payload.get("state_dict"), dict)
+        and all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
+    ):
+        raise BadInputError(
+            f"{name} is not a recspark model: it holds no spec, meta and state_dict; {advice}"
+        )
     # The state replaces every parameter, so a large model is built without memory or random
     # initialisation (the meta device). A small one is built on the CPU: initialising it costs
     # less than the meta device's first use in a process (~1.5 s of imports), which every scoring
@@ -76,7 +184,7 @@ def load_model(
     target = local_path(path)
     if target.is_dir():
         target = target / MODEL_FILE
-    return model_from_bytes(target.read_bytes(), device)
+    return model_from_bytes(target.read_bytes(), device, str(target))
 
 
 def _factor_table(
@@ -90,9 +198,9 @@ def _factor_table(
     columns = {index_name: pa.array(np.arange(len(matrix), dtype=np.int32))}
     if ids is not None:
         if len(ids) != len(matrix):
-            raise ValueError(
+            raise BadInputError(
                 f"{len(ids)} raw ids for a table of {len(matrix)} rows: the id map is not the "
-                "model's"
+                "model's; re-run `recspark train` on this prepared run"
             )
         columns[id_name] = ids
     columns.update({
@@ -145,14 +253,14 @@ def raw_ids(index_folder: str | Path, id_name: str, index_name: str, size: int) 
 
     Raises
     ------
-    ValueError
-        When the map's indices are not exactly ``0 .. size - 1``.
+    BadInputError
+        When the folder is not an id map, or its indices are not exactly ``0 .. size - 1``.
     """
     folder = local_path(index_folder)
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     names = set(pq.read_schema(files[0]).names) if files else set()
     if not {id_name, index_name} <= names:
-        raise ValueError(
+        raise BadInputError(
             f"{index_folder} is not an id map with {id_name} and {index_name}: re-run `recspark "
             "prepare` for this run date"
         )
@@ -160,8 +268,9 @@ def raw_ids(index_folder: str | Path, id_name: str, index_name: str, size: int) 
     order = pc.sort_indices(table.column(index_name))
     indices = table.column(index_name).take(order).to_numpy()
     if len(indices) != size or (size and (indices[0] != 0 or indices[-1] != size - 1)):
-        raise ValueError(
-            f"{index_folder} does not hold indices 0..{size - 1}: it is not this model's id map"
+        raise BadInputError(
+            f"{index_folder} does not hold indices 0..{size - 1}: it is not this model's id map; "
+            "re-run `recspark train` on this prepared run"
         )
     return table.column(id_name).take(order).combine_chunks()
 
@@ -229,15 +338,3 @@ def carry_weights(
         elif old.shape == new.shape:
             new.copy_(old.to(new.device))
     return carried
-
-
-def load_published_model(layout: Layout, run_date):
-    """``(folder, model, spec, meta, model_version)`` of the model published for ``run_date``."""
-    folder = layout.model(run_date)
-    if not (folder / "model.pt").exists():
-        raise MissingInputError(
-            f"no trained model for run_date {run_date} under {layout.root}: run `recspark train` first"
-        )
-    model, spec, meta = load_model(folder)
-    metrics = read_json(folder / "metrics.json")
-    return folder, model, spec, meta, metrics["model_version"]

@@ -16,21 +16,80 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
+
+from recspark.core.errors import BadInputError
 from recspark.core.storage import local_path
+from recspark.ops.gate import GateResult
 
 PUBLISHED = "published"
 REJECTED = "rejected"
 FAILED = "failed"
 STATUSES = (PUBLISHED, REJECTED, FAILED)
+# Keys a record holds only when they apply (a recovered or rolled-back run).
+_WHEN_SET = ("recovered", "recovered_by", "rejected_outputs")
+
+
+class HistoryRecord(BaseModel):
+    """One nightly run's record, as written to ``history/`` and read back.
+
+    Keys a record lacks (one written by an older version) read as their defaults; keys this version
+    does not know are kept.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str = Field(min_length=1)
+    run_date: str = Field(min_length=1)
+    status: Literal["published", "rejected", "failed"]
+    model_version: str | None = None
+    # The stages' numeric figures (train's, then evaluate's); booleans stay booleans.
+    metrics: dict[str, bool | int | float | None] = Field(default_factory=dict)
+    counts: dict[str, int | None] = Field(default_factory=dict)
+    gate: GateResult | None = None
+    warm_start: bool | None = None
+    warm_start_from: str | None = None
+    stage: str | None = None  # the stage the run had reached
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+    input_fingerprint: str | None = None
+    settings_digest: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    recovered: bool | None = None  # True: a later run found it committed and recorded it
+    recovered_by: str | None = None  # the run that recovered this one after it died
+    rejected_outputs: str | None = None  # where a rolled-back run's candidate outputs were kept
+
+    @model_serializer(mode="wrap")
+    def _applicable_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in _WHEN_SET:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 def history_folder(root: str | os.PathLike) -> Path:
     return local_path(root) / "history"
 
 
-def append_record(root: str | os.PathLike, record: dict[str, Any]) -> Path:
+def record_path(root: str | os.PathLike, record: HistoryRecord) -> Path:
+    """Where :func:`append_record` writes ``record``: one file per run."""
+    return history_folder(root) / f"{record.run_date}_{record.run_id}.json"
+
+
+def append_record(root: str | os.PathLike, record: HistoryRecord) -> Path:
     """Write one run's record as its own file and return its path.
 
     Parameters
@@ -38,27 +97,27 @@ def append_record(root: str | os.PathLike, record: dict[str, Any]) -> Path:
     root
         ``paths.root``.
     record
-        Must hold ``run_id``, ``run_date`` and ``status`` (one of :data:`STATUSES`).
+        The run's record.
     """
-    for key in ("run_id", "run_date", "status"):
-        if not record.get(key):
-            raise ValueError(f"a history record needs {key!r}")
-    if record["status"] not in STATUSES:
-        raise ValueError(f"history status must be one of {STATUSES}, got {record['status']!r}")
-    folder = history_folder(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{record['run_date']}_{record['run_id']}.json"
-    temporary = folder / f".{final.name}.tmp"
+    final = record_path(root, record)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.parent / f".{final.name}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        handle.write(json.dumps(record.model_dump(mode="json", fallback=str), sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.rename(temporary, final)
     return final
 
 
-def read_history(root: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every record, oldest run date first and, within a date, in order of ``finished_at``."""
+def read_history(root: str | os.PathLike) -> list[HistoryRecord]:
+    """Every record, oldest run date first and, within a date, in order of ``finished_at``.
+
+    Raises
+    ------
+    BadInputError
+        When a file of the folder is not a history record.
+    """
     folder = history_folder(root)
     if not folder.is_dir():
         return []
@@ -67,27 +126,34 @@ def read_history(root: str | os.PathLike) -> list[dict[str, Any]]:
         if path.name.startswith((".", "_")):
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                records.append(json.loads(line))
-    return sorted(records, key=lambda r: (str(r["run_date"]), str(r.get("finished_at") or "")))
+            if not line.strip():
+                continue
+            try:
+                records.append(HistoryRecord.model_validate_json(line))
+            except ValidationError as error:
+                raise BadInputError(
+                    f"{path} is not a nightly history record ({error.errors()[0]['msg']}): move it "
+                    f"out of {folder}, which holds only the records nightly writes"
+                ) from None
+    return sorted(records, key=lambda r: (r.run_date, r.finished_at or ""))
 
 
 def latest_record(
-    records: list[dict[str, Any]],
+    records: list[HistoryRecord],
     status: str | None = PUBLISHED,
     run_date: str | None = None,
     before: str | None = None,
     upto: str | None = None,
-) -> dict[str, Any] | None:
+) -> HistoryRecord | None:
     """The newest record with ``status`` (any when None), for ``run_date``, strictly before
     ``before`` or up to ``upto``; "newest" is the latest run date, then the latest ``finished_at``.
     """
     chosen = [
         r
         for r in records
-        if (status is None or r["status"] == status)
-        and (run_date is None or str(r["run_date"]) == str(run_date))
-        and (before is None or str(r["run_date"]) < str(before))
-        and (upto is None or str(r["run_date"]) <= str(upto))
+        if (status is None or r.status == status)
+        and (run_date is None or r.run_date == str(run_date))
+        and (before is None or r.run_date < str(before))
+        and (upto is None or r.run_date <= str(upto))
     ]
     return chosen[-1] if chosen else None

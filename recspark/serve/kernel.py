@@ -39,7 +39,9 @@ import torch
 from torch import nn
 
 from recspark.core.constants import BIAS, FACTORS, ITEM_ID, ITEM_IDX, ITEMS, RANK, SCORE, USER_IDX
+from recspark.core.errors import BadInputError
 from recspark.core.torch_utils import resolve_device
+from recspark.model.embedding import scale_to_range
 from recspark.model.saving import model_from_bytes
 
 
@@ -272,9 +274,7 @@ class _DotKeys:
             raw = values + user_bias[rows, None] if user_bias is not None else values
             if y_range is None:
                 return raw
-            low, high = y_range
-            scaled = torch.sigmoid(raw) * (high - low) + low
-            return torch.where(torch.isneginf(values), values, scaled)
+            return torch.where(torch.isneginf(values), values, scale_to_range(raw, y_range))
 
         return finish
 
@@ -316,10 +316,7 @@ class _SplitMLP:
         blocks = []
         for start in range(0, len(user_hidden), step):
             pairs = user_hidden[start : start + step, None, :] + self.item_hidden[None, :, :]
-            raw = self.rest(pairs).squeeze(-1)
-            if self.y_range is not None:
-                low, high = self.y_range
-                raw = torch.sigmoid(raw) * (high - low) + low
+            raw = scale_to_range(self.rest(pairs).squeeze(-1), self.y_range)
             blocks.append(raw.float())
         return torch.cat(blocks) if blocks else user_hidden.new_zeros((0, items))
 
@@ -338,7 +335,7 @@ def _fixed_width(column: pa.Array, rows: int) -> np.ndarray:
     """A ``list<float>`` column of equal-length rows as a ``rows x width`` float32 matrix."""
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     if rows and (column.null_count or (lengths != lengths[0]).any()):
-        raise ValueError(
+        raise BadInputError(
             "user factor rows differ in length or are missing: the user_factors table is not one "
             "model's; re-run `recspark train`"
         )
@@ -386,7 +383,7 @@ class UserTable:
             When an index is not a row of the table (the users are not this model's).
         """
         if len(user_idx) and (user_idx.min() < 0 or user_idx.max() >= len(self.bias)):
-            raise ValueError(
+            raise BadInputError(
                 f"user index {int(user_idx.max())} is outside the model's {len(self.bias)} users: "
                 "the users to score are not this model's (re-run `recspark train`)"
             )
@@ -454,5 +451,3 @@ def recommend_batches(
                 counters.users.add(int(valid[:, 0].sum()) if columns else 0)
                 counters.rows.add(len(chosen))
             yield pa.RecordBatch.from_pydict(out)
-
-

@@ -46,7 +46,7 @@ from recspark.core.constants import (
     USER_IDX,
 )
 from recspark.core.storage import parquet_rows
-from recspark.core.torch_utils import resolve_device
+from recspark.core.torch_utils import device_for_work
 from recspark.data.prepared import RATED, lists_every_user, rated_by_user, rated_lists
 from recspark.model.saving import model_bytes, raw_ids
 from recspark.serve.kernel import UserTable, kernel_for, recommend_batches
@@ -236,10 +236,11 @@ def _map_users(
 
     def score(batches):
         model_bytes_, ids, table = shared.value
-        if resolve_device(device).type == "cpu":
+        here = task_device(device)
+        if here.type == "cpu":
             _threads_per_task()
         scored = recommend_batches(
-            batches, model_bytes_, top_n, users_per_block, device, carry, ids, counters, table
+            batches, model_bytes_, top_n, users_per_block, str(here), carry, ids, counters, table
         )
         for position, batch in enumerate(scored):
             yield batch
@@ -255,6 +256,16 @@ def _pause_for_fault_injection() -> None:
         time.sleep(seconds)
 
 
+def task_device(setting: str) -> torch.device:
+    """This scoring task's device: the GPU Spark assigned to the task (its ``gpu`` resource)
+    under ``train.device: auto``/``cuda``, so several GPUs per executor each score their own
+    tasks; the CPU otherwise."""
+    context = TaskContext.get()
+    resources = context.resources() if context is not None else {}
+    gpu = resources.get("gpu")
+    return device_for_work(setting, gpu_addresses=list(gpu.addresses) if gpu is not None else None)
+
+
 def _threads_per_task() -> None:
     """Torch threads = the task's cores (``spark.task.cpus``), not every core of the machine:
     concurrent tasks would otherwise oversubscribe the executor's CPUs."""
@@ -267,7 +278,7 @@ def predict_partition(
     batches: Iterator[pd.DataFrame], model_payload: bytes, device_setting: str = "auto"
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: ``(user_idx, item_idx, ...)`` rows in, the same plus ``prediction`` out."""
-    kernel = kernel_for(model_payload, resolve_device(device_setting))
+    kernel = kernel_for(model_payload, task_device(device_setting))
     model, device = kernel.model, kernel.device
     for batch in batches:
         with torch.no_grad():

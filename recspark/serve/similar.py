@@ -15,6 +15,7 @@ ties go to the lower item index, so re-running gives identical tables.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,10 +23,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from recspark.core.constants import ITEM_IDX
-from recspark.core.storage import local_path
+from recspark.core.constants import ITEM_ID, ITEM_IDX, MODEL_VERSION
+from recspark.core.errors import BadInputError
+from recspark.core.storage import Layout, local_path, staged
 from recspark.serve.kernel import top_k
+
+log = logging.getLogger(__name__)
 
 SIMILAR_ITEM_IDX = "similar_item_idx"
 SIMILARITY = "similarity"
@@ -50,10 +56,10 @@ def read_item_factors(path: str) -> ItemFactors:
     table = pq.read_table(str(local_path(path)), columns=[ITEM_IDX, "bias", "factors"])
     index = table.column(ITEM_IDX).to_numpy()
     if len(index) == 0:
-        raise ValueError(f"item factor table {path} is empty")
+        raise BadInputError(f"item factor table {path} is empty")
     order = np.argsort(index, kind="stable")
     if not np.array_equal(index[order], np.arange(len(index))):
-        raise ValueError(f"item factor table {path} does not hold item_idx 0..{len(index) - 1} once each")
+        raise BadInputError(f"item factor table {path} does not hold item_idx 0..{len(index) - 1} once each")
     factors = np.stack(table.column("factors").to_pylist()).astype(np.float32)[order]
     bias = table.column("bias").to_numpy().astype(np.float32)[order]
     return ItemFactors(factors, bias)
@@ -173,3 +179,43 @@ def similar_items_table(
         return similar_partition(batches, unit, mask, top_n, items_per_block)
 
     return rows.mapInPandas(neighbours, SIMILAR_SCHEMA)
+
+
+SIMILAR_ITEM_ID = "similar_item_id"
+
+
+def write_similar_table(
+    spark: SparkSession,
+    layout: Layout,
+    run_date,
+    item_factors_path: str,
+    factors: np.ndarray,
+    eligible: np.ndarray,
+    item_index: DataFrame,
+    top_n: int,
+    model_version: str,
+) -> tuple[str, int]:
+    """Publish ``similar_items/run_date=D`` whole; return (partition path, rows written)."""
+    items = spark.read.parquet(item_factors_path).select(ITEM_IDX)
+    neighbours = similar_items_table(spark, items, factors, top_n, eligible)
+    ids = F.broadcast(item_index.select(ITEM_IDX, ITEM_ID))
+    similar_ids = F.broadcast(
+        item_index.select(F.col(ITEM_IDX).alias(SIMILAR_ITEM_IDX), F.col(ITEM_ID).alias(SIMILAR_ITEM_ID))
+    )
+    table = (
+        neighbours.join(ids, ITEM_IDX)
+        .join(similar_ids, SIMILAR_ITEM_IDX)
+        .select(
+            ITEM_ID,
+            SIMILAR_ITEM_ID,
+            F.col(RANK).cast("int").alias(RANK),
+            F.col(SIMILARITY).cast("float").alias(SIMILARITY),
+            F.lit(model_version).alias(MODEL_VERSION),
+        )
+    )
+    final = layout.root / "similar_items" / f"run_date={run_date}"
+    with staged(layout, final, f"similar-items-{run_date}") as staging:
+        table.write.mode("overwrite").parquet(str(staging))
+        rows = spark.read.parquet(str(staging)).count()
+    log.info("published %d similar-item rows to %s", rows, final)
+    return str(final), rows

@@ -6,7 +6,10 @@ patience counter and the history so far. No random-generator state is kept becau
 reseeds every epoch from ``(seed, epoch, rank)`` (see :mod:`recspark.train.loop`), which makes the
 epoch number all a resumed run needs. A fingerprint of the settings and tables guards against
 resuming with a different config: that is an error that says what to do. The file is written to a
-temporary name and renamed, so a kill during the write leaves the previous checkpoint whole.
+temporary name and renamed, so a kill during the write leaves the previous checkpoint whole. It
+holds tensors and plain data only (optimizer and schedule state dicts, history records as dicts)
+and is read back with ``weights_only=True``: a checkpoint that holds anything else is refused
+unread (:func:`recspark.model.saving.load_plain`).
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from recspark.core.errors import RecsparkError
+from recspark.core.errors import BadInputError, RecsparkError
 from recspark.core.storage import local_path
+from recspark.model.saving import load_plain, plain_data
 
 CHECKPOINT_FILE = "last.pt"
 
@@ -43,23 +47,13 @@ class Checkpoint:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {key: _cpu(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_cpu(item) for item in value)
-    return value
-
-
 def save_checkpoint(folder: str | os.PathLike, checkpoint: Checkpoint) -> Path:
     """Write ``folder/last.pt`` atomically and return its path."""
     base = local_path(folder)
     base.mkdir(parents=True, exist_ok=True)
     target = base / CHECKPOINT_FILE
     partial = base / f".{CHECKPOINT_FILE}.{os.getpid()}.partial"
-    torch.save(_cpu(vars(checkpoint)), partial)
+    torch.save(plain_data(vars(checkpoint), "the checkpoint"), partial)
     os.replace(partial, target)
     return target
 
@@ -71,11 +65,18 @@ def load_checkpoint(folder: str | os.PathLike, fingerprint: str) -> Checkpoint |
     ------
     RecsparkError
         When the checkpoint was written by a run with other settings or other tables.
+    BadInputError
+        When it is not a checkpoint recspark wrote; in particular when it holds code or objects
+        that are not plain data, which is refused unread.
     """
     target = local_path(folder) / CHECKPOINT_FILE
     if not target.exists():
         return None
-    payload = torch.load(target, map_location="cpu", weights_only=False)
+    advice = f"delete {target}, or set train.resume=false to start over (which replaces it)"
+    payload = load_plain(target, str(target), "recspark checkpoint", advice)
+    known = {f.name for f in fields(Checkpoint)}
+    if not isinstance(payload, dict) or not set(payload) <= known:
+        raise BadInputError(f"{target} is not a recspark checkpoint: {advice}")
     checkpoint = Checkpoint(**payload)
     if checkpoint.fingerprint != fingerprint:
         raise RecsparkError(

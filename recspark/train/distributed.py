@@ -30,7 +30,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recspark.model.saving import load_plain, plain_data
 from recspark.train.loop import EpochRecord, FitResult, LocalProcess, TrainSettings, fit
+from recspark.train.objectives.base import Objective
 
 log = logging.getLogger(__name__)
 
@@ -76,24 +78,23 @@ class TorchProcessGroup(LocalProcess):
         dist.barrier()
 
 
-def _cpu(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _cpu(item) for key, item in value.items()}
-    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
-
-
 def _state_bytes(state: dict[str, torch.Tensor]) -> bytes:
     buffer = io.BytesIO()
-    torch.save({key: value.detach().cpu() for key, value in state.items()}, buffer)
+    torch.save(plain_data(dict(state), "the initial weights"), buffer)
     return buffer.getvalue()
+
+
+# What to do when a file this module reads back holds more than plain data.
+_ADVICE = "something other than recspark wrote it: run the training again"
 
 
 def train_worker(job: dict[str, Any]) -> str:
     """Body of one training process; rank 0 writes the trained weights and history to a file.
 
     ``job`` holds plain values only: the model spec and initial weights, the two split paths,
-    :class:`~recspark.train.loop.TrainSettings` fields, the device kind, the objective and its
-    context, checkpoint settings, and ``result_path``. TorchDistributor keeps the return value of
+    :class:`~recspark.train.loop.TrainSettings` fields, the device kind, the objective (an
+    :class:`~recspark.train.objectives.Objective`: its settings and item counts, no torch
+    state), checkpoint settings, and ``result_path``. TorchDistributor keeps the return value of
     whichever process ends last, not rank 0's, so the result travels through ``result_path``
     (written by rank 0, renamed into place) and every process returns that same path.
     """
@@ -115,7 +116,9 @@ def train_worker(job: dict[str, Any]) -> str:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         model = build_model(**job["spec"])
-        model.load_state_dict(torch.load(io.BytesIO(job["initial_state"]), map_location="cpu"))
+        model.load_state_dict(
+            load_plain(job["initial_state"], "the initial weights", "state dict", _ADVICE)
+        )
         group = TorchProcessGroup(device)
         result = fit(
             model,
@@ -124,7 +127,6 @@ def train_worker(job: dict[str, Any]) -> str:
             TrainSettings(**job["settings"]),
             device,
             objective=job["objective"],
-            context=job["context"],
             checkpoint_dir=job["checkpoint_dir"],
             resume=job["resume"],
             fingerprint=job["fingerprint"],
@@ -139,7 +141,7 @@ def train_worker(job: dict[str, Any]) -> str:
                 "resumed_from_epoch": result.resumed_from_epoch,
             }
             partial = f"{job['result_path']}.partial"
-            torch.save({k: _cpu(v) for k, v in output.items()}, partial)
+            torch.save(plain_data(output, "the training result"), partial)
             os.replace(partial, job["result_path"])
         group.barrier()
         return job["result_path"]
@@ -158,8 +160,7 @@ def fit_distributed(
     *,
     local_mode: bool = True,
     cpu_threads: int | None = None,
-    objective: str = "rating",
-    context: dict[str, Any] | None = None,
+    objective: Objective | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
     fingerprint: str = "",
@@ -192,7 +193,6 @@ def fit_distributed(
         "device": device.type,
         "cpu_threads": cpu_threads,
         "objective": objective,
-        "context": dict(context or {}),
         "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
         "resume": resume,
         "fingerprint": fingerprint,
@@ -224,7 +224,7 @@ def fit_distributed(
             ) from exc
     if not os.path.exists(job["result_path"]):
         raise RuntimeError("data-parallel training wrote no result: see the workers' log above")
-    output = torch.load(job["result_path"], map_location="cpu", weights_only=False)
+    output = load_plain(job["result_path"], job["result_path"], "training result", _ADVICE)
     os.remove(job["result_path"])
     model.load_state_dict(output["state_dict"])
     return FitResult(

@@ -1,12 +1,16 @@
 """The training loop: plain functions over Petastorm loaders opened per epoch.
 
-:func:`fit` runs epochs of a train function and a validation function (picked by objective in
-:func:`epoch_functions`), steps the learning-rate schedule per batch, stops early when the
-validation loss has not improved for ``patience`` epochs, checkpoints after every epoch, and hands
-back the best weights. The same loop runs in one process and in every process of a data-parallel
-run (:mod:`recspark.train.distributed`): a :class:`LocalProcess` or its distributed subclass says how to
-wrap the model and how to add numbers up across processes. It knows nothing of Spark or of where
-artifacts go; the train command wires it to paths and writes what it returns.
+One loop serves every objective. :func:`fit` runs epochs of :func:`train_epoch` and a validation
+pass (:func:`evaluate_split`), steps the learning-rate schedule per batch, stops early when the
+objective's validation loss has not improved for ``patience`` epochs, checkpoints after every
+epoch, and hands back the best weights. What is minimised is the objective's business
+(:mod:`recspark.train.objectives`: a loss per batch and the figures of a validation pass); the
+loop adds the L2 penalty on the embedding rows a batch used, steps the optimizer
+(:mod:`recspark.train.optim`) and watches the loss for NaN. The same loop runs in one process and
+in every process of a data-parallel run (:mod:`recspark.train.distributed`): a
+:class:`LocalProcess` or its distributed subclass says how to wrap the model and how to add numbers
+up across processes. It knows nothing of Spark or of where artifacts go; the train job
+(:mod:`recspark.train.job`) wires it to paths and writes what it returns.
 
 Repeatability: the model is built under ``torch.manual_seed(seed)`` (:func:`init_model`), and every
 epoch reseeds all random generators from ``(seed, epoch, rank)`` and reads its row groups in an
@@ -19,29 +23,27 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
 from recspark.core.torch_utils import epoch_seed, seed_everything, unwrap
-from recspark.model.embedding import Ensemble
+from recspark.model.embedding import build_model
 from recspark.train.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from recspark.train.feeding import FEED_FIELDS, open_feed, row_groups
+from recspark.train.feeding import open_feed, row_groups
+from recspark.train.objectives.base import Objective, RunContext, ValidationFigures
+from recspark.train.objectives.rating import RatingObjective
+from recspark.train.optim import Optimizers, Schedule, make_optimizer
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "sparse_adam", "sparse_sgd")
-SPARSE_OPTIMIZERS = ("sparse_adam", "sparse_sgd")
-SCHEDULES = ("one_cycle", "cosine", "constant")
 VALIDATION_BATCH = 65536
 # How often the loop looks at the running loss for NaN: every step would sync a GPU every step.
 NAN_CHECK_STEPS = 50
@@ -76,17 +78,64 @@ class TrainSettings:
 
 @dataclass
 class EpochRecord:
-    """One epoch's figures, as written to ``metrics.json`` and logged to stderr."""
+    """One epoch's figures, as logged to stderr and kept in checkpoints.
+
+    ``validation_loss`` is the objective's own loss (MSE for rating, the sampled softmax
+    cross-entropy for ranking); ``validation_rmse`` and ``validation_mae`` are None for a ranking
+    model, ``validation_auc`` is None for a rating model. :meth:`published` gives the layout of
+    ``metrics.json``'s history.
+    """
 
     epoch: int
     train_loss: float
     validation_loss: float
-    validation_rmse: float
-    validation_mae: float
+    validation_rmse: float | None
+    validation_mae: float | None
+    validation_auc: float | None
     rows: int
     seconds: float
     rows_per_second: float
     lr: float
+
+    def published(self) -> dict[str, Any]:
+        """This record as ``metrics.json``'s history holds it: every field by its own name.
+
+        A ranking record has ``validation_auc`` and null ``validation_rmse``/``validation_mae``;
+        a rating record the reverse. Files written before the figures had their own names held
+        a ranking model's root loss and one minus its AUC under the rating names; their readers
+        (:meth:`from_saved`, :func:`recspark.evaluate.report.training_curves`) still read them.
+        """
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_saved(cls, entry: dict[str, Any], objective: str) -> EpochRecord:
+        """A record from a checkpoint's history, in this layout or the :meth:`published` one.
+
+        Checkpoints written before the figures had their own names hold the published layout;
+        ``objective`` (``model.objective``, the same for a run and its resume) says how to read it.
+        """
+        if "validation_auc" in entry:
+            return cls(**entry)
+        if objective == "ranking":
+            return cls(
+                **{
+                    **entry,
+                    "validation_rmse": None,
+                    "validation_mae": None,
+                    "validation_auc": 1.0 - entry["validation_mae"],
+                }
+            )
+        return cls(**entry, validation_auc=None)
+
+
+# The validation figures of an EpochRecord, and of the train command's metrics and summary.
+VALIDATION_FIELDS = ("validation_loss", "validation_rmse", "validation_mae", "validation_auc")
+
+
+def validation_fields(figures: ValidationFigures) -> dict[str, float | None]:
+    """The :data:`VALIDATION_FIELDS` of an :class:`EpochRecord` from a validation pass."""
+    values = (figures.loss, figures.rmse, figures.mae, figures.auc)
+    return dict(zip(VALIDATION_FIELDS, values, strict=True))
 
 
 @dataclass
@@ -101,165 +150,8 @@ class FitResult:
 
 def init_model(spec: dict[str, Any], seed: int) -> nn.Module:
     """Build a model from :func:`recspark.model.embedding.build_model` arguments under ``seed``."""
-    from recspark.model.embedding import build_model
-
     seed_everything(seed)
     return build_model(**spec)
-
-
-def is_sparse_optimizer(name: str) -> bool:
-    """Whether ``train.optimizer`` needs the model built with sparse embedding gradients."""
-    return name in SPARSE_OPTIMIZERS
-
-
-class Optimizers:
-    """One or more torch optimizers stepped as one.
-
-    ``sparse_adam`` needs two: :class:`torch.optim.SparseAdam` for the embedding tables (sparse
-    gradients) and Adam for any dense layers. The object answers the parts of the optimizer
-    interface the loop uses: ``zero_grad``, ``step``, ``param_groups``, ``state_dict``.
-    """
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
-        self.optimizers = optimizers
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for optimizer in self.optimizers:
-            optimizer.step()
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
-
-    def state_dict(self) -> list[dict]:
-        return [optimizer.state_dict() for optimizer in self.optimizers]
-
-    def load_state_dict(self, states: list[dict]) -> None:
-        if len(states) != len(self.optimizers):
-            raise ValueError("the checkpoint's optimizer does not match train.optimizer")
-        for optimizer, state in zip(self.optimizers, states, strict=True):
-            optimizer.load_state_dict(state)
-
-
-def make_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
-) -> Optimizers:
-    """SGD with momentum, Adam, AdamW, or a sparse path for large tables.
-
-    ``sparse_adam`` runs SparseAdam over the embedding tables and Adam over dense layers;
-    ``sparse_sgd`` runs SGD with momentum over all of them (SGD accepts sparse gradients). Both
-    need a model built with ``sparse=True``, and touch only the rows a batch uses, so a step costs
-    the batch, not the table. ``weight_decay`` here is the optimizer's decay of every weight.
-    """
-    params = [p for p in unwrap(model).parameters() if p.requires_grad]
-    if name == "sgd":
-        return Optimizers(
-            [torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)]
-        )
-    if name == "adam":
-        return Optimizers([torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)])
-    if name == "adamw":
-        return Optimizers([torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)])
-    if name in SPARSE_OPTIMIZERS:
-        if weight_decay:
-            raise ValueError(
-                f"{name} cannot decay sparse rows: set train.optimizer_weight_decay=0 and use "
-                "train.weight_decay (the per-batch L2 penalty) instead"
-            )
-        sparse = [
-            p
-            for m in unwrap(model).modules()
-            if getattr(m, "sparse", False)
-            for p in m.parameters()
-        ]
-        if not sparse:
-            raise ValueError(f"{name} needs a model built with sparse=True embeddings")
-        if name == "sparse_sgd":
-            return Optimizers([torch.optim.SGD(params, lr=lr, momentum=momentum)])
-        sparse_ids = {id(p) for p in sparse}
-        dense = [p for p in params if id(p) not in sparse_ids]
-        optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
-        if dense:
-            optimizers.append(torch.optim.Adam(dense, lr=lr))
-        return Optimizers(optimizers)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-
-
-class Schedule:
-    """A per-batch learning-rate schedule over every optimizer of an :class:`Optimizers`.
-
-    ``one_cycle``: torch's OneCycleLR over the whole run (warm up for 30% of the steps, then anneal;
-    momentum cycles the other way). ``cosine``: cosine annealing with warm restarts, the first
-    cycle ``restart_epochs`` epochs long, each next one ``restart_mult`` times longer.
-    ``constant``: ``lr`` throughout. Steps beyond the planned total are ignored, so an extra batch
-    never makes one-cycle raise.
-    """
-
-    def __init__(
-        self,
-        optimizers: Optimizers,
-        name: str,
-        lr: float,
-        epochs: int,
-        steps_per_epoch: int,
-        restart_epochs: int = 1,
-        restart_mult: int = 1,
-    ):
-        if name not in SCHEDULES:
-            raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
-        steps_per_epoch = max(1, steps_per_epoch)
-        self.name = name
-        self.last_epoch = 0
-        self.total_steps = epochs * steps_per_epoch if name == "one_cycle" else math.inf
-        self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
-        for optimizer in optimizers.optimizers:
-            if name == "one_cycle" and epochs > 0:
-                # SGD without momentum has none to cycle; one-cycle would switch it on.
-                cycle = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
-                self.schedulers.append(
-                    torch.optim.lr_scheduler.OneCycleLR(
-                        optimizer,
-                        max_lr=lr,
-                        total_steps=int(self.total_steps),
-                        cycle_momentum=cycle,
-                    )
-                )
-            elif name == "cosine":
-                self.schedulers.append(
-                    torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-                        optimizer, T_0=restart_epochs * steps_per_epoch, T_mult=restart_mult
-                    )
-                )
-
-    def step(self) -> None:
-        if self.last_epoch >= self.total_steps:
-            return
-        for scheduler in self.schedulers:
-            scheduler.step()
-        self.last_epoch += 1
-
-    def state_dict(self) -> dict:
-        return {
-            "last_epoch": self.last_epoch,
-            "schedulers": [s.state_dict() for s in self.schedulers],
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.last_epoch = state["last_epoch"]
-        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
-            scheduler.load_state_dict(saved)
-
-
-def _batch_tensors(batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
-    return (
-        batch[USER_IDX].to(device=device, dtype=torch.long, non_blocking=True),
-        batch[ITEM_IDX].to(device=device, dtype=torch.long, non_blocking=True),
-        batch[RATING].to(device=device, dtype=torch.float32, non_blocking=True),
-    )
 
 
 def _raise_not_finite(value: float, steps: int) -> None:
@@ -271,122 +163,71 @@ def _raise_not_finite(value: float, steps: int) -> None:
 
 def train_epoch(
     model: nn.Module,
-    batches,
+    batches: Iterable[dict],
     optimizer: Optimizers,
     schedule: Schedule | None,
     device: torch.device,
     weight_decay: float = 0.0,
     max_steps: int | None = None,
     *,
-    context: dict[str, Any] | None = None,
+    objective: Objective | None = None,
+    context: RunContext | None = None,
 ) -> tuple[float, int]:
-    """One pass of MSE training over ``batches``.
+    """One pass of training over ``batches``, the objective's loss at every step.
 
     Parameters
     ----------
     model
         The model, possibly wrapped in DistributedDataParallel.
     batches
-        Dict batches ``{user_idx, item_idx, rating}`` (:func:`recspark.train.feeding.open_feed`).
+        Dict batches ``{user_idx, item_idx, rating[, weight]}``
+        (:func:`recspark.train.feeding.open_feed`).
     optimizer, schedule
         Stepped once per batch; ``schedule`` may be None.
     weight_decay
-        Weight of :meth:`EmbeddingModel.penalty`, the L2 norm of the embedding rows in the batch.
+        Weight of :meth:`EmbeddingModel.penalty`, the L2 norm of the embedding rows of the pairs
+        the objective's loss used.
     max_steps
         Stop after this many batches (data-parallel runs keep every process in step).
+    objective
+        What each batch's loss is; the rating objective (MSE) when None.
     context
-        Facts about the run (``n_users``, ``n_items``, ``seed``, ``epoch``, ``rank``); unused by
-        the rating objective, part of the call shape every objective shares.
+        Facts about the run (``n_items``, ``seed``, ``epoch``, ``rank``) for the objective.
 
     Returns
     -------
-    (mean MSE over the rows seen, rows seen); for an ensemble, its members' mean MSE
+    (the objective's reported loss, a mean over the rows it counted; rows read)
     """
+    objective = objective or RatingObjective()
     model.train()
+    objective.start_epoch(model, device, context or RunContext())
     penalty = unwrap(model).penalty
-    ensemble = isinstance(unwrap(model), Ensemble)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    rows, steps = 0, 0
+    counted, rows, steps = 0, 0, 0
     for batch in batches:
         if max_steps is not None and steps >= max_steps:
             break
-        users, items, ratings = _batch_tensors(batch, device)
-        if ensemble:
-            # The sum of the members' own losses: each member's gradient is exactly what it
-            # would get trained alone, so they learn independently. Reported: their mean MSE.
-            predicted = model(users, items, members=True)
-            each = (predicted - ratings).pow(2).mean(dim=1)
-            fit_loss, mse = each.sum(), each.mean()
-        else:
-            mse = fit_loss = nn.functional.mse_loss(model(users, items), ratings)
-        loss = fit_loss + weight_decay * penalty(users, items) if weight_decay else fit_loss
+        step = objective.batch_loss(model, batch, device)
+        loss = (
+            step.loss + weight_decay * penalty(step.users, step.items)
+            if weight_decay
+            else step.loss
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if schedule is not None:
             schedule.step()
-        loss_sum += mse.detach() * len(ratings)
-        rows += len(ratings)
+        loss_sum += step.reported_sum
+        counted += step.counted
+        rows += step.rows
         steps += 1
         if steps % NAN_CHECK_STEPS == 0 and not math.isfinite(float(loss_sum)):
             _raise_not_finite(float(loss_sum), steps)
     total = float(loss_sum)
     if not math.isfinite(total):
         _raise_not_finite(total, steps)
-    return (total / rows if rows else math.nan), rows
-
-
-@torch.no_grad()
-def validation_loss(
-    model: nn.Module, batches, device: torch.device, *, context: dict[str, Any] | None = None
-) -> tuple[float, float, int]:
-    """(MSE, MAE, rows) of the model over ``batches``; ``context`` as in :func:`train_epoch`."""
-    model.eval()
-    squared = torch.zeros((), dtype=torch.float64, device=device)
-    absolute = torch.zeros((), dtype=torch.float64, device=device)
-    rows = 0
-    for batch in batches:
-        users, items, ratings = _batch_tensors(batch, device)
-        error = model(users, items) - ratings
-        squared += (error.double() ** 2).sum()
-        absolute += error.double().abs().sum()
-        rows += len(ratings)
-    if rows == 0:
-        return math.nan, math.nan, 0
-    return float(squared) / rows, float(absolute) / rows, rows
-
-
-def epoch_functions(objective: str) -> tuple[Callable, Callable]:
-    """(train function, validation function) of an objective.
-
-    Both share the call shapes of :func:`train_epoch` and :func:`validation_loss`, including the
-    keyword-only ``context``. ``rating`` is MSE on ratings (this module); ``ranking`` lives in
-    :mod:`recspark.train.objectives.ranking`. The validation function returns ``(loss, second figure, rows)`` where
-    the loss is a mean over rows (so processes can combine it) and lower is better.
-    """
-    if objective == "rating":
-        return train_epoch, validation_loss
-    if objective == "ranking":
-        ranking = importlib.import_module("recspark.train.objectives.ranking")
-        return ranking.train_epoch, ranking.validation_loss
-    raise ValueError(f"unknown model.objective {objective!r}; choose 'rating' or 'ranking'")
-
-
-def evaluate_split(
-    model: nn.Module,
-    path: str,
-    device: torch.device,
-    objective: str = "rating",
-    context: dict[str, Any] | None = None,
-) -> tuple[float, float, int]:
-    """The objective's validation figures of ``model`` over a whole prepared split."""
-    _, validation_fn = epoch_functions(objective)
-    model.to(device)
-    with open_feed(path, VALIDATION_BATCH, shuffle=False, seed=0) as batches:
-        loss, second, rows = validation_fn(model, batches, device, context=dict(context or {}))
-    if rows == 0:
-        raise ValueError(f"the split {path} is empty: prepare must leave validation rows")
-    return loss, second, rows
+    return (total / counted if counted else math.nan), rows
 
 
 class LocalProcess:
@@ -463,6 +304,55 @@ def settings_fingerprint(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def evaluate_split(
+    model: nn.Module,
+    path: str,
+    device: torch.device,
+    objective: Objective | None = None,
+    context: RunContext | None = None,
+    *,
+    parallel: LocalProcess | None = None,
+    seed: int = 0,
+) -> ValidationFigures:
+    """The objective's validation figures of ``model`` over a whole prepared split.
+
+    Parameters
+    ----------
+    model
+        The model, possibly wrapped in DistributedDataParallel.
+    objective
+        Whose figures; the rating objective when None.
+    context
+        Facts about the run for the objective.
+    parallel
+        In a data-parallel run each process validates its own shard of row groups (when there
+        are enough of them) and the figures are pooled over processes.
+
+    Raises
+    ------
+    ValueError
+        When the split holds no rows to validate on.
+    """
+    objective = objective or RatingObjective()
+    parallel = parallel or LocalProcess()
+    sharded = parallel.world_size > 1 and len(row_groups(path)) >= parallel.world_size
+    core = unwrap(model).to(device)
+    with open_feed(
+        path,
+        VALIDATION_BATCH,
+        shuffle=False,
+        seed=seed,
+        shard=parallel.rank if sharded else None,
+        shard_count=parallel.world_size if sharded else None,
+    ) as batches:
+        figures = objective.validation(core, batches, device, context or RunContext())
+    if sharded:
+        figures = figures.pooled(parallel.sum(figures.sums()))
+    if figures.rows == 0:
+        raise ValueError(f"the split {path} is empty: prepare must leave validation rows")
+    return figures
+
+
 def fit(
     model: nn.Module,
     train_path: str,
@@ -470,8 +360,7 @@ def fit(
     settings: TrainSettings,
     device: torch.device,
     *,
-    objective: str = "rating",
-    context: dict[str, Any] | None = None,
+    objective: Objective | None = None,
     on_epoch: Callable[[EpochRecord, nn.Module], None] | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
@@ -483,14 +372,13 @@ def fit(
     Parameters
     ----------
     model
-        An :class:`~recspark.model.embedding.EmbeddingModel` (unwrapped); its weights at entry are the
-        starting point (fresh from :func:`init_model`, or warm-started).
+        An :class:`~recspark.model.embedding.EmbeddingModel` (unwrapped); its weights at entry are
+        the starting point (fresh from :func:`init_model`, or warm-started).
     train_path, validation_path
         Prepared Parquet folders.
     objective
-        ``rating`` or ``ranking`` (:func:`epoch_functions`).
-    context
-        Extra facts handed to the objective's functions (``n_users``, ``n_items``, ...).
+        What is minimised and reported (:func:`recspark.train.objectives.for_name`); the rating
+        objective when None. Early stopping keeps the epoch of its lowest validation loss.
     on_epoch
         Called after each epoch's checkpoint with the epoch's record and the model.
     checkpoint_dir
@@ -501,12 +389,10 @@ def fit(
         Collective operations across processes; None is a single process.
     """
     parallel = parallel or LocalProcess()
-    train_fn, validation_fn = epoch_functions(objective)
+    objective = objective or RatingObjective()
     plan = plan_feed(
         row_groups(train_path), settings.batch_size, parallel.rank, parallel.world_size
     )
-    validation_groups = len(row_groups(validation_path))
-    shard_validation = parallel.world_size > 1 and validation_groups >= parallel.world_size
     model.to(device)
     optimizer = make_optimizer(
         model, settings.optimizer, settings.lr, settings.optimizer_weight_decay, settings.momentum
@@ -533,24 +419,23 @@ def fit(
         elif parallel.is_leader:
             log.info("train.resume: no checkpoint under %s; starting from epoch 1", checkpoint_dir)
     result = FitResult(
-        history=[EpochRecord(**record) for record in state.history],
+        history=[EpochRecord.from_saved(entry, objective.name) for entry in state.history],
         best_epoch=state.best_epoch,
         stopped_early=state.stopped_early,
         resumed_from_epoch=state.epoch,
     )
     trained = parallel.wrap(model, plan.batch_weight)
-    run_context = {
-        "n_users": getattr(model, "n_users", None),
-        "n_items": getattr(model, "n_items", None),
-        "seed": settings.seed,
-        "rank": parallel.rank,
-        "world_size": parallel.world_size,
-        **(context or {}),
-    }
+    context = RunContext(
+        n_users=getattr(model, "n_users", None),
+        n_items=getattr(model, "n_items", None),
+        seed=settings.seed,
+        rank=parallel.rank,
+        world_size=parallel.world_size,
+    )
     epoch = state.epoch
     while epoch < settings.epochs and not state.stopped_early:
         epoch += 1
-        run_context["epoch"] = epoch
+        context = dataclasses.replace(context, epoch=epoch)
         seed_everything(epoch_seed(settings.seed, epoch, parallel.rank))
         started = time.perf_counter()
         with open_feed(
@@ -562,9 +447,9 @@ def fit(
             shard_count=plan.shard_count,
             workers=settings.reader_workers,
             shuffle_buffer=settings.shuffle_buffer,
-            fields=tuple(run_context.get("feed_fields", FEED_FIELDS)),
+            fields=objective.feed_fields,
         ) as batches:
-            train_loss, rows = train_fn(
+            train_loss, rows = train_epoch(
                 trained,
                 batches,
                 optimizer,
@@ -572,45 +457,37 @@ def fit(
                 device,
                 settings.weight_decay,
                 plan.max_steps,
-                context=run_context,
+                objective=objective,
+                context=context,
             )
         train_sum, rows = parallel.sum([train_loss * rows, rows])
         train_loss = train_sum / rows
         elapsed = time.perf_counter() - started
-        with open_feed(
+        figures = evaluate_split(
+            trained,
             validation_path,
-            VALIDATION_BATCH,
-            shuffle=False,
+            device,
+            objective,
+            context,
+            parallel=parallel,
             seed=settings.seed,
-            shard=parallel.rank if shard_validation else None,
-            shard_count=parallel.world_size if shard_validation else None,
-        ) as batches:
-            loss, second, seen = validation_fn(
-                unwrap(trained), batches, device, context=run_context
-            )
-        if shard_validation:
-            loss_sum, second_sum, seen = parallel.sum([loss * seen, second * seen, seen])
-            loss, second = loss_sum / seen, second_sum / seen
-        if seen == 0:
-            raise ValueError("the validation split is empty: prepare must leave validation rows")
-        if not math.isfinite(loss):
+        )
+        if not math.isfinite(figures.loss):
             raise FloatingPointError(
-                f"the validation loss is {loss} after epoch {epoch}: lower train.lr"
+                f"the validation loss is {figures.loss} after epoch {epoch}: lower train.lr"
             )
         record = EpochRecord(
             epoch=epoch,
             train_loss=train_loss,
-            validation_loss=loss,
-            validation_rmse=math.sqrt(loss),
-            validation_mae=second,
+            **validation_fields(figures),
             rows=int(rows),
             seconds=elapsed,
             rows_per_second=rows / elapsed if elapsed > 0 else math.nan,
             lr=optimizer.param_groups[0]["lr"],
         )
         result.history.append(record)
-        if loss < state.best_loss - 1e-7:
-            state.best_loss, state.waited, state.best_epoch = loss, 0, epoch
+        if figures.loss < state.best_loss - 1e-7:
+            state.best_loss, state.waited, state.best_epoch = figures.loss, 0, epoch
             state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             state.waited += 1
@@ -621,17 +498,13 @@ def fit(
         result.stopped_early = state.stopped_early
         if parallel.is_leader:
             per_epoch = time.perf_counter() - started
-            figures = (
-                f"auc {1.0 - second:.4f}" if objective == "ranking"
-                else f"rmse {record.validation_rmse:.4f}, mae {second:.4f}"
-            )
             log.info(
                 "epoch %d/%d train_loss %.4f valid_loss %.4f (%s) %.0f rows/s lr %.2e, ~%.0fs left",
                 epoch,
                 settings.epochs,
                 train_loss,
-                loss,
-                figures,
+                figures.loss,
+                figures.describe(),
                 record.rows_per_second,
                 record.lr,
                 (settings.epochs - epoch) * per_epoch,

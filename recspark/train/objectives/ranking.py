@@ -19,30 +19,32 @@ Negatives are drawn with probability proportional to ``(count + 1) ** ranking.sa
 them. Rows may carry a confidence weight (``ranking.confidence``): the prepared ``weight`` column
 or the rating itself (the number of events of an implicit pair), as ``1 + alpha * value``.
 
-:func:`train_epoch` and :func:`validation_loss` have the call shapes of the rating objective's
-functions in :mod:`recspark.train.loop`, which dispatches to them (``epoch_functions``); the facts
-they need beyond the batches arrive in the keyword-only ``context``: the run's ``n_items``,
-``seed``, ``epoch`` and ``rank``, plus :func:`ranking_context`'s settings and item counts. The
-validation loss, which early stopping minimises, is the softmax cross-entropy of each validation
-positive against a fixed sample of ``ranking.validation_items`` items (the whole catalogue when it
-is smaller); the second figure is the share of those items the model scores above the positive
-(one minus the sampled AUC). Models are trained on their raw scores: a ranking model has no
-``y_range``, and scoring ranks by the same scores.
+:class:`RankingObjective` is the objective the training loop (:mod:`recspark.train.loop`) calls per
+batch: it holds the settings and the item counts, draws a sampler and a generator seeded by
+``(seed, epoch, rank)`` at the start of every epoch, and scores each batch's positives against
+their negatives. The validation loss, which early stopping minimises, is the softmax cross-entropy
+of each validation positive against a fixed sample of ``ranking.validation_items`` items (the
+whole catalogue when it is smaller); beside it the pass reports the sampled AUC, the share of
+those items the model scores below the positive. Models are trained on their raw scores: a
+ranking model has no ``y_range``, and scoring ranks by the same scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX, WEIGHT
+from recspark.core.torch_utils import epoch_seed, unwrap
 from recspark.train.feeding import FEED_FIELDS
+from recspark.train.objectives.base import BatchLoss, Objective, RunContext, ValidationFigures
 
 LOSSES = ("softmax", "bpr")
 CONFIDENCE = ("none", "weight", "rating")
@@ -96,40 +98,6 @@ class RankingSettings:
             raise ValueError("ranking.negatives and ranking.validation_items must be at least 1")
         if self.sampling_alpha < 0 or self.confidence_alpha < 0:
             raise ValueError("ranking.sampling_alpha and ranking.confidence_alpha must be >= 0")
-
-    @classmethod
-    def from_context(cls, context: dict[str, Any] | None) -> RankingSettings:
-        """The settings :func:`ranking_context` put in ``context`` (defaults when absent)."""
-        values = (context or {}).get("ranking") or {}
-        if isinstance(values, RankingSettings):
-            return values
-        return cls(**values)
-
-
-def ranking_context(
-    settings: RankingSettings, item_counts: np.ndarray | None = None
-) -> dict[str, Any]:
-    """The ``context`` entries the ranking epoch functions read, as plain picklable values.
-
-    Parameters
-    ----------
-    settings
-        The objective's settings.
-    item_counts
-        Positives per item in the train split (:func:`item_popularity`); needed when
-        ``settings.sampling_alpha > 0``.
-
-    Returns
-    -------
-    ``{"ranking": settings as a dict, "item_counts": array or None, "feed_fields": columns}``;
-    ``feed_fields`` are the prepared columns the train feed must read.
-    """
-    fields = FEED_FIELDS + ((WEIGHT,) if settings.confidence == "weight" else ())
-    return {
-        "ranking": dataclasses.asdict(settings),
-        "item_counts": None if item_counts is None else np.asarray(item_counts, dtype=np.float64),
-        "feed_fields": fields,
-    }
 
 
 def item_popularity(
@@ -202,7 +170,7 @@ class NegativeSampler:
             if item_counts is None:
                 raise ValueError(
                     "popularity sampling (ranking.sampling_alpha > 0) needs item counts in the "
-                    "context: build it with recspark.train.objectives.ranking.ranking_context(..., item_counts)"
+                    "objective: build it as RankingObjective(settings, item_counts)"
                 )
             counts = torch.as_tensor(np.asarray(item_counts, dtype=np.float64))
             if counts.shape != (n_items,) or bool((counts < 0).any()):
@@ -321,10 +289,6 @@ def softmax_loss(
     return _weighted_mean(per_row, weights) if reduce else per_row
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def _scores(
     model: nn.Module, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,7 +300,7 @@ def _scores(
     gradients would not be reduced across processes; the pairs are then spelled out.
     """
     rows = len(users)
-    core = _unwrap(model)
+    core = unwrap(model)
     if core is model and negatives.dim() == 1:
         return model(users, positives), core.score_items(users, negatives)
     width = negatives.shape[-1]
@@ -378,24 +342,20 @@ def _positives(
     return users, items, weights, rows, True
 
 
-def _generator(context: dict[str, Any], device: torch.device) -> torch.Generator:
+def _generator(context: RunContext, device: torch.device) -> torch.Generator:
     """A negative-sampling generator fixed by (seed, epoch, rank): repeatable and resumable."""
-    from recspark.core.torch_utils import epoch_seed
-
-    seed = epoch_seed(
-        int(context.get("seed", 0)), int(context.get("epoch", 0)), int(context.get("rank", 0))
-    )
+    seed = epoch_seed(context.seed, context.epoch, context.rank)
     return torch.Generator(device=device).manual_seed(seed ^ SAMPLER_SALT)
 
 
-def _n_items(model: nn.Module, context: dict[str, Any]) -> int:
-    n_items = context.get("n_items") or getattr(_unwrap(model), "n_items", None)
+def _n_items(model: nn.Module, context: RunContext) -> int:
+    n_items = context.n_items or getattr(unwrap(model), "n_items", None)
     if not n_items:
         raise ValueError("the ranking objective needs n_items in its context or on the model")
     return int(n_items)
 
 
-def batch_loss(
+def ranking_loss(
     model: nn.Module,
     users: torch.Tensor,
     items: torch.Tensor,
@@ -422,79 +382,6 @@ def batch_loss(
     return softmax_loss(positive, negative, weights, valid, positive_log_q, negative_log_q)
 
 
-def train_epoch(
-    model: nn.Module,
-    batches,
-    optimizer,
-    schedule,
-    device: torch.device,
-    weight_decay: float = 0.0,
-    max_steps: int | None = None,
-    *,
-    context: dict[str, Any] | None = None,
-) -> tuple[float, int]:
-    """One pass of ranking training over ``batches``.
-
-    Parameters
-    ----------
-    model
-        The model, possibly wrapped in DistributedDataParallel.
-    batches
-        Dict batches ``{user_idx, item_idx, rating[, weight]}`` from the prepared train split.
-    optimizer, schedule
-        Stepped once per batch; ``schedule`` may be None.
-    weight_decay
-        Weight of :meth:`EmbeddingModel.penalty` over the batch's positive pairs.
-    max_steps
-        Stop after this many batches (data-parallel runs keep every process in step).
-    context
-        ``n_items``, ``seed``, ``epoch``, ``rank`` and :func:`ranking_context`'s entries.
-
-    Returns
-    -------
-    (mean ranking loss over the positives, rows read)
-    """
-    context = context or {}
-    settings = RankingSettings.from_context(context)
-    sampler = NegativeSampler(
-        _n_items(model, context), context.get("item_counts"), settings.sampling_alpha, device
-    )
-    generator = _generator(context, device)
-    penalty = _unwrap(model).penalty
-    model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    positives, rows, steps = 0, 0, 0
-    for batch in batches:
-        if max_steps is not None and steps >= max_steps:
-            break
-        users, items, weights, read, found = _positives(batch, device, settings)
-        ranking = batch_loss(model, users, items, weights, settings, sampler, generator)
-        loss = ranking + weight_decay * penalty(users, items) if weight_decay else ranking
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
-        counted = len(users) if found else 0
-        loss_sum += ranking.detach().double() * counted
-        positives += counted
-        rows += read
-        steps += 1
-        if steps % 50 == 0 and not math.isfinite(float(loss_sum)):
-            _raise_not_finite(float(loss_sum), steps)
-    total = float(loss_sum)
-    if not math.isfinite(total):
-        _raise_not_finite(total, steps)
-    return (total / positives if positives else math.nan), rows
-
-
-def _raise_not_finite(value: float, steps: int) -> None:
-    raise FloatingPointError(
-        f"the ranking loss became {value} by step {steps}: lower train.lr or raise "
-        "train.weight_decay"
-    )
-
-
 def comparison_items(n_items: int, count: int, seed: int, device: torch.device) -> torch.Tensor:
     """The fixed item sample validation ranks against: all items, or ``count`` of them by seed."""
     if count >= n_items:
@@ -503,53 +390,101 @@ def comparison_items(n_items: int, count: int, seed: int, device: torch.device) 
     return torch.randperm(n_items, generator=generator)[:count].sort().values.to(device)
 
 
-@torch.no_grad()
-def validation_loss(
-    model: nn.Module, batches, device: torch.device, *, context: dict[str, Any] | None = None
-) -> tuple[float, float, int]:
-    """How well the model ranks each validation positive against a fixed item sample.
+class RankingObjective(Objective):
+    """BPR or sampled softmax over sampled negatives; see the module docstring.
 
-    Returns
-    -------
-    (mean softmax cross-entropy of the positive against the sample, mean share of the sample
-    scored above the positive (ties count half), positives), means over positives so that
-    processes can combine them; lower is better for both. The positive itself is left out of the
-    sample it is ranked against.
+    Parameters
+    ----------
+    settings
+        The objective's settings (``ranking.*``).
+    item_counts
+        Positives per item in the train split (:func:`item_popularity`); needed when
+        ``settings.sampling_alpha > 0``.
     """
-    context = context or {}
-    settings = RankingSettings.from_context(context)
-    core = _unwrap(model)
-    core.eval()
-    n_items = _n_items(core, context)
-    items_sample = comparison_items(
-        n_items, settings.validation_items, int(context.get("seed", 0)), device
-    )
-    unweighted = dataclasses.replace(settings, confidence="none")
-    block = max(1, VALIDATION_BLOCK // len(items_sample))
-    loss_sum = above_sum = 0.0
-    positives = 0
-    for batch in batches:
-        users, items, _, _, found = _positives(batch, device, unweighted)
-        if not found:
-            continue
-        for start in range(0, len(users), block):
-            user_block, item_block = users[start : start + block], items[start : start + block]
-            positive = core(user_block, item_block).float()
-            scores = core.score_items(user_block, items_sample).float()
-            valid = items_sample[None, :] != item_block[:, None]
-            losses = softmax_loss(positive, scores, valid=valid, reduce=False)
-            loss_sum += float(losses.double().sum())
-            above = ((scores > positive[:, None]) & valid).double().sum(dim=1)
-            ties = ((scores == positive[:, None]) & valid).double().sum(dim=1)
-            compared = valid.double().sum(dim=1).clamp_min(1)
-            above_sum += float(((above + 0.5 * ties) / compared).sum())
-            positives += len(user_block)
-    if positives == 0:
-        if int(context.get("world_size", 1)) == 1:
-            raise ValueError(
-                "no validation row is a positive (rating at or above ranking.positive_threshold="
-                f"{settings.positive_threshold}): lower the threshold or re-run prepare"
-            )
-        # This process's shard held no positives: it adds nothing to the sums over processes.
-        return 0.0, 0.0, 0
-    return loss_sum / positives, above_sum / positives, positives
+
+    name: ClassVar[str] = "ranking"
+    loss_name: ClassVar[str] = "softmax/BPR"
+
+    def __init__(
+        self, settings: RankingSettings | None = None, item_counts: np.ndarray | None = None
+    ):
+        self.settings = settings or RankingSettings()
+        self.item_counts = (
+            None if item_counts is None else np.asarray(item_counts, dtype=np.float64)
+        )
+        self.feed_fields = FEED_FIELDS + ((WEIGHT,) if self.settings.confidence == "weight" else ())
+        self._sampler: NegativeSampler | None = None
+        self._generator: torch.Generator | None = None
+
+    def start_epoch(self, model: nn.Module, device: torch.device, context: RunContext) -> None:
+        """Build the epoch's negative sampler, and its generator seeded by (seed, epoch, rank)."""
+        self._sampler = NegativeSampler(
+            _n_items(model, context), self.item_counts, self.settings.sampling_alpha, device
+        )
+        self._generator = _generator(context, device)
+
+    def batch_loss(self, model: nn.Module, batch: dict, device: torch.device) -> BatchLoss:
+        """The ranking loss of the batch's positives, reported as a mean over them.
+
+        A batch without positives keeps one row at weight 0 and counts none, so that every
+        process of a data-parallel run still takes part in the step.
+        """
+        if self._sampler is None or self._generator is None:
+            raise RuntimeError("call start_epoch before batch_loss: it seeds the negatives")
+        users, items, weights, read, found = _positives(batch, device, self.settings)
+        loss = ranking_loss(
+            model, users, items, weights, self.settings, self._sampler, self._generator
+        )
+        counted = len(users) if found else 0
+        return BatchLoss(loss, users, items, loss.detach().double() * counted, counted, read)
+
+    @torch.no_grad()
+    def validation(
+        self, model: nn.Module, batches: Iterable[dict], device: torch.device, context: RunContext
+    ) -> ValidationFigures:
+        """How well the model ranks each validation positive against a fixed item sample.
+
+        Returns
+        -------
+        The mean softmax cross-entropy of each positive against the sample (the loss) and the
+        sampled AUC (the mean share of the sample scored below the positive, ties counting
+        half), means over ``rows`` positives. The positive itself is left out of the sample it
+        is ranked against.
+        """
+        settings = self.settings
+        core = unwrap(model)
+        core.eval()
+        n_items = _n_items(core, context)
+        items_sample = comparison_items(n_items, settings.validation_items, context.seed, device)
+        unweighted = dataclasses.replace(settings, confidence="none")
+        block = max(1, VALIDATION_BLOCK // len(items_sample))
+        loss_sum = above_sum = 0.0
+        positives = 0
+        for batch in batches:
+            users, items, _, _, found = _positives(batch, device, unweighted)
+            if not found:
+                continue
+            for start in range(0, len(users), block):
+                user_block, item_block = users[start : start + block], items[start : start + block]
+                positive = core(user_block, item_block).float()
+                scores = core.score_items(user_block, items_sample).float()
+                valid = items_sample[None, :] != item_block[:, None]
+                losses = softmax_loss(positive, scores, valid=valid, reduce=False)
+                loss_sum += float(losses.double().sum())
+                above = ((scores > positive[:, None]) & valid).double().sum(dim=1)
+                ties = ((scores == positive[:, None]) & valid).double().sum(dim=1)
+                compared = valid.double().sum(dim=1).clamp_min(1)
+                above_sum += float(((above + 0.5 * ties) / compared).sum())
+                positives += len(user_block)
+        if positives == 0:
+            if context.world_size == 1:
+                raise ValueError(
+                    "no validation row is a positive (rating at or above "
+                    f"ranking.positive_threshold={settings.positive_threshold}): lower the "
+                    "threshold or re-run prepare"
+                )
+            # This process's shard held no positives: it adds nothing to the sums over processes.
+            return ValidationFigures(rows=0, loss=0.0, auc=0.0)
+        return ValidationFigures(
+            rows=positives, loss=loss_sum / positives, auc=1.0 - above_sum / positives
+        )

@@ -1,0 +1,27 @@
+"""The allowed values of config keys that other modules also check, declared once.
+
+The config (:mod:`recspark.core.config`) types its keys with these ``Literal`` types, and modules
+that check a value themselves (a saved model's kind, a direct call) take their tuples from here.
+Plain ``typing``, no pydantic: the scoring kernel and the training loop import this on machines
+that have torch and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+InputFormat = Literal["movielens-100k", "movielens-1m", "csv", "tsv", "parquet", "synthetic"]
+SideInfoFormat = Literal["movielens-100k", "movielens-1m"]
+ModelKind = Literal["dot", "dot_bias", "mlp"]
+Optimizer = Literal["sgd", "adam", "adamw", "sparse_adam", "sparse_sgd"]
+ScheduleName = Literal["one_cycle", "cosine", "constant"]
+RankingLoss = Literal["softmax", "bpr"]
+Confidence = Literal["none", "weight", "rating"]
+
+INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
+SIDE_INFO_FORMATS: tuple[str, ...] = get_args(SideInfoFormat)
+MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
+RANKING_LOSSES: tuple[str, ...] = get_args(RankingLoss)
+CONFIDENCES: tuple[str, ...] = get_args(Confidence)

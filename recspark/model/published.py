@@ -1,0 +1,236 @@
+"""What the later stages read of a published model (``models/RUN_DATE``), typed once.
+
+``model.pt`` stores its ``spec`` (the :func:`~recspark.model.embedding.build_model` arguments) and
+``meta`` as plain dicts (:mod:`recspark.model.saving`), so models saved before these types existed
+load unchanged; :class:`ModelSpec` and :class:`ModelMeta` are built from those dicts on load and
+give them back with ``as_dict()`` for saving. :class:`PublishedModel` adds the folder and what the
+trainer's ``metrics.json`` says (``model_version``, the per-epoch history, the settings it ran with).
+
+A model's rows follow the id maps of one prepared run (``meta.index_date``); ``prepare`` re-run for
+that date with other data writes other maps, and the model's row ``i`` is then somebody else.
+``meta.index_fingerprint`` (:func:`index_fingerprint`) records which maps it was trained on, and
+:func:`check_id_maps` is what ``score``, ``evaluate``, ``recommend`` and a warm start call before
+they use a model with a prepared run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recspark.core.errors import BadInputError, MissingInputError
+from recspark.core.storage import Layout, local_path, parquet_rows, read_json
+from recspark.data.prepared import MANIFEST, PreparedRun, read_manifest
+from recspark.model.embedding import EmbeddingModel
+from recspark.model.saving import MODEL_FILE, load_model, model_bytes
+
+METRICS_FILE = "metrics.json"
+
+
+class ModelSpec(BaseModel):
+    """:func:`build_model`'s arguments, as ``model.pt`` stores them (``spec``).
+
+    The defaults are :func:`build_model`'s; :meth:`as_dict` gives back only the arguments that were
+    given, so what is saved is what the trainer chose. Unknown keys are kept and passed on.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str
+    n_users: int = Field(ge=0)
+    n_items: int = Field(ge=0)
+    factors: int = 32
+    y_range: list[float] | None = [1.0, 5.5]
+    hidden: list[int] | None = None
+    dropouts: list[float] | None = None
+    embedding_dropout: float = 0.0
+    user_factors: int | None = None
+    item_factors: int | None = None
+    sparse: bool = False
+    bias_penalty: float = 1.0
+    members: int = 1
+    user_features: int = 0
+    item_features: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain dict ``model.pt`` holds: ``build_model(**spec.as_dict())`` rebuilds the model."""
+        return self.model_dump(exclude_unset=True)
+
+
+class ModelMeta(BaseModel):
+    """Facts about a trained model, as ``model.pt`` stores them (``meta``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    index_date: str  # the prepared run whose id maps the model's rows follow
+    run_date: str | None = None
+    objective: Literal["rating", "ranking"] = "rating"
+    best_epoch: int | None = None
+    warm_start_from: str | None = None  # the run date whose model it started from
+    # index_fingerprint() of the prepared run it was trained on; None in models saved before it.
+    index_fingerprint: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain dict ``model.pt`` holds."""
+        return self.model_dump(exclude_unset=True)
+
+
+class PublishedModel(BaseModel):
+    """What the later stages read of a model published under ``models/RUN_DATE``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    folder: Path
+    spec: ModelSpec
+    meta: ModelMeta
+    model_version: str
+    # metrics.json as the trainer wrote it: per-epoch ``history``, the ``train`` settings it ran
+    # with, its validation figures.
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def predicts_ratings(self) -> bool:
+        """Whether its scores are ratings (``model.objective: rating``).
+
+        A ranking model's scores are unbounded preferences: only its lists are measured.
+        """
+        return self.meta.objective == "rating"
+
+
+def load_published_model(
+    layout: Layout, run_date, device: str | torch.device = "cpu"
+) -> tuple[EmbeddingModel, PublishedModel]:
+    """The model published for ``run_date`` (in eval mode) and what it was published with.
+
+    Raises
+    ------
+    MissingInputError
+        When no model was published for ``run_date``.
+    BadInputError
+        When its ``model.pt`` or ``metrics.json`` is not one the trainer wrote.
+    """
+    folder = layout.model(run_date)
+    if not (folder / MODEL_FILE).exists() or not (folder / METRICS_FILE).exists():
+        raise MissingInputError(
+            f"no trained model for run_date {run_date} under {layout.root}: run `recspark train` first"
+        )
+    model, spec, meta = load_model(folder, device)
+    metrics = read_json(folder / METRICS_FILE)
+    try:
+        published = PublishedModel(
+            folder=folder,
+            spec=spec,
+            meta=meta,
+            model_version=metrics.get("model_version") if isinstance(metrics, dict) else None,
+            metrics=metrics,
+        )
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise BadInputError(
+            f"the model published in {folder} is not one recspark train wrote ({where}: "
+            f"{problem['msg']}): re-run `recspark train` for {run_date}"
+        ) from None
+    return model, published
+
+
+def published_version(folder: str | Path) -> str | None:
+    """The ``model_version`` of the model published in ``folder``; None when there is none."""
+    path = local_path(folder) / METRICS_FILE
+    if not path.exists():
+        return None
+    metrics = read_json(path)
+    return metrics.get("model_version") if isinstance(metrics, dict) else None
+
+
+def index_fingerprint(manifest: PreparedRun) -> str:
+    """A short digest of what decides a prepared run's id maps, from its manifest.
+
+    The run date, the map sizes, the run the maps extend, and the input they were read from (its
+    path, format, file fingerprint, id types): ``prepare`` re-run for the date on other data
+    changes it; re-run on the very same files and settings it does not (the maps are the same).
+    """
+    source = manifest.input
+    facts = {
+        "run_date": manifest.run_date,
+        "users": manifest.users,
+        "items": manifest.items,
+        "previous_index_date": manifest.previous_index_date,
+        "input": {
+            "path": source.path,
+            "format": source.format,
+            "validation_path": source.validation_path,
+            "fingerprint": source.fingerprint,
+            "implicit": source.implicit,
+            "id_types": source.id_types,
+        },
+    }
+    text = json.dumps(facts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_id_maps(layout: Layout, published: PublishedModel, advice: str | None = None) -> None:
+    """Check that the prepared run ``published`` names (``meta.index_date``) still holds the id
+    maps the model was trained on; read the manifest and footers only, so this runs before any
+    Spark task.
+
+    A model with ``meta.index_fingerprint`` is checked against :func:`index_fingerprint` of the
+    run's manifest; one saved before that field existed (or a run without a manifest) at least
+    by the sizes of its user and item tables against the id maps'.
+
+    Parameters
+    ----------
+    advice
+        What to do when they differ; by default, re-run ``train`` for the model's date.
+
+    Raises
+    ------
+    BadInputError
+        When the prepared run's id maps are not the model's (``prepare`` was re-run since).
+    MissingInputError
+        When the prepared run is gone.
+    """
+    index_date = published.meta.index_date
+    run_date = published.meta.run_date or published.folder.name
+    prepared = layout.prepared(index_date)
+    advice = advice or f"re-run `recspark train` for {run_date}"
+    stale = f"the model for {run_date} was trained on other id maps than {prepared} holds now"
+    if (prepared / MANIFEST).exists():
+        manifest = read_manifest(layout, index_date)
+        recorded = published.meta.index_fingerprint
+        if recorded is not None and recorded != index_fingerprint(manifest):
+            raise BadInputError(
+                f"{stale} (prepare was re-run for {index_date} since): {advice}"
+            )
+        sizes = (manifest.users, manifest.items)
+    elif (prepared / "user_index").is_dir() and (prepared / "item_index").is_dir():
+        sizes = (parquet_rows(prepared / "user_index"), parquet_rows(prepared / "item_index"))
+    else:
+        raise MissingInputError(
+            f"no prepared run for {index_date} under {layout.root}, whose id maps the model for "
+            f"{run_date} follows: run `recspark prepare` and then {advice[0].lower()}{advice[1:]}"
+        )
+    trained = (published.spec.n_users, published.spec.n_items)
+    if sizes != trained:
+        raise BadInputError(
+            f"{stale} (the model has {trained[0]} users and {trained[1]} items, the id maps "
+            f"{sizes[0]} and {sizes[1]}): {advice}"
+        )
+
+
+def save_model(
+    path: str | Path,
+    model: EmbeddingModel,
+    spec: ModelSpec | dict[str, Any],
+    meta: ModelMeta | dict[str, Any],
+) -> None:
+    """Write ``model.pt``: ``spec`` and ``meta`` are checked against
+    :class:`~recspark.model.published.ModelSpec` and :class:`~recspark.model.published.ModelMeta`
+    and stored as plain dicts."""
+    spec, meta = ModelSpec.model_validate(spec), ModelMeta.model_validate(meta)
+    Path(local_path(path)).write_bytes(model_bytes(model, spec.as_dict(), meta.as_dict()))

@@ -1,0 +1,439 @@
+"""nightly's logic: one run date as a recoverable unit, apart from the stages it runs.
+
+:mod:`recspark.commands.nightly` calls the stages (prepare, train, evaluate, score) and, around
+them, what lives here: the journal of the run in flight, setting the date's outputs aside and
+putting them back, recovery of a run that died (roll back before score's commit, roll forward
+after it), the history record, the check that a date is already published from the same input and
+settings, retention, and what the summary line holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+from typing import Any
+
+from recspark.core.config import Config
+from recspark.core.errors import QualityGateError
+from recspark.core.storage import SUCCESS, Layout, clean_leftovers, write_json
+from recspark.data.prepare import input_path
+from recspark.data.sources import fingerprint
+from recspark.model.published import published_version
+from recspark.ops import history, retention
+from recspark.ops.gate import GateResult
+from recspark.ops.history import HistoryRecord
+from recspark.ops.journal import NightlyJournal, NightlyState, StageReport, folder_identity
+
+log = logging.getLogger(__name__)
+
+# Outputs of a date that are set aside before a run and restored if it does not publish; the
+# recommendations partition is not among them: score replaces it atomically, and only after the
+# gate.
+RESTORABLE = ("prepared", "model", "evaluation")
+# The history record's counts, by the stage summary that reports them.
+_PREPARED_COUNTS = ("users", "items", "train", "validation", "cold_start", "quarantined")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def input_fingerprint(config: Config) -> str:
+    """The digest of the input files (and validation files) a run of ``config`` reads."""
+    paths = [input_path(config)]
+    if config.input.validation_path:
+        paths.append(config.input.validation_path)
+    return fingerprint(paths)
+
+
+def settings_digest(config: Config) -> str:
+    """A digest of every setting that shapes the output (not Spark tuning, not nightly's own)."""
+    settings = config.model_dump(
+        mode="json", exclude={"spark": True, "nightly": {"force", "keep_runs", "lock_stale_hours"}}
+    )
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_config(config: Config) -> Config:
+    """The config the stages run with: ``train.warm_start`` follows ``nightly.warm_start``, and
+    ``train.allow_worse`` is on.
+
+    Inside nightly the quality gate is the judge of a candidate (against the last published run,
+    ``nightly.max_rmse``/``min_ndcg`` for a first run), and a rejected candidate is kept under
+    ``_nightly/rejected/`` for a person to look at: train must hand it over rather than refuse it.
+    """
+    return config.model_copy(
+        update={
+            "train": config.train.model_copy(
+                update={"warm_start": config.nightly.warm_start, "allow_worse": True}
+            )
+        }
+    )
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def start_journal(
+    layout: Layout,
+    state: NightlyState,
+    run_id: str,
+    run_date: str,
+    input_digest: str,
+    settings: str,
+    warm_start: bool,
+) -> NightlyJournal:
+    """Write the journal of a new run, before it touches any output, and return it."""
+    folders = retention.run_folders(layout, run_date)
+    journal = NightlyJournal(
+        run_id=run_id,
+        run_date=run_date,
+        stage="setting-aside",
+        started_at=_now(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        input_fingerprint=input_digest,
+        settings_digest=settings,
+        warm_start=warm_start,
+        stashed={kind: folders[kind].exists() for kind in RESTORABLE},
+        partition_before=folder_identity(folders["recommendations"]),
+    )
+    state.write_journal(journal)
+    return journal
+
+
+def set_aside(layout: Layout, state: NightlyState, journal: NightlyJournal) -> None:
+    """Move the date's current outputs into the run's stash, as the journal says.
+
+    Only once the journal names them: whatever happens from here, recovery can put them back.
+    """
+    folders = retention.run_folders(layout, journal.run_date)
+    stash = state.stash(journal.run_id)
+    for kind in RESTORABLE:
+        if journal.stashed.get(kind):
+            stash.mkdir(parents=True, exist_ok=True)
+            os.rename(folders[kind], stash / kind)
+
+
+def record_gate(
+    layout: Layout, state: NightlyState, journal: NightlyJournal, gate: GateResult
+) -> None:
+    """Journal the gate's decision; raise :class:`QualityGateError` when it failed."""
+    journal.gate, journal.stage = gate, "gate"
+    state.write_journal(journal)
+    if not gate.passed:
+        raise QualityGateError(
+            f"quality gate: {gate.reason}. Nothing was published for {journal.run_date}: the "
+            "recommendations table keeps its last good partitions; the candidate is kept in "
+            f"{state.rejected_run(journal.run_date, journal.run_id)} and recorded as rejected in "
+            f"{history.history_folder(layout.root)}"
+        )
+
+
+def commit(layout: Layout, state: NightlyState, journal: NightlyJournal) -> HistoryRecord:
+    """Score has published: record the run as published and drop what was set aside."""
+    journal.stage = "commit"
+    state.write_journal(journal)
+    return _roll_forward(layout, state, journal)
+
+
+def recover_failed(
+    layout: Layout, state: NightlyState, journal: NightlyJournal, error: BaseException
+) -> HistoryRecord:
+    """End a run that raised ``error``: rolled back (rejected by the gate, or failed), or rolled
+    forward when score's commit had already happened."""
+    status = history.REJECTED if isinstance(error, QualityGateError) else history.FAILED
+    text = str(error).strip()
+    message = text.splitlines()[0] if text else type(error).__name__
+    return recover(layout, state, journal, status, f"{type(error).__name__}: {message}"[:1000])
+
+
+def prune(
+    layout: Layout, state: NightlyState, keep_runs: int, run_date: str
+) -> tuple[list[str], str | None]:
+    """Retention after a publish: (run dates removed, the error when clean-up failed).
+
+    The run is published already, so a failed clean-up is reported, not raised.
+    """
+    try:
+        removed = retention.prune_runs(layout, keep_runs, protect={run_date})
+        retention.prune_folder(state.rejected, keep_runs)
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("retention failed, outputs of old runs remain: %s", error)
+        return [], error
+    return removed, None
+
+
+def already_published(
+    layout: Layout,
+    records: list[HistoryRecord],
+    run_date: str,
+    input_digest: str,
+    settings: str,
+) -> HistoryRecord | None:
+    """The record of ``run_date``'s live publication when it came from the same input files and
+    settings and its outputs are in place; None when the date must run."""
+    record = history.latest_record(records, history.PUBLISHED, run_date=run_date)
+    if record is None or (record.input_fingerprint, record.settings_digest) != (
+        input_digest,
+        settings,
+    ):
+        return None
+    if not (layout.recommendations_partition(run_date) / SUCCESS).exists():
+        return None
+    version = published_version(layout.model(run_date))
+    if version is None or version != record.model_version:
+        return None
+    return record
+
+
+# -- recovery -----------------------------------------------------------------------------------
+
+
+def _committed(layout: Layout, journal: NightlyJournal) -> bool:
+    """Whether score's rename of this run's partition took place (the run is then published)."""
+    if journal.gate is None or not journal.gate.passed or journal.stage not in ("score", "commit"):
+        return False
+    partition = layout.recommendations_partition(journal.run_date)
+    identity = folder_identity(partition)
+    return (
+        identity is not None
+        and identity != journal.partition_before
+        and (partition / SUCCESS).exists()
+    )
+
+
+def history_record(
+    journal: NightlyJournal,
+    status: str,
+    error: str | None = None,
+    recovered: bool | None = None,
+    recovered_by: str | None = None,
+) -> HistoryRecord:
+    """The history record of a journal's run."""
+    reports = journal.summaries
+    # A stage that did not finish has no report: its figures are None.
+    prepared, trained, evaluated, scored = (
+        reports.get(stage, StageReport()) for stage in ("prepare", "train", "evaluate", "score")
+    )
+    metrics = {**trained.metrics, **evaluated.metrics}
+    counts = {key: prepared.counts.get(key) for key in _PREPARED_COUNTS}
+    counts.update(
+        carried_users=trained.counts.get("carried_users"),
+        carried_items=trained.counts.get("carried_items"),
+        recommended_users=scored.counts.get("users"),
+        recommendation_rows=scored.counts.get("rows"),
+    )
+    return HistoryRecord(
+        run_id=journal.run_id,
+        run_date=journal.run_date,
+        status=status,
+        model_version=metrics.get("model_version"),
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None},
+        counts=counts,
+        gate=journal.gate,
+        warm_start=journal.warm_start,
+        warm_start_from=trained.metrics.get("warm_start_from"),
+        stage=journal.stage,
+        stage_seconds=journal.stage_seconds,
+        input_fingerprint=journal.input_fingerprint,
+        settings_digest=journal.settings_digest,
+        host=journal.host,
+        pid=journal.pid,
+        started_at=journal.started_at,
+        finished_at=_now(),
+        error=error,
+        recovered=recovered,
+        recovered_by=recovered_by,
+    )
+
+
+def _drop_stash(state: NightlyState, run_id: str) -> None:
+    shutil.rmtree(state.stash(run_id), ignore_errors=True)
+    with contextlib.suppress(OSError):  # other runs' leftovers keep it: the next start clears them
+        state.stash_root.rmdir()
+
+
+def _roll_forward(
+    layout: Layout,
+    state: NightlyState,
+    journal: NightlyJournal,
+    recovered: bool | None = None,
+    recovered_by: str | None = None,
+) -> HistoryRecord:
+    record = history_record(
+        journal, history.PUBLISHED, recovered=recovered, recovered_by=recovered_by
+    )
+    history.append_record(layout.root, record)
+    _drop_stash(state, journal.run_id)
+    state.drop_journal()
+    return record
+
+
+def _roll_back(
+    layout: Layout,
+    state: NightlyState,
+    journal: NightlyJournal,
+    status: str,
+    error: str,
+    recovered_by: str | None = None,
+) -> HistoryRecord:
+    run_date, run_id = journal.run_date, journal.run_id
+    folders = retention.run_folders(layout, run_date)
+    stash = state.stash(run_id)
+    rejected = state.rejected_run(run_date, run_id)
+    for kind in RESTORABLE:
+        final, stashed = folders[kind], stash / kind
+        # A folder at `final` is this run's unless it is the original that was never set aside
+        # (the journal names it, the stash does not hold it: the move did not happen or was undone).
+        produced = final.exists() and (not journal.stashed.get(kind) or stashed.exists())
+        if produced and kind == "prepared":
+            retention.retire(final)
+        elif produced:
+            rejected.mkdir(parents=True, exist_ok=True)
+            if (rejected / kind).exists():
+                shutil.rmtree(rejected / kind)
+            os.rename(final, rejected / kind)
+        if stashed.exists():
+            os.rename(stashed, final)
+    record = history_record(journal, status, error, recovered_by=recovered_by)
+    if rejected.exists():
+        write_json(rejected / "record.json", record.model_dump(mode="json"))
+        record.rejected_outputs = str(rejected)
+    history.append_record(layout.root, record)
+    _drop_stash(state, run_id)
+    state.drop_journal()
+    return record
+
+
+def recover(
+    layout: Layout,
+    state: NightlyState,
+    journal: NightlyJournal,
+    status: str,
+    error: str,
+    recovered_by: str | None = None,
+) -> HistoryRecord:
+    """Bring a run's journal to an end: roll forward if it committed, else roll back.
+
+    Every step checks what is on disk before it acts, so recovery itself may be interrupted and
+    run again. Returns the history record written.
+    """
+    # Staging folders of the dead run go, and a publish killed between its two renames is undone.
+    for kind, folder in retention.run_folders(layout, journal.run_date).items():
+        clean_leftovers(layout, folder, f"{kind}-{journal.run_date}")
+    if _committed(layout, journal):
+        log.warning("run %s had published its recommendations: recording it", journal.run_id)
+        return _roll_forward(layout, state, journal, recovered=True, recovered_by=recovered_by)
+    log.warning("rolling back run %s of %s: %s", journal.run_id, journal.run_date, error)
+    return _roll_back(layout, state, journal, status, error, recovered_by=recovered_by)
+
+
+def recover_crashed(layout: Layout, state: NightlyState, recovered_by: str) -> HistoryRecord | None:
+    """Recover the journal a dead run left (call with the lock held); None when there is none."""
+    journal = state.read_journal()
+    if journal is None:
+        # No run in flight: anything in the stash is a leftover of a finished recovery.
+        shutil.rmtree(state.stash_root, ignore_errors=True)
+        return None
+    error = (
+        f"interrupted during {journal.stage} (the process died without finishing); "
+        f"recovered by run {recovered_by}"
+    )
+    return recover(layout, state, journal, history.FAILED, error, recovered_by=recovered_by)
+
+
+# -- the summary line ---------------------------------------------------------------------------
+
+
+def published_summary(
+    layout: Layout,
+    journal: NightlyJournal,
+    record: HistoryRecord,
+    recovered: HistoryRecord | None,
+    stale_lock: dict[str, Any] | None,
+    removed: list[str],
+    retention_error: str | None,
+) -> dict[str, Any]:
+    """The summary of a run that published: outputs, counts, metrics (with the gate's figures)
+    and the ``nightly`` facts (decision, gate, stage timings, recovery, retention)."""
+    run_date = journal.run_date
+    gate = journal.gate
+    metrics: dict[str, Any] = dict(record.metrics)
+    metrics["model_version"] = record.model_version
+    if gate is not None:
+        metrics.update(gate.figures())
+    evaluated = journal.summaries.get("evaluate")
+    outputs = {
+        "recommendations": str(layout.recommendations),
+        "partition": str(layout.recommendations_partition(run_date)),
+        "model": str(layout.model(run_date)),
+        "prepared": str(layout.prepared(run_date)),
+        "report": evaluated.outputs.get("report") if evaluated is not None else None,
+        "history": str(history.record_path(layout.root, record)),
+    }
+    return {
+        "outputs": outputs,
+        "counts": {**record.counts, "removed_runs": len(removed)},
+        "metrics": metrics,
+        "nightly": {
+            "decision": history.PUBLISHED,
+            "run_id": journal.run_id,
+            "warm_start": journal.warm_start,
+            "warm_start_from": record.warm_start_from,
+            "gate": gate.model_dump(mode="json") if gate is not None else None,
+            "stage_seconds": journal.stage_seconds,
+            "removed_run_dates": removed,
+            "retention_error": retention_error,
+            "recovered": brief(recovered),
+            "stale_lock": stale_lock,
+        },
+    }
+
+
+def skipped_summary(
+    layout: Layout,
+    record: HistoryRecord,
+    recovered: HistoryRecord | None,
+    stale_lock: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The summary of a date already published from the same input and settings."""
+    run_date = record.run_date
+    log.info("%s is already published from the same input and settings: nothing to do", run_date)
+    return {
+        "outputs": {
+            "recommendations": str(layout.recommendations),
+            "partition": str(layout.recommendations_partition(run_date)),
+            "model": str(layout.model(run_date)),
+        },
+        "counts": record.counts,
+        "metrics": {**record.metrics, "model_version": record.model_version},
+        "nightly": {
+            "decision": "skipped",
+            "reason": f"{run_date} was published by run {record.run_id} from the same input "
+            "files and settings; --set nightly.force=true runs it again",
+            "run_id": record.run_id,
+            "recovered": brief(recovered),
+            "stale_lock": stale_lock,
+        },
+    }
+
+
+def brief(record: HistoryRecord | None) -> dict[str, Any] | None:
+    """The summary's account of a recovered run."""
+    if record is None:
+        return None
+    return {
+        "run_id": record.run_id,
+        "run_date": record.run_date,
+        "status": record.status,
+        "stage": record.stage,
+        "error": record.error,
+    }

@@ -1,0 +1,164 @@
+"""One user's list, on the driver: an existing user's or a new user's folded in from a few ratings.
+
+Ids are raw ids as the input had them; the model's item index maps them to rows. What a person
+reads (a table with titles) and what a script reads (the summary's ``recommendations``) come from
+the same rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recspark.core.config import Config
+from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+from recspark.core.errors import BadInputError
+from recspark.serve.foldin import RankingFoldIn
+from recspark.serve.kernel import top_k
+
+# Ridge weight of a fold-in when the model was trained without an embedding penalty.
+FALLBACK_REGULARIZATION = 0.01
+
+
+def item_ids_by_index(item_index: pd.DataFrame, n_items: int) -> np.ndarray:
+    """Raw item id of every model item index, as an array of length ``n_items``."""
+    if item_index[ITEM_IDX].max() >= n_items or item_index[ITEM_IDX].min() < 0:
+        raise BadInputError(
+            f"the item index has indices outside the model's {n_items} items: the model and the "
+            "prepared run disagree; re-run train on this prepared run"
+        )
+    ordered = item_index.sort_values(ITEM_IDX)
+    if len(ordered) != n_items or not ordered[ITEM_IDX].is_unique:
+        raise BadInputError(
+            f"the item index has {len(ordered)} rows for a model of {n_items} items: re-run train "
+            "on this prepared run"
+        )
+    return ordered[ITEM_ID].to_numpy()
+
+
+def to_raw_id(text: str, kind: T.DataType, what: str) -> Any:
+    """A raw id given as text, in the type of the id column (``long`` ids need integer text)."""
+    text = str(text).strip()
+    if isinstance(kind, T.IntegralType):
+        try:
+            return int(text)
+        except ValueError:
+            raise BadInputError(
+                f"{what} {text!r} is not an integer, and this model's ids are"
+            ) from None
+    if isinstance(kind, T.StringType):
+        return text
+    raise BadInputError(f"{what}: ids of type {kind.simpleString()} are not supported here")
+
+
+def lookup_items(raw_ids: list, item_ids: np.ndarray) -> np.ndarray:
+    """Model indices of raw item ids; every unknown id is named in one error."""
+    position = {
+        value.item() if hasattr(value, "item") else value: i for i, value in enumerate(item_ids)
+    }
+    unknown = [raw for raw in raw_ids if raw not in position]
+    if unknown:
+        raise BadInputError(
+            f"item ids {unknown} are not in the model's item index ({len(item_ids)} items): check "
+            "the ids (raw ids of the ratings input, e.g. u.data's item column)"
+        )
+    return np.array([position[raw] for raw in raw_ids], dtype=np.int64)
+
+
+def lookup_user(user_index: DataFrame, raw_id: Any) -> int:
+    """The index of one raw user id (a filter in Spark; one row comes back)."""
+    rows = user_index.where(F.col(USER_ID) == F.lit(raw_id)).select(USER_IDX).limit(2).collect()
+    if not rows:
+        raise BadInputError(
+            f"user {raw_id!r} is not in the model's user index: check recommend.user, or give the "
+            "user's ratings as recommend.ratings to fold them in"
+        )
+    return int(rows[0][USER_IDX])
+
+
+def item_rating_counts(train: DataFrame, n_items: int) -> np.ndarray:
+    """Training ratings per item index (an item-sized aggregate)."""
+    counts = train.groupBy(ITEM_IDX).count().toPandas()
+    out = np.zeros(n_items, dtype=np.int64)
+    out[counts[ITEM_IDX].to_numpy(dtype=np.int64)] = counts["count"].to_numpy()
+    return out
+
+
+def fold_in_regularization(setting: float | None, model_metrics: dict) -> float:
+    """``recommend.regularization``, else the ``train.weight_decay`` the model was trained with."""
+    if setting is not None:
+        return float(setting)
+    trained = float((model_metrics.get("train") or {}).get("weight_decay") or 0.0)
+    return trained if trained > 0 else FALLBACK_REGULARIZATION
+
+
+def ranking_settings(
+    config: Config, model_metrics: dict, objective: str, train: DataFrame, n_items: int
+) -> RankingFoldIn | None:
+    """How the model was ranked in training (None for a rating model).
+
+    The settings recorded with the model win; a model that did not record them is assumed to
+    have been trained with this config's ``ranking.*``.
+    """
+    if objective != "ranking":
+        return None
+    recorded = model_metrics.get("ranking") or config.ranking.model_dump()
+    settings = RankingFoldIn(
+        loss=recorded.get("loss", "softmax"),
+        positive_threshold=float(recorded.get("positive_threshold", 0.0)),
+        sampling_alpha=float(recorded.get("sampling_alpha", 0.0)),
+        confidence=recorded.get("confidence", "none"),
+        confidence_alpha=float(recorded.get("confidence_alpha", 1.0)),
+    )
+    if settings.loss == "bpr" and settings.sampling_alpha > 0:
+        from recspark.train.objectives.ranking import item_popularity
+
+        counts = item_popularity(train, n_items, settings.positive_threshold)
+        settings = dataclasses.replace(settings, item_counts=counts)
+    return settings
+
+
+def best_items(
+    scores: np.ndarray, excluded: np.ndarray, top_n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-N (indices, scores) of one row of scores, ``excluded`` items masked, ties to lower index."""
+    masked = torch.as_tensor(np.asarray(scores, dtype=np.float32)).clone()
+    masked[torch.as_tensor(excluded)] = -torch.inf
+    index, value, valid = top_k(masked[None, :], top_n)
+    keep = valid[0].numpy()
+    return index[0].numpy()[keep], value[0].numpy()[keep]
+
+
+def listing(
+    index: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, labels: dict[int, str]
+) -> list[dict]:
+    """The summary's ``recommendations``: ``{item_id, score, title}``, in the given order."""
+    out = []
+    for item, score in zip(index, scores, strict=True):
+        raw = item_ids[int(item)]
+        out.append(
+            {
+                "item_id": raw.item() if hasattr(raw, "item") else raw,
+                "score": round(float(score), 6),
+                "title": labels.get(int(item)),
+            }
+        )
+    return out
+
+
+def format_table(rows: list[dict], heading: str, score_name: str = "score") -> str:
+    """A fixed-width table of :func:`listing` rows for people (stderr)."""
+    lines = [heading, f"{'rank':>4}  {'item_id':>10}  {score_name:>10}  title"]
+    for rank, row in enumerate(rows, start=1):
+        lines.append(
+            f"{rank:>4}  {row['item_id']!s:>10}  {row['score']:>10.4f}  {row['title'] or ''}"
+        )
+    if not rows:
+        lines.append("  (no eligible items)")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""Optimizers and learning-rate schedules of the training loop.
+
+:func:`make_optimizer` builds SGD with momentum, Adam, AdamW, or a sparse path for large tables
+(``sparse_adam``, ``sparse_sgd``), always as an :class:`Optimizers` so that the loop steps one
+object whatever the optimizer needs underneath; :class:`Schedule` steps the learning rate once per
+batch over every optimizer of it. Both answer ``state_dict``/``load_state_dict`` for checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from recspark.core.torch_utils import unwrap
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "sparse_adam", "sparse_sgd")
+SPARSE_OPTIMIZERS = ("sparse_adam", "sparse_sgd")
+SCHEDULES = ("one_cycle", "cosine", "constant")
+
+
+def is_sparse_optimizer(name: str) -> bool:
+    """Whether ``train.optimizer`` needs the model built with sparse embedding gradients."""
+    return name in SPARSE_OPTIMIZERS
+
+
+class Optimizers:
+    """One or more torch optimizers stepped as one.
+
+    ``sparse_adam`` needs two: :class:`torch.optim.SparseAdam` for the embedding tables (sparse
+    gradients) and Adam for any dense layers. The object answers the parts of the optimizer
+    interface the loop uses: ``zero_grad``, ``step``, ``param_groups``, ``state_dict``.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def state_dict(self) -> list[dict]:
+        return [optimizer.state_dict() for optimizer in self.optimizers]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        if len(states) != len(self.optimizers):
+            raise ValueError("the checkpoint's optimizer does not match train.optimizer")
+        for optimizer, state in zip(self.optimizers, states, strict=True):
+            optimizer.load_state_dict(state)
+
+
+def make_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
+) -> Optimizers:
+    """SGD with momentum, Adam, AdamW, or a sparse path for large tables.
+
+    ``sparse_adam`` runs SparseAdam over the embedding tables and Adam over dense layers;
+    ``sparse_sgd`` runs SGD with momentum over all of them (SGD accepts sparse gradients). Both
+    need a model built with ``sparse=True``, and touch only the rows a batch uses, so a step costs
+    the batch, not the table. ``weight_decay`` here is the optimizer's decay of every weight.
+    """
+    params = [p for p in unwrap(model).parameters() if p.requires_grad]
+    if name == "sgd":
+        return Optimizers(
+            [torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)]
+        )
+    if name == "adam":
+        return Optimizers([torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)])
+    if name == "adamw":
+        return Optimizers([torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)])
+    if name in SPARSE_OPTIMIZERS:
+        if weight_decay:
+            raise ValueError(
+                f"{name} cannot decay sparse rows: set train.optimizer_weight_decay=0 and use "
+                "train.weight_decay (the per-batch L2 penalty) instead"
+            )
+        sparse = [
+            p
+            for m in unwrap(model).modules()
+            if getattr(m, "sparse", False)
+            for p in m.parameters()
+        ]
+        if not sparse:
+            raise ValueError(f"{name} needs a model built with sparse=True embeddings")
+        if name == "sparse_sgd":
+            return Optimizers([torch.optim.SGD(params, lr=lr, momentum=momentum)])
+        sparse_ids = {id(p) for p in sparse}
+        dense = [p for p in params if id(p) not in sparse_ids]
+        optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
+        if dense:
+            optimizers.append(torch.optim.Adam(dense, lr=lr))
+        return Optimizers(optimizers)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+class Schedule:
+    """A per-batch learning-rate schedule over every optimizer of an :class:`Optimizers`.
+
+    ``one_cycle``: torch's OneCycleLR over the whole run (warm up for 30% of the steps, then anneal;
+    momentum cycles the other way). ``cosine``: cosine annealing with warm restarts, the first
+    cycle ``restart_epochs`` epochs long, each next one ``restart_mult`` times longer.
+    ``constant``: ``lr`` throughout. Steps beyond the planned total are ignored, so an extra batch
+    never makes one-cycle raise.
+    """
+
+    def __init__(
+        self,
+        optimizers: Optimizers,
+        name: str,
+        lr: float,
+        epochs: int,
+        steps_per_epoch: int,
+        restart_epochs: int = 1,
+        restart_mult: int = 1,
+    ):
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+        steps_per_epoch = max(1, steps_per_epoch)
+        self.name = name
+        self.last_epoch = 0
+        self.total_steps = epochs * steps_per_epoch if name == "one_cycle" else math.inf
+        self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
+        for optimizer in optimizers.optimizers:
+            if name == "one_cycle" and epochs > 0:
+                # SGD without momentum has none to cycle; one-cycle would switch it on.
+                cycle = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
+                self.schedulers.append(
+                    torch.optim.lr_scheduler.OneCycleLR(
+                        optimizer,
+                        max_lr=lr,
+                        total_steps=int(self.total_steps),
+                        cycle_momentum=cycle,
+                    )
+                )
+            elif name == "cosine":
+                self.schedulers.append(
+                    torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                        optimizer, T_0=restart_epochs * steps_per_epoch, T_mult=restart_mult
+                    )
+                )
+
+    def step(self) -> None:
+        if self.last_epoch >= self.total_steps:
+            return
+        for scheduler in self.schedulers:
+            scheduler.step()
+        self.last_epoch += 1
+
+    def state_dict(self) -> dict:
+        return {
+            "last_epoch": self.last_epoch,
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_epoch = state["last_epoch"]
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)

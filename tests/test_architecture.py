@@ -1,0 +1,184 @@
+"""The shape of the package: imports run one way, and the scoring kernel needs no Spark.
+
+The rooms of ``recspark/`` are ordered upstream to downstream. A module may import from its own
+room and from rooms upstream of it, never downstream, and no room but ``commands`` (and the CLI
+above it) imports a command. These tests read every module's imports with ``ast``, so a backwards
+import fails here before it becomes an import cycle or a stage that cannot be tested alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "recspark"
+
+#: Upstream first. ``cli`` and ``packaging`` sit at the top, beside ``commands``.
+ROOMS = ("core", "data", "model", "train", "serve", "evaluate", "ops", "commands", "cli")
+TOP_LEVEL = {"cli": "cli", "packaging": "commands", "__init__": "core"}
+
+
+def room_of(module: str) -> str | None:
+    """The room of a dotted ``recspark`` module name (None for the package itself)."""
+    parts = module.split(".")
+    if parts[0] != "recspark" or len(parts) < 2:
+        return None
+    return TOP_LEVEL.get(parts[1], parts[1])
+
+
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    relative = path.relative_to(package.parent).with_suffix("")
+    parts = list(relative.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of every ``recspark`` import in a file, at any depth (lazy ones too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "recspark":
+                found += [(node.lineno, f"recspark.{alias.name}") for alias in node.names]
+            elif node.module.startswith("recspark."):
+                found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("recspark.")]
+    return found
+
+
+def backward_imports(package: Path = PACKAGE) -> list[str]:
+    """Every import in ``package`` that reaches a room downstream of the importing module's."""
+    problems = []
+    for path in sorted(package.rglob("*.py")):
+        source_room = room_of(module_name(path, package))
+        for line, target in imported_modules(path):
+            target_room = room_of(target)
+            if source_room is None or target_room is None or target_room == source_room:
+                continue
+            if target_room not in ROOMS:
+                problems.append(f"{path.name}:{line} imports {target}: not a room of {ROOMS}")
+            elif ROOMS.index(target_room) > ROOMS.index(source_room):
+                problems.append(
+                    f"{path.relative_to(package.parent)}:{line} ({source_room}) imports {target} "
+                    f"({target_room}, downstream)"
+                )
+    return problems
+
+
+def test_every_module_lives_in_a_room():
+    loose = [
+        p.name for p in PACKAGE.glob("*.py") if p.stem not in TOP_LEVEL
+    ]
+    assert loose == [], f"modules outside the rooms: {loose}"
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert rooms == set(ROOMS) - {"cli"}
+
+
+def test_imports_run_upstream_only():
+    assert backward_imports() == []
+
+
+def test_a_backward_import_is_caught(tmp_path):
+    """The check itself can fail: a data module importing the scoring glue is reported."""
+    fake = tmp_path / "recspark"
+    for room in ("data", "serve"):
+        (fake / room).mkdir(parents=True)
+        (fake / room / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "serve" / "scoring.py").write_text("from recspark.data.sources import read\n")
+    (fake / "data" / "sources.py").write_text(
+        "def read():\n    from recspark.serve.scoring import recommend_all\n"
+    )
+    problems = backward_imports(fake)
+    assert len(problems) == 1
+    assert "data/sources.py:2 (data) imports recspark.serve.scoring (serve, downstream)" in (
+        problems[0]
+    )
+
+
+def test_no_room_imports_a_command():
+    offenders = [
+        f"{path.relative_to(PACKAGE)}:{line}"
+        for path in PACKAGE.rglob("*.py")
+        if room_of(module_name(path)) not in ("commands", "cli")
+        for line, target in imported_modules(path)
+        if room_of(target) in ("commands", "cli")
+    ]
+    assert offenders == []
+
+
+BLOCK_SPARK = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class NoSpark(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("pyspark", "petastorm", "py4j", "pydantic"):
+                raise ImportError(f"{name} is blocked: this module must not need it")
+            return None
+
+    sys.meta_path.insert(0, NoSpark())
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "recspark.serve.kernel",
+        "recspark.train.loop",
+        "recspark.train.prefetch",
+        "recspark.core.torch_utils",
+    ],
+)
+def test_kernel_and_loop_import_without_spark(module):
+    """A GPU machine with torch but no Java, pyspark or pydantic runs the kernel and the loop."""
+    code = BLOCK_SPARK + textwrap.dedent(
+        f"""
+        import {module}
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("pyspark", "petastorm", "pydantic"))
+        assert not loaded, loaded
+        print("imported")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "imported"
+
+
+def test_the_block_really_blocks_spark():
+    """The guard above is not vacuous: importing the Spark glue under it fails."""
+    code = BLOCK_SPARK + "import recspark.serve.scoring\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "pyspark" in result.stderr and "blocked" in result.stderr
+
+
+def test_the_kernel_ranks_without_spark():
+    """The kernel's top-N, run where pyspark cannot be imported, matches a brute-force ranking."""
+    code = BLOCK_SPARK + textwrap.dedent(
+        """
+        import numpy as np, torch
+        from recspark.serve.kernel import top_k
+        scores = torch.tensor([[0.1, 0.9, 0.5, 0.9], [3.0, 1.0, 2.0, 0.0]])
+        index, value, valid = top_k(scores, 3)
+        print(index.tolist(), valid.tolist())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    # Ties go to the lower item index: items 1 and 3 both score 0.9.
+    assert result.stdout.strip() == "[[1, 3, 2], [0, 2, 1]] [[True, True, True], [True, True, True]]"
