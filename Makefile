@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean jars
 
 setup: $(STAMP)
 
@@ -31,3 +31,12 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Spark's extra jars for cluster storage (the S3A connector matching pyspark's Hadoop 3.4.1 and its
+# AWS SDK bundle, Delta Lake for Spark 4.0), fetched through Maven from deps/pom.xml into .jars/.
+jars: .jars/.fetched
+
+.jars/.fetched: deps/pom.xml
+	@command -v mvn >/dev/null || { echo "make jars needs Maven (mvn): apt-get install maven" >&2; exit 2; }
+	mvn -q -f deps/pom.xml dependency:copy-dependencies -DoutputDirectory=../.jars -DincludeScope=runtime
+	@touch $@
