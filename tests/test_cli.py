@@ -117,3 +117,14 @@ def test_shipped_configs_mean_the_same_from_any_folder(tmp_path, monkeypatch):
     assert at_repo == from_elsewhere
     assert from_elsewhere.input.path == str(REPO.parent / "shared" / "data" / "ml-100k" / "u1.base")
     assert from_elsewhere.paths.root == str(REPO / "runs" / "movielens-100k")
+
+
+@pytest.mark.parametrize(
+    "name", ["movielens-100k", "movielens-100k-dot-bias", "movielens-100k-mlp", "movielens-100k-ranking"]
+)
+def test_shipped_movielens_configs_name_the_titles_beside_their_ratings(name):
+    """recommend shows titles with every shipped ML-100K config, not null."""
+    config = load_config(REPO / "conf" / f"{name}.yaml")
+    titles = Path(config.recommend.titles_path)
+    assert titles.name == "u.item"
+    assert titles.parent == Path(config.input.path).parent
