@@ -271,6 +271,19 @@ def test_retention_keeps_the_newest_runs_and_the_protected_one(tmp_path):
     assert not list((tmp_path / "prepared").glob(".retired-*"))
 
 
+def test_nightly_retention_also_ages_out_refused_quarantines(tmp_path):
+    """prepared/_rejected/D (a date refused for its bad rows) keeps the newest keep_runs dates."""
+    from recspark.ops.nightly import prune
+
+    layout = Layout(tmp_path)
+    for date in (DAY1, DAY2, DAY3):
+        fake_run(layout, date)
+        (tmp_path / "prepared" / "_rejected" / date / "quarantine").mkdir(parents=True)
+    removed, error = prune(layout, NightlyState(layout), keep_runs=2, run_date=DAY3)
+    assert (removed, error) == ([DAY1], None)
+    assert sorted(p.name for p in (tmp_path / "prepared" / "_rejected").iterdir()) == [DAY2, DAY3]
+
+
 # -- recovery of a run that died, without Spark --------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from recspark.core.config import Config
 from recspark.core.errors import QualityGateError
 from recspark.core.storage import SUCCESS, Layout, clean_leftovers, write_json
-from recspark.data.prepare import input_path
+from recspark.data.prepare import REJECTED, input_path
 from recspark.data.sources import fingerprint
 from recspark.model.published import published_version
 from recspark.ops import history, retention
@@ -164,6 +164,8 @@ def prune(
     try:
         removed = retention.prune_runs(layout, keep_runs, protect={run_date})
         retention.prune_folder(state.rejected, keep_runs)
+        # Quarantines of dates that prepare refused (input.max_bad_fraction) age out the same way.
+        retention.prune_folder(layout.root / "prepared" / REJECTED, keep_runs)
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc}"
         log.warning("retention failed, outputs of old runs remain: %s", error)
