@@ -54,6 +54,9 @@ def test_two_processes_reach_the_quality_of_one(spark, tmp_path):
     single = train(root)
     parallel = train(root, **{"train.num_processes": 2})
     assert parallel["metrics"]["num_processes"] == 2
+    # Each process decided its own device where it ran, and the summary says which.
+    assert parallel["metrics"]["devices"] == ["cpu", "cpu"]
+    assert single["metrics"]["devices"] == ["cpu"]
     assert parallel["metrics"]["epochs"] == single["metrics"]["epochs"] == 6
     one, two = single["metrics"]["validation_rmse"], parallel["metrics"]["validation_rmse"]
     assert two < 0.6  # learned: the ratings spread ~1.0

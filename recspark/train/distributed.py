@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recspark.core.torch_utils import device_for_work
 from recspark.model.saving import load_plain, plain_data
 from recspark.train.loop import EpochRecord, FitResult, LocalProcess, TrainSettings, fit
 from recspark.train.objectives.base import Objective
@@ -109,9 +110,9 @@ def train_worker(job: dict[str, Any]) -> str:
     # Processes on one machine share its cores: without this each would start one thread per core.
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(job["cpu_threads"] or max(1, (os.cpu_count() or 1) // local_processes))
-    device = torch.device(job["device"])
+    # Decided here, in the process that trains: a CPU-only driver may run GPU executors.
+    device = device_for_work(job["device_setting"], local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
@@ -120,6 +121,8 @@ def train_worker(job: dict[str, Any]) -> str:
             load_plain(job["initial_state"], "the initial weights", "state dict", _ADVICE)
         )
         group = TorchProcessGroup(device)
+        devices: list[str | None] = [None] * group.world_size
+        dist.all_gather_object(devices, str(device))
         result = fit(
             model,
             job["train_path"],
@@ -139,6 +142,7 @@ def train_worker(job: dict[str, Any]) -> str:
                 "best_epoch": result.best_epoch,
                 "stopped_early": result.stopped_early,
                 "resumed_from_epoch": result.resumed_from_epoch,
+                "devices": devices,
             }
             partial = f"{job['result_path']}.partial"
             torch.save(plain_data(output, "the training result"), partial)
@@ -160,6 +164,8 @@ def fit_distributed(
     *,
     local_mode: bool = True,
     cpu_threads: int | None = None,
+    device_setting: str = "auto",
+    executor_gpus: bool = False,
     objective: Objective | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
@@ -176,6 +182,12 @@ def fit_distributed(
         stage on the executors (one process per task; GPUs need ``spark.task.resource.gpu.amount``).
     cpu_threads
         Torch threads per process; None divides the machine's cores among its processes.
+    device_setting
+        ``train.device``: each process decides its own device from it and its local rank
+        (:func:`recspark.core.torch_utils.device_for_work`), where it runs.
+    executor_gpus
+        Whether executors have GPUs to schedule (``spark.task.resource.gpu.amount`` > 0): with
+        ``auto`` off the driver's machine, the processes then ask Spark for one GPU each.
     Other parameters are those of :func:`recspark.train.loop.fit`.
 
     Returns
@@ -190,7 +202,7 @@ def fit_distributed(
         "train_path": str(train_path),
         "validation_path": str(validation_path),
         "settings": dataclasses.asdict(settings),
-        "device": device.type,
+        "device_setting": device_setting,
         "cpu_threads": cpu_threads,
         "objective": objective,
         "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
@@ -204,14 +216,21 @@ def fit_distributed(
     }
     if checkpoint_dir is not None:
         os.makedirs(checkpoint_dir, exist_ok=True)
+    # On the driver's machine the driver's device says whether there are GPUs; on executors the
+    # setting and Spark's GPU scheduling do (train.device: auto with spark.task.resource.gpu.amount).
+    use_gpu = (
+        device.type == "cuda"
+        if local_mode
+        else device_setting == "cuda" or (device_setting == "auto" and executor_gpus)
+    )
     distributor = TorchDistributor(
-        num_processes=num_processes, local_mode=local_mode, use_gpu=device.type == "cuda"
+        num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu
     )
     log.info(
         "data-parallel training: %d processes (%s, %s)",
         num_processes,
         "on the driver" if local_mode else "on executors",
-        "nccl" if device.type == "cuda" else "gloo",
+        "nccl" if use_gpu else "gloo",
     )
     # TorchDistributor echoes the workers' output on stdout, which must hold only the summary line.
     with contextlib.redirect_stdout(sys.stderr):
@@ -232,4 +251,5 @@ def fit_distributed(
         best_epoch=output["best_epoch"],
         stopped_early=output["stopped_early"],
         resumed_from_epoch=output["resumed_from_epoch"],
+        devices=list(output.get("devices") or []),
     )

@@ -83,6 +83,7 @@ SUMMARY_METRICS = (
     "stopped_early",
     "rows_per_second",
     "device",
+    "devices",
     "num_processes",
     "model_version",
     "warm_start_from",
@@ -294,6 +295,8 @@ def run_fit(
             config.train.num_processes,
             local_mode=local_mode,
             cpu_threads=config.train.cpu_threads,
+            device_setting=config.train.device,
+            executor_gpus=float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0,
             **arguments,
         )
     return fit(model, train_path, validation_path, settings, device, **arguments)
@@ -433,6 +436,8 @@ def training_metrics(
         "rows_per_second": rows_trained / train_seconds if train_seconds else None,
         "train_seconds": seconds,
         "device": str(device),
+        # Where the processes trained (data-parallel runs decide it in each process).
+        "devices": result.devices or [str(device)],
         "num_processes": config.train.num_processes,
         "warm_start_from": carried["from"],
         "carried_users": carried["users"],

@@ -146,6 +146,7 @@ class FitResult:
     best_epoch: int = 0
     stopped_early: bool = False
     resumed_from_epoch: int = 0
+    devices: list[str] = field(default_factory=list)  # one per process, rank order
 
 
 def init_model(spec: dict[str, Any], seed: int) -> nn.Module:
