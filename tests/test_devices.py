@@ -71,3 +71,25 @@ def test_the_scoring_task_reads_its_gpu_from_the_task_context(two_gpus, monkeypa
     assert scoring.task_device("auto") == torch.device("cuda", 1)
     monkeypatch.setattr(scoring.TaskContext, "get", staticmethod(lambda: None))
     assert scoring.task_device("auto") == torch.device("cuda", 0)
+
+
+def test_blocks_are_sized_by_the_device():
+    """users_per_block: auto keeps the CPU's measured block and fills a GPU's free memory."""
+    from recspark.serve.kernel import CPU_USERS_PER_BLOCK, users_per_block
+
+    cpu = torch.device("cpu")
+    assert users_per_block("auto", cpu, 20_000) == CPU_USERS_PER_BLOCK == 128
+    assert users_per_block(512, cpu, 20_000) == 512
+
+
+def test_a_gpu_block_takes_a_quarter_of_free_memory_within_bounds(monkeypatch):
+    from recspark.serve import kernel
+
+    free = 16 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * 2**30))
+    gpu = torch.device("cuda", 1)
+    # 50k items: 600 kB of scores and workspace per user; a quarter of 16 GiB holds 7,158 users.
+    assert kernel.users_per_block("auto", gpu, 50_000) == (free // 4) // (50_000 * 12)
+    assert kernel.users_per_block("auto", gpu, 100) == 16_384  # small catalogues: the cap
+    assert kernel.users_per_block("auto", gpu, 50_000_000) == 128  # huge ones: the floor
+    assert kernel.users_per_block(256, gpu, 50_000) == 256

@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -203,7 +203,9 @@ class TrainConfig(_Section):
 class ScoreConfig(_Section):
     top_n: int = Field(10, gt=0)
     exclude_seen: bool = True
-    users_per_block: int = Field(128, gt=0)  # users per matmul block (fastest of 64-512 at 20k items)
+    # Users per matmul block; auto: 128 on the CPU (fastest of 64-512 at 20k items), on a GPU as
+    # many as a quarter of its free memory holds (recspark.serve.kernel.users_per_block).
+    users_per_block: Literal["auto"] | Annotated[int, Field(gt=0)] = "auto"
     partitions: int | None = Field(None, gt=0)  # scoring tasks; None: Spark's default parallelism
     # The model's user table is broadcast to the scoring tasks up to this size (MiB), and joined
     # by user (one shuffle of the users and their rated items) above it or at 0.

@@ -73,7 +73,7 @@ def top_k_lists(
     spark: SparkSession,
     scorer: Scorer,
     split: EvaluationSplit,
-    users_per_block: int = 256,
+    users_per_block: int | str = "auto",
     device: str = "auto",
     partitions: int | None = None,
 ) -> DataFrame:
@@ -89,7 +89,7 @@ def assess_contender(
     split: EvaluationSplit,
     predict_pairs,
     scorer: Scorer | None,
-    users_per_block: int = 256,
+    users_per_block: int | str = "auto",
     device: str = "auto",
     partitions: int | None = None,
 ) -> dict[str, Any]:

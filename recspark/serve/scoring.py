@@ -84,7 +84,7 @@ def recommend_all(
     seen: DataFrame | None,
     payload: bytes,
     top_n: int,
-    users_per_block: int = 256,
+    users_per_block: int | str = "auto",
     device: str = "auto",
     partitions: int | None = None,
     user_columns: DataFrame | None = None,
@@ -114,7 +114,8 @@ def recommend_all(
     top_n
         List length per user.
     users_per_block
-        Users per matrix product; memory per block is ``users_per_block x items`` floats.
+        Users per matrix product (memory per block: ``users_per_block x items`` floats), or
+        ``auto``: sized by each task for its device (:func:`recspark.serve.kernel.users_per_block`).
     device
         ``train.device``: ``auto`` uses CUDA on executors that have a GPU.
     partitions
@@ -173,7 +174,7 @@ def recommend_listed(
     user_table: UserTable,
     payload: bytes,
     top_n: int,
-    users_per_block: int = 256,
+    users_per_block: int | str = "auto",
     device: str = "auto",
     partitions: int | None = None,
     carry: tuple[str, ...] = (),
@@ -211,7 +212,7 @@ def _map_users(
     payload: bytes,
     user_table: UserTable | None,
     top_n: int,
-    users_per_block: int,
+    users_per_block: int | str,
     device: str,
     carry: tuple[str, ...],
     item_ids: pa.Array | None,
@@ -309,7 +310,7 @@ def recommendation_table(
     payload: bytes,
     model_version: str,
     top_n: int,
-    users_per_block: int = 128,
+    users_per_block: int | str = "auto",
     device: str = "auto",
     partitions: int | None = None,
     counters: ScoreCounters | None = None,
