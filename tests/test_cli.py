@@ -128,3 +128,15 @@ def test_shipped_movielens_configs_name_the_titles_beside_their_ratings(name):
     titles = Path(config.recommend.titles_path)
     assert titles.name == "u.item"
     assert titles.parent == Path(config.input.path).parent
+
+
+def test_a_config_file_cannot_run_code(tmp_path):
+    """The loader is YAML's safe one (minus timestamps): a python tag is refused, not run."""
+    from recspark.core.errors import ConfigError
+
+    marker = tmp_path / "ran"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"run_date: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(config)
+    assert not marker.exists()

@@ -362,7 +362,12 @@ _Loader.yaml_implicit_resolvers = {
 
 
 def _parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+    """One YAML document through :class:`_Loader`: ``yaml.safe_load`` minus timestamps."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
