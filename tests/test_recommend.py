@@ -283,3 +283,20 @@ def test_titles_tables_of_three_layouts(tmp_path):
     bad.write_text("just words\n")
     with pytest.raises(BadInputError, match="cannot tell the layout"):
         read_titles(str(bad))
+
+
+def test_a_known_users_list_leaves_out_what_it_rated_and_rare_items():
+    """The list is the model's ranking of the eligible items the user has not rated."""
+    from recspark.model.embedding import build_model
+    from recspark.serve.recommend import known_user_list
+
+    model = build_model("dot", n_users=1, n_items=6, factors=1)
+    with torch.no_grad():
+        model.user_factors.weight.fill_(1.0)
+        model.item_factors.weight.copy_(torch.tensor([[6.0], [5.0], [4.0], [3.0], [2.0], [1.0]]))
+    eligible = np.array([True, True, False, True, True, True])
+    chosen = known_user_list(model, 0, np.array([0]), eligible, top_n=3, raw_user="u0")
+    # Item 0 is rated, item 2 too rare: the best of the rest, in order.
+    assert chosen.index.tolist() == [1, 3, 4]
+    assert chosen.scores.tolist() == pytest.approx([5.0, 3.0, 2.0])
+    assert chosen.facts == {"mode": "user", "user_idx": 0, "rated_items": 1}

@@ -40,20 +40,21 @@ from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError, ConfigError, MissingInputError
 from recspark.core.storage import Layout, latest_date
 from recspark.data.prepared import rated, read_manifest
-from recspark.data.titles import read_titles
 from recspark.evaluate.explore import write_exploration
 from recspark.model.published import check_id_maps, load_published_model
-from recspark.serve.foldin import fold_in, parse_ratings, score_user
+from recspark.serve.foldin import parse_ratings
 from recspark.serve.recommend import (
-    best_items,
     fold_in_regularization,
     format_table,
     item_ids_by_index,
     item_rating_counts,
+    known_user_list,
     listing,
     lookup_items,
     lookup_user,
+    new_user_list,
     ranking_settings,
+    title_labels,
     to_raw_id,
 )
 from recspark.serve.similar import (
@@ -91,16 +92,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     train = spark.read.parquet(str(prepared / "train"))
     counts = item_rating_counts(train, model.n_items)
     eligible = counts >= settings.min_item_ratings
-    labels: dict[int, str] = {}
-    if settings.titles_path:
-        titles = read_titles(settings.titles_path)
-        by_id = dict(zip(titles[ITEM_ID].tolist(), titles["title"].tolist(), strict=True))
-        for index, raw in enumerate(item_ids):
-            key = raw.item() if hasattr(raw, "item") else raw
-            if key in by_id:
-                labels[index] = by_id[key]
-        if not labels:
-            log.warning("no item id of the model is in %s: titles left empty", settings.titles_path)
+    labels = title_labels(item_ids, settings.titles_path)
 
     outputs: dict[str, Any] = {"model": str(folder / "model.pt")}
     metrics: dict[str, Any] = {
@@ -109,6 +101,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         "eligible_items": int(eligible.sum()),
     }
     recommendations: list[dict] = []
+    chosen = None
     heading = None
     score_name = "score"
     if given is not None:
@@ -123,23 +116,10 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         ranking = ranking_settings(
             config, published.metrics, published.meta.objective, train, model.n_items
         )
-        user = fold_in(model, rated_idx, values, regularization, ranking)
-        excluded = ~eligible
-        excluded[rated_idx] = True
-        index, scores = best_items(score_user(model, user.vector, user.bias), excluded, settings.top_n)
-        recommendations = listing(index, scores, item_ids, labels)
-        metrics.update(
-            mode="new_user",
-            rated_items=len(given),
-            regularization=regularization,
-            objective=published.meta.objective,
-            fold_in_rmse=user.rmse,
-            fold_in_rank_share=user.rank_share,
-            fold_in_iterations=user.iterations,
-            fold_in_bias=user.bias,
-            fold_in_norm=float(np.linalg.norm(user.vector)),
+        chosen = new_user_list(
+            model, rated_idx, values, eligible, settings.top_n, regularization, ranking
         )
-        heading = f"top {settings.top_n} for a new user folded in from {len(given)} ratings"
+        chosen.facts["objective"] = published.meta.objective
     elif settings.user is not None:
         user_index = spark.read.parquet(str(prepared / "user_index"))
         raw_user = to_raw_id(settings.user, user_index.schema[USER_ID].dataType, "recommend.user")
@@ -148,14 +128,11 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             row[ITEM_IDX]
             for row in rated(spark, prepared).where(F.col(USER_IDX) == user_idx).select(ITEM_IDX).distinct().collect()
         ]
-        vector = model.user_factors.weight[user_idx].detach().cpu().numpy()
-        bias = float(model.user_bias.weight[user_idx, 0].detach()) if hasattr(model, "user_bias") else 0.0
-        excluded = ~eligible
-        excluded[np.asarray(seen, dtype=np.int64)] = True
-        index, scores = best_items(score_user(model, vector, bias), excluded, settings.top_n)
-        recommendations = listing(index, scores, item_ids, labels)
-        metrics.update(mode="user", user_idx=user_idx, rated_items=len(seen))
-        heading = f"top {settings.top_n} for user {raw_user} ({len(seen)} items rated)"
+        chosen = known_user_list(model, user_idx, seen, eligible, settings.top_n, raw_user)
+    if chosen is not None:
+        recommendations = listing(chosen.index, chosen.scores, item_ids, labels)
+        metrics.update(chosen.facts)
+        heading = chosen.heading
 
     item_side = None
     if settings.similar_to is not None or settings.similar_table or settings.pca_plot:

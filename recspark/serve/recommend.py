@@ -7,6 +7,8 @@ the same rows."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,8 +21,11 @@ from pyspark.sql import types as T
 from recspark.core.config import Config
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
-from recspark.serve.foldin import RankingFoldIn
+from recspark.data.titles import read_titles
+from recspark.serve.foldin import RankingFoldIn, fold_in, score_user
 from recspark.serve.kernel import top_k
+
+log = logging.getLogger(__name__)
 
 # Ridge weight of a fold-in when the model was trained without an embedding penalty.
 FALLBACK_REGULARIZATION = 0.01
@@ -162,3 +167,73 @@ def format_table(rows: list[dict], heading: str, score_name: str = "score") -> s
     if not rows:
         lines.append("  (no eligible items)")
     return "\n".join(lines)
+
+
+def title_labels(item_ids: np.ndarray, titles_path: str | None) -> dict[int, str]:
+    """The title of each model item index found in ``titles_path`` (u.item, movies.dat or
+    movies.csv); empty without a path, with a warning when no id matches."""
+    if not titles_path:
+        return {}
+    titles = read_titles(titles_path)
+    by_id = dict(zip(titles[ITEM_ID].tolist(), titles["title"].tolist(), strict=True))
+    labels = {}
+    for index, raw in enumerate(item_ids):
+        key = raw.item() if hasattr(raw, "item") else raw
+        if key in by_id:
+            labels[index] = by_id[key]
+    if not labels:
+        log.warning("no item id of the model is in %s: titles left empty", titles_path)
+    return labels
+
+
+@dataclass
+class UserList:
+    """One user's top-N: item indices and scores, best first, and facts for the summary."""
+
+    index: np.ndarray
+    scores: np.ndarray
+    heading: str
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def new_user_list(
+    model,
+    rated_idx: np.ndarray,
+    ratings: np.ndarray,
+    eligible: np.ndarray,
+    top_n: int,
+    regularization: float,
+    ranking: RankingFoldIn | None,
+) -> UserList:
+    """The list of a user who is not in the model, folded in from ``ratings`` of ``rated_idx``:
+    eligible items only, the rated ones left out."""
+    user = fold_in(model, rated_idx, ratings, regularization, ranking)
+    excluded = ~eligible
+    excluded[rated_idx] = True
+    index, scores = best_items(score_user(model, user.vector, user.bias), excluded, top_n)
+    facts = {
+        "mode": "new_user",
+        "rated_items": len(rated_idx),
+        "regularization": regularization,
+        "fold_in_rmse": user.rmse,
+        "fold_in_rank_share": user.rank_share,
+        "fold_in_iterations": user.iterations,
+        "fold_in_bias": user.bias,
+        "fold_in_norm": float(np.linalg.norm(user.vector)),
+    }
+    heading = f"top {top_n} for a new user folded in from {len(rated_idx)} ratings"
+    return UserList(index, scores, heading, facts)
+
+
+def known_user_list(
+    model, user_idx: int, seen: np.ndarray, eligible: np.ndarray, top_n: int, raw_user: Any
+) -> UserList:
+    """The list of user ``user_idx`` of the model: eligible items it has not rated (``seen``)."""
+    vector = model.user_factors.weight[user_idx].detach().cpu().numpy()
+    bias = float(model.user_bias.weight[user_idx, 0].detach()) if hasattr(model, "user_bias") else 0.0
+    excluded = ~eligible
+    excluded[np.asarray(seen, dtype=np.int64)] = True
+    index, scores = best_items(score_user(model, vector, bias), excluded, top_n)
+    facts = {"mode": "user", "user_idx": user_idx, "rated_items": len(seen)}
+    heading = f"top {top_n} for user {raw_user} ({len(seen)} items rated)"
+    return UserList(index, scores, heading, facts)
