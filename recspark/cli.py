@@ -154,16 +154,28 @@ def run_command(command: str, config: Config, clock: dict[str, float] | None = N
     input fail in a second rather than after the JVM's start. ``clock["started"]`` is set once
     Spark is up, so ``seconds`` counts the command's own work and not the JVM start.
     """
+    from recspark.core import location
+
     module = importlib.import_module(f"recspark.commands.{command}")
+    # Storage settings (S3 endpoint, keys) are Spark's Hadoop ones: the config's before Spark
+    # starts, then the session's (spark-submit --conf, core-site.xml), the config's winning.
+    location.configure(config.spark.conf)
     precheck = getattr(module, "precheck", None)
     if precheck is not None:
         precheck(config)
     from recspark.core.spark import get_spark
 
     spark = get_spark(f"recspark-{command}", master=config.spark.master, conf=config.spark.conf)
+    location.configure_from_spark(spark)
+    location.configure(config.spark.conf)
     if clock is not None:
         clock["started"] = time.perf_counter()
-    return module.run(config, spark)
+    summary = module.run(config, spark)
+    # Outputs on the driver's disk are shown as plain paths (what pandas, IPython and a shell
+    # take); those on a cluster's storage keep their URI.
+    if isinstance(summary.get("outputs"), dict):
+        summary["outputs"] = location.shown(summary["outputs"])
+    return summary
 
 
 def stop_spark() -> None:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from recspark.core.location import Location
+
+
+def save_figure(figure, path, **options) -> Location:
+    """Save ``figure`` as PNG to ``path`` (any store) and close it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **options)
+    plt.close(figure)
+    target = Location(path)
+    target.write_bytes(buffer.getvalue())
+    return target
 
 
 def loss_curve(
@@ -27,5 +40,4 @@ def loss_curve(
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path)

@@ -7,14 +7,19 @@ Layout (``D`` is the run date)::
     prepared/D/                   prepare: train, validation, cold_start, quarantine,
                                   user_index, item_index, manifest.json
     models/D/                     train: model.pt, user_factors/, item_factors/, metrics.json, ...
-    recommendations/run_date=D/   score: the table downstream reads
+    recommendations/run_date=D/   score: the table downstream reads (Parquet; or a Delta table)
     evaluation/D/                 evaluate: evaluation.json and plots
 
+``paths.root`` is a local folder or a URI on a cluster's storage (see
+:mod:`recspark.core.location`); every path here is a :class:`~recspark.core.location.Location`.
 Everything is first written under ``_staging/`` on the same filesystem and then moved into place
-by a rename (:func:`publish`): a job killed midway leaves the previous output whole and no half
-output visible, and re-running a date replaces its output whole. ``paths.root`` must be a
-filesystem path that the driver and every executor see (local disk for ``local[*]``, a shared
-mount on a cluster).
+(:func:`publish`), the folder's ``_SUCCESS`` marker last: a job killed midway leaves the previous
+output whole and no half output visible, and re-running a date replaces its output whole. On a
+local disk or HDFS the move is a rename. Object stores have no rename: the move copies the files
+server-side, the marker after all the others, so a reader that requires ``_SUCCESS`` (as
+recspark's readers do, and as downstream Parquet readers must) never sees a part; a publish
+killed in that window is rolled back by :func:`clean_leftovers` at the next run. A Delta table
+(``score.table_format: delta``) needs none of this: its log commits a date atomically.
 """
 
 from __future__ import annotations
@@ -25,81 +30,65 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from recspark.core.location import Location
+
 SUCCESS = "_SUCCESS"
 _DATE_DIR = re.compile(r"^(?:run_date=)?(\d{4}-\d{2}-\d{2})$")
 
-
-def local_path(path: str | os.PathLike) -> Path:
-    """Strip a ``file:`` scheme so a Spark-style URI can be handled with ``os``."""
-    text = str(path)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    elif text.startswith("file:"):
-        text = text[len("file:") :]
-    return Path(text).absolute()
-
-
-def uri(path: str | os.PathLike) -> str:
-    """A ``file://`` URI for petastorm and Spark, which both accept it."""
-    return local_path(path).as_uri()
+Where = str | os.PathLike | Location
 
 
 class Layout:
     """Paths of one root; a stage asks here rather than joining strings itself."""
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = local_path(root)
+    def __init__(self, root: Where):
+        self.root = Location(root)
 
     @property
-    def ratings(self) -> Path:
+    def ratings(self) -> Location:
         return self.root / "data" / "ratings"
 
     @property
-    def truth(self) -> Path:
+    def truth(self) -> Location:
         return self.root / "data" / "truth"
 
-    def prepared(self, run_date: dt.date | str) -> Path:
+    def prepared(self, run_date: dt.date | str) -> Location:
         return self.root / "prepared" / str(run_date)
 
-    def model(self, run_date: dt.date | str) -> Path:
+    def model(self, run_date: dt.date | str) -> Location:
         return self.root / "models" / str(run_date)
 
     @property
-    def recommendations(self) -> Path:
+    def recommendations(self) -> Location:
         return self.root / "recommendations"
 
-    def recommendations_partition(self, run_date: dt.date | str) -> Path:
+    def recommendations_partition(self, run_date: dt.date | str) -> Location:
         return self.recommendations / f"run_date={run_date}"
 
-    def evaluation(self, run_date: dt.date | str) -> Path:
+    def evaluation(self, run_date: dt.date | str) -> Location:
         return self.root / "evaluation" / str(run_date)
 
     @property
-    def checkpoints(self) -> Path:
+    def checkpoints(self) -> Location:
         return self.root / "_checkpoints"
 
-    def staging(self, name: str) -> Path:
+    def staging(self, name: str) -> Location:
         """A fresh folder under ``_staging`` on the same filesystem as the outputs."""
         path = self.root / "_staging" / f"{name}-{uuid.uuid4().hex[:12]}"
-        path.mkdir(parents=True)
+        path.mkdir()
         return path
 
 
-def published_dates(folder: str | os.PathLike) -> list[str]:
+def published_dates(folder: Where) -> list[str]:
     """Run dates with a complete (``_SUCCESS``-marked) output under ``folder``, oldest first."""
-    base = local_path(folder)
-    if not base.is_dir():
-        return []
     dates = []
-    for child in base.iterdir():
+    for child in Location(folder).iterdir():
         match = _DATE_DIR.match(child.name)
         if match and (child / SUCCESS).exists():
             dates.append(match.group(1))
@@ -107,7 +96,7 @@ def published_dates(folder: str | os.PathLike) -> list[str]:
 
 
 def latest_date(
-    folder: str | os.PathLike, before: dt.date | str | None = None, upto: dt.date | str | None = None
+    folder: Where, before: dt.date | str | None = None, upto: dt.date | str | None = None
 ) -> str | None:
     """The newest published run date under ``folder``, optionally strictly before or up to a date."""
     dates = published_dates(folder)
@@ -118,88 +107,120 @@ def latest_date(
     return dates[-1] if dates else None
 
 
-def mark_success(folder: str | os.PathLike) -> None:
-    (local_path(folder) / SUCCESS).touch()
+def mark_success(folder: Where) -> None:
+    """Write the ``_SUCCESS`` marker, holding a token unique to this publish."""
+    token = f"{dt.datetime.now(dt.UTC).isoformat()} {uuid.uuid4().hex}\n"
+    (Location(folder) / SUCCESS).write_text(token)
 
 
-def publish(staging: str | os.PathLike, final: str | os.PathLike) -> Path:
+def publish_token(folder: Where) -> str | None:
+    """The token of a folder's ``_SUCCESS`` marker: each publish writes a new one, so it changes
+    whenever a new folder is put in place (on any store); None when nothing is published."""
+    try:
+        return (Location(folder) / SUCCESS).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def publish(staging: Where, final: Where) -> Location:
     """Move a finished staging folder into place, replacing any previous one whole.
 
-    The new folder gets a ``_SUCCESS`` marker before it becomes visible. The old folder is first
-    renamed aside, so at no moment does ``final`` hold a mix of old and new files; it is deleted
-    only after the new one is in place.
+    The new folder gets a ``_SUCCESS`` marker, moved last. The old folder first loses its marker
+    and is moved aside, so at no moment does ``final`` hold a marked mix of old and new files; it
+    is deleted only after the new one is in place.
     """
-    source, target = local_path(staging), local_path(final)
+    source, target = Location(staging), Location(final)
     mark_success(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
     retired = None
     if target.exists():
         retired = target.parent / f".retired-{target.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(target, retired)
+        if not target.is_local:
+            (target / SUCCESS).unlink()
+        target.move_to(retired, last=SUCCESS)
     try:
-        os.rename(source, target)
-    except OSError:
-        if retired is not None:
-            os.rename(retired, target)
+        source.move_to(target, last=SUCCESS)
+    except BaseException:
+        if retired is not None and not (target / SUCCESS).exists():
+            target.rmtree()
+            retired.move_to(target, last=SUCCESS)
         raise
     if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
+        retired.rmtree()
     return target
 
 
 @contextlib.contextmanager
-def staged(layout: Layout, final: str | os.PathLike, name: str) -> Iterator[Path]:
+def staged(layout: Layout, final: Where, name: str) -> Iterator[Location]:
     """Yield a staging folder; publish it to ``final`` on success, delete it on failure."""
     folder = layout.staging(name)
     try:
         yield folder
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        folder.rmtree()
         raise
     publish(folder, final)
 
 
-def clean_leftovers(layout: Layout, final: str | os.PathLike, name: str) -> list[Path]:
+def clean_leftovers(layout: Layout, final: Where, name: str) -> list[Location]:
     """Tidy what a killed run of the same output left behind, before a new run starts.
 
     Removes ``_staging/NAME-*`` folders (a job killed before publishing) and ``.retired-*`` copies
-    of ``final``; if a job died between publish's two renames, so that ``final`` is missing while a
-    retired copy exists, the newest retired copy is first moved back. Call it only where no other
-    run of the same output can be in progress (the nightly lock, or one scheduler entry per date).
-    Returns the removed paths.
+    of ``final``. If a job died inside :func:`publish`, so that ``final`` is missing or unmarked
+    (a copy cut short on an object store) while a retired copy exists, the newest retired copy is
+    first moved back. Call it only where no other run of the same output can be in progress (the
+    nightly lock, or one scheduler entry per date). Returns the removed paths.
     """
-    target = local_path(final)
-    removed: list[Path] = []
-    retired = sorted(
-        target.parent.glob(f".retired-{target.name}-*"), key=lambda path: path.stat().st_mtime
-    ) if target.parent.is_dir() else []
-    if retired and not target.exists():
-        os.rename(retired.pop(), target)
-    stale = retired + sorted((layout.root / "_staging").glob(f"{name}-*"))
+    target = Location(final)
+    removed: list[Location] = []
+    retired = sorted(target.parent.glob(f".retired-{target.name}-*"), key=Location.mtime)
+    if retired and not (target / SUCCESS).exists():
+        target.rmtree()
+        retired.pop().move_to(target, last=SUCCESS)
+    stale = retired + (layout.root / "_staging").glob(f"{name}-*")
     for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
+        path.rmtree()
         removed.append(path)
     return removed
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    target = local_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: Where, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    Location(path).write_text(text)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(local_path(path).read_text())
+def read_json(path: Where) -> Any:
+    return json.loads(Location(path).read_text())
 
 
-def file_digest(path: str | os.PathLike, length: int = 12) -> str:
+def file_digest(path: Where, length: int = 12) -> str:
     digest = hashlib.sha256()
-    with open(local_path(path), "rb") as handle:
+    with Location(path).open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:length]
 
 
-def parquet_rows(path: Path) -> int:
+def parquet_files(folder: Where) -> list[Location]:
+    """The ``*.parquet`` files of a folder written by Spark or pyarrow (one level), sorted."""
+    return Location(folder).glob("*.parquet")
+
+
+def parquet_rows(folder: Where) -> int:
     """Rows of a Parquet folder, from its files' footers (no data read)."""
-    return sum(pq.ParquetFile(file).metadata.num_rows for file in sorted(path.glob("*.parquet")))
+    total = 0
+    for file in parquet_files(folder):
+        with file.open("rb") as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
+def read_parquet(folder: Where, columns: list[str] | None = None):
+    """A small Parquet folder (a model's factors, an index) as one pyarrow table, on any store."""
+    import pyarrow as pa
+
+    location = Location(folder)
+    files = parquet_files(location)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files in {location}")
+    tables = [pq.read_table(file.fs_path, columns=columns, filesystem=file.filesystem) for file in files]
+    return pa.concat_tables(tables)
