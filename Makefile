@@ -1,13 +1,15 @@
 # Set-up and the two README commands. `make demo` runs the whole pipeline on the embedded default;
-# `make test` runs the test suite. Both create .venv/ with the pinned stack first if needed.
+# `make test` runs the test suite. Both set up first if needed: .venv/ with the pinned stack, and
+# Spark's extra jars in .jars/ (fetched once through Maven; `make jars` does only that part).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+JARS := .jars/.fetched
 
 .PHONY: setup demo test lint clean jars
 
-setup: $(STAMP)
+setup: $(STAMP) $(JARS)
 
 $(STAMP): setup.py constraints.txt
 	@bash scripts/check-environment.sh $(PYTHON)
@@ -16,14 +18,14 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: setup
 	$(BIN)/recspark generate
 	$(BIN)/recspark prepare
 	$(BIN)/recspark train
 	$(BIN)/recspark score
 	$(BIN)/recspark evaluate
 
-test: $(STAMP)
+test: setup
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
@@ -34,9 +36,16 @@ clean:
 
 # Spark's extra jars for cluster storage (the S3A connector matching pyspark's Hadoop 3.4.1 and its
 # AWS SDK bundle, Delta Lake for Spark 4.0), fetched through Maven from deps/pom.xml into .jars/.
-jars: .jars/.fetched
+# Downloaded into .jars/.download/ first, then moved in (a rename per jar), so a failed fetch keeps the
+# old jars and a changed pom leaves no stale version behind: recspark.core.spark and
+# scripts/spark-submit put every .jars/*.jar on Spark's classpath.
+jars: $(JARS)
 
-.jars/.fetched: deps/pom.xml
-	@command -v mvn >/dev/null || { echo "make jars needs Maven (mvn): apt-get install maven" >&2; exit 2; }
-	mvn -q -f deps/pom.xml dependency:copy-dependencies -DoutputDirectory=../.jars -DincludeScope=runtime
+$(JARS): deps/pom.xml
+	@command -v mvn >/dev/null || { echo "set-up needs Maven (mvn) to fetch Spark's jars into .jars/: install it (e.g. apt-get install maven) and re-run" >&2; exit 2; }
+	rm -rf .jars/.download
+	mvn -q -f deps/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.jars/.download -DincludeScope=runtime
+	cd .jars && for jar in *.jar; do [ -e ".download/$$jar" ] || rm -f "$$jar"; done
+	mv -f .jars/.download/*.jar .jars/
+	rm -rf .jars/.download
 	@touch $@

