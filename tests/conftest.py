@@ -40,6 +40,16 @@ def ml100k() -> Path:
     return ML100K
 
 
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """A SeaweedFS S3 server for the session, started by the first test that asks for it."""
+    from tests.objectstore import start_object_store
+
+    store = start_object_store(tmp_path_factory.mktemp("object-store"))
+    yield store
+    store.stop()
+
+
 def tiny_overrides(root: Path, **extra: object) -> list[str]:
     """--set overrides for a small synthetic run under ``root`` that trains in seconds."""
     values = {
