@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from recspark.cli import main
+from recspark.core.location import Location
 from recspark.model.saving import load_model
 from tests.test_training import write_prepared
 
@@ -62,9 +63,9 @@ def test_two_processes_reach_the_quality_of_one(spark, tmp_path):
     assert two < 0.6  # learned: the ratings spread ~1.0
     assert abs(one - two) < 0.01, (one, two)
     # The published model is rank 0's trained weights, and it scores what the summary says.
-    model, spec, _ = load_model(Path(parallel["outputs"]["model"]))
+    model, spec, _ = load_model(Location(parallel["outputs"]["model"]))
     assert spec["n_users"] == 300
-    history = json.loads(Path(parallel["outputs"]["metrics"]).read_text())["history"]
+    history = json.loads(Location(parallel["outputs"]["metrics"]).read_text())["history"]
     # Every process did the same steps: together they saw (nearly) the whole split each epoch.
     assert all(5000 <= record["rows"] <= 5600 for record in history)
     assert math.isfinite(float(model.user_factors.weight.detach().sum()))
@@ -82,6 +83,38 @@ def test_too_many_processes_for_the_row_groups_fail_with_advice(spark, tmp_path)
         )
     summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
     assert status == 1 and "num_processes" in summary["error"]
+
+
+def test_the_driver_gets_rank_zeros_result_whoever_ends_last(spark):
+    # The weights come back as the task's result, through no file: rank 0's bytes are broadcast
+    # and every process returns them. On the driver's machine TorchDistributor keeps the return
+    # value of the process that ends last; here rank 1 ends last, and the driver still gets
+    # rank 0's result. (Defined in here so that cloudpickle ships it by value to the workers.)
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    def worker():
+        import time
+
+        import torch
+        import torch.distributed as dist
+
+        from recspark.train.distributed import TorchProcessGroup, rank0_result
+
+        dist.init_process_group("gloo")
+        try:
+            group = TorchProcessGroup(torch.device("cpu"))
+            own = f"rank {group.rank}".encode()
+            shared = rank0_result(own, group)
+        finally:
+            dist.destroy_process_group()
+        if group.rank != 0:
+            time.sleep(3)  # end last
+        return shared, own
+
+    with redirect_stdout(StringIO()):
+        shared, own = TorchDistributor(num_processes=2, local_mode=True, use_gpu=False).run(worker)
+    assert own == b"rank 1"  # the kept return value is indeed the last process's, not rank 0's
+    assert shared == b"rank 0"
 
 
 @pytest.fixture(autouse=True)

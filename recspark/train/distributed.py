@@ -8,6 +8,12 @@ runs (:func:`recspark.train.loop.fit`) with a :class:`TorchProcessGroup` for its
 Workers never touch Spark: paths, settings and the initial weights travel in the dict, so
 ``paths.root`` must be a filesystem every process sees (as it must be for every command).
 
+The trained weights come back as the task's result, not through a file: rank 0 serialises them
+(with its history) as plain data, broadcasts those bytes through the process group, and every
+process returns them. TorchDistributor keeps one process's return value (on the driver's machine
+whichever ends last, on executors partition 0's), so the driver gets rank 0's result either way,
+and reads it with ``torch.load(weights_only=True)`` like any other bytes it did not write.
+
 Shards hold whole row groups and so can differ in size; :func:`recspark.train.loop.plan_feed` gives
 each process a batch proportional to its shard and the same number of steps, and
 :func:`weighted_allreduce` weights each process's gradient by its share of the global batch, so a
@@ -22,14 +28,13 @@ import io
 import logging
 import os
 import sys
-import tempfile
-import uuid
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from recspark.core import location
 from recspark.core.torch_utils import device_for_work
 from recspark.model.saving import load_plain, plain_data
 from recspark.train.loop import EpochRecord, FitResult, LocalProcess, TrainSettings, fit
@@ -79,25 +84,41 @@ class TorchProcessGroup(LocalProcess):
         dist.barrier()
 
 
-def _state_bytes(state: dict[str, torch.Tensor]) -> bytes:
+def _plain_bytes(value: Any, where: str) -> bytes:
     buffer = io.BytesIO()
-    torch.save(plain_data(dict(state), "the initial weights"), buffer)
+    torch.save(plain_data(value, where), buffer)
     return buffer.getvalue()
 
 
-# What to do when a file this module reads back holds more than plain data.
+def _state_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    return _plain_bytes(dict(state), "the initial weights")
+
+
+# What to do when bytes this module reads back hold more than plain data.
 _ADVICE = "something other than recspark wrote it: run the training again"
 
 
-def train_worker(job: dict[str, Any]) -> str:
-    """Body of one training process; rank 0 writes the trained weights and history to a file.
+def rank0_result(payload: bytes | None, group: TorchProcessGroup) -> bytes:
+    """Rank 0's ``payload`` on every process of ``group`` (the other ranks' is ignored).
+
+    A collective: every process must call it. The bytes travel through the process group
+    (``broadcast_object_list``), over ``group.reduce_device``: the process's own GPU under nccl,
+    which carries only GPU tensors, the CPU under gloo.
+    """
+    box = [payload if group.rank == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=group.reduce_device)
+    return box[0]
+
+
+def train_worker(job: dict[str, Any]) -> bytes:
+    """Body of one training process: returns rank 0's trained weights and history, as bytes.
 
     ``job`` holds plain values only: the model spec and initial weights, the two split paths,
     :class:`~recspark.train.loop.TrainSettings` fields, the device kind, the objective (an
     :class:`~recspark.train.objectives.Objective`: its settings and item counts, no torch
-    state), checkpoint settings, and ``result_path``. TorchDistributor keeps the return value of
-    whichever process ends last, not rank 0's, so the result travels through ``result_path``
-    (written by rank 0, renamed into place) and every process returns that same path.
+    state), and checkpoint settings. TorchDistributor keeps the return value of one process
+    (whichever ends last on the driver's machine, partition 0's on executors), so rank 0
+    broadcasts its result (``torch.save`` bytes of plain data) and every process returns it.
     """
     from recspark.model.embedding import build_model
 
@@ -107,11 +128,14 @@ def train_worker(job: dict[str, Any]) -> str:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("recspark").setLevel(logging.INFO)
+    location.configure(job["storage"])
     # Processes on one machine share its cores: without this each would start one thread per core.
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(job["cpu_threads"] or max(1, (os.cpu_count() or 1) // local_processes))
     # Decided here, in the process that trains: a CPU-only driver may run GPU executors.
-    device = device_for_work(job["device_setting"], local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    device = device_for_work(
+        job["device_setting"], local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+    )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -135,6 +159,7 @@ def train_worker(job: dict[str, Any]) -> str:
             fingerprint=job["fingerprint"],
             parallel=group,
         )
+        payload = None
         if group.rank == 0:
             output = {
                 "state_dict": model.state_dict(),
@@ -144,11 +169,8 @@ def train_worker(job: dict[str, Any]) -> str:
                 "resumed_from_epoch": result.resumed_from_epoch,
                 "devices": devices,
             }
-            partial = f"{job['result_path']}.partial"
-            torch.save(plain_data(output, "the training result"), partial)
-            os.replace(partial, job["result_path"])
-        group.barrier()
-        return job["result_path"]
+            payload = _plain_bytes(output, "the training result")
+        return rank0_result(payload, group)
     finally:
         dist.destroy_process_group()
 
@@ -208,14 +230,9 @@ def fit_distributed(
         "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
         "resume": resume,
         "fingerprint": fingerprint,
-        # Under paths.root when checkpointing: a place every process sees, on a cluster too.
-        "result_path": os.path.join(
-            checkpoint_dir or tempfile.mkdtemp(prefix="recspark-ddp-"),
-            f"result-{uuid.uuid4().hex[:12]}.pt",
-        ),
+        # The processes reach paths.root (feed, checkpoints) with the driver's storage settings.
+        "storage": location.settings(),
     }
-    if checkpoint_dir is not None:
-        os.makedirs(checkpoint_dir, exist_ok=True)
     # On the driver's machine the driver's device says whether there are GPUs; on executors the
     # setting and Spark's GPU scheduling do (train.device: auto with spark.task.resource.gpu.amount).
     use_gpu = (
@@ -235,16 +252,17 @@ def fit_distributed(
     # TorchDistributor echoes the workers' output on stdout, which must hold only the summary line.
     with contextlib.redirect_stdout(sys.stderr):
         try:
-            distributor.run(train_worker, job)
+            returned = distributor.run(train_worker, job)
         except RuntimeError as exc:
             raise RuntimeError(
                 f"data-parallel training failed ({str(exc).splitlines()[0][:200]}); the workers' "
                 "traceback is in the log above, prefixed by their rank"
             ) from exc
-    if not os.path.exists(job["result_path"]):
-        raise RuntimeError("data-parallel training wrote no result: see the workers' log above")
-    output = load_plain(job["result_path"], job["result_path"], "training result", _ADVICE)
-    os.remove(job["result_path"])
+    if not isinstance(returned, bytes):
+        raise RuntimeError("data-parallel training returned no result: see the workers' log above")
+    output = load_plain(returned, "the data-parallel result", "training result", _ADVICE)
+    if not isinstance(output, dict) or "state_dict" not in output:
+        raise RuntimeError(f"the data-parallel result is not a training result; {_ADVICE}")
     model.load_state_dict(output["state_dict"])
     return FitResult(
         history=[EpochRecord(**record) for record in output["history"]],
