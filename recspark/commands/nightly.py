@@ -56,6 +56,7 @@ from recspark.ops.gate import judge
 from recspark.ops.history import HistoryRecord
 from recspark.ops.journal import NightlyJournal, NightlyState, StageReport
 from recspark.ops.locking import RunLock
+from recspark.serve.tables import recommendations_table
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def precheck(config: Config) -> None:
     one to report (its holder named), and a run that died is to be recovered first, whatever
     today's input.
     """
-    if not NightlyState(Layout(config.paths.root)).busy():
+    layout = Layout(config.paths.root)
+    if not NightlyState(layout, recommendations_table(config, layout)).busy():
         prepare.precheck(config)
 
 
@@ -84,10 +86,16 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         timings, recovery and retention facts).
     """
     layout = Layout(config.paths.root)
-    state = NightlyState(layout)
+    state = NightlyState(layout, recommendations_table(config, layout))
     run_date = str(config.run_date)
     run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    with RunLock(state.lock, run_date, config.nightly.lock_stale_hours) as lock:
+    with RunLock(
+        state.lock,
+        run_date,
+        config.nightly.lock_stale_hours,
+        run_id=run_id,
+        scheduler=config.nightly.lock == "scheduler",
+    ) as lock:
         recovered = unit.recover_crashed(layout, state, run_id)
         fingerprint = unit.input_fingerprint(config)
         digest = unit.settings_digest(config)
@@ -95,7 +103,9 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         done = (
             None
             if config.nightly.force
-            else unit.already_published(layout, records, run_date, fingerprint, digest)
+            else unit.already_published(
+                layout, records, run_date, fingerprint, digest, state.table, spark
+            )
         )
         if done is not None:
             return unit.skipped_summary(layout, done, recovered, lock.previous)
@@ -112,7 +122,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             digest,
             baseline,
             recovered,
-            lock.previous,
+            lock,
         )
 
 
@@ -126,9 +136,10 @@ def _run_unit(
     digest: str,
     baseline: HistoryRecord | None,
     recovered: HistoryRecord | None,
-    stale_lock: dict[str, Any] | None,
+    lock: RunLock,
 ) -> dict[str, Any]:
     run_date = str(config.run_date)
+    stale_lock = lock.previous
     journal = unit.start_journal(
         layout, state, run_id, run_date, fingerprint, digest, config.nightly.warm_start
     )
@@ -145,6 +156,9 @@ def _run_unit(
             config.nightly,
         )
         unit.record_gate(layout, state, journal, gate)
+        # On an object store the lock is a lease: a run that lost it (stalled past its expiry,
+        # taken over by another run) must not publish.
+        lock.check_held()
         _run_stage("score", settings, spark, state, journal)
         record = unit.commit(layout, state, journal)
     except BaseException as exc:
@@ -154,7 +168,9 @@ def _run_unit(
         if record.status != history.PUBLISHED or not isinstance(exc, Exception):
             raise
         log.warning("run %s is published; a step after the commit failed: %s", run_id, exc)
-    removed, retention_error = unit.prune(layout, state, config.nightly.keep_runs, run_date)
+    removed, retention_error = unit.prune(
+        layout, state, config.nightly.keep_runs, run_date, spark
+    )
     return unit.published_summary(
         layout, journal, record, recovered, stale_lock, removed, retention_error
     )

@@ -9,10 +9,10 @@ it rated. When the model's user table fits ``score.broadcast_users_mb`` it is br
 item side and the tasks read ``rated/`` as it lies (no shuffle at all); a larger one is joined by
 user with ``rated/`` (one shuffle of both, one row per user).
 
-The partition is written under ``_staging/`` and renamed into place whole with a ``_SUCCESS``
-marker (:func:`recspark.core.storage.publish`): a job killed midway leaves the previous partition as
-it was, and re-running a date replaces it whole. What a killed run left in ``_staging`` is removed
-when the next run for the same date starts.
+The date is published whole (:mod:`recspark.serve.tables`): as a Parquet folder written under
+``_staging/`` and moved into place with its ``_SUCCESS`` marker last, or as one Delta commit
+(``score.table_format: delta``). A job killed midway leaves the previous rows as they were, and
+re-running a date replaces it whole. ``score.table`` registers the table in Spark's catalog.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recspark.core.config import Config
-from recspark.core.storage import Layout, clean_leftovers, parquet_rows, staged
+from recspark.core.storage import Layout
 from recspark.model.published import check_id_maps, load_published_model
 from recspark.serve.kernel import UserTable
 from recspark.serve.scoring import (
@@ -32,6 +32,7 @@ from recspark.serve.scoring import (
     model_users,
     recommendation_table,
 )
+from recspark.serve.tables import recommendations_table
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     model, published = load_published_model(layout, config.run_date)
     check_id_maps(layout, published)  # before any Spark task
     prepared = layout.prepared(published.meta.index_date)
-    final = layout.recommendations_partition(config.run_date)
-    name = f"recommendations-{config.run_date}"
-    for path in clean_leftovers(layout, final, name):
-        log.info("removed %s, left by an earlier run that did not finish", path)
+    output = recommendations_table(config, layout)
     counters = ScoreCounters.create(spark)
     user_table = model_users(
         spark, model, published.folder, prepared, config.score.broadcast_users_mb
@@ -62,24 +60,32 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         config.score.partitions,
         counters,
     )
-    with staged(layout, final, name) as staging:
-        table.write.mode("overwrite").parquet(str(staging))
-        # The rows are counted from the written files' footers, so the summary describes the
-        # published partition; the tasks' own count must agree, and says how many users got one.
-        rows, users = parquet_rows(staging), counters.users.value
+
+    def check(rows: int) -> None:
+        # The rows are counted from what was written, so the summary describes the published
+        # date; the tasks' own count must agree.
         if rows != counters.rows.value:
             raise RuntimeError(
                 f"the scoring tasks produced {counters.rows.value} rows but {rows} were written "
-                f"to {staging}: nothing was published"
+                f"to {output.root}: nothing was published"
             )
-    log.info("published %d rows for %d users to %s", rows, users, final)
+
+    written = output.publish(spark, layout, table, config.run_date, check)
+    users = counters.users.value
+    log.info("published %d rows for %d users to %s", written.rows, users, written.location)
+    outputs = {"recommendations": str(layout.recommendations), "partition": written.location}
+    if output.name:
+        outputs["table"] = output.name
     return {
-        "outputs": {"recommendations": str(layout.recommendations), "partition": str(final)},
-        "counts": {"users": users, "rows": rows, "model_users": published.spec.n_users},
+        "outputs": outputs,
+        "counts": {"users": users, "rows": written.rows, "model_users": published.spec.n_users},
         "metrics": {
+            "table_format": output.format,
+            **({"table_version": written.version} if written.version is not None else {}),
             "model_version": published.model_version,
             "top_n": config.score.top_n,
             # How the tasks got the users' vectors: "broadcast" (no shuffle) or "joined".
             "user_factors": "broadcast" if isinstance(user_table, UserTable) else "joined",
         },
     }
+

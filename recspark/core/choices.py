@@ -17,6 +17,7 @@ Optimizer = Literal["sgd", "adam", "adamw", "sparse_adam", "sparse_sgd"]
 ScheduleName = Literal["one_cycle", "cosine", "constant"]
 RankingLoss = Literal["softmax", "bpr"]
 Confidence = Literal["none", "weight", "rating"]
+TableFormat = Literal["parquet", "delta"]
 
 INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 SIDE_INFO_FORMATS: tuple[str, ...] = get_args(SideInfoFormat)
@@ -25,3 +26,4 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 RANKING_LOSSES: tuple[str, ...] = get_args(RankingLoss)
 CONFIDENCES: tuple[str, ...] = get_args(Confidence)
+TABLE_FORMATS: tuple[str, ...] = get_args(TableFormat)

@@ -26,6 +26,7 @@ from recspark.core.choices import (
     RankingLoss,
     ScheduleName,
     SideInfoFormat,
+    TableFormat,
 )
 from recspark.core.errors import ConfigError
 
@@ -210,6 +211,11 @@ class ScoreConfig(_Section):
     # The model's user table is broadcast to the scoring tasks up to this size (MiB), and joined
     # by user (one shuffle of the users and their rated items) above it or at 0.
     broadcast_users_mb: float = Field(256.0, ge=0)
+    # How recommendations/ is written (recspark.serve.tables): parquet folders per run date, or
+    # one Delta table (atomic per date on any store; needs Delta's jars).
+    table_format: TableFormat = "parquet"
+    # Register the table in Spark's catalog under this name (NAME, DB.NAME or CATALOG.DB.NAME).
+    table: str | None = Field(None, pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*){0,2}$")
 
 
 class EvaluateConfig(_Section):
@@ -325,6 +331,9 @@ class NightlyConfig(_Section):
     keep_runs: int = Field(7, ge=1)
     force: bool = False
     lock_stale_hours: float = Field(24.0, gt=0.0)
+    # "auto": flock on a local root, a conditional-write lease on s3a://, refused elsewhere;
+    # "scheduler": no lock, the scheduler runs one nightly per paths.root (hdfs://, gs://...).
+    lock: Literal["auto", "scheduler"] = "auto"
 
 
 class Config(_Section):

@@ -10,15 +10,15 @@ files nightly keeps under ``_nightly/``.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recspark.core.errors import BadInputError
-from recspark.core.storage import Layout
+from recspark.core.location import Location
+from recspark.core.storage import Layout, publish_token
 from recspark.ops.gate import GateResult
+from recspark.serve.tables import OutputTable
 
 
 class StageReport(BaseModel):
@@ -49,7 +49,8 @@ class NightlyJournal(BaseModel):
     # Which of the date's outputs existed and were (to be) set aside, by kind.
     stashed: dict[str, bool] = Field(default_factory=dict)
     # (device, inode) of the recommendations partition before the run: score's publish changes it.
-    partition_before: list[int] | None = None
+    # The partition's publish token (older journals hold a [device, inode] pair).
+    partition_before: str | list[int] | None = None
     summaries: dict[str, StageReport] = Field(default_factory=dict)
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     gate: GateResult | None = None
@@ -58,30 +59,27 @@ class NightlyJournal(BaseModel):
 class NightlyState:
     """Where nightly keeps its own bookkeeping under ``<root>/_nightly``."""
 
-    def __init__(self, layout: Layout):
+    def __init__(self, layout: Layout, table: OutputTable | None = None):
+        # The recommendations table score publishes to (its format decides how a publish is
+        # recognised and how old dates go).
+        self.table = table if table is not None else OutputTable(layout.recommendations)
         self.base = layout.root / "_nightly"
         self.lock = self.base / "lock"
         self.journal = self.base / "inflight.json"
         self.stash_root = self.base / "stash"
         self.rejected = self.base / "rejected"
 
-    def stash(self, run_id: str) -> Path:
+    def stash(self, run_id: str) -> Location:
         return self.stash_root / run_id
 
-    def rejected_run(self, run_date: str, run_id: str) -> Path:
+    def rejected_run(self, run_date: str, run_id: str) -> Location:
         return self.rejected / f"{run_date}_{run_id}"
 
     def write_journal(self, journal: NightlyJournal) -> None:
         """Replace the journal whole: a reader (the next run) sees the old one or the new one."""
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.journal.with_name(f".{self.journal.name}.tmp")
         # fallback=str: a stage may report a value JSON has no type for, as the summary line does.
         data = journal.model_dump(mode="json", fallback=str)
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.journal)
+        self.journal.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def read_journal(self) -> NightlyJournal | None:
         """The journal a run left, or None when no run is in flight."""
@@ -97,7 +95,7 @@ class NightlyState:
             ) from None
 
     def drop_journal(self) -> None:
-        self.journal.unlink(missing_ok=True)
+        self.journal.unlink()
 
     def busy(self) -> bool:
         """Whether a run holds the lock record or left a journal: the next run then reports the
@@ -106,10 +104,6 @@ class NightlyState:
         return bool(held) or self.journal.exists()
 
 
-def folder_identity(path: Path) -> list[int] | None:
-    """(device, inode) of a folder: it changes when a publish renames a new folder into place."""
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return [stat.st_dev, stat.st_ino]
+def folder_identity(path: Location) -> str | None:
+    """The publish token of a folder (:func:`recspark.core.storage.publish_token`)."""
+    return publish_token(path)

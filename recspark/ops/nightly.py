@@ -9,13 +9,11 @@ settings, retention, and what the summary line holds.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
 from typing import Any
 
@@ -28,7 +26,7 @@ from recspark.model.published import published_version
 from recspark.ops import history, retention
 from recspark.ops.gate import GateResult
 from recspark.ops.history import HistoryRecord
-from recspark.ops.journal import NightlyJournal, NightlyState, StageReport, folder_identity
+from recspark.ops.journal import NightlyJournal, NightlyState, StageReport
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +100,7 @@ def start_journal(
         settings_digest=settings,
         warm_start=warm_start,
         stashed={kind: folders[kind].exists() for kind in RESTORABLE},
-        partition_before=folder_identity(folders["recommendations"]),
+        partition_before=state.table.identity(run_date),
     )
     state.write_journal(journal)
     return journal
@@ -117,8 +115,7 @@ def set_aside(layout: Layout, state: NightlyState, journal: NightlyJournal) -> N
     stash = state.stash(journal.run_id)
     for kind in RESTORABLE:
         if journal.stashed.get(kind):
-            stash.mkdir(parents=True, exist_ok=True)
-            os.rename(folders[kind], stash / kind)
+            folders[kind].move_to(stash / kind, last=SUCCESS)
 
 
 def record_gate(
@@ -155,19 +152,28 @@ def recover_failed(
 
 
 def prune(
-    layout: Layout, state: NightlyState, keep_runs: int, run_date: str
+    layout: Layout, state: NightlyState, keep_runs: int, run_date: str, spark=None
 ) -> tuple[list[str], str | None]:
     """Retention after a publish: (run dates removed, the error when clean-up failed).
 
-    The run is published already, so a failed clean-up is reported, not raised.
+    The run is published already, so a failed clean-up is reported, not raised. A Delta
+    recommendations table (``spark`` needed) loses its old dates in one commit instead.
     """
+    table = state.table
     try:
-        removed = retention.prune_runs(layout, keep_runs, protect={run_date})
+        in_table = table.dates(spark) if table.is_delta else []
+        removed = retention.prune_runs(
+            layout, keep_runs, protect={run_date}, extra_dates=in_table,
+            keep_partitions=table.is_delta,
+        )
+        table.drop_dates(spark, [date for date in removed if date in in_table])
+        if removed and spark is not None:
+            table.register(spark)  # the catalog forgets the removed dates too
         retention.prune_folder(state.rejected, keep_runs)
         # Quarantines of dates that prepare refused (input.max_bad_fraction) age out the same way.
         retention.prune_folder(layout.root / "prepared" / REJECTED, keep_runs)
-    except OSError as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.warning("retention failed, outputs of old runs remain: %s", error)
         return [], error
     return removed, None
@@ -179,6 +185,8 @@ def already_published(
     run_date: str,
     input_digest: str,
     settings: str,
+    table=None,
+    spark=None,
 ) -> HistoryRecord | None:
     """The record of ``run_date``'s live publication when it came from the same input files and
     settings and its outputs are in place; None when the date must run."""
@@ -188,7 +196,10 @@ def already_published(
         settings,
     ):
         return None
-    if not (layout.recommendations_partition(run_date) / SUCCESS).exists():
+    if table is not None and table.is_delta:
+        if not table.has_date(spark, run_date):
+            return None
+    elif not (layout.recommendations_partition(run_date) / SUCCESS).exists():
         return None
     version = published_version(layout.model(run_date))
     if version is None or version != record.model_version:
@@ -199,17 +210,13 @@ def already_published(
 # -- recovery -----------------------------------------------------------------------------------
 
 
-def _committed(layout: Layout, journal: NightlyJournal) -> bool:
-    """Whether score's rename of this run's partition took place (the run is then published)."""
+def _committed(state: NightlyState, journal: NightlyJournal) -> bool:
+    """Whether score's publish of this run's date took place (the run is then published): the
+    partition's publish token, or the Delta table's version, moved on since the run started."""
     if journal.gate is None or not journal.gate.passed or journal.stage not in ("score", "commit"):
         return False
-    partition = layout.recommendations_partition(journal.run_date)
-    identity = folder_identity(partition)
-    return (
-        identity is not None
-        and identity != journal.partition_before
-        and (partition / SUCCESS).exists()
-    )
+    identity = state.table.identity(journal.run_date)
+    return identity is not None and identity != journal.partition_before
 
 
 def history_record(
@@ -258,9 +265,9 @@ def history_record(
 
 
 def _drop_stash(state: NightlyState, run_id: str) -> None:
-    shutil.rmtree(state.stash(run_id), ignore_errors=True)
-    with contextlib.suppress(OSError):  # other runs' leftovers keep it: the next start clears them
-        state.stash_root.rmdir()
+    state.stash(run_id).rmtree()
+    if not state.stash_root.iterdir():  # other runs' leftovers keep it: the next start clears them
+        state.stash_root.rmtree()
 
 
 def _roll_forward(
@@ -293,18 +300,20 @@ def _roll_back(
     rejected = state.rejected_run(run_date, run_id)
     for kind in RESTORABLE:
         final, stashed = folders[kind], stash / kind
-        # A folder at `final` is this run's unless it is the original that was never set aside
-        # (the journal names it, the stash does not hold it: the move did not happen or was undone).
-        produced = final.exists() and (not journal.stashed.get(kind) or stashed.exists())
+        # Whole folders carry their _SUCCESS marker (moves copy it last on object stores, where a
+        # move cut short leaves an unmarked part). A folder at `final` is this run's unless it is
+        # the original that was never set aside (the journal names it, the stash does not hold
+        # it whole: the move did not happen or was undone).
+        stash_whole = (stashed / SUCCESS).exists()
+        produced = (final / SUCCESS).exists() and (not journal.stashed.get(kind) or stash_whole)
         if produced and kind == "prepared":
             retention.retire(final)
         elif produced:
-            rejected.mkdir(parents=True, exist_ok=True)
-            if (rejected / kind).exists():
-                shutil.rmtree(rejected / kind)
-            os.rename(final, rejected / kind)
-        if stashed.exists():
-            os.rename(stashed, final)
+            (rejected / kind).rmtree()
+            final.move_to(rejected / kind, last=SUCCESS)
+        if stash_whole:
+            final.rmtree()
+            stashed.move_to(final, last=SUCCESS)
     record = history_record(journal, status, error, recovered_by=recovered_by)
     if rejected.exists():
         write_json(rejected / "record.json", record.model_dump(mode="json"))
@@ -331,7 +340,7 @@ def recover(
     # Staging folders of the dead run go, and a publish killed between its two renames is undone.
     for kind, folder in retention.run_folders(layout, journal.run_date).items():
         clean_leftovers(layout, folder, f"{kind}-{journal.run_date}")
-    if _committed(layout, journal):
+    if _committed(state, journal):
         log.warning("run %s had published its recommendations: recording it", journal.run_id)
         return _roll_forward(layout, state, journal, recovered=True, recovered_by=recovered_by)
     log.warning("rolling back run %s of %s: %s", journal.run_id, journal.run_date, error)
@@ -343,7 +352,7 @@ def recover_crashed(layout: Layout, state: NightlyState, recovered_by: str) -> H
     journal = state.read_journal()
     if journal is None:
         # No run in flight: anything in the stash is a leftover of a finished recovery.
-        shutil.rmtree(state.stash_root, ignore_errors=True)
+        state.stash_root.rmtree()
         return None
     error = (
         f"interrupted during {journal.stage} (the process died without finishing); "

@@ -54,6 +54,9 @@ from recspark.serve.kernel import UserTable, kernel_for, recommend_batches
 #: Fault-injection hook for the kill test: each scoring task sleeps this many seconds after it has
 #: handed its first block to Spark's writer, so a test can kill the job while it is writing.
 PAUSE_ENV = "RECSPARK_SCORE_PAUSE_SECONDS"
+#: With the pause, a local file each pausing task creates first: the test then knows the write job
+#: is under way (Spark may hold the rows back to sort them, so no output file need exist yet).
+PAUSE_MARKER_ENV = "RECSPARK_SCORE_PAUSE_MARKER"
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,10 @@ def _map_users(
 def _pause_for_fault_injection() -> None:
     seconds = float(os.environ.get(PAUSE_ENV) or 0)
     if seconds > 0:
+        marker = os.environ.get(PAUSE_MARKER_ENV)
+        if marker:
+            with open(marker, "a", encoding="utf-8") as handle:
+                handle.write(f"{os.getpid()}\n")
         time.sleep(seconds)
 
 
