@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from recspark.cli import main
+from recspark.core.location import Location
 from recspark.evaluate.benchmark import ContenderResult, accuracy_table, format_table, ratios
 from recspark.model.saving import load_model
 from tests.test_score_job import set_args
@@ -79,7 +80,7 @@ def test_benchmark_prints_the_table_and_one_json_line(tiny_benchmark):
 
 def test_benchmark_figures_come_from_the_published_outputs(tiny_benchmark):
     _, summary, _ = tiny_benchmark
-    report = json.loads(Path(summary["outputs"]["report"]).read_text())
+    report = json.loads(Location(summary["outputs"]["report"]).read_text())
     data = Path(report["datasets"]["synthetic-4k"]["root"])
     recspark = report["results"]["synthetic-4k"]["recspark"]
     # RMSE recomputed here from the published model and the prepared validation split.

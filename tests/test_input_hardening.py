@@ -23,6 +23,7 @@ from pyspark.sql import types as T
 
 from recspark.cli import main
 from recspark.core.errors import BadInputError, MissingInputError
+from recspark.core.location import Location
 from recspark.data import sources
 from recspark.data.prepare import precheck_input
 from tests.test_prepare import load_udata, prepare, prepared_ratings, read
@@ -154,7 +155,7 @@ def test_prepare_quarantines_a_non_utf8_id_and_keeps_the_clean_split(spark, tmp_
     assert two["counts"]["quarantined"] == 1
     assert two["counts"]["quarantined_by_reason"]["non_utf8_user"] == 1
     assert set(two["counts"]["quarantined_by_reason"]) == set(sources.REASONS)
-    manifest = json.loads(Path(two["outputs"]["manifest"]).read_text())
+    manifest = json.loads(Location(two["outputs"]["manifest"]).read_text())
     assert manifest["input"]["id_types"] == {"user_id": "bigint", "item_id": "bigint"}
     assert read(two, "user_index")["user_id"].dtype == np.int64
     for name in ("user_index", "item_index", "train", "validation", "cold_start"):
@@ -457,5 +458,5 @@ def test_fuzz_malformed_lines_in_ml100k_are_all_quarantined(spark, ml100k, tmp_p
     assert (counts["users"], counts["items"]) == (943, 1682)
     np.testing.assert_array_equal(got[["user_id", "item_id", "rating", "timestamp"]].to_numpy(),
                                   truth[["user_id", "item_id", "rating", "timestamp"]].to_numpy())
-    manifest = json.loads(Path(summary["outputs"]["manifest"]).read_text())
+    manifest = json.loads(Location(summary["outputs"]["manifest"]).read_text())
     assert manifest["input"]["id_types"] == {"user_id": "bigint", "item_id": "bigint"}

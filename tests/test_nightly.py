@@ -27,6 +27,7 @@ import pytest
 from recspark.cli import main
 from recspark.core.config import load_config
 from recspark.core.errors import BadInputError, ConfigError, LockHeldError
+from recspark.core.location import Location
 from recspark.core.storage import Layout, mark_success
 from recspark.ops import nightly, retention
 from recspark.ops.gate import quality_gate, ranking_gate
@@ -496,7 +497,7 @@ def test_a_corrupted_input_is_stopped_by_the_gate_and_the_last_output_stays(stor
     rejected = latest_record(read_history(story["root"]), status=None)
     assert rejected.run_date == DAY3 and rejected.status == "rejected"
     assert rejected.gate.baseline_rmse == pytest.approx(story["day2"][1]["metrics"]["rmse"])
-    assert (Path(rejected.rejected_outputs) / "model" / "model.pt").exists()
+    assert (Location(rejected.rejected_outputs) / "model" / "model.pt").exists()
     assert not (story["root"] / "_nightly" / "inflight.json").exists()
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from recspark.cli import main
+from recspark.core.location import Location
 from tests.conftest import REPO, tiny_overrides
 
 
@@ -52,7 +52,7 @@ def test_generate_writes_exactly_the_requested_ratings(pipeline):
     assert len(ratings) == 30000
     assert not ratings.duplicated(["user_id", "item_id"]).any()
     assert set(ratings["rating"].unique()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
-    truth = json.loads((Path(generated["outputs"]["truth"]) / "truth.json").read_text())
+    truth = json.loads((Location(generated["outputs"]["truth"]) / "truth.json").read_text())
     assert truth["noise_floor_rmse"] == pytest.approx(generated["metrics"]["noise_floor_rmse"])
 
 
@@ -90,13 +90,13 @@ def test_score_publishes_top_n_without_seen_items(pipeline):
     scored = summaries["score"]
     assert scored["counts"]["users"] == 600 and scored["counts"]["rows"] == 6000
     assert scored["metrics"]["user_factors"] == "broadcast"  # prepare's rated/ lists every user
-    table = pd.read_parquet(Path(scored["outputs"]["recommendations"]))
+    table = pd.read_parquet(Location(scored["outputs"]["recommendations"]))
     assert set(table["run_date"].astype(str)) == {"2026-01-15"}
-    assert (Path(scored["outputs"]["partition"]) / "_SUCCESS").exists()
+    assert (Location(scored["outputs"]["partition"]) / "_SUCCESS").exists()
     assert table.groupby("user_id")["rank"].apply(lambda r: sorted(r) == list(range(1, 11))).all()
     ordered = table.sort_values(["user_id", "rank"])
     assert (ordered.groupby("user_id")["score"].diff().dropna() <= 1e-6).all()
-    prepared = Path(summaries["prepare"]["outputs"]["train"]).parent
+    prepared = Location(summaries["prepare"]["outputs"]["train"]).parent
     users = pd.read_parquet(prepared / "user_index")
     items = pd.read_parquet(prepared / "item_index")
     rated = pd.concat(pd.read_parquet(prepared / name) for name in ("train", "validation", "cold_start"))
@@ -110,12 +110,12 @@ def test_score_matches_a_brute_force_ranking(pipeline):
     from recspark.model.saving import load_model
 
     _, summaries = pipeline
-    model, _, _ = load_model(Path(summaries["train"]["outputs"]["model"]))
-    prepared = Path(summaries["prepare"]["outputs"]["train"]).parent
+    model, _, _ = load_model(Location(summaries["train"]["outputs"]["model"]))
+    prepared = Location(summaries["prepare"]["outputs"]["train"]).parent
     users = pd.read_parquet(prepared / "user_index")
     items = pd.read_parquet(prepared / "item_index").set_index("item_idx")["item_id"]
     rated = pd.concat(pd.read_parquet(prepared / name) for name in ("train", "validation", "cold_start"))
-    table = pd.read_parquet(Path(summaries["score"]["outputs"]["recommendations"]))
+    table = pd.read_parquet(Location(summaries["score"]["outputs"]["recommendations"]))
     with torch.no_grad():
         scores = model.score_items(torch.arange(model.n_users), torch.arange(model.n_items)).numpy()
     for user_idx in (0, 17, 333):

@@ -14,6 +14,7 @@ import pytest
 from recspark.cli import main
 from recspark.commands.prepare import run
 from recspark.core.config import load_config
+from recspark.core.location import Location
 from recspark.data.sources import REASONS
 from tests.test_sources import BAD_LINES
 
@@ -65,7 +66,7 @@ def test_ml100k_user_stratified(spark, ml100k, tmp_path):
     assert counts["validation"] + counts["cold_start"] == int(np.floor(per_user * 0.25 + 0.5).sum())
     check_index_is_dense(read(summary, "user_index"), "user_id", "user_idx")
     check_index_is_dense(read(summary, "item_index"), "item_id", "item_idx")
-    manifest = json.loads(Path(summary["outputs"]["manifest"]).read_text())
+    manifest = json.loads(Location(summary["outputs"]["manifest"]).read_text())
     assert manifest["users"] == 943 and manifest["items"] == 1682
     assert manifest["rating_range"] == [1.0, 5.0]
     assert manifest["input"]["format"] == "movielens-100k"
@@ -174,7 +175,7 @@ def test_two_runs_keep_every_old_index_and_append_new_ids(spark, tmp_path):
     assert users2 == {**users1, "u0": 5, "u9": 6}
     assert items2 == {**items1, "i0": 4, "i5": 5}
     assert (two["counts"]["new_users"], two["counts"]["new_items"]) == (2, 2)
-    manifest = json.loads(Path(two["outputs"]["manifest"]).read_text())
+    manifest = json.loads(Location(two["outputs"]["manifest"]).read_text())
     assert manifest["previous_index_date"] == "2026-02-01" and manifest["users"] == 7
     got = prepared_ratings(two)
     assert len(got) == 30 and set(got.user_id) == {"u0", "u1", "u2", "u4", "u5", "u9"}

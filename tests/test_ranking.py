@@ -24,6 +24,7 @@ import torch
 from recspark.cli import main
 from recspark.core.config import load_config
 from recspark.core.errors import ConfigError
+from recspark.core.location import Location
 from recspark.model.embedding import build_model
 from recspark.train.loop import TrainSettings, fit, train_epoch
 from recspark.train.objectives import for_name, ranking
@@ -413,9 +414,9 @@ def test_train_score_evaluate_with_the_ranking_objective(spark, tmp_path):
         summaries[command] = summary
     from recspark.model.saving import load_model
 
-    _, spec, meta = load_model(Path(summaries["train"]["outputs"]["model"]))
+    _, spec, meta = load_model(Location(summaries["train"]["outputs"]["model"]))
     assert spec["y_range"] is None and meta["objective"] == "ranking"
-    history = json.loads(Path(summaries["train"]["outputs"]["metrics"]).read_text())["history"]
+    history = json.loads(Location(summaries["train"]["outputs"]["metrics"]).read_text())["history"]
     assert history[-1]["validation_loss"] < history[0]["validation_loss"]
     # metrics.json's history names a ranking model's figures for what they are: the AUC is the
     # share of sampled items ranked below a positive (0.5 at random), never an "RMSE" or "MAE".
@@ -426,7 +427,7 @@ def test_train_score_evaluate_with_the_ranking_objective(spark, tmp_path):
     assert trained["validation_rmse"] is None and trained["validation_mae"] is None
     assert trained["validation_auc"] == pytest.approx(history[trained["best_epoch"] - 1]["validation_auc"])
 
-    table = pd.read_parquet(Path(summaries["score"]["outputs"]["recommendations"]))
+    table = pd.read_parquet(Location(summaries["score"]["outputs"]["recommendations"]))
     assert table.groupby("user_id")["rank"].apply(lambda r: sorted(r) == list(range(1, 11))).all()
     ordered = table.sort_values(["user_id", "rank"])
     assert (ordered.groupby("user_id")["score"].diff().dropna() <= 0).all()

@@ -15,6 +15,7 @@ import torch
 
 from recspark.cli import main
 from recspark.core.errors import BadInputError, MissingInputError
+from recspark.core.location import Location
 from recspark.data.synthetic import BIAS_SD, GLOBAL_MEAN, SyntheticSpec
 from recspark.data.titles import read_titles
 from recspark.model.saving import load_model
@@ -185,7 +186,7 @@ def test_similar_to_with_titles_and_the_batch_outputs(trained, tmp_path):
     np.testing.assert_allclose([row["score"] for row in listed], cosine, atol=1e-5)
     assert listed[0]["title"] == f"Film {item_ids[index[0]]}, The"
     # The "more like this" table: published whole, raw ids, top 5 of every item.
-    partition = Path(summary["outputs"]["similar_items"])
+    partition = Location(summary["outputs"]["similar_items"])
     assert partition.name == f"run_date={RUN_DATE}" and (partition / "_SUCCESS").exists()
     table = pd.read_parquet(partition)
     assert len(table) == summary["counts"]["similar_rows"] == 5 * len(item_ids)
@@ -194,8 +195,8 @@ def test_similar_to_with_titles_and_the_batch_outputs(trained, tmp_path):
     assert same["similar_item_id"].tolist() == item_ids[index].tolist()
     assert (table.item_id != table.similar_item_id).all()
     # The exploration outputs.
-    assert Path(summary["outputs"]["pca_plot"]).stat().st_size > 10_000
-    pca = json.loads(Path(summary["outputs"]["pca_summary"]).read_text())
+    assert Location(summary["outputs"]["pca_plot"]).size() > 10_000
+    pca = json.loads(Location(summary["outputs"]["pca_summary"]).read_text())
     assert pca["variance_share"][0] == pytest.approx(summary["metrics"]["pca_variance_share"][0], abs=1e-6)
     assert pca["components"][0]["high"][0]["title"].startswith("Film ")
 

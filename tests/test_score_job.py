@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from recspark.cli import main
+from recspark.core.location import Location
 from recspark.core.storage import Layout, mark_success, write_json
 from recspark.data.prepared import PreparedRun, write_manifest
 from recspark.model.embedding import build_model
@@ -161,7 +162,7 @@ def test_score_publishes_the_known_lists_with_raw_ids(planted, capsys):
     assert table.loc[table.user_id == "a", "score"].tolist() == pytest.approx([9.0, 8.0, 6.0])
     assert set(table["model_version"]) == {f"{RUN_DATE}-planted"}
     assert set(table["run_date"].astype(str)) == {RUN_DATE}
-    assert (Path(summary["outputs"]["partition"]) / "_SUCCESS").exists()
+    assert (Location(summary["outputs"]["partition"]) / "_SUCCESS").exists()
 
 
 def test_a_broadcast_user_table_publishes_the_same_lists_as_a_joined_one(spark, tmp_path, capsys):

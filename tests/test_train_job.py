@@ -21,6 +21,7 @@ import torch
 import recspark.train.loop
 from recspark.cli import main
 from recspark.core.config import load_config
+from recspark.core.location import Location
 from recspark.core.storage import Layout
 from recspark.data.prepared import PreparedRun, read_manifest
 from recspark.model.published import index_fingerprint
@@ -103,7 +104,7 @@ def test_train_publishes_model_factors_metrics_and_curve(spark, root):
 def test_a_killed_train_job_resumes_to_the_uninterrupted_result(spark, root, tmp_path, monkeypatch):
     status, whole = train(root)
     assert status == 0
-    whole_model, _, _ = load_model(Path(whole["outputs"]["model"]))
+    whole_model, _, _ = load_model(Location(whole["outputs"]["model"]))
 
     save = recspark.train.loop.save_checkpoint
 
@@ -121,9 +122,9 @@ def test_a_killed_train_job_resumes_to_the_uninterrupted_result(spark, root, tmp
     status, resumed = train(root, **{"train.resume": "true"})
     assert status == 0, resumed
     assert resumed["metrics"]["validation_rmse"] == whole["metrics"]["validation_rmse"]
-    metrics = json.loads(Path(resumed["outputs"]["metrics"]).read_text())
+    metrics = json.loads(Location(resumed["outputs"]["metrics"]).read_text())
     assert metrics["resumed_from_epoch"] == 2 and metrics["epochs"] == 4
-    model, _, _ = load_model(Path(resumed["outputs"]["model"]))
+    model, _, _ = load_model(Location(resumed["outputs"]["model"]))
     for key, value in whole_model.state_dict().items():
         assert torch.equal(value, model.state_dict()[key]), key
 
@@ -140,7 +141,7 @@ def test_warm_start_carries_the_last_published_model(spark, tmp_path):
     new = init_model(spec, seed=3)
     carried = warm_start(Layout(root), "2026-01-16", new, spec)
     assert carried == {"from": "2026-01-15", "users": 300, "items": 120}
-    old, _, _ = load_model(Path(first["outputs"]["model"]))
+    old, _, _ = load_model(Location(first["outputs"]["model"]))
     assert torch.equal(new.user_factors.weight[:300], old.user_factors.weight)
     assert torch.equal(new.item_bias.weight[:120], old.item_bias.weight)
     assert not torch.equal(new.user_factors.weight[300:], old.user_factors.weight[:40])

@@ -51,6 +51,7 @@ from pyspark.sql import SparkSession
 from recspark.commands import evaluate, generate, prepare, score, train
 from recspark.core.config import Config, load_config
 from recspark.core.errors import ConfigError
+from recspark.core.location import shown
 from recspark.core.storage import Layout, read_json, staged, write_json
 from recspark.data.prepared import MANIFEST, PreparedRun, read_manifest
 from recspark.evaluate.baselines import Scorer
@@ -133,7 +134,7 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
             "trainer_validation_rmse": trained["metrics"].get("validation_rmse"),
             "scored_users": scored["counts"]["users"],
             "scored_rows": scored["counts"]["rows"],
-            "root": str(layout.root),
+            "root": shown(str(layout.root)),
         }
         return ContenderResult(name, train_seconds, score_seconds, metrics, info)
 
@@ -198,7 +199,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             "users": manifest.users, "items": manifest.items, **manifest.counts,
             "split": dataset.config.split.method,
             "relevance_threshold": dataset.config.evaluate.relevance_threshold,
-            "root": str(dataset.layout.root),
+            "root": shown(str(dataset.layout.root)),
         }
         results[dataset.name] = []
         for name in dataset.contenders:

@@ -50,7 +50,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     )
     publish(ratings_path, layout.ratings)
     publish(truth_path, layout.truth)
-    staging.rmdir()
+    staging.rmtree()
     return {
         "outputs": {"ratings": str(layout.ratings), "truth": str(layout.truth)},
         "counts": {"ratings": stats["ratings"], "users": stats["users"], "items": stats["items"]},

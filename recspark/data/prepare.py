@@ -9,7 +9,6 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -28,7 +27,8 @@ from recspark.core.constants import (
     WEIGHT,
 )
 from recspark.core.errors import BadInputError, MissingInputError
-from recspark.core.storage import Layout, latest_date, local_path, staged
+from recspark.core.location import Location
+from recspark.core.storage import Layout, latest_date, staged
 from recspark.data import sources
 from recspark.data.indexing import check_index
 from recspark.data.prepared import PreparedInput, PreparedRun, RatingStats, TableFacts
@@ -150,7 +150,7 @@ def precheck_input(
     given = split_method == "given"
     if given and not validation_path:
         raise BadInputError(NO_VALIDATION_PATH)
-    if input_format == "synthetic" and not is_remote(path) and not local_path(path).exists():
+    if input_format == "synthetic" and not is_remote(path) and not Location(path).exists():
         raise MissingInputError(
             f"input {path} does not exist: run `recspark generate` with the same paths.root "
             "first, or set input.path"
@@ -283,18 +283,18 @@ def count_rows(checked: DataFrame) -> RowCounts:
     return RowCounts(good, {reason: counted.get(reason, 0) for reason in sources.REASONS})
 
 
-def rejected_folder(layout: Layout, run_date) -> Path:
+def rejected_folder(layout: Layout, run_date) -> Location:
     """``prepared/_rejected/D``: where a run stopped by its bad rows leaves its quarantine."""
     return layout.root / "prepared" / REJECTED / str(run_date)
 
 
-def write_quarantine(bad: DataFrame, folder: Path, rows: int, rows_per_file: int) -> None:
+def write_quarantine(bad: DataFrame, folder: Location, rows: int, rows_per_file: int) -> None:
     """The quarantined rows, with their raw line and parsed fields beside the reason."""
     files = max(1, math.ceil(rows / rows_per_file))
     bad.coalesce(files).write.parquet(str(folder / QUARANTINE))
 
 
-def _bad_rows_message(counts: RowCounts, max_bad_fraction: float, where: Path) -> str:
+def _bad_rows_message(counts: RowCounts, max_bad_fraction: float, where: Location) -> str:
     found = {reason: n for reason, n in counts.by_reason.items() if n}
     hints = []
     if found.get(sources.NON_NUMERIC_USER) or found.get(sources.NON_NUMERIC_ITEM):

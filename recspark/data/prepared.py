@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from recspark.core.constants import ITEM_IDX, ITEMS, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError, MissingInputError
-from recspark.core.storage import Layout, parquet_rows, read_json, write_json
+from recspark.core.storage import Layout, parquet_files, parquet_rows, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -181,5 +181,9 @@ def lists_every_user(prepared: Path, users: int) -> bool:
     """Whether ``prepared/rated/`` has one row per user of the id map, with its raw id: the list
     of users to score as it lies. (Runs prepared before it did need the model's user table.)"""
     folder = prepared / RATED
-    files = sorted(folder.glob("*.parquet")) if (folder / "_SUCCESS").exists() else []
-    return bool(files) and USER_ID in pq.read_schema(files[0]).names and parquet_rows(folder) == users
+    files = parquet_files(folder) if (folder / "_SUCCESS").exists() else []
+    if not files:
+        return False
+    with files[0].open("rb") as handle:
+        names = pq.read_schema(handle).names
+    return USER_ID in names and parquet_rows(folder) == users

@@ -17,17 +17,19 @@ film), so they are read with pandas on the driver; the ratings never are.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from recspark.core.choices import SIDE_INFO_FORMATS
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
+from recspark.core.location import Location
+from recspark.core.storage import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +116,19 @@ def _genre_weights(flags: np.ndarray) -> np.ndarray:
     return (flags / np.maximum(counts, 1)).astype(np.float32)
 
 
-def _require(path: Path) -> Path:
+def _require(path: Location) -> io.BytesIO:
+    """The file's bytes (on any store), or a clear error when it is missing."""
     if not path.is_file():
         raise BadInputError(
             f"side information file {path} not found: point model.side_info.path at the folder "
             "holding the MovieLens user and film tables"
         )
-    return path
+    return io.BytesIO(path.read_bytes())
 
 
 def read_movielens_100k(folder: str | Path) -> tuple[FeatureTable, FeatureTable]:
     """(users, items) feature tables from ``u.user``, ``u.occupation`` and ``u.item``."""
-    folder = Path(folder)
+    folder = Location(folder)
     users = pd.read_csv(
         _require(folder / "u.user"), sep="|", header=None, dtype=str,
         names=["id", "age", "gender", "occupation", "zip"],
@@ -158,7 +161,7 @@ def read_movielens_100k(folder: str | Path) -> tuple[FeatureTable, FeatureTable]
     genre_file = folder / "u.genre"
     flags = items.iloc[:, 5:].astype(int).to_numpy()
     genre_names = (
-        [line.split("|")[0] for line in genre_file.read_text().splitlines() if line.strip()]
+        [line.split("|")[0] for line in genre_file.read_text("latin-1").splitlines() if line.strip()]
         if genre_file.is_file()
         else [f"genre {k}" for k in range(flags.shape[1])]
     )
@@ -177,7 +180,7 @@ def read_movielens_100k(folder: str | Path) -> tuple[FeatureTable, FeatureTable]
 
 def read_movielens_1m(folder: str | Path) -> tuple[FeatureTable, FeatureTable]:
     """(users, items) feature tables from ``users.dat`` and ``movies.dat``."""
-    folder = Path(folder)
+    folder = Location(folder)
     users = pd.read_csv(
         _require(folder / "users.dat"), sep="::", header=None, engine="python", dtype=str,
         names=["id", "gender", "age", "occupation", "zip"],
@@ -269,13 +272,13 @@ def load_side_features(
     if format not in READERS:
         raise BadInputError(f"model.side_info.format {format!r}: choose one of {SIDE_INFO_FORMATS}")
     user_table, item_table = READERS[format](path)
-    prepared = Path(prepared)
+    prepared = Location(prepared)
     user = item = None
     if users:
-        index = pq.read_table(prepared / "user_index", columns=[USER_ID, USER_IDX]).to_pandas()
+        index = read_parquet(prepared / "user_index", columns=[USER_ID, USER_IDX]).to_pandas()
         user = align(user_table, index, USER_ID, USER_IDX, n_users)
     if items:
-        index = pq.read_table(prepared / "item_index", columns=[ITEM_ID, ITEM_IDX]).to_pandas()
+        index = read_parquet(prepared / "item_index", columns=[ITEM_ID, ITEM_IDX]).to_pandas()
         item = align(item_table, index, ITEM_ID, ITEM_IDX, n_items)
     return SideFeatures(
         user=user,

@@ -28,7 +28,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -39,7 +38,7 @@ from pyspark.sql.window import Window
 from recspark.core.choices import INPUT_FORMATS
 from recspark.core.constants import ITEM_ID, RATING, REASON, TIMESTAMP, USER_ID, WEIGHT
 from recspark.core.errors import BadInputError, MissingInputError
-from recspark.core.storage import local_path
+from recspark.core.location import FileEntry, Location
 
 FORMATS = INPUT_FORMATS
 DELIMITERS = {"movielens-100k": "\t", "tsv": "\t", "movielens-1m": "::", "csv": ","}
@@ -116,21 +115,25 @@ REASONS = (
 )
 
 
-def data_files(path: Path) -> list[Path]:
+def data_entries(path: Location) -> list[FileEntry]:
     """The non-empty data files of a file or folder, skipping Spark's ``_*`` and ``.*`` files."""
-    if path.is_file():
-        return [path]
-    return sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
-        and p.stat().st_size
-    )
+    entries = path.listing()
+    if len(entries) == 1 and entries[0].location == path:
+        return entries
+    return [
+        entry
+        for entry in entries
+        if entry.size and not any(part.startswith(("_", ".")) for part in entry.relative.split("/"))
+    ]
 
 
-def _existing(path: str) -> Path:
-    target = local_path(path)
+def data_files(path: Location) -> list[Location]:
+    """:func:`data_entries`' locations."""
+    return [entry.location for entry in data_entries(path)]
+
+
+def _existing(path: str) -> Location:
+    target = Location(path)
     if not target.exists():
         raise MissingInputError(
             f"input {path} does not exist: set input.path to a ratings file or folder"
@@ -138,8 +141,8 @@ def _existing(path: str) -> Path:
     return target
 
 
-def _is_parquet(file: Path) -> bool:
-    with open(file, "rb") as handle:
+def _is_parquet(file: Location) -> bool:
+    with file.open("rb") as handle:
         return handle.read(4) == b"PAR1"
 
 
@@ -149,7 +152,7 @@ def head_lines(path: str, count: int) -> list[str]:
     lines: list[str] = []
     if not files:
         return lines
-    with open(files[0], encoding="utf-8", errors="replace") as handle:
+    with files[0].open("r", errors="replace") as handle:
         for line in handle:
             line = line.lstrip(_BOM).rstrip("\r\n")
             if line.strip():
@@ -183,7 +186,7 @@ def detect_format(path: str) -> str:
     files = data_files(target)
     if not files:
         raise BadInputError(f"input {path} holds no data files")
-    if any(f.suffix == ".parquet" for f in files) or _is_parquet(files[0]):
+    if any(f.name.endswith(".parquet") for f in files) or _is_parquet(files[0]):
         return "parquet"
     line = first_line(path)
     if line is None:
@@ -192,7 +195,7 @@ def detect_format(path: str) -> str:
         return "movielens-1m"
     if "\t" in line:
         first = files[0]
-        movielens = first.name.startswith("u") and first.suffix in {".data", ".base", ".test"}
+        movielens = first.name.startswith("u") and first.name.endswith((".data", ".base", ".test"))
         return "movielens-100k" if movielens else "tsv"
     if "," in line:
         return "csv"
@@ -214,15 +217,14 @@ def fingerprint(paths: Iterable[str | None]) -> str:
     for text in paths:
         if not text:
             continue
-        base = local_path(text)
-        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for path in files:
-            relative = path.relative_to(base.parent)
-            if any(part.startswith((".", "_")) for part in relative.parts[1:]):
+        base = Location(text)
+        entries = base.listing()
+        for entry in entries:
+            relative = entry.relative if entry.location == base else f"{base.name}/{entry.relative}"
+            if any(part.startswith((".", "_")) for part in relative.split("/")[1:]):
                 continue
-            stat = path.stat()
-            digest.update(f"{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        if not files:
+            digest.update(f"{relative}|{entry.size}|{entry.mtime_ns}\n".encode())
+        if not entries:
             digest.update(f"{text}|missing\n".encode())
     return digest.hexdigest()[:16]
 
@@ -446,7 +448,7 @@ def _read_text(
     """Lines split on the format's delimiter; a line with the wrong number of fields says so."""
     layout = text_layout(path, fmt, wanted, header)
     field_count = layout.field_count
-    text = spark.read.text(str(local_path(path)))
+    text = spark.read.text(str(Location(path)))
     lines = text.select(F.regexp_replace("value", "^" + _BOM, "").alias(RAW_LINE))
     # Blank lines (a trailing newline, a gap between files) hold no row.
     lines = lines.where(F.trim(F.col(RAW_LINE)) != "")
@@ -467,7 +469,7 @@ def _read_text(
 
 
 def _read_parquet(spark: SparkSession, path: str, wanted: dict[str, str]) -> DataFrame:
-    frame = spark.read.parquet(str(local_path(path)))
+    frame = spark.read.parquet(str(Location(path)))
     columns = resolve_columns(frame.columns, wanted, str(path))
     return frame.select(
         F.lit(None).cast("string").alias(RAW_LINE),
@@ -494,12 +496,12 @@ def wanted_columns(
     return {standard: name for standard, name in wanted.items() if name}
 
 
-def _parquet_names(path: str, files: list[Path]) -> list[str]:
+def _parquet_names(entries: list[FileEntry]) -> list[str]:
     """The columns of a Parquet input from its first file's footer, plus ``key=value`` folders."""
-    base = local_path(path)
-    relative = files[0].relative_to(base).parts[:-1] if base.is_dir() else ()
-    partitions = [part.split("=", 1)[0] for part in relative if "=" in part]
-    return list(pq.read_schema(files[0]).names) + partitions
+    first = entries[0]
+    partitions = [part.split("=", 1)[0] for part in first.relative.split("/")[:-1] if "=" in part]
+    with first.location.open("rb") as handle:
+        return list(pq.read_schema(handle).names) + partitions
 
 
 def inspect_input(
@@ -541,13 +543,13 @@ def inspect_input(
         raise BadInputError(f"unknown input format {fmt!r}: use auto or one of {list(FORMATS)}")
     if fmt not in {"parquet", "synthetic"}:
         return fmt, list(text_layout(path, fmt, wanted, header).positions)
-    files = data_files(target)
-    if not files or not _is_parquet(files[0]):
+    entries = data_entries(target)
+    if not entries or not _is_parquet(entries[0].location):
         raise BadInputError(
             f"input {path} is not Parquet but input.format is {fmt}: set input.format to "
             "auto or to the file's format"
         )
-    return fmt, list(resolve_columns(_parquet_names(path, files), wanted, str(path)))
+    return fmt, list(resolve_columns(_parquet_names(entries), wanted, str(path)))
 
 
 def read_raw(

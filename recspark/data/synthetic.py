@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from recspark.core import location
 from recspark.core.constants import ITEM_ID, RATING, TIMESTAMP, USER_ID
 
 BLOCK_USERS = 4096
@@ -268,15 +267,17 @@ def generate_ratings(
 
     As each block is generated its executor also writes ``noise_dir/block-NNNNNN.json`` with the
     block's sum of ``Var[rating | planted mean]`` and its rating count, for :func:`noise_floor`.
-    A retried task rewrites the same file with the same figures. ``noise_dir`` must be visible
-    to the executors (see :mod:`recspark.core.storage`).
+    A retried task rewrites the same file with the same figures. ``noise_dir`` is under
+    ``paths.root``; the executors get the driver's storage settings to reach it.
     """
+    storage = location.settings()
     totals = activity_totals(spark, spec)
     offsets = np.concatenate([[0.0], np.cumsum(totals)[:-1]])
     total_activity = float(totals.sum())
     truth = spark.sparkContext.broadcast(item_truth(spec))
 
     def generate(batches):
+        location.configure(storage)
         for batch in batches:
             for block in batch["id"]:
                 block = int(block)
@@ -291,16 +292,13 @@ def generate_ratings(
 
 
 def _write_noise(noise_dir: str, block: int, var_sum: float, count: int) -> None:
-    folder = Path(noise_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".block-{block:06d}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps({"var_sum": var_sum, "count": count}))
-    os.replace(temporary, folder / f"block-{block:06d}.json")
+    target = location.Location(noise_dir) / f"block-{block:06d}.json"
+    target.write_text(json.dumps({"var_sum": var_sum, "count": count}))
 
 
 def noise_floor(noise_dir: str, blocks: int) -> float:
     """RMSE of the best possible predictor: sqrt(mean Var[rating | planted mean])."""
-    files = sorted(Path(noise_dir).glob("block-*.json"))
+    files = location.Location(noise_dir).glob("block-*.json")
     if len(files) != blocks:
         raise RuntimeError(f"expected {blocks} noise files in {noise_dir}, found {len(files)}")
     parts = [json.loads(path.read_text()) for path in files]

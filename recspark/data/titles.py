@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import pandas as pd
 
 from recspark.core.constants import ITEM_ID
 from recspark.core.errors import BadInputError, MissingInputError
-from recspark.core.storage import local_path
+from recspark.core.location import Location
 
 TITLE = "title"
 GENRES = "genres"
@@ -34,7 +33,7 @@ ML100K_GENRES = (
 )
 
 
-def _ml100k_genre_names(folder: Path) -> tuple[str, ...]:
+def _ml100k_genre_names(folder: Location) -> tuple[str, ...]:
     genre_file = folder / "u.genre"
     if not genre_file.is_file():
         return ML100K_GENRES
@@ -43,7 +42,7 @@ def _ml100k_genre_names(folder: Path) -> tuple[str, ...]:
     return tuple(names) if len(names) == len(ML100K_GENRES) else ML100K_GENRES
 
 
-def _read_ml100k(path: Path) -> pd.DataFrame:
+def _read_ml100k(path: Location) -> pd.DataFrame:
     names = _ml100k_genre_names(path.parent)
     rows = []
     for number, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
@@ -61,7 +60,7 @@ def _read_ml100k(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[ITEM_ID, TITLE, GENRES])
 
 
-def _read_ml1m(path: Path) -> pd.DataFrame:
+def _read_ml1m(path: Location) -> pd.DataFrame:
     rows = []
     for number, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
         if not line.strip():
@@ -73,7 +72,7 @@ def _read_ml1m(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[ITEM_ID, TITLE, GENRES])
 
 
-def _read_csv(path: Path, header: list[str]) -> pd.DataFrame:
+def _read_csv(path: Location, header: list[str]) -> pd.DataFrame:
     lowered = [name.strip().lower() for name in header]
     id_column = next((i for i, name in enumerate(lowered) if name in ("movieid", "item_id", "itemid")), None)
     if id_column is None or "title" not in lowered:
@@ -81,7 +80,7 @@ def _read_csv(path: Path, header: list[str]) -> pd.DataFrame:
             f"{path}: a CSV titles table needs a header with movieId (or item_id) and title; "
             f"found {header}"
         )
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = pd.read_csv(io.BytesIO(path.read_bytes()), dtype=str, keep_default_na=False)
     frame.columns = [name.strip().lower() for name in frame.columns]
     ids = frame.iloc[:, id_column].str.strip()
     numeric = pd.to_numeric(ids, errors="coerce")
@@ -111,13 +110,13 @@ def read_titles(path: str) -> pd.DataFrame:
     BadInputError
         When its layout is none of the three, or a row is malformed.
     """
-    target = local_path(path)
+    target = Location(path)
     if not target.is_file():
         raise MissingInputError(
             f"recommend.titles_path {path} does not exist: point it at u.item, movies.dat or "
             "movies.csv, or leave it unset"
         )
-    with open(target, encoding="latin-1") as handle:
+    with target.open("r", encoding="latin-1") as handle:
         first = handle.readline().rstrip("\r\n")
     if "::" in first:
         frame = _read_ml1m(target)

@@ -16,7 +16,8 @@ from pyspark.sql import SparkSession
 
 from recspark.core.config import Config, load_config
 from recspark.core.errors import ConfigError, MissingInputError
-from recspark.core.storage import Layout, local_path
+from recspark.core.location import Location
+from recspark.core.storage import Layout
 from recspark.evaluate.assessment import assess_contender
 from recspark.evaluate.baselines import Fitted, fit_als, fit_als_implicit, mean_rating
 
@@ -233,8 +234,8 @@ def datasets(config: Config) -> list[Dataset]:
     return chosen
 
 
-def _movielens(path: str, name: str, kind: str) -> Path:
-    folder = local_path(path)
+def _movielens(path: str, name: str, kind: str) -> Location:
+    folder = Location(path)
     if not (folder / name).exists():
         raise MissingInputError(
             f"MovieLens 100K's {name} is not in {folder}: set benchmark.movielens_path to the "

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from recspark.core.errors import BadInputError
-from recspark.core.plots import plt
+from recspark.core.plots import plt, save_figure
 from recspark.core.storage import Layout, staged, write_json
 
 
@@ -169,11 +169,7 @@ def pca_plot(
         panel.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9,
                    transform=panel.transAxes)
     figure.suptitle(title, fontsize=14)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, bbox_inches="tight")
-    plt.close(figure)
-    return target
+    return save_figure(figure, path, bbox_inches="tight")
 
 
 def pca_summary(pca: ItemPCA, labels: dict[int, str], item_ids: np.ndarray, ends: int = 8) -> dict:

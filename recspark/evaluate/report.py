@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recspark.core.plots import save_figure
+
 RATING_PANEL = ("rmse", "mae", "cold_start_rmse")
 RANKING_PANEL = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "hit_rate_at_k", "coverage")
 
@@ -56,8 +58,7 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, objective: 
     for axis in (loss_axis, rmse_axis):
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path)
     return True
 
 
@@ -102,8 +103,7 @@ def metric_table(rows: dict[str, dict[str, Any]], k: int, path: str | Path) -> N
     _bars(ranking_axis, names, rows, RANKING_PANEL)
     ranking_axis.set_title(f"Ranking at k={k} (higher is better)")
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def histogram(frame: DataFrame, column: str, low: float, high: float, bins: int) -> list[int]:
@@ -138,5 +138,4 @@ def rating_distribution(
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_figure(figure, path)

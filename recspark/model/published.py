@@ -24,7 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recspark.core.errors import BadInputError, MissingInputError
-from recspark.core.storage import Layout, local_path, parquet_rows, read_json
+from recspark.core.location import Location
+from recspark.core.storage import Layout, parquet_rows, read_json
 from recspark.data.prepared import MANIFEST, PreparedRun, read_manifest
 from recspark.model.embedding import EmbeddingModel
 from recspark.model.saving import MODEL_FILE, load_model, model_bytes
@@ -83,9 +84,9 @@ class ModelMeta(BaseModel):
 class PublishedModel(BaseModel):
     """What the later stages read of a model published under ``models/RUN_DATE``."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    folder: Path
+    folder: Location
     spec: ModelSpec
     meta: ModelMeta
     model_version: str
@@ -141,7 +142,7 @@ def load_published_model(
 
 def published_version(folder: str | Path) -> str | None:
     """The ``model_version`` of the model published in ``folder``; None when there is none."""
-    path = local_path(folder) / METRICS_FILE
+    path = Location(folder) / METRICS_FILE
     if not path.exists():
         return None
     metrics = read_json(path)
@@ -233,4 +234,4 @@ def save_model(
     :class:`~recspark.model.published.ModelSpec` and :class:`~recspark.model.published.ModelMeta`
     and stored as plain dicts."""
     spec, meta = ModelSpec.model_validate(spec), ModelMeta.model_validate(meta)
-    Path(local_path(path)).write_bytes(model_bytes(model, spec.as_dict(), meta.as_dict()))
+    Location(path).write_bytes(model_bytes(model, spec.as_dict(), meta.as_dict()))

@@ -31,7 +31,8 @@ import torch
 
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
-from recspark.core.storage import local_path
+from recspark.core.location import Location
+from recspark.core.storage import parquet_files, read_parquet
 from recspark.model.embedding import EmbeddingModel, build_model
 
 MODEL_FILE = "model.pt"
@@ -81,7 +82,7 @@ def plain_data(value: Any, where: str = "value") -> Any:
 
 
 def load_plain(
-    source: bytes | str | Path, name: str, kind: str, advice: str, map_location: Any = "cpu"
+    source: bytes | str | Path | Location, name: str, kind: str, advice: str, map_location: Any = "cpu"
 ) -> Any:
     """What ``torch.save`` wrote to ``source`` (bytes or a file), read with ``weights_only=True``.
 
@@ -99,7 +100,7 @@ def load_plain(
         When the file holds code or objects that are not plain data (nothing of it was run), or
         is not a file ``torch.save`` wrote.
     """
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    stream = io.BytesIO(source if isinstance(source, bytes) else Location(source).read_bytes())
     try:
         return torch.load(stream, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, EOFError) as error:
@@ -181,7 +182,7 @@ def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[EmbeddingModel, dict, dict]:
     """(model in eval mode, spec, meta) from a ``model.pt`` file or the folder holding it."""
-    target = local_path(path)
+    target = Location(path)
     if target.is_dir():
         target = target / MODEL_FILE
     return model_from_bytes(target.read_bytes(), device, str(target))
@@ -228,7 +229,7 @@ def write_factor_tables(
     Columns: ``user_idx`` (``item_idx``), the raw ``user_id`` (``item_id``) when given (row ``i``
     is index ``i``), ``bias`` and ``factors``.
     """
-    base = local_path(folder)
+    base = Location(folder)
     outputs = {}
     for name, index_name, id_name, ids, factors, bias in (
         ("user_factors", USER_IDX, USER_ID, user_ids, model.user_factors.weight,
@@ -237,11 +238,11 @@ def write_factor_tables(
          getattr(model, "item_bias", None)),
     ):
         target = base / name
-        target.mkdir(parents=True, exist_ok=True)
         table = _factor_table(
             index_name, factors, bias.weight if bias is not None else None, id_name, ids
         )
-        pq.write_table(table, target / "part-00000.parquet")
+        with (target / "part-00000.parquet").open("wb") as handle:
+            pq.write_table(table, handle)
         outputs[name] = str(target)
     return outputs
 
@@ -256,15 +257,18 @@ def raw_ids(index_folder: str | Path, id_name: str, index_name: str, size: int) 
     BadInputError
         When the folder is not an id map, or its indices are not exactly ``0 .. size - 1``.
     """
-    folder = local_path(index_folder)
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    names = set(pq.read_schema(files[0]).names) if files else set()
+    files = parquet_files(index_folder)
+    if files:
+        with files[0].open("rb") as handle:
+            names = set(pq.read_schema(handle).names)
+    else:
+        names = set()
     if not {id_name, index_name} <= names:
         raise BadInputError(
             f"{index_folder} is not an id map with {id_name} and {index_name}: re-run `recspark "
             "prepare` for this run date"
         )
-    table = pq.read_table(str(folder), columns=[id_name, index_name])
+    table = read_parquet(index_folder, columns=[id_name, index_name])
     order = pc.sort_indices(table.column(index_name))
     indices = table.column(index_name).take(order).to_numpy()
     if len(indices) != size or (size and (indices[0] != 0 or indices[-1] != size - 1)):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -28,7 +27,7 @@ from pydantic import (
 )
 
 from recspark.core.errors import BadInputError
-from recspark.core.storage import local_path
+from recspark.core.location import Location
 from recspark.ops.gate import GateResult
 
 PUBLISHED = "published"
@@ -80,16 +79,16 @@ class HistoryRecord(BaseModel):
         return data
 
 
-def history_folder(root: str | os.PathLike) -> Path:
-    return local_path(root) / "history"
+def history_folder(root: str | os.PathLike | Location) -> Location:
+    return Location(root) / "history"
 
 
-def record_path(root: str | os.PathLike, record: HistoryRecord) -> Path:
+def record_path(root: str | os.PathLike | Location, record: HistoryRecord) -> Location:
     """Where :func:`append_record` writes ``record``: one file per run."""
     return history_folder(root) / f"{record.run_date}_{record.run_id}.json"
 
 
-def append_record(root: str | os.PathLike, record: HistoryRecord) -> Path:
+def append_record(root: str | os.PathLike | Location, record: HistoryRecord) -> Location:
     """Write one run's record as its own file and return its path.
 
     Parameters
@@ -100,17 +99,11 @@ def append_record(root: str | os.PathLike, record: HistoryRecord) -> Path:
         The run's record.
     """
     final = record_path(root, record)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final.parent / f".{final.name}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(record.model_dump(mode="json", fallback=str), sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.rename(temporary, final)
+    final.write_text(json.dumps(record.model_dump(mode="json", fallback=str), sort_keys=True) + "\n")
     return final
 
 
-def read_history(root: str | os.PathLike) -> list[HistoryRecord]:
+def read_history(root: str | os.PathLike | Location) -> list[HistoryRecord]:
     """Every record, oldest run date first and, within a date, in order of ``finished_at``.
 
     Raises
@@ -119,13 +112,11 @@ def read_history(root: str | os.PathLike) -> list[HistoryRecord]:
         When a file of the folder is not a history record.
     """
     folder = history_folder(root)
-    if not folder.is_dir():
-        return []
     records = []
     for path in folder.glob("*.json"):
         if path.name.startswith((".", "_")):
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text().splitlines():
             if not line.strip():
                 continue
             try:

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark.core.constants import ITEM_ID, ITEM_IDX, MODEL_VERSION
 from recspark.core.errors import BadInputError
-from recspark.core.storage import Layout, local_path, staged
+from recspark.core.storage import Layout, read_parquet, staged
 from recspark.serve.kernel import top_k
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ def read_item_factors(path: str) -> ItemFactors:
     The table has one row per item, which is few next to the ratings, so it is read on the
     driver. Rows are placed by ``item_idx``; a gap in the indices is an error.
     """
-    table = pq.read_table(str(local_path(path)), columns=[ITEM_IDX, "bias", "factors"])
+    table = read_parquet(path, columns=[ITEM_IDX, "bias", "factors"])
     index = table.column(ITEM_IDX).to_numpy()
     if len(index) == 0:
         raise BadInputError(f"item factor table {path} is empty")

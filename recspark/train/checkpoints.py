@@ -14,17 +14,16 @@ unread (:func:`recspark.model.saving.load_plain`).
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import shutil
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from recspark.core.errors import BadInputError, RecsparkError
-from recspark.core.storage import local_path
+from recspark.core.location import Location
 from recspark.model.saving import load_plain, plain_data
 
 CHECKPOINT_FILE = "last.pt"
@@ -47,14 +46,12 @@ class Checkpoint:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def save_checkpoint(folder: str | os.PathLike, checkpoint: Checkpoint) -> Path:
+def save_checkpoint(folder: str | os.PathLike | Location, checkpoint: Checkpoint) -> Location:
     """Write ``folder/last.pt`` atomically and return its path."""
-    base = local_path(folder)
-    base.mkdir(parents=True, exist_ok=True)
-    target = base / CHECKPOINT_FILE
-    partial = base / f".{CHECKPOINT_FILE}.{os.getpid()}.partial"
-    torch.save(plain_data(vars(checkpoint), "the checkpoint"), partial)
-    os.replace(partial, target)
+    target = Location(folder) / CHECKPOINT_FILE
+    buffer = io.BytesIO()
+    torch.save(plain_data(vars(checkpoint), "the checkpoint"), buffer)
+    target.write_bytes(buffer.getvalue())
     return target
 
 
@@ -69,7 +66,7 @@ def load_checkpoint(folder: str | os.PathLike, fingerprint: str) -> Checkpoint |
         When it is not a checkpoint recspark wrote; in particular when it holds code or objects
         that are not plain data, which is refused unread.
     """
-    target = local_path(folder) / CHECKPOINT_FILE
+    target = Location(folder) / CHECKPOINT_FILE
     if not target.exists():
         return None
     advice = f"delete {target}, or set train.resume=false to start over (which replaces it)"
@@ -89,4 +86,4 @@ def load_checkpoint(folder: str | os.PathLike, fingerprint: str) -> Checkpoint |
 
 def remove_checkpoints(folder: str | os.PathLike) -> None:
     """Delete a run's checkpoints once its model is published."""
-    shutil.rmtree(local_path(folder), ignore_errors=True)
+    Location(folder).rmtree()

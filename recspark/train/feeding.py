@@ -5,20 +5,30 @@ rows a second here), where petastorm's row-by-row ``DataLoader`` manages about a
 Each process of a distributed run reads its own shard of row groups (``cur_shard``/``shard_count``).
 With one reader thread and a seed the order of batches is repeatable; more threads read faster but
 let row groups arrive in any order.
+
+The feed reads the prepared tables where they are: a local folder, or any store
+:mod:`recspark.core.location` reaches (S3, GCS, HDFS). Petastorm 0.12 hands its filesystem to
+pyarrow 12's legacy ``ParquetDataset``, which only takes the old ``pyarrow.filesystem`` API, and
+resolves non-local URLs through fsspec packages (s3fs, gcsfs) that recspark does not install; so
+:class:`LegacyFilesystem` adapts the same ``pyarrow.fs`` filesystem the rest of recspark uses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 import warnings
 from collections.abc import Iterator
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
+from pyarrow import filesystem as legacy
 
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
-from recspark.core.storage import local_path, uri
+from recspark.core.location import Location
+from recspark.core.storage import parquet_files
 
 FEED_FIELDS = (USER_IDX, ITEM_IDX, RATING)
 
@@ -49,10 +59,18 @@ def open_feed(
     from petastorm import make_batch_reader
     from petastorm.pytorch import BatchedDataLoader
 
+    location = Location(path)
+    url, filesystem = location.uri, None
+    if not location.is_local:
+        # petastorm takes the dataset path from the URL (``bucket/key``) through fsspec, which
+        # must know the scheme's name; the reading itself goes through ``filesystem``.
+        _register_fsspec_scheme(location.scheme)
+        filesystem = LegacyFilesystem(location.filesystem)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         reader = make_batch_reader(
-            uri(path),
+            url,
+            filesystem=filesystem,
             schema_fields=list(fields),
             num_epochs=1,
             workers_count=workers,
@@ -71,10 +89,69 @@ def open_feed(
 def row_groups(path: str) -> list[int]:
     """Row counts of every row group under a Parquet folder, in petastorm's piece order."""
     counts = []
-    for file in sorted(local_path(path).glob("*.parquet")):
-        metadata = pq.ParquetFile(file).metadata
+    for file in parquet_files(path):
+        with file.open("rb") as handle:
+            metadata = pq.ParquetFile(handle).metadata
         counts.extend(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
     return counts
+
+
+class LegacyFilesystem(legacy.FileSystem):
+    """A ``pyarrow.fs`` filesystem behind the old ``pyarrow.filesystem`` API petastorm needs.
+
+    Only what pyarrow's legacy ``ParquetDataset`` and petastorm's readers call: listing, type
+    checks and opening files for reading.
+    """
+
+    def __init__(self, filesystem: pafs.FileSystem):
+        self.fs = filesystem
+
+    def _type(self, path: str) -> pafs.FileType:
+        return self.fs.get_file_info(str(path)).type
+
+    def isdir(self, path):
+        return self._type(path) == pafs.FileType.Directory
+
+    def isfile(self, path):
+        return self._type(path) == pafs.FileType.File
+
+    def exists(self, path):
+        return self._type(path) != pafs.FileType.NotFound
+
+    def _isfilestore(self):
+        return False
+
+    @property
+    def pathsep(self):
+        return "/"
+
+    def open(self, path, mode="rb"):
+        if mode != "rb":
+            raise ValueError("the training feed only reads")
+        return self.fs.open_input_file(str(path))
+
+    def ls(self, path):
+        return [info.path for info in self.fs.get_file_info(pafs.FileSelector(str(path)))]
+
+    def walk(self, path):
+        infos = self.fs.get_file_info(pafs.FileSelector(str(path)))
+        folders = sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
+        files = sorted(info.base_name for info in infos if info.type == pafs.FileType.File)
+        yield str(path), folders, files
+        for folder in folders:
+            yield from self.walk(posixpath.join(str(path), folder))
+
+
+def _register_fsspec_scheme(scheme: str) -> None:
+    """Let fsspec parse ``scheme://bucket/key`` URLs (petastorm asks it for the path part)."""
+    import fsspec
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError):  # unknown, or known but its package (s3fs...) is absent
+        names = type(f"{scheme.title()}Url", (ArrowFSWrapper,), {"protocol": (scheme,)})
+        fsspec.register_implementation(scheme, names, clobber=True)
 
 
 logging.getLogger("petastorm").setLevel(logging.WARNING)

@@ -30,6 +30,7 @@ import torch
 from recspark.core.config import Config
 from recspark.core.constants import ITEM_ID, ITEM_IDX, RATING, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
+from recspark.core.location import Location
 from recspark.core.plots import loss_curve
 from recspark.core.storage import Layout, file_digest, latest_date, staged, write_json
 from recspark.core.torch_utils import resolve_device
@@ -334,7 +335,8 @@ def global_mean_rmse(prepared: Path, mean: float | None = None) -> float:
     batch at a time."""
 
     def ratings(split: str):
-        source = pads.dataset(str(prepared / split), format="parquet")
+        folder = Location(prepared) / split
+        source = pads.dataset(folder.fs_path, filesystem=folder.filesystem, format="parquet")
         for batch in source.to_batches(columns=[RATING]):
             yield batch.column(0).to_numpy(zero_copy_only=False).astype("float64")
 

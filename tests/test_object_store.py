@@ -1,0 +1,188 @@
+"""recspark with ``paths.root`` on an object store: a real S3 server, Spark's S3A, no local disk.
+
+The server is SeaweedFS on loopback (``object_store`` in ``tests/conftest.py``); Spark reaches it
+through the S3A connector fetched at set-up, the Python side through :mod:`recspark.core.location`.
+The same pipeline also runs with ``paths.root`` as a ``file://`` URI (the rest of the suite uses
+plain paths). Select these with ``pytest -m objectstore``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recspark.cli import main
+from recspark.core import location
+from recspark.core.location import Location
+from recspark.ops.history import read_history
+from tests.conftest import REPO, tiny_overrides
+from tests.test_nightly import DAY1, DAY2, as_arguments, planted_ratings
+
+pytestmark = pytest.mark.objectstore
+
+BUCKET = "recspark"
+
+
+@pytest.fixture(scope="module")
+def s3(spark, object_store):
+    """The session's Spark and this process's storage layer pointed at the test server."""
+    conf = object_store.hadoop_conf()
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in conf.items():
+        hadoop.set(key.removeprefix("spark.hadoop."), value)
+    location.configure(conf)
+    object_store.create_bucket(BUCKET)
+    return object_store
+
+
+def _run(command: str, overrides: list[str], capsys) -> dict:
+    status = main([command, *as_arguments(overrides)])
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1]) if out else {}
+    assert status == 0, f"{command} exited {status}: {summary.get('error')}"
+    return summary
+
+
+def _write_inputs(root: Location) -> dict[str, str]:
+    """Two days of ratings as Parquet under ``root/input`` (the second with more users)."""
+    paths = {}
+    for day, users in ((DAY1, 150), (DAY2, 170)):
+        frame = planted_ratings(users, 60, 25)
+        target = root / "input" / day / "part-0.parquet"
+        with target.open("wb") as handle:
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), handle)
+        paths[day] = str(target.parent)
+    return paths
+
+
+def _pipeline(root: str, capsys) -> dict[str, dict]:
+    """generate → prepare → train (1 and 2 processes) → score → evaluate → nightly (two dates)
+    → recommend, all under ``root``; the summaries by step."""
+    base = tiny_overrides(root, **{"spark.conf": "{}", "evaluate.baselines": "[]"})
+    inputs = _write_inputs(Location(root))
+    summaries = {}
+    for command in ("generate", "prepare", "train"):
+        summaries[command] = _run(command, base, capsys)
+    summaries["train-2"] = _run(
+        "train", [*base, "train.num_processes=2", "train.reader_workers=1"], capsys
+    )
+    for command in ("score", "evaluate"):
+        summaries[command] = _run(command, base, capsys)
+    for day in (DAY1, DAY2):
+        nightly = [
+            *base,
+            f"run_date={day}",
+            "input.format=parquet",
+            f"input.path={inputs[day]}",
+            "train.epochs=4",
+            "nightly.keep_runs=3",
+        ]
+        summaries[f"nightly-{day}"] = _run("nightly", nightly, capsys)
+    summaries["recommend"] = _run(
+        "recommend",
+        [*base, f"run_date={DAY2}", "recommend.user=7", "recommend.min_item_ratings=0",
+         "recommend.similar_table=true"],
+        capsys,
+    )
+    return summaries
+
+
+def _check_published(root: Location, summaries: dict[str, dict]) -> None:
+    for name, summary in summaries.items():
+        assert summary["status"] == "ok", name
+    for day in (DAY1, DAY2):
+        assert (root / "recommendations" / f"run_date={day}" / "_SUCCESS").is_file()
+        assert (root / "models" / day / "model.pt").is_file()
+    assert summaries["train-2"]["metrics"]["num_processes"] == 2
+    records = read_history(root)
+    assert [(r.run_date, r.status) for r in records] == [(DAY1, "published"), (DAY2, "published")]
+    # Nothing left half-done: no staging folders, no lock, no journal, no retired copies.
+    leftovers = [
+        entry.relative for entry in root.listing()
+        if entry.relative.startswith(("_staging/", "_nightly/stash", "_nightly/inflight"))
+        or "/.retired-" in entry.relative
+        # A local lock file stays, emptied on release; an object-store lease is deleted.
+        or (entry.relative == "_nightly/lock" and entry.size)
+    ]
+    assert leftovers == []
+    listed = summaries["recommend"]["recommendations"]
+    assert len(listed) == 10
+
+
+def test_the_whole_pipeline_runs_on_an_object_store_without_a_local_file(
+    s3, tmp_path, monkeypatch, capsys
+):
+    root = f"s3a://{BUCKET}/pipeline-{uuid.uuid4().hex[:8]}"
+    # The working directory and HOME point at an empty folder that must stay empty. Scratch goes
+    # elsewhere: Spark's (spark.local.dir, set by the session fixture) and the temporary folder
+    # (TorchDistributor's torchrun keeps its rendezvous files there, torch its compile cache),
+    # with matplotlib's font cache.
+    watched, scratch = tmp_path / "watched", tmp_path / "scratch"
+    watched.mkdir()
+    scratch.mkdir()
+    monkeypatch.chdir(watched)
+    monkeypatch.setenv("HOME", str(watched))
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setenv("MPLCONFIGDIR", str(scratch / "matplotlib"))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    summaries = _pipeline(root, capsys)
+    _check_published(Location(root), summaries)
+    for summary in summaries.values():
+        for value in summary.get("outputs", {}).values():
+            if isinstance(value, str) and "://" in value:
+                assert value.startswith("s3a://"), value
+    written = sorted(str(path.relative_to(watched)) for path in watched.rglob("*"))
+    assert written == [], "\n".join(written)
+
+
+def test_the_whole_pipeline_runs_with_a_file_uri_root(tmp_path, capsys):
+    root = (tmp_path / "root").as_uri()
+    summaries = _pipeline(root, capsys)
+    _check_published(Location(root), summaries)
+    assert (tmp_path / "root" / "recommendations" / f"run_date={DAY2}" / "_SUCCESS").is_file()
+
+
+def test_two_nightly_runs_started_together_on_one_bucket_publish_once(s3, tmp_path):
+    """Two processes, each its own JVM and Python, start nightly for the same date and root."""
+    root = f"s3a://{BUCKET}/race-{uuid.uuid4().hex[:8]}"
+    inputs = _write_inputs(Location(root))
+    conf = json.dumps({**s3.hadoop_conf(), "spark.ui.enabled": "false"})
+    overrides = tiny_overrides(root, **{
+        "spark.conf": conf, "spark.master": "local[1]", "run_date": DAY1,
+        "input.format": "parquet", "input.path": inputs[DAY1], "train.epochs": 3,
+        "evaluate.baselines": "[]",
+    })
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    logs = [tmp_path / f"run-{n}.log" for n in (1, 2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "recspark.cli", "nightly", *as_arguments(overrides)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+        )
+        for log in logs
+    ]
+    results = []
+    for run in runs:
+        out, _ = run.communicate(timeout=600)
+        results.append((run.returncode, json.loads(out.strip().splitlines()[-1])))
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], [(code, summary.get("error")) for code, summary in results]
+    winner = next(summary for code, summary in results if code == 0)
+    loser = next(summary for code, summary in results if code == 1)
+    assert winner["nightly"]["decision"] == "published"
+    assert "another nightly run holds" in loser["error"] and "pid" in loser["error"], loser["error"]
+    location = Location(root)
+    assert [(r.run_date, r.status) for r in read_history(location)] == [(DAY1, "published")]
+    assert (location / "recommendations" / f"run_date={DAY1}" / "_SUCCESS").is_file()
+    # The loser touched nothing: no journal, no stash, and the winner's lease is gone.
+    assert not (location / "_nightly" / "inflight.json").exists()
+    assert not (location / "_nightly" / "lock").exists()
+    assert not (location / "_nightly" / "stash").glob("*")
