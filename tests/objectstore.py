@@ -144,6 +144,9 @@ def start_object_store(folder: Path) -> ObjectStore:
         "-s3.port.lance=0",
         "-master.telemetry=false",
         "-master.volumeSizeLimitMB=64",
+        # Each bucket is a collection that grows 7 volumes at once; the default of 8 volumes
+        # leaves no room for a second bucket (HTTP 500, "no free volumes left").
+        "-volume.max=100",
         "-volume.preStopSeconds=0",
         f"-filer.localSocket={folder / 'filer.sock'}",
     ]

@@ -9,10 +9,8 @@ plain paths). Select these with ``pytest -m objectstore``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
+import threading
 import uuid
 
 import pyarrow as pa
@@ -23,12 +21,13 @@ from recspark.cli import main
 from recspark.core import location
 from recspark.core.location import Location
 from recspark.ops.history import read_history
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import tiny_overrides
 from tests.test_nightly import DAY1, DAY2, as_arguments, planted_ratings
 
 pytestmark = pytest.mark.objectstore
 
 BUCKET = "recspark"
+PIPELINE = ("generate", "prepare", "train", "score", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +68,12 @@ def _pipeline(root: str, capsys) -> dict[str, dict]:
     base = tiny_overrides(root, **{"spark.conf": "{}", "evaluate.baselines": "[]"})
     inputs = _write_inputs(Location(root))
     summaries = {}
-    for command in ("generate", "prepare", "train"):
+    for command in PIPELINE[:3]:
         summaries[command] = _run(command, base, capsys)
     summaries["train-2"] = _run(
         "train", [*base, "train.num_processes=2", "train.reader_workers=1"], capsys
     )
-    for command in ("score", "evaluate"):
+    for command in PIPELINE[3:]:
         summaries[command] = _run(command, base, capsys)
     for day in (DAY1, DAY2):
         nightly = [
@@ -143,42 +142,43 @@ def test_the_whole_pipeline_runs_on_an_object_store_without_a_local_file(
     assert written == [], "\n".join(written)
 
 
-def test_the_whole_pipeline_runs_with_a_file_uri_root(tmp_path, capsys):
+def test_the_pipeline_runs_with_a_file_uri_root(tmp_path, capsys):
     root = (tmp_path / "root").as_uri()
-    summaries = _pipeline(root, capsys)
-    _check_published(Location(root), summaries)
-    assert (tmp_path / "root" / "recommendations" / f"run_date={DAY2}" / "_SUCCESS").is_file()
+    base = tiny_overrides(root, **{"spark.conf": "{}", "evaluate.baselines": "[]"})
+    summaries = {command: _run(command, base, capsys) for command in PIPELINE}
+    assert summaries["score"]["counts"]["rows"] == 6000
+    partition = tmp_path / "root" / "recommendations" / "run_date=2026-01-15"
+    assert summaries["score"]["outputs"]["partition"] == str(partition)
+    assert (partition / "_SUCCESS").is_file()
+    assert (tmp_path / "root" / "evaluation" / "2026-01-15" / "evaluation.json").is_file()
 
 
-def test_two_nightly_runs_started_together_on_one_bucket_publish_once(s3, tmp_path):
-    """Two processes, each its own JVM and Python, start nightly for the same date and root."""
+def test_two_nightly_runs_started_together_on_one_bucket_publish_once(s3, capsys):
+    """Two runs (two threads of this process, sharing its Spark session) race for one root."""
     root = f"s3a://{BUCKET}/race-{uuid.uuid4().hex[:8]}"
     inputs = _write_inputs(Location(root))
-    conf = json.dumps({**s3.hadoop_conf(), "spark.ui.enabled": "false"})
     overrides = tiny_overrides(root, **{
-        "spark.conf": conf, "spark.master": "local[1]", "run_date": DAY1,
-        "input.format": "parquet", "input.path": inputs[DAY1], "train.epochs": 3,
-        "evaluate.baselines": "[]",
+        "spark.conf": "{}", "run_date": DAY1, "input.format": "parquet",
+        "input.path": inputs[DAY1], "train.epochs": 3, "evaluate.baselines": "[]",
     })
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    logs = [tmp_path / f"run-{n}.log" for n in (1, 2)]
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "recspark.cli", "nightly", *as_arguments(overrides)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
-        )
-        for log in logs
-    ]
-    results = []
+    start = threading.Barrier(2)
+    statuses = []
+
+    def nightly():
+        start.wait()
+        statuses.append(main(["nightly", *as_arguments(overrides)]))
+
+    runs = [threading.Thread(target=nightly) for _ in range(2)]
     for run in runs:
-        out, _ = run.communicate(timeout=600)
-        results.append((run.returncode, json.loads(out.strip().splitlines()[-1])))
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 1], [(code, summary.get("error")) for code, summary in results]
-    winner = next(summary for code, summary in results if code == 0)
-    loser = next(summary for code, summary in results if code == 1)
+        run.start()
+    for run in runs:
+        run.join(timeout=600)
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert sorted(statuses) == [0, 1], lines
+    winner = next(summary for summary in lines if summary["status"] == "ok")
+    loser = next(summary for summary in lines if summary["status"] == "error")
     assert winner["nightly"]["decision"] == "published"
-    assert "another nightly run holds" in loser["error"] and "pid" in loser["error"], loser["error"]
+    assert "another nightly run holds" in loser["error"] and "pid" in loser["error"], loser
     location = Location(root)
     assert [(r.run_date, r.status) for r in read_history(location)] == [(DAY1, "published")]
     assert (location / "recommendations" / f"run_date={DAY1}" / "_SUCCESS").is_file()

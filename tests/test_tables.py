@@ -7,7 +7,10 @@ turns its SQL extension on. The model is the hand-planted one of ``tests/test_sc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
+import json
 import os
 import shutil
 import signal
@@ -19,6 +22,7 @@ import time
 import pytest
 from pyspark.sql import functions as F
 
+from recspark.cli import main
 from recspark.core.errors import BadInputError, ConfigError
 from recspark.core.storage import Layout
 from recspark.ops.journal import NightlyState
@@ -44,13 +48,31 @@ def two_days(spark, tmp_path_factory):
     return plant_two_days(tmp_path_factory.mktemp("tables"))
 
 
+@pytest.fixture(scope="module")
+def published(two_days):
+    """Both dates published to the Delta table once; the tests below share it in file order,
+    the last (retention) dropping the first date."""
+    summaries = [score_quietly(two_days, *DELTA, f"run_date={day}", "score.top_n=3")
+                 for day in (RUN_DATE, DAY2)]
+    return two_days, summaries
+
+
+def score_quietly(root, *extra: str) -> dict:
+    """``score`` through the CLI, its summary line parsed (for module fixtures, without capsys)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["score", *set_args([f"paths.root={root}", "spark.conf={}", *extra])])
+    summary = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert status == 0, summary
+    return summary
+
+
 def rows_of(spark, name: str, day: str) -> int:
     return spark.table(name).where(F.col("run_date") == day).count()
 
 
-def test_delta_table_holds_both_dates_and_a_rerun_replaces_one_whole(spark, two_days, capsys):
-    first = score(two_days, capsys, *DELTA, "score.top_n=3")
-    second = score(two_days, capsys, *DELTA, f"run_date={DAY2}", "score.top_n=3")
+def test_delta_table_holds_both_dates_and_a_rerun_replaces_one_whole(spark, published, capsys):
+    two_days, (first, second) = published
     assert first["outputs"]["table"] == "recspark.recommendations"
     assert (first["counts"]["rows"], second["counts"]["rows"]) == (14, 14)
     assert second["metrics"]["table_format"] == "delta"
@@ -82,8 +104,8 @@ def test_delta_table_holds_both_dates_and_a_rerun_replaces_one_whole(spark, two_
     assert rows_of(spark, "recspark.recommendations", RUN_DATE) == 14
 
 
-def test_a_delta_write_killed_midway_leaves_the_previous_version(spark, two_days, tmp_path, capsys):
-    score(two_days, capsys, *DELTA, "score.top_n=3")
+def test_a_delta_write_killed_midway_leaves_the_previous_version(spark, published, tmp_path, capsys):
+    two_days, _ = published
     table = OutputTable(Layout(two_days).recommendations, "delta")
     version, before = table.identity(RUN_DATE), rows_of(spark, "recspark.recommendations", RUN_DATE)
     sets = [f"paths.root={two_days}", f"run_date={RUN_DATE}", "score.top_n=1", *DELTA,
@@ -113,9 +135,8 @@ def test_a_delta_write_killed_midway_leaves_the_previous_version(spark, two_days
     assert score(two_days, capsys, *DELTA, "score.top_n=1")["counts"]["rows"] == 5
 
 
-def test_retention_drops_old_dates_from_a_delta_table(spark, two_days, capsys):
-    for day in (RUN_DATE, DAY2):
-        score(two_days, capsys, *DELTA, f"run_date={day}", "score.top_n=3")
+def test_retention_drops_old_dates_from_a_delta_table(spark, published):
+    two_days, _ = published
     layout = Layout(two_days)
     table = OutputTable(layout.recommendations, "delta", "recspark.recommendations")
     state = NightlyState(layout, table)

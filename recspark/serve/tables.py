@@ -260,7 +260,19 @@ class OutputTable:
         table = DeltaTable.forPath(spark, str(self.root))
         listed = ", ".join(f"DATE'{date}'" for date in dates)
         table.delete(f"{RUN_DATE} IN ({listed})")
-        table.vacuum()
+        # VACUUM lists the table with one task per spark.sql.sources.parallelPartitionDiscovery
+        # .parallelism (10,000 by default): 40 s for a table of a few dates on 2 cores, against
+        # 5 s with the cluster's own parallelism.
+        key = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+        before = spark.conf.get(key, None)
+        spark.conf.set(key, str(spark.sparkContext.defaultParallelism))
+        try:
+            table.vacuum()
+        finally:
+            if before is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, before)
 
 
 def recommendations_table(config: Config, layout: Layout) -> OutputTable:
