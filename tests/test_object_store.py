@@ -2,8 +2,8 @@
 
 The server is SeaweedFS on loopback (``object_store`` in ``tests/conftest.py``); Spark reaches it
 through the S3A connector fetched at set-up, the Python side through :mod:`recspark.core.location`.
-The same pipeline also runs with ``paths.root`` as a ``file://`` URI (the rest of the suite uses
-plain paths). Select these with ``pytest -m objectstore``.
+``tests/test_pipeline.py`` runs the five stages with ``paths.root`` as a ``file://`` URI; the rest
+of the suite gives plain paths. Select these with ``pytest -m objectstore``.
 """
 
 from __future__ import annotations
@@ -140,17 +140,6 @@ def test_the_whole_pipeline_runs_on_an_object_store_without_a_local_file(
                 assert value.startswith("s3a://"), value
     written = sorted(str(path.relative_to(watched)) for path in watched.rglob("*"))
     assert written == [], "\n".join(written)
-
-
-def test_the_pipeline_runs_with_a_file_uri_root(tmp_path, capsys):
-    root = (tmp_path / "root").as_uri()
-    base = tiny_overrides(root, **{"spark.conf": "{}", "evaluate.baselines": "[]"})
-    summaries = {command: _run(command, base, capsys) for command in PIPELINE}
-    assert summaries["score"]["counts"]["rows"] == 6000
-    partition = tmp_path / "root" / "recommendations" / "run_date=2026-01-15"
-    assert summaries["score"]["outputs"]["partition"] == str(partition)
-    assert (partition / "_SUCCESS").is_file()
-    assert (tmp_path / "root" / "evaluation" / "2026-01-15" / "evaluation.json").is_file()
 
 
 def test_two_nightly_runs_started_together_on_one_bucket_publish_once(s3, capsys):

@@ -26,9 +26,14 @@ def run_command(command: str, overrides: list[str], capsys) -> dict:
 
 @pytest.fixture(scope="module")
 def pipeline(spark, tmp_path_factory):
-    """Run generate -> prepare -> train -> score -> evaluate once for the module's tests."""
+    """Run generate -> prepare -> train -> score -> evaluate once for the module's tests.
+
+    ``paths.root`` is a ``file://`` URI here (the rest of the suite gives plain paths, and
+    ``tests/test_object_store.py`` an ``s3a://`` one). ALS is left out of evaluate's baselines:
+    ``tests/test_evaluate.py`` checks it.
+    """
     root = tmp_path_factory.mktemp("pipeline")
-    overrides = tiny_overrides(root)
+    overrides = tiny_overrides(root.as_uri(), **{"evaluate.baselines": "[global_mean, biases]"})
     summaries = {}
     from contextlib import redirect_stdout
     from io import StringIO

@@ -6,7 +6,8 @@ Python workers at this interpreter: without it pandas UDFs run under a system Py
 pyarrow and fail with "No module named 'pyarrow'".
 
 Run from a checkout, it also puts the jars ``make setup`` fetched into ``.jars/`` (the S3A connector
-with its AWS SDK bundle, Delta Lake; see ``deps/pom.xml``) on ``spark.jars``, so ``s3a://`` paths
+with its AWS SDK bundle, Delta Lake; see ``deps/pom.xml``) on the classpath (a local master: the
+driver's, ``spark.driver.extraClassPath``, with no copy) or on ``spark.jars``, so ``s3a://`` paths
 and ``format("delta")`` work without ``--jars``; when Delta is among the jars it turns on Delta's
 SQL extension and catalog, which Delta needs besides its jars. A ``spark.jars`` from spark-submit
 (``--jars``) or from ``conf`` wins, and the Delta settings are only defaults: on a cluster, with
@@ -92,7 +93,15 @@ def get_spark(
         settings["spark.master"] = master or "local[*]"
     jars = settings.get("spark.jars") or submitted.get("spark.jars", "")
     if not jars and (fetched := _checkout_jars()):
-        jars = settings["spark.jars"] = ",".join(fetched)
+        jars = ",".join(fetched)
+        master_set = settings.get("spark.master") or submitted.get("spark.master", "")
+        local = master_set.startswith("local") and not submitted.contains("spark.master")
+        if local and "spark.driver.extraClassPath" not in settings:
+            # One JVM runs driver and executors: the classpath is enough. spark.jars would copy
+            # every jar (the AWS SDK bundle alone is 560 MB) into each session's temp folder.
+            settings["spark.driver.extraClassPath"] = ":".join(fetched)
+        else:
+            settings["spark.jars"] = jars
     packages = settings.get("spark.jars.packages") or submitted.get("spark.jars.packages", "")
     if _mentions_delta(jars, packages):
         for key, value in _DELTA.items():
