@@ -12,6 +12,7 @@ import json
 import tempfile
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -175,3 +176,14 @@ def test_two_nightly_runs_started_together_on_one_bucket_publish_once(s3, capsys
     assert not (location / "_nightly" / "inflight.json").exists()
     assert not (location / "_nightly" / "lock").exists()
     assert not (location / "_nightly" / "stash").glob("*")
+
+
+def test_a_folder_of_more_than_a_thousand_objects_is_removed_whole(s3):
+    """pyarrow deletes in batches of 1,000 keys, which SeaweedFS refuses ("MalformedXML");
+    rmtree then deletes key by key (a 1M-rating nightly's retention hit this)."""
+    folder = Location(f"s3a://{BUCKET}/many-{uuid.uuid4().hex[:8]}")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda n: (folder / f"part-{n:05d}").write_bytes(b"x"), range(1001)))
+    assert len(folder.files()) == 1001
+    folder.rmtree()
+    assert not folder.exists() and folder.files() == []

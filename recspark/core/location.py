@@ -405,9 +405,23 @@ class Location:
         """Delete a folder and everything in it (or a file); nothing if it is missing."""
         info = self._info()
         if info.type == pafs.FileType.Directory:
-            self.filesystem.delete_dir(self.fs_path)
+            try:
+                self.filesystem.delete_dir(self.fs_path)
+            except OSError:
+                if self.is_local:
+                    raise
+                # pyarrow deletes in batches of 1,000 keys (S3 DeleteObjects), which some
+                # S3-compatible stores refuse (SeaweedFS: "MalformedXML"): one key at a time.
+                self._delete_one_by_one()
         elif info.type == pafs.FileType.File:
             self.filesystem.delete_file(self.fs_path)
+
+    def _delete_one_by_one(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda entry: entry.location.unlink(), self.listing()))
+        self.filesystem.delete_dir(self.fs_path)  # what is left: folder markers
 
     def move_to(self, target: Location, last: str | None = None) -> None:
         """Move this file or folder to ``target`` (which must not exist).
