@@ -33,7 +33,7 @@ from typing import Any
 
 import pyarrow.fs
 
-from recspark.core.errors import ConfigError
+from recspark.core.errors import ConfigError, RecsparkError
 
 OBJECT_STORE_SCHEMES = ("s3a", "s3", "s3n")
 DEFAULT_REGION = "us-east-1"
@@ -201,7 +201,7 @@ def split_uri(location: str) -> tuple[str, str]:
     return parts.netloc, key
 
 
-class S3Error(RuntimeError):
+class S3Error(RecsparkError):
     """A request the store refused or could not answer.
 
     Attributes

@@ -331,7 +331,7 @@ class _Lease:
                 self._etag = self._write(if_none_match=True)
                 break
             except PreconditionFailed:
-                pass
+                pass  # someone holds it: read who, below
             except S3Error as error:
                 # 409: another conditional write on the key was in flight (AWS); look again.
                 if error.status != 409:
@@ -372,7 +372,7 @@ class _Lease:
         try:
             self._renew()
         except PreconditionFailed:
-            pass
+            pass  # taken over: _renew recorded it in self._lost, reported below
         except S3Error as error:
             raise LockHeldError(
                 f"could not confirm that this run still holds {self.location} ({error}); it "
