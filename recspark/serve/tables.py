@@ -110,8 +110,9 @@ class OutputTable:
     ) -> Published:
         """Write ``frame`` as the rows of ``run_date``, replacing that date whole.
 
-        ``check(rows)`` runs once the rows are written and before they are published (Parquet:
-        counted from the staged files' footers); it raises to publish nothing.
+        ``check(rows)`` runs once the rows are written: for Parquet before they are published
+        (counted from the staged files' footers; raising publishes nothing), for Delta after the
+        commit (from its metrics; the commit is atomic, so a mismatch can only be reported).
         """
         self.check_format()
         self.check_id_types(spark, frame, run_date)
@@ -153,7 +154,7 @@ class OutputTable:
         return Published(rows, str(self.root), int(last["version"]))
 
     def register(self, spark: SparkSession) -> None:
-        """Create the catalog entry when missing; refresh a Parquet table's cached listing."""
+        """Create the catalog entry when missing, sync a Parquet table's partitions, refresh."""
         if self.name is None:
             return
         using = "DELTA" if self.is_delta else "PARQUET"
