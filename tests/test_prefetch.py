@@ -1,16 +1,25 @@
-"""The overlap wrapper: batches read ahead in a thread, in order, errors raised, stopped on exit."""
+"""The overlap wrapper: batches read ahead in a thread, in order, errors raised, stopped on exit.
+
+And the training feed that uses it: petastorm's loader read ahead, its order a function of its
+seed alone, however the consumer's thread draws from the global generators meanwhile.
+"""
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
+from recspark.train.feeding import open_feed
 from recspark.train.prefetch import Prefetcher
+from tests.test_training import write_prepared, write_split
+
+FEED_ROWS, FEED_GROUPS = 6000, 4
 
 
 def numpy_batches(count: int, size: int = 8):
@@ -131,3 +140,127 @@ def test_on_cuda_batches_arrive_on_the_device():
         seen = list(batches)
     assert all(b[USER_IDX].is_cuda and b[RATING].dtype == torch.float32 for b in seen)
     assert [int(b[USER_IDX][0]) for b in seen] == [0, 1, 2, 3]
+
+
+# -- the training feed: petastorm's loader, read ahead ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def numbered(tmp_path_factory) -> str:
+    """A train folder of FEED_GROUPS row groups whose ``user_idx`` is the row's number."""
+    folder = tmp_path_factory.mktemp("numbered") / "train"
+    rows = np.arange(FEED_ROWS, dtype=np.int32)
+    write_split(folder, rows, rows % 50, (rows % 5 + 1).astype(np.float32), [1500] * FEED_GROUPS)
+    return str(folder)
+
+
+def feed_order(path: str, seed: int, prefetch: int, global_seed: int, draw: bool) -> list[list]:
+    """The rows of each batch of one shuffled epoch; with ``draw``, the consumer's thread draws
+    from torch's and NumPy's global generators between batches, as dropout does, at uneven times.
+    """
+    torch.manual_seed(global_seed)
+    np.random.seed(global_seed)
+    order = []
+    with open_feed(
+        path, 256, shuffle=True, seed=seed, shuffle_buffer=1500, prefetch=prefetch
+    ) as batches:
+        for index, batch in enumerate(batches):
+            assert batch[USER_IDX].dtype == torch.long and batch[RATING].dtype == torch.float32
+            order.append(batch[USER_IDX].tolist())
+            if draw:
+                torch.rand(1 + index % 7)
+                torch.randperm(100 + index)
+                np.random.random(index % 3)
+                time.sleep(0.002 * (index % 3))
+    return order
+
+
+def test_the_feed_order_is_a_function_of_its_seed_not_of_the_threads_timing(numbered):
+    """Two runs of an epoch give the same batches, read ahead or not, whatever the consumer draws.
+
+    Petastorm's shuffling buffer would draw its permutations from torch's global generator, in the
+    read-ahead thread, interleaved with the step's own draws at the mercy of thread timing.
+    """
+    quiet = feed_order(numbered, seed=5, prefetch=2, global_seed=0, draw=False)
+    busy = feed_order(numbered, seed=5, prefetch=2, global_seed=1, draw=True)
+    in_caller = feed_order(numbered, seed=5, prefetch=0, global_seed=2, draw=True)
+    assert busy == quiet and in_caller == quiet
+    rows = [row for batch in quiet for row in batch]
+    assert sorted(rows) == list(range(FEED_ROWS)) and rows != sorted(rows)
+    # The buffer mixes rows of different row groups into one batch.
+    assert len({row // 1500 for row in quiet[0]}) > 1
+    assert feed_order(numbered, seed=6, prefetch=2, global_seed=0, draw=False) != quiet
+
+
+def test_the_feed_draws_from_no_global_generator(numbered):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    for prefetch in (0, 2):
+        with open_feed(
+            numbered, 256, shuffle=True, seed=1, shuffle_buffer=1500, prefetch=prefetch
+        ) as batches:
+            assert sum(len(batch[RATING]) for batch in batches) == FEED_ROWS
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+
+
+def test_leaving_the_feed_early_stops_the_thread_before_the_reader(numbered, monkeypatch):
+    """``max_steps`` leaves the ``with`` block mid-epoch: the thread must not outlive its reader."""
+    from petastorm.reader import Reader
+
+    from recspark.model.embedding import build_model
+    from recspark.train.loop import train_epoch
+    from recspark.train.optim import make_optimizer
+
+    prefetchers, alive_at_stop = [], []
+    stop = Reader.stop
+
+    def recording_stop(reader):
+        alive_at_stop.append([p._thread.is_alive() for p in prefetchers])
+        stop(reader)
+
+    monkeypatch.setattr(Reader, "stop", recording_stop)
+    model = build_model("dot_bias", n_users=FEED_ROWS, n_items=50, factors=4)
+    optimizer = make_optimizer(model, "adam", lr=0.01)
+    with open_feed(numbered, 256, shuffle=True, seed=1, shuffle_buffer=1500) as batches:
+        prefetchers.append(batches)
+        _, rows = train_epoch(model, batches, optimizer, None, torch.device("cpu"), max_steps=3)
+        assert batches._thread.is_alive()  # 24 batches in the epoch: it is still reading ahead
+    assert rows == 3 * 256
+    assert alive_at_stop == [[False]]
+
+
+def test_a_model_with_dropout_repeats_exactly_through_the_read_ahead_feed(tmp_path):
+    """Dropout draws from torch's global generator in the step while the feed shuffles ahead."""
+    from recspark.train.loop import TrainSettings, fit, init_model
+
+    prepared = write_prepared(tmp_path / "2026-01-15")
+    spec = {
+        "kind": "mlp",
+        "n_users": 300,
+        "n_items": 120,
+        "user_factors": 8,
+        "item_factors": 8,
+        "hidden": [16],
+        "dropouts": [0.3],
+        "embedding_dropout": 0.1,
+        "y_range": [0.5, 5.5],
+    }
+    settings = TrainSettings(epochs=2, batch_size=256, lr=0.01, seed=7, shuffle_buffer=2048)
+    runs = []
+    for _ in range(2):
+        model = init_model(spec, settings.seed)
+        result = fit(
+            model,
+            str(prepared / "train"),
+            str(prepared / "validation"),
+            settings,
+            torch.device("cpu"),
+        )
+        runs.append(
+            (model.state_dict(), [(r.train_loss, r.validation_loss) for r in result.history])
+        )
+    (first, first_losses), (second, second_losses) = runs
+    assert first_losses == second_losses
+    assert all(torch.equal(first[key], second[key]) for key in first)

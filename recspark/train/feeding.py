@@ -3,8 +3,16 @@
 ``make_batch_reader`` + ``BatchedDataLoader`` reads whole row groups as columns (tens of millions of
 rows a second here), where petastorm's row-by-row ``DataLoader`` manages about a hundredth of that.
 Each process of a distributed run reads its own shard of row groups (``cur_shard``/``shard_count``).
-With one reader thread and a seed the order of batches is repeatable; more threads read faster but
-let row groups arrive in any order.
+
+The feed overlaps with the step: a :class:`~recspark.train.prefetch.Prefetcher` thread pulls,
+shuffles and casts batch ``i + 1`` (and, on a GPU, pins and copies it) while batch ``i`` trains,
+so an epoch costs about the slower of reading and training rather than their sum. Order stays
+repeatable: petastorm's shuffling buffer would permute its rows with torch's global generator,
+which the step draws from too (dropout) in the other thread, so the order would depend on thread
+timing. Here the permutations come from a generator of the feed's own, seeded by the feed's seed
+and shard, and the feed touches no global generator. With one reader thread a feed's batches are
+thus a function of its seed and shard alone, read ahead or not; more reader threads read faster
+but let row groups arrive in any order.
 
 The feed reads the prepared tables where they are: a local folder, or any store
 :mod:`recspark.core.location` reaches (S3, GCS, HDFS). Petastorm 0.12 hands its filesystem to
@@ -16,10 +24,13 @@ resolves non-local URLs through fsspec packages (s3fs, gcsfs) that recspark does
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import posixpath
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -29,6 +40,7 @@ from pyarrow import filesystem as legacy
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
 from recspark.core.location import Location
 from recspark.core.storage import parquet_files
+from recspark.train.prefetch import Prefetcher, host_batch
 
 FEED_FIELDS = (USER_IDX, ITEM_IDX, RATING)
 
@@ -44,20 +56,33 @@ def open_feed(
     workers: int = 1,
     shuffle_buffer: int = 100_000,
     fields: tuple[str, ...] = FEED_FIELDS,
-) -> Iterator[torch.utils.data.IterableDataset]:
-    """A one-epoch loader of dict batches ``{user_idx, item_idx, rating}`` as tensors.
+    device: torch.device | str = "cpu",
+    prefetch: int = 2,
+) -> Iterator[Iterable[dict[str, Any]]]:
+    """A one-epoch feed of dict batches ``{user_idx, item_idx, rating}``, read ahead in a thread.
+
+    Batches hold tensors of the training dtypes (indices ``int64``, ratings ``float32``), on
+    ``device`` when it is a GPU. Leaving the ``with`` block early (``max_steps``, an error) stops
+    the read-ahead thread first, then the petastorm reader it pulls from.
 
     Parameters
     ----------
     path
         A prepared Parquet folder (``prepared/D/train``).
     shuffle
-        Shuffle row groups (by ``seed``) and rows within a buffer of ``shuffle_buffer`` rows.
+        Shuffle row groups (by ``seed``) and rows within a buffer of ``shuffle_buffer`` rows (by a
+        generator of the feed's own, seeded from ``seed`` and ``shard``).
     shard, shard_count
         This process's share of the row groups, for data-parallel training.
+    device
+        Where the batches are used: on a GPU they are pinned and copied one batch ahead.
+    prefetch
+        Batches read ahead by a background thread; 0 reads each batch in the caller's thread when
+        it asks (the same batches, in the same order).
     """
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be 0 or more batches, got {prefetch}")
     from petastorm import make_batch_reader
-    from petastorm.pytorch import BatchedDataLoader
 
     location = Location(path)
     url, filesystem = location.uri, None
@@ -80,10 +105,58 @@ def open_feed(
             shard_count=shard_count,
         )
     with reader:
-        loader = BatchedDataLoader(
-            reader, batch_size=batch_size, shuffling_queue_capacity=shuffle_buffer if shuffle else 0
+        loader = _seeded_loader_class()(
+            reader,
+            batch_size=batch_size,
+            shuffling_queue_capacity=shuffle_buffer if shuffle else 0,
+            generator=_shuffle_generator(seed, shard),
         )
-        yield loader
+        if prefetch == 0:
+            yield (host_batch(batch, pin=False) for batch in loader)
+            return
+        # Inside the reader's block: the thread is stopped before the reader it pulls from.
+        with Prefetcher(loader, device, depth=prefetch) as batches:
+            yield batches
+
+
+def _shuffle_generator(seed: int, shard: int | None) -> torch.Generator:
+    """The generator of one feed's row shuffle: a function of its seed and shard alone."""
+    digest = hashlib.sha256(f"row-shuffle:{seed}:{shard or 0}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+@functools.cache
+def _seeded_loader_class() -> type:
+    """Petastorm's ``BatchedDataLoader``, its row shuffle drawn from a ``generator`` of its own.
+
+    Petastorm 0.12.1's ``BatchedRandomShufflingBuffer`` draws a ``torch.randperm`` of its rows
+    from torch's global generator at its first retrieval after rows were added. This loader draws
+    that permutation from its own generator just before, at the same point, so the buffer finds
+    it and draws nothing. Built on first use: this module is imported where petastorm is not
+    installed (:mod:`recspark.train.loop` on a bare GPU machine).
+    """
+    from petastorm.pytorch import BatchedDataLoader
+    from petastorm.reader_impl.pytorch_shuffling_buffer import BatchedRandomShufflingBuffer
+
+    class SeededBatchedDataLoader(BatchedDataLoader):
+        def __init__(self, reader, batch_size, shuffling_queue_capacity, generator):
+            super().__init__(
+                reader, batch_size=batch_size, shuffling_queue_capacity=shuffling_queue_capacity
+            )
+            self.generator = generator
+
+        def _yield_batches(self, keys):
+            buffer = self._shuffling_buffer
+            if (
+                isinstance(buffer, BatchedRandomShufflingBuffer)
+                and buffer._random_indices is None
+                and buffer.can_retrieve()
+            ):
+                buffer.next_sample_head = 0
+                buffer._random_indices = torch.randperm(buffer.size, generator=self.generator)
+            yield from super()._yield_batches(keys)
+
+    return SeededBatchedDataLoader
 
 
 def row_groups(path: str) -> list[int]:

@@ -9,6 +9,9 @@ before it hands out batch ``i``, and the compute stream waits only on that batch
 event, so the copy overlaps the step too. An epoch then costs about the slower of reading and
 training, not their sum.
 
+The training feed (:func:`recspark.train.feeding.open_feed`) hands petastorm's loader to it, so
+the loader's shuffling runs in this thread: whatever that iterator draws at random must come from
+a generator of its own, or thread timing would decide the order (the feed sees to that).
 Nothing here knows petastorm or Spark: any iterator of dicts works, which is what lets
 ``benchmarks/bench_gpu.py`` measure the overlap on a machine with torch alone. Order is kept, an
 exception in the reader is raised in the consumer, and leaving the ``with`` block early stops the
