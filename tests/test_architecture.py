@@ -135,6 +135,7 @@ BLOCK_SPARK = textwrap.dedent(
         "recspark.serve.kernel",
         "recspark.train.loop",
         "recspark.train.prefetch",
+        "recspark.train.precision",
         "recspark.core.torch_utils",
     ],
 )

@@ -192,6 +192,8 @@ class TrainConfig(_Section):
     seed: int = 42
     num_processes: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: tf32 on CUDA, fp32 on the CPU; bf16: mixed precision (recspark.train.precision)
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     resume: bool = False
     warm_start: bool = False  # start from the last published model's rows (stable id maps)
     reader_workers: int = Field(1, ge=1)  # >1 reads faster but in no fixed order

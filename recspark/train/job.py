@@ -63,6 +63,7 @@ from recspark.train.objectives import for_name
 from recspark.train.objectives.base import Objective, RunContext
 from recspark.train.objectives.ranking import RankingSettings, item_popularity
 from recspark.train.optim import is_sparse_optimizer
+from recspark.train.precision import resolve_precision
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -85,6 +86,7 @@ SUMMARY_METRICS = (
     "rows_per_second",
     "device",
     "devices",
+    "precision",
     "num_processes",
     "model_version",
     "warm_start_from",
@@ -309,13 +311,17 @@ def starting_figures(
     device: torch.device,
     objective: Objective,
     seed: int,
+    precision: str = "auto",
 ) -> dict[str, float | None]:
     """The ``validation_*`` figures of ``model``'s weights before the first epoch (fresh or warm
-    started): what the run must improve on to be published. The model is left on the CPU."""
+    started), at ``precision`` (``train.precision``): what the run must improve on to be
+    published. The model is left on the CPU."""
     context = RunContext(
         n_users=getattr(model, "n_users", None), n_items=getattr(model, "n_items", None), seed=seed
     )
-    figures = evaluate_split(model, str(prepared / "validation"), device, objective, context)
+    figures = evaluate_split(
+        model, str(prepared / "validation"), device, objective, context, precision=precision
+    )
     model.cpu()
     return validation_fields(figures)
 
@@ -421,6 +427,7 @@ def training_metrics(
     ``validation_mae``: its loss is not an error of ratings it never predicted.
     """
     history = [record.published() for record in result.history]
+    devices = result.devices or [str(device)]
     # Epochs run before a resume were timed by the killed run; rows/s counts this run's only.
     fresh = [r for r in result.history if r.epoch > result.resumed_from_epoch]
     rows_trained = sum(r.rows for r in fresh)
@@ -439,7 +446,9 @@ def training_metrics(
         "train_seconds": seconds,
         "device": str(device),
         # Where the processes trained (data-parallel runs decide it in each process).
-        "devices": result.devices or [str(device)],
+        "devices": devices,
+        # What train.precision meant where the processes trained (auto: tf32 on CUDA, else fp32).
+        "precision": resolve_precision(config.train.precision, devices[0]),
         "num_processes": config.train.num_processes,
         "warm_start_from": carried["from"],
         "carried_users": carried["users"],

@@ -12,17 +12,25 @@ in every process of a data-parallel run (:mod:`recspark.train.distributed`): a
 up across processes. It knows nothing of Spark or of where artifacts go; the train job
 (:mod:`recspark.train.job`) wires it to paths and writes what it returns.
 
+The feed (:func:`recspark.train.feeding.open_feed`) overlaps with the step: a background thread
+reads, shuffles and casts the next batch (on a GPU also copies it) while this one trains, for
+training and validation alike.
+
 Repeatability: the model is built under ``torch.manual_seed(seed)`` (:func:`init_model`), and every
 epoch reseeds all random generators from ``(seed, epoch, rank)`` and reads its row groups in an
-order fixed by ``seed + epoch``. An epoch's randomness thus depends on nothing that happened in
-this process before it, which is what lets a resumed run end exactly where an uninterrupted one
-does (with ``train.reader_workers: 1``; more reader threads deliver row groups in arrival order).
+order fixed by ``seed + epoch``. The feed's thread shuffles rows with a generator of its own,
+seeded from ``seed + epoch`` and the shard, and never draws from the global generators the step
+uses (dropout, the objective's samplers), so thread timing cannot change what either draws. An
+epoch's randomness thus depends on nothing that happened in this process before it, which is what
+lets a resumed run end exactly where an uninterrupted one does (with ``train.reader_workers: 1``;
+more reader threads deliver row groups in arrival order).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -41,6 +49,7 @@ from recspark.train.feeding import open_feed, row_groups
 from recspark.train.objectives.base import Objective, RunContext, ValidationFigures
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.optim import Optimizers, Schedule, make_optimizer
+from recspark.train.precision import autocast, matmul_precision, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +66,7 @@ class TrainSettings:
     loss); ``optimizer_weight_decay`` is the optimizer's own decay of every weight at every step
     (decoupled for ``adamw``). ``restart_epochs`` and ``restart_mult`` shape the ``cosine``
     schedule: the first cycle lasts ``restart_epochs`` epochs, each next one ``restart_mult``
-    times longer.
+    times longer. ``precision`` is ``train.precision`` (:mod:`recspark.train.precision`).
     """
 
     epochs: int = 10
@@ -74,6 +83,7 @@ class TrainSettings:
     seed: int = 42
     reader_workers: int = 1
     shuffle_buffer: int = 100_000
+    precision: str = "auto"
 
 
 @dataclass
@@ -173,6 +183,7 @@ def train_epoch(
     *,
     objective: Objective | None = None,
     context: RunContext | None = None,
+    precision: str = "auto",
 ) -> tuple[float, int]:
     """One pass of training over ``batches``, the objective's loss at every step.
 
@@ -194,6 +205,9 @@ def train_epoch(
         What each batch's loss is; the rating objective (MSE) when None.
     context
         Facts about the run (``n_items``, ``seed``, ``epoch``, ``rank``) for the objective.
+    precision
+        ``train.precision``: matrix products in fp32 or tf32, or each forward pass and loss
+        under bfloat16 autocast (:mod:`recspark.train.precision`).
 
     Returns
     -------
@@ -205,26 +219,28 @@ def train_epoch(
     penalty = unwrap(model).penalty
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     counted, rows, steps = 0, 0, 0
-    for batch in batches:
-        if max_steps is not None and steps >= max_steps:
-            break
-        step = objective.batch_loss(model, batch, device)
-        loss = (
-            step.loss + weight_decay * penalty(step.users, step.items)
-            if weight_decay
-            else step.loss
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
-        loss_sum += step.reported_sum
-        counted += step.counted
-        rows += step.rows
-        steps += 1
-        if steps % NAN_CHECK_STEPS == 0 and not math.isfinite(float(loss_sum)):
-            _raise_not_finite(float(loss_sum), steps)
+    precision = resolve_precision(precision, device)
+    with matmul_precision(precision):
+        # islice leaves without asking the feed for a batch past max_steps (read for nothing).
+        for batch in itertools.islice(batches, max_steps):
+            with autocast(precision, device):
+                step = objective.batch_loss(model, batch, device)
+            loss = (
+                step.loss + weight_decay * penalty(step.users, step.items)
+                if weight_decay
+                else step.loss
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            loss_sum += step.reported_sum
+            counted += step.counted
+            rows += step.rows
+            steps += 1
+            if steps % NAN_CHECK_STEPS == 0 and not math.isfinite(float(loss_sum)):
+                _raise_not_finite(float(loss_sum), steps)
     total = float(loss_sum)
     if not math.isfinite(total):
         _raise_not_finite(total, steps)
@@ -314,6 +330,7 @@ def evaluate_split(
     *,
     parallel: LocalProcess | None = None,
     seed: int = 0,
+    precision: str = "auto",
 ) -> ValidationFigures:
     """The objective's validation figures of ``model`` over a whole prepared split.
 
@@ -328,6 +345,9 @@ def evaluate_split(
     parallel
         In a data-parallel run each process validates its own shard of row groups (when there
         are enough of them) and the figures are pooled over processes.
+    precision
+        ``train.precision``, as in training (:mod:`recspark.train.precision`); the figures are
+        float32 sums whatever it is.
 
     Raises
     ------
@@ -345,8 +365,11 @@ def evaluate_split(
         seed=seed,
         shard=parallel.rank if sharded else None,
         shard_count=parallel.world_size if sharded else None,
+        device=device,
     ) as batches:
-        figures = objective.validation(core, batches, device, context or RunContext())
+        precision = resolve_precision(precision, device)
+        with matmul_precision(precision), autocast(precision, device):
+            figures = objective.validation(core, batches, device, context or RunContext())
     if sharded:
         figures = figures.pooled(parallel.sum(figures.sums()))
     if figures.rows == 0:
@@ -449,6 +472,7 @@ def fit(
             workers=settings.reader_workers,
             shuffle_buffer=settings.shuffle_buffer,
             fields=objective.feed_fields,
+            device=device,
         ) as batches:
             train_loss, rows = train_epoch(
                 trained,
@@ -460,6 +484,7 @@ def fit(
                 plan.max_steps,
                 objective=objective,
                 context=context,
+                precision=settings.precision,
             )
         train_sum, rows = parallel.sum([train_loss * rows, rows])
         train_loss = train_sum / rows
@@ -472,6 +497,7 @@ def fit(
             context,
             parallel=parallel,
             seed=settings.seed,
+            precision=settings.precision,
         )
         if not math.isfinite(figures.loss):
             raise FloatingPointError(

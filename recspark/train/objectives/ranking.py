@@ -10,7 +10,8 @@ negative items. Two losses (``ranking.loss``):
   negatives shared by the whole batch, with the log-Q correction that makes it an unbiased
   stand-in for the softmax over the whole catalogue (Bengio and Senecal, 2008; Yi et al., 2019).
   When ``ranking.negatives`` is at least the number of items, the softmax runs over the whole
-  catalogue exactly.
+  catalogue exactly, in item chunks of at most :data:`SOFTMAX_BLOCK` scores when the batch times
+  the catalogue is larger (:func:`catalogue_softmax_loss`).
 
 Negatives are drawn with probability proportional to ``(count + 1) ** ranking.sampling_alpha``,
 ``count`` being an item's number of positives in the train split (one Spark aggregate,
@@ -26,7 +27,9 @@ their negatives. The validation loss, which early stopping minimises, is the sof
 of each validation positive against a fixed sample of ``ranking.validation_items`` items (the
 whole catalogue when it is smaller); beside it the pass reports the sampled AUC, the share of
 those items the model scores below the positive. Models are trained on their raw scores: a
-ranking model has no ``y_range``, and scoring ranks by the same scores.
+ranking model has no ``y_range``, and scoring ranks by the same scores. Scores are cast to float32
+before any loss, so a forward pass under bfloat16 autocast (``train.precision: bf16``) still
+computes its losses and figures in float32.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX, WEIGHT
 from recspark.core.torch_utils import epoch_seed, unwrap
@@ -50,6 +54,9 @@ LOSSES = ("softmax", "bpr")
 CONFIDENCE = ("none", "weight", "rating")
 # Rows x items of one validation score block: bounds memory for any catalogue and model.
 VALIDATION_BLOCK = 1 << 22
+# Rows x items of one chunk of the full-catalogue softmax in training (64 MiB of float32 scores):
+# a larger batch x catalogue is scored chunk by chunk, each chunk again in the backward pass.
+SOFTMAX_BLOCK = 1 << 24
 # How often BPR redraws negatives that hit their own positive before masking the rest.
 REDRAW_ROUNDS = 4
 # Mixed into the epoch seed so negative draws do not reuse the stream that drives dropout.
@@ -310,6 +317,57 @@ def _scores(
     return scores[:rows], scores[rows:].view(rows, width)
 
 
+def _masked_logsumexp(
+    model: nn.Module, users: torch.Tensor, positives: torch.Tensor, items: torch.Tensor
+) -> torch.Tensor:
+    """``(rows,)`` logsumexp of each row's scores over ``items``, its own positive left out."""
+    scores = model.score_items(users, items).float()
+    scores = scores.masked_fill(items[None, :] == positives[:, None], -math.inf)
+    return torch.logsumexp(scores, dim=1)
+
+
+def catalogue_softmax_loss(
+    model: nn.Module,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    n_items: int | None = None,
+    block: int = SOFTMAX_BLOCK,
+) -> torch.Tensor:
+    """The softmax cross-entropy of each positive against every other item, in item chunks.
+
+    The same loss as :func:`softmax_loss` over the whole catalogue (the positive's own column
+    left out of the negatives), without ever holding the ``rows x n_items`` scores: a running
+    logsumexp adds one chunk of at most ``block`` scores at a time, and each chunk runs under
+    :func:`torch.utils.checkpoint.checkpoint`, which frees its scores after the forward pass and
+    recomputes them, one chunk at a time, in the backward pass. The gradient is the unchunked one.
+
+    Parameters
+    ----------
+    model
+        A bare (unwrapped) model: one scored by several forward calls cannot sit inside
+        DistributedDataParallel.
+    users, positives
+        ``(rows,)`` user and positive item indices.
+    weights
+        ``(rows,)`` confidence weights of the mean.
+    n_items
+        Catalogue size; the model's when None.
+    block
+        Most scores (rows x items) of one chunk.
+    """
+    n_items = int(n_items or model.n_items)
+    positive = model(users, positives).float()
+    chunk = max(1, block // max(1, len(users)))
+    others = None
+    for start in range(0, n_items, chunk):
+        items = torch.arange(start, min(start + chunk, n_items), device=positives.device)
+        part = checkpoint(_masked_logsumexp, model, users, positives, items, use_reentrant=False)
+        others = part if others is None else torch.logaddexp(others, part)
+    per_row = torch.logaddexp(others, positive) - positive
+    return _weighted_mean(per_row, weights)
+
+
 def _positives(
     batch: dict, device: torch.device, settings: RankingSettings
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, bool]:
@@ -368,9 +426,14 @@ def ranking_loss(
     if settings.loss == "bpr":
         negatives, valid = sampler.sample_excluding(items, settings.negatives, generator)
         positive, negative = _scores(model, users, items, negatives)
-        return bpr_loss(positive, negative, weights, valid)
+        return bpr_loss(positive.float(), negative.float(), weights, valid)
     positive_log_q = negative_log_q = None
     if settings.negatives >= sampler.n_items:
+        # A wrapped model must score every pair in one forward call (see _scores).
+        if unwrap(model) is model and len(users) * sampler.n_items > SOFTMAX_BLOCK:
+            return catalogue_softmax_loss(
+                model, users, items, weights, sampler.n_items, SOFTMAX_BLOCK
+            )
         negatives = torch.arange(sampler.n_items, device=items.device)
     else:
         negatives = sampler.sample((settings.negatives,), generator)
@@ -379,7 +442,9 @@ def ranking_loss(
             negative_log_q = sampler.log_expected_count(negatives, settings.negatives)
     positive, negative = _scores(model, users, items, negatives)
     valid = negatives[None, :] != items[:, None]
-    return softmax_loss(positive, negative, weights, valid, positive_log_q, negative_log_q)
+    return softmax_loss(
+        positive.float(), negative.float(), weights, valid, positive_log_q, negative_log_q
+    )
 
 
 def comparison_items(n_items: int, count: int, seed: int, device: torch.device) -> torch.Tensor:

@@ -5,7 +5,9 @@ MSE of the model's predictions; for an :class:`~recspark.model.embedding.Ensembl
 its members' own MSEs, so that each member gets exactly the gradient it would get trained alone
 and the members learn independently (the reported loss is their mean MSE). The loop adds the L2
 penalty on the embedding rows of the batch's pairs. Validation reports the MSE (the loss early
-stopping minimises), its root and the mean absolute error.
+stopping minimises), its root and the mean absolute error. Predictions are cast to float32 before
+any loss or figure, so a forward pass under bfloat16 autocast (``train.precision: bf16``) still
+reports float32 figures.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ class RatingObjective(Objective):
         """The batch's MSE (an ensemble: the sum of its members' MSEs, reported as their mean)."""
         users, items, ratings = batch_tensors(batch, device)
         if isinstance(unwrap(model), Ensemble):
-            predicted = model(users, items, members=True)
+            predicted = model(users, items, members=True).float()
             each = (predicted - ratings).pow(2).mean(dim=1)
             loss, mse = each.sum(), each.mean()
         else:
-            mse = loss = nn.functional.mse_loss(model(users, items), ratings)
+            mse = loss = nn.functional.mse_loss(model(users, items).float(), ratings)
         rows = len(ratings)
         return BatchLoss(loss, users, items, mse.detach() * rows, rows, rows)
 
@@ -60,7 +62,7 @@ class RatingObjective(Objective):
         rows = 0
         for batch in batches:
             users, items, ratings = batch_tensors(batch, device)
-            error = model(users, items) - ratings
+            error = model(users, items).float() - ratings
             squared += (error.double() ** 2).sum()
             absolute += error.double().abs().sum()
             rows += len(ratings)
