@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from contextlib import redirect_stdout
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,35 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
+
+
+def run_quietly(command: str, overrides: list[str]) -> tuple[int, dict]:
+    """``main()`` of one command with ``--set`` overrides: its exit status and summary line
+    (captured here, so that fixtures wider than a test need no capsys)."""
+    from recspark.cli import main
+
+    buffer = StringIO()
+    with redirect_stdout(buffer):
+        status = main([command, *[part for item in overrides for part in ("--set", item)]])
+    return status, json.loads(buffer.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(spark, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    """generate -> prepare -> train of :func:`tiny_overrides`, once for the session.
+
+    The commands are given ``paths.root`` as a ``file://`` URI (tests/test_pipeline.py goes on to
+    score and evaluate it so, and checks all five stages); tests/test_recommend.py queries its
+    model with a plain path, and tests/test_ranking.py trains a ranking model on a copy of its
+    data and prepared split. Returns the root, a local path, and the summaries by command. Tests
+    add outputs under it (scores, evaluations, similar-items tables) but never replace these.
+    """
+    root = tmp_path_factory.mktemp("tiny-run")
+    overrides = tiny_overrides(root.as_uri())
+    summaries = {}
+    for command in ("generate", "prepare", "train"):
+        status, summary = run_quietly(command, overrides)
+        assert status == 0, summary
+        assert summary["status"] == "ok" and summary["command"] == command
+        summaries[command] = summary
+    return root, summaries

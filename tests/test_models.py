@@ -16,6 +16,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from recspark.core.choices import MODEL_KINDS
 from recspark.core.errors import BadInputError
@@ -218,6 +219,33 @@ def test_penalty_is_the_mean_squared_norm_of_the_rows_a_batch_uses(kind, feature
     with torch.no_grad():
         torch.testing.assert_close(model.penalty(users, items), expected.mean())
 
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("kind,extra", [("dot_bias", {}), ("mlp", {}), ("dot_bias", {"members": 3})],
+                         ids=["dot_bias", "mlp", "ensemble"])
+def test_the_penalty_gradient_by_rows_is_the_autograd_one(kind, extra, sparse):
+    """add_penalty_gradient (the loop's shortcut for one process) adds exactly what backward of
+    ``weight * penalty`` would, for dense and sparse tables, rows used several times included."""
+    torch.manual_seed(0)
+    spec = {"kind": kind, "n_users": 50, "n_items": 30, "factors": 4, "y_range": (1.0, 5.5),
+            "sparse": sparse, "bias_penalty": 0.5, **extra}
+    graph, by_rows = build_model(**spec), build_model(**spec)
+    by_rows.load_state_dict(graph.state_dict())
+    users, items = torch.randint(0, 50, (64,)), torch.randint(0, 30, (64,))
+    ratings = torch.rand(64) * 4 + 1
+    (nn.functional.mse_loss(graph(users, items), ratings) + 0.07 * graph.penalty(users, items)).backward()
+    nn.functional.mse_loss(by_rows(users, items), ratings).backward()
+    assert by_rows.penalty_by_rows()
+    by_rows.add_penalty_gradient(users, items, 0.07)
+    for (name, expected), got in zip(graph.named_parameters(), by_rows.parameters(), strict=True):
+        dense = [g.to_dense() if g.is_sparse else g for g in (expected.grad, got.grad)]
+        torch.testing.assert_close(dense[1], dense[0], atol=1e-7, rtol=1e-6, msg=name)
+
+
+def test_side_feature_tables_keep_the_autograd_penalty():
+    assert not _model("dot_bias", True).penalty_by_rows()
+    assert _model("dot_bias", False).penalty_by_rows()
 
 def _own(table) -> torch.Tensor:
     return table.own.weight if isinstance(table, FeaturedTable) else table.weight

@@ -12,7 +12,7 @@ import pytest
 
 from recspark.cli import main
 from recspark.core.location import Location
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import REPO, run_quietly, tiny_overrides
 
 
 def run_command(command: str, overrides: list[str], capsys) -> dict:
@@ -25,25 +25,21 @@ def run_command(command: str, overrides: list[str], capsys) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pipeline(spark, tmp_path_factory):
-    """Run generate -> prepare -> train -> score -> evaluate once for the module's tests.
+def pipeline(tiny_trained):
+    """generate -> prepare -> train -> score -> evaluate once for the module's tests.
 
     ``paths.root`` is a ``file://`` URI here (the rest of the suite gives plain paths, and
-    ``tests/test_object_store.py`` an ``s3a://`` one). ALS is left out of evaluate's baselines:
-    ``tests/test_evaluate.py`` checks it.
+    ``tests/test_object_store.py`` an ``s3a://`` one). The first three stages are the session's
+    ``tiny_trained`` (``tests/conftest.py``), run with this same URI; score and evaluate follow
+    here. Evaluate fits no baselines: ``tests/test_evaluate.py`` checks them.
     """
-    root = tmp_path_factory.mktemp("pipeline")
-    overrides = tiny_overrides(root.as_uri(), **{"evaluate.baselines": "[global_mean, biases]"})
-    summaries = {}
-    from contextlib import redirect_stdout
-    from io import StringIO
-
-    for command in ("generate", "prepare", "train", "score", "evaluate"):
-        buffer = StringIO()
-        with redirect_stdout(buffer):
-            status = main([command, *[part for item in overrides for part in ("--set", item)]])
-        summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
+    root, trained = tiny_trained
+    overrides = tiny_overrides(root.as_uri(), **{"evaluate.baselines": "[]"})
+    summaries = dict(trained)
+    for command in ("score", "evaluate"):
+        status, summary = run_quietly(command, overrides)
         assert status == 0, summary
+        assert summary["status"] == "ok" and summary["command"] == command
         summaries[command] = summary
     return root, summaries
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
@@ -386,7 +387,12 @@ def test_a_ranking_model_must_not_have_a_y_range():
     assert config.ranking.negatives == 7 and config.ranking.loss == "softmax"
 
 
-def test_train_score_evaluate_with_the_ranking_objective(spark, tmp_path):
+def test_train_score_evaluate_with_the_ranking_objective(tiny_trained, tmp_path):
+    # The session's tiny synthetic data set, generated and prepared once (tests/conftest.py):
+    # a copy of it, so that the ranking model is trained, scored and evaluated in a root of its own.
+    shared, _ = tiny_trained
+    for name in ("data", "prepared"):
+        shutil.copytree(shared / name, tmp_path / name)
     overrides = tiny_overrides(
         tmp_path,
         **{
@@ -405,7 +411,7 @@ def test_train_score_evaluate_with_the_ranking_objective(spark, tmp_path):
         },
     )
     summaries = {}
-    for command in ("generate", "prepare", "train", "score", "evaluate"):
+    for command in ("train", "score", "evaluate"):
         buffer = StringIO()
         with redirect_stdout(buffer):
             status = main([command, *[arg for item in overrides for arg in ("--set", item)]])

@@ -38,14 +38,11 @@ def _run(command: str, overrides: list[str]) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    """generate -> prepare -> train once: a dot_bias model of the tiny planted data set."""
-    root = tmp_path_factory.mktemp("recommend")
-    overrides = tiny_overrides(root)
-    for command in ("generate", "prepare", "train"):
-        status, summary = _run(command, overrides)
-        assert status == 0, summary
-    return root, overrides
+def trained(tiny_trained):
+    """generate -> prepare -> train: a dot_bias model of the tiny planted data set (the session's
+    ``tiny_trained`` of ``tests/conftest.py``, queried here with a plain path)."""
+    root, _ = tiny_trained
+    return root, tiny_overrides(root)
 
 
 def _model_and_ids(root: Path):

@@ -178,12 +178,13 @@ class RankingConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1)  # an untrained model is never published
-    batch_size: int = Field(4096, gt=0)
-    lr: float = Field(0.01, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)  # L2 penalty on the embedding rows a batch uses
+    epochs: int = Field(8, ge=1)  # an untrained model is never published
+    # auto: the power of two nearest train rows / 128, within [1024, 65536] (recspark.train.loop)
+    batch_size: Literal["auto"] | Annotated[int, Field(gt=0)] = "auto"
+    lr: float = Field(0.03, gt=0.0)
+    weight_decay: float = Field(0.025, ge=0.0)  # L2 penalty on the embedding rows a batch uses
     optimizer_weight_decay: float = Field(0.0, ge=0.0)  # the optimizer's decay (adamw: decoupled)
-    optimizer: Optimizer = "adam"
+    optimizer: Optimizer = "sparse_adam"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     schedule: ScheduleName = "one_cycle"
     restart_epochs: int = Field(1, ge=1)  # cosine: length of the first cycle, in epochs

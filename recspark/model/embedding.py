@@ -202,12 +202,57 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
         it is seen, unlike optimizer weight decay, which shrinks every row at every step. Bias rows
         are weighted by ``bias_penalty``; side-feature rows count like the rows that carry them.
         """
-        total = _row_penalty(self.user_factors, user_idx) + _row_penalty(self.item_factors, item_idx)
-        if self.bias_penalty:
-            for name, index in (("user_bias", user_idx), ("item_bias", item_idx)):
-                if hasattr(self, name):
-                    total = total + self.bias_penalty * _row_penalty(getattr(self, name), index)
+        total = sum(
+            multiplier * _row_penalty(table, user_idx if side == "user" else item_idx)
+            for table, side, multiplier in self._penalised_tables()
+        )
         return total.mean()
+
+    def _penalised_tables(self) -> list[tuple[nn.Module, str, float]]:
+        """``(table, "user" | "item", weight)`` for every table :meth:`penalty` counts."""
+        tables = [(self.user_factors, "user", 1.0), (self.item_factors, "item", 1.0)]
+        if self.bias_penalty:
+            for side in ("user", "item"):
+                if hasattr(self, f"{side}_bias"):
+                    tables.append((getattr(self, f"{side}_bias"), side, self.bias_penalty))
+        return tables
+
+    def penalty_by_rows(self) -> bool:
+        """Whether :meth:`add_penalty_gradient` can stand for the autograd :meth:`penalty`: every
+        penalised table is a plain ``nn.Embedding`` (side-feature tables are not)."""
+        return all(isinstance(table, nn.Embedding) for table, _, _ in self._penalised_tables())
+
+    @torch.no_grad()
+    def add_penalty_gradient(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, weight: float
+    ) -> None:
+        """Add the gradient of ``weight * penalty(user_idx, item_idx)`` to the tables' gradients.
+
+        The same numbers autograd would add, without looking the rows up a second time in the
+        graph: row ``r`` used ``n`` times in a batch of ``B`` gets ``2 * weight * n / B * w_r``,
+        appended to a sparse gradient as ``B`` more lookups (the optimizer sums them) or added
+        into a dense one. Call it after ``backward``; only when :meth:`penalty_by_rows` holds.
+        """
+        for table, side, multiplier in self._penalised_tables():
+            index = user_idx if side == "user" else item_idx
+            rows = table.weight.index_select(0, index).mul_(2.0 * weight * multiplier / len(index))
+            grad = table.weight.grad
+            if grad is None and table.sparse:
+                grad = torch.sparse_coo_tensor(
+                    index[None], rows, table.weight.shape, check_invariants=False
+                )
+            elif grad is None:
+                grad = torch.zeros_like(table.weight).index_add_(0, index, rows)
+            elif grad.is_sparse:
+                grad = torch.sparse_coo_tensor(
+                    torch.cat([grad._indices(), index[None]], dim=1),
+                    torch.cat([grad._values(), rows]),
+                    table.weight.shape,
+                    check_invariants=False,
+                )
+            else:
+                grad.index_add_(0, index, rows)
+            table.weight.grad = grad
 
     def set_side_features(
         self, user: np.ndarray | None = None, item: np.ndarray | None = None
@@ -436,6 +481,15 @@ class Ensemble(EmbeddingModel):
     def penalty(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """The sum of the members' penalties, as training sums their losses."""
         return torch.stack([m.penalty(user_idx, item_idx) for m in self.members]).sum()
+
+    def penalty_by_rows(self) -> bool:
+        return all(member.penalty_by_rows() for member in self.members)
+
+    def add_penalty_gradient(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, weight: float
+    ) -> None:
+        for member in self.members:
+            member.add_penalty_gradient(user_idx, item_idx, weight)
 
     def set_side_features(
         self, user: np.ndarray | None = None, item: np.ndarray | None = None
