@@ -26,10 +26,10 @@ from recspark.train.feeding import open_feed, row_groups
 from recspark.train.loop import (
     EpochRecord,
     TrainSettings,
+    auto_batch_size,
     evaluate_split,
     fit,
     init_model,
-    auto_batch_size,
     plan_feed,
 )
 from recspark.train.objectives import for_name
