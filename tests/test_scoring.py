@@ -14,7 +14,12 @@ from recspark.core.errors import BadInputError
 from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
 from recspark.model.embedding import build_model
 from recspark.serve.kernel import ScoringKernel, UserTable, best_columns, recommend_batches, top_k
-from recspark.serve.scoring import item_side_payload, recommend_all, recommend_listed
+from recspark.serve.scoring import (
+    WorkerWarmup,
+    item_side_payload,
+    recommend_all,
+    recommend_listed,
+)
 
 INF = math.inf
 
@@ -234,3 +239,19 @@ def test_a_broadcast_user_table_refuses_users_it_does_not_have():
     )
     with pytest.raises(BadInputError, match="user index 3 is outside the model's 3 users"):
         list(recommend_batches(iter([batch]), payload, 2, 2, "cpu", users=UserTable.of(model)))
+
+
+def test_warming_starts_a_worker_per_task_with_the_scoring_code_imported(spark):
+    """What score and evaluate start first: every task's Python worker imported the kernel
+    (so the scoring tasks after it skip torch's import), and the job took one row per task."""
+    seen = WorkerWarmup(spark, tasks=2).result(timeout=120)
+    assert len(seen) == 2
+    assert all(ready for _, ready in seen)
+    assert all(pid > 0 for pid, _ in seen)
+
+
+def test_a_failed_warm_up_is_logged_not_raised(spark, caplog, monkeypatch):
+    monkeypatch.setattr(spark, "range", lambda *args: (_ for _ in ()).throw(RuntimeError("no")))
+    with caplog.at_level("WARNING", logger="recspark.serve.scoring"):
+        assert WorkerWarmup(spark).result(timeout=60) == []
+    assert "warming the Python workers failed (scoring goes on cold): no" in caplog.text

@@ -37,12 +37,14 @@ from recspark.evaluate.baselines import (
 )
 from recspark.model.published import check_id_maps, load_published_model
 from recspark.model.saving import model_bytes
-from recspark.serve.scoring import item_side_payload, predict
+from recspark.serve.scoring import WorkerWarmup, item_side_payload, predict
 
 log = logging.getLogger(__name__)
 
 
 def run(config: Config, spark: SparkSession) -> dict[str, Any]:
+    # The Python workers start and import torch while the driver loads the model and plans.
+    WorkerWarmup(spark)
     layout = Layout(config.paths.root)
     model, published = load_published_model(layout, config.run_date)
     check_id_maps(layout, published)  # before any Spark task

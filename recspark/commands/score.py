@@ -28,6 +28,7 @@ from recspark.model.published import check_id_maps, load_published_model
 from recspark.serve.kernel import UserTable
 from recspark.serve.scoring import (
     ScoreCounters,
+    WorkerWarmup,
     item_side_payload,
     model_users,
     recommendation_table,
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 
 def run(config: Config, spark: SparkSession) -> dict[str, Any]:
+    # The Python workers start and import torch while the driver loads the model and plans.
+    WorkerWarmup(spark)
     layout = Layout(config.paths.root)
     model, published = load_published_model(layout, config.run_date)
     check_id_maps(layout, published)  # before any Spark task

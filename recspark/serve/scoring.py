@@ -254,6 +254,64 @@ def _map_users(
     return users.mapInArrow(score, schema)
 
 
+class WorkerWarmup:
+    """Start every core's Python worker and import the scoring code in it, in the background.
+
+    A cold scoring job pays, before its first block, for Spark starting one Python worker per
+    core and each worker importing torch and this module (seconds per worker, all at once on a
+    busy machine). Spark keeps its Python workers for later tasks
+    (``spark.python.worker.reuse``), so a tiny job that does only that, started when a command
+    begins, pays it while the driver loads the model and plans, and the scoring tasks find warm
+    workers. Best effort: the job runs in a daemon thread, its failure is logged, never raised
+    (the real job would raise the same error with its own context).
+
+    ``result()`` waits for the job and gives what each task saw: ``(pid, kernel imported)``.
+    """
+
+    def __init__(self, spark: SparkSession, tasks: int | None = None):
+        import threading
+
+        self._spark = spark
+        self._tasks = tasks or spark.sparkContext.defaultParallelism
+        self._seen: list[tuple[int, bool]] = []
+        self._thread = threading.Thread(target=self._run, name="recspark-warm-workers", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        schema = StructType(
+            [StructField("pid", IntegerType(), False), StructField("ready", IntegerType(), False)]
+        )
+        try:
+            self._spark.sparkContext.setJobDescription("recspark: start and warm Python workers")
+            rows = (
+                self._spark.range(0, self._tasks, 1, self._tasks)
+                .mapInArrow(_warm_worker, schema)
+                .collect()  # one row per task: bounded by the cores, not the data
+            )
+            self._seen = [(row.pid, bool(row.ready)) for row in rows]
+        except Exception as exc:  # best effort, see the class docstring
+            log.warning("warming the Python workers failed (scoring goes on cold): %s", exc)
+
+    def result(self, timeout: float | None = None) -> list[tuple[int, bool]]:
+        self._thread.join(timeout)
+        return list(self._seen)
+
+
+def _warm_worker(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body of :class:`WorkerWarmup`: unpickling it imported this module (and torch)."""
+    import sys
+
+    for batch in batches:
+        yield pa.RecordBatch.from_pydict(
+            {
+                "pid": pa.array([os.getpid()] * batch.num_rows, pa.int32()),
+                "ready": pa.array(
+                    [int("recspark.serve.kernel" in sys.modules)] * batch.num_rows, pa.int32()
+                ),
+            }
+        )
+
+
 def _pause_for_fault_injection() -> None:
     seconds = float(os.environ.get(PAUSE_ENV) or 0)
     if seconds > 0:
