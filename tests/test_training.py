@@ -36,7 +36,7 @@ from recspark.train.objectives import for_name
 from recspark.train.objectives.base import ValidationFigures
 from recspark.train.objectives.ranking import RankingObjective, RankingSettings
 from recspark.train.objectives.rating import RatingObjective
-from recspark.train.optim import RowSparseAdam, Schedule, make_optimizer
+from recspark.train.optim import Schedule, make_optimizer
 
 CPU = torch.device("cpu")
 SPEC = {"kind": "dot_bias", "n_users": 300, "n_items": 120, "factors": 6, "y_range": [0.5, 5.5]}
@@ -280,28 +280,6 @@ def test_an_id_outside_the_tables_fails_loudly(prepared):
     small = {**SPEC, "n_users": 100}
     with pytest.raises(IndexError):
         run(prepared, quick(epochs=1), small)
-
-
-def test_row_sparse_adam_is_torchs_sparse_adam_and_reads_its_checkpoints():
-    """sparse_adam's faster update (RowSparseAdam) takes the steps torch's SparseAdam takes,
-    rows looked up several times per batch and rows absent from a batch included."""
-    torch.manual_seed(0)
-    ours, theirs = torch.nn.Embedding(40, 3, sparse=True), torch.nn.Embedding(40, 3, sparse=True)
-    theirs.load_state_dict(ours.state_dict())
-    fast = RowSparseAdam(ours.parameters(), lr=0.05)
-    reference = torch.optim.SparseAdam(theirs.parameters(), lr=0.05)
-    for _ in range(20):
-        index, target = torch.randint(0, 40, (30,)), torch.randn(30, 3)
-        for table, optimizer in ((ours, fast), (theirs, reference)):
-            optimizer.zero_grad()
-            (table(index) - target).pow(2).sum().backward()
-            optimizer.step()
-    torch.testing.assert_close(ours.weight, theirs.weight, atol=1e-6, rtol=1e-5)
-    RowSparseAdam(ours.parameters(), lr=0.05).load_state_dict(reference.state_dict())
-    with pytest.raises(RuntimeError, match="sparse gradients"):
-        dense = torch.nn.Embedding(4, 2)
-        dense(torch.tensor([1])).sum().backward()
-        RowSparseAdam(dense.parameters()).step()
 
 
 @pytest.mark.parametrize(

@@ -230,8 +230,8 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
 
         The same numbers autograd would add, without looking the rows up a second time in the
         graph: row ``r`` used ``n`` times in a batch of ``B`` gets ``2 * weight * n / B * w_r``,
-        appended to a sparse gradient as ``B`` more lookups (the optimizer sums them) or added
-        into a dense one. Call it after ``backward``; only when :meth:`penalty_by_rows` holds.
+        added to the rows of a sparse gradient that looked the same indices up, else appended to
+        it as ``B`` more lookups (the optimizer sums them), or added into a dense one. Call it after ``backward``; only when :meth:`penalty_by_rows` holds.
         """
         for table, side, multiplier in self._penalised_tables():
             index = user_idx if side == "user" else item_idx
@@ -243,6 +243,10 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
                 )
             elif grad is None:
                 grad = torch.zeros_like(table.weight).index_add_(0, index, rows)
+            elif grad.is_sparse and torch.equal(grad._indices()[0], index):
+                # The forward looked these very rows up in this order (one lookup per pair):
+                # add to their gradient rows, so the optimizer sums B rows, not 2B.
+                grad._values().add_(rows)
             elif grad.is_sparse:
                 grad = torch.sparse_coo_tensor(
                     torch.cat([grad._indices(), index[None]], dim=1),

@@ -5,12 +5,8 @@
 object whatever the optimizer needs underneath; :class:`Schedule` steps the learning rate once per
 batch over every optimizer of it. Both answer ``state_dict``/``load_state_dict`` for checkpoints.
 
-``sparse_adam`` is the CPU default: a step costs the rows a batch touched, not the tables. Its
-embedding part is :class:`RowSparseAdam`, the update of torch's ``SparseAdam`` (lazy Adam: moments
-and weights of the touched rows only, bias correction by the global step) computed with one
-``unique`` and ``index_add_`` per table instead of sparse-tensor arithmetic, which made
-``SparseAdam`` the slowest part of a step (measured on one core here, a 65,536-row ``dot_bias``
-step at 100k users x 20k items: ``SparseAdam`` 104 ms, this update about half of that).
+``sparse_adam`` is the default: a step reads and writes only the rows a batch touched (lazy Adam),
+so its cost follows the batch, not the tables, and large batches pay on the CPU.
 """
 
 from __future__ import annotations
@@ -32,70 +28,10 @@ def is_sparse_optimizer(name: str) -> bool:
     return name in SPARSE_OPTIMIZERS
 
 
-class RowSparseAdam(torch.optim.Optimizer):
-    """Adam over the rows of sparse gradients: torch's ``SparseAdam`` update, computed faster.
-
-    For each embedding table the gradient arrives as an uncoalesced sparse tensor (one row per
-    lookup). The rows it touches are found once (``unique``), their gradients summed with
-    ``index_add_``, and only those rows of the moments and the weights are read and written. A
-    row absent from a batch is left as it is (no decay of its moments), and the bias correction
-    counts optimizer steps, as in ``SparseAdam``; the state layout (``step``, ``exp_avg``,
-    ``exp_avg_sq``) is ``SparseAdam``'s, so checkpoints of either load into the other.
-    """
-
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ):
-        if lr <= 0 or eps <= 0 or not all(0.0 <= beta < 1.0 for beta in betas):
-            raise ValueError(f"invalid RowSparseAdam settings: lr={lr}, betas={betas}, eps={eps}")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                grad = param.grad
-                if grad is None:
-                    continue
-                if not grad.is_sparse:
-                    raise RuntimeError(
-                        "RowSparseAdam takes sparse gradients: build the embeddings with "
-                        "sparse=True (dense layers go to Adam)"
-                    )
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["step"] += 1
-                step = state["step"]
-                lookups, values = grad._indices()[0], grad._values()
-                rows, inverse = torch.unique(lookups, return_inverse=True)
-                summed = values.new_zeros((len(rows), *values.shape[1:]))
-                summed.index_add_(0, inverse, values)
-                exp_avg = state["exp_avg"].index_select(0, rows)
-                exp_avg.mul_(beta1).add_(summed, alpha=1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows)
-                exp_avg_sq.mul_(beta2).addcmul_(summed, summed, value=1 - beta2)
-                state["exp_avg"].index_copy_(0, rows, exp_avg)
-                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                weights = param.index_select(0, rows)
-                weights.addcdiv_(exp_avg, exp_avg_sq.sqrt_().add_(group["eps"]), value=-step_size)
-                param.index_copy_(0, rows, weights)
-        return loss
-
-
 class Optimizers:
     """One or more torch optimizers stepped as one.
 
-    ``sparse_adam`` needs two: :class:`RowSparseAdam` for the embedding tables (sparse
+    ``sparse_adam`` needs two: :class:`torch.optim.SparseAdam` for the embedding tables (sparse
     gradients) and Adam for any dense layers. The object answers the parts of the optimizer
     interface the loop uses: ``zero_grad``, ``step``, ``param_groups``, ``state_dict``.
     """
@@ -130,7 +66,7 @@ def make_optimizer(
 ) -> Optimizers:
     """SGD with momentum, Adam, AdamW, or a sparse path for large tables.
 
-    ``sparse_adam`` runs :class:`RowSparseAdam` over the embedding tables and Adam over dense layers;
+    ``sparse_adam`` runs SparseAdam over the embedding tables and Adam over dense layers;
     ``sparse_sgd`` runs SGD with momentum over all of them (SGD accepts sparse gradients). Both
     need a model built with ``sparse=True``, and touch only the rows a batch uses, so a step costs
     the batch, not the table. ``weight_decay`` here is the optimizer's decay of every weight.
@@ -162,7 +98,7 @@ def make_optimizer(
             return Optimizers([torch.optim.SGD(params, lr=lr, momentum=momentum)])
         sparse_ids = {id(p) for p in sparse}
         dense = [p for p in params if id(p) not in sparse_ids]
-        optimizers: list[torch.optim.Optimizer] = [RowSparseAdam(sparse, lr=lr)]
+        optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
         if dense:
             optimizers.append(torch.optim.Adam(dense, lr=lr))
         return Optimizers(optimizers)

@@ -1,0 +1,86 @@
+"""One training step of ``dot_bias`` on the CPU, split into forward, backward and optimizer time.
+
+Not a test: the measurement behind the L2 penalty added by rows (issue 17). Random indices over ``--users`` x ``--items`` tables of ``--factors`` columns, one batch
+of ``--batch`` rows, the loss the loop uses (MSE plus ``--weight-decay`` times the penalty), on
+``--threads`` torch threads; prints milliseconds per phase and rows per second for:
+
+- ``adam``: dense tables, torch's Adam (fused), penalty through autograd;
+- ``torch SparseAdam``: sparse tables, torch's SparseAdam, penalty through autograd (the old
+  ``sparse_adam``);
+- ``sparse_adam``: the same with the penalty's gradient added by rows after backward
+  (:meth:`EmbeddingModel.add_penalty_gradient`), what ``train`` runs now.
+
+Example::
+
+    .venv/bin/python benchmarks/bench_step.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from recspark.model.embedding import build_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--factors", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=65_536)
+    parser.add_argument("--weight-decay", type=float, default=0.025)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    users = torch.randint(0, args.users, (args.batch,))
+    items = torch.randint(0, args.items, (args.batch,))
+    ratings = torch.rand(args.batch) * 4 + 1
+    cases = (
+        ("adam", False, lambda p: torch.optim.Adam(p, lr=0.01, fused=True), False),
+        ("torch SparseAdam", True, lambda p: torch.optim.SparseAdam(list(p), lr=0.01), False),
+        ("sparse_adam", True, lambda p: torch.optim.SparseAdam(list(p), lr=0.01), True),
+    )
+    print(f"dot_bias {args.users:,} x {args.items:,} x {args.factors}, batch {args.batch:,}, "
+          f"{args.threads} thread(s), ms per step (mean of {args.steps})")
+    runs = []
+    for name, sparse, make, by_rows in cases:
+        model = build_model("dot_bias", args.users, args.items, args.factors, (1.0, 5.5),
+                            sparse=sparse)
+        runs.append((name, model, make(model.parameters()), by_rows, []))
+
+    def step(model, optimizer, by_rows) -> tuple[float, float, float]:
+        started = time.perf_counter()
+        loss = nn.functional.mse_loss(model(users, items), ratings)
+        if not by_rows:
+            loss = loss + args.weight_decay * model.penalty(users, items)
+        forward = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if by_rows:
+            model.add_penalty_gradient(users, items, args.weight_decay)
+        backward = time.perf_counter()
+        optimizer.step()
+        done = time.perf_counter()
+        return forward - started, backward - forward, done - backward
+
+    # Round robin, so that whatever else the machine does weighs on every case alike.
+    for repeat in range(3 + args.steps):
+        for _, model, optimizer, by_rows, phases in runs:
+            timing = step(model, optimizer, by_rows)
+            if repeat >= 3:
+                phases.append(timing)
+    for name, _, _, _, phases in runs:
+        means = [1000 * sum(p[k] for p in phases) / len(phases) for k in range(3)]
+        print(f"{name:<18} forward {means[0]:7.1f}  backward {means[1]:7.1f}  optimizer "
+              f"{means[2]:7.1f}  => {args.batch / sum(means) * 1000:>11,.0f} rows/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
