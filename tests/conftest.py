@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from contextlib import redirect_stdout
 from io import StringIO
@@ -13,6 +14,20 @@ import pytest
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Torch computes on one thread in this process, as ``train.cpu_threads: 1`` sets it.
+
+    The suite's models are tiny, so a second thread gains nothing, and on cores shared with
+    Spark's JVM and workers (or other jobs) torch's default, a thread per core, is many times
+    slower: every small op waits in a spinning barrier for a thread that is not running. Runs
+    of ``train`` with ``train.cpu_threads`` set (the shipped MovieLens config) set it again.
+    """
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +56,45 @@ def ml100k() -> Path:
     if not (ML100K / "u.data").exists():
         pytest.skip(f"MovieLens 100K is not at {ML100K} (its licence forbids shipping a copy)")
     return ML100K
+
+
+#: Run date of the session's prepared MovieLens 100K u1 split: the shipped config's own.
+ML100K_U1_DATE = "2026-01-01"
+
+
+@pytest.fixture(scope="session")
+def ml100k_u1(spark, ml100k, tmp_path_factory) -> tuple[Path, dict]:
+    """MovieLens 100K's u1 split (u1.base -> u1.test, ``split.method: given``) prepared once for
+    the session, as ``prepare`` prepares it with ``conf/movielens-100k.yaml``.
+
+    ``input.format: auto`` here, which tests/test_prepare.py checks on this run: it resolves to
+    the shipped config's ``movielens-100k`` (asserted below), so the tables are the shipped
+    config's. Returns the root holding ``prepared/2026-01-01`` and prepare's summary fields.
+    Nothing may change it: a test that trains on it copies ``prepared/`` into a root of its own
+    (:func:`copy_prepared`).
+    """
+    from recspark.commands import prepare
+    from recspark.core.config import load_config
+    from recspark.core.storage import read_json
+
+    root = tmp_path_factory.mktemp("ml100k-u1")
+    overrides = [
+        f"paths.root={root}",
+        f"input.path={ml100k / 'u1.base'}",
+        f"input.validation_path={ml100k / 'u1.test'}",
+        "input.format=auto",
+    ]
+    config = load_config(REPO / "conf" / "movielens-100k.yaml", overrides)
+    assert str(config.run_date) == ML100K_U1_DATE
+    summary = prepare.run(config, spark)
+    assert read_json(summary["outputs"]["manifest"])["input"]["format"] == "movielens-100k"
+    return root, summary
+
+
+def copy_prepared(source: Path, target: Path) -> Path:
+    """Copy the prepared runs under root ``source`` into root ``target``; returns ``target``."""
+    shutil.copytree(source / "prepared", target / "prepared")
+    return target
 
 
 @pytest.fixture(scope="session")

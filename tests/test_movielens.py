@@ -1,7 +1,8 @@
 """MovieLens: the side-information readers (known answers on tiny tables) and issue 4's accuracy.
 
-The accuracy test prepares u1.base -> u1.test with ``split.method: given`` and trains the shipped
-configs through the train command. It skips when MovieLens 100K is absent (the ``ml100k`` fixture):
+The accuracy test trains the shipped configs through the train command on u1.base -> u1.test as
+the shipped config prepares it (``split.method: given``; once for the session, ``ml100k_u1`` in
+``tests/conftest.py``). It skips when MovieLens 100K is absent (the ``ml100k`` fixture):
 its licence forbids shipping a copy. Mean and spread over seeds: benchmarks/movielens_accuracy.py.
 """
 
@@ -24,8 +25,7 @@ from recspark.data.side_info import (
     read_movielens_1m,
     read_movielens_100k,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, copy_prepared
 
 
 def _write_index(folder: Path, name: str, id_col: str, idx_col: str, pairs: list[tuple]) -> None:
@@ -130,15 +130,18 @@ def _overrides(root: Path, ml100k: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, tmp_path):
+def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, ml100k_u1, tmp_path):
     """dot_bias <= 0.915; the shipped model (three side-information dot_bias models averaged)
-    <= 0.905, well ahead of it, and published as one user table."""
-    from recspark.commands import prepare, train
+    <= 0.905, well ahead of it, and published as one user table.
 
-    root = tmp_path / "ml100k"
+    Both configs train, as shipped but for the paths, on a copy of the session's prepared u1.
+    """
+    from recspark.commands import train
+
     shipped = REPO / "conf" / "movielens-100k.yaml"
     side = [f"model.side_info.path={ml100k}"]
-    prepared = prepare.run(load_config(shipped, _overrides(root, ml100k)), spark)
+    prepared_root, prepared = ml100k_u1
+    root = copy_prepared(prepared_root, tmp_path / "ml100k")
     assert prepared["counts"]["train"] == 80000
     assert prepared["counts"]["validation"] + prepared["counts"]["cold_start"] == 20000
 

@@ -33,6 +33,9 @@ def test_the_notebook_runs_end_to_end(ml100k, tmp_path, monkeypatch):
     monkeypatch.setenv("RECSPARK_NOTEBOOK_ROOT", str(root))
     monkeypatch.setenv("RECSPARK_ML100K", str(ml100k))
     monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
+    # One torch thread in the kernel, as in this process (conftest.py): the notebook's tiny
+    # model gains nothing from a second, which only spins while Spark's JVM holds the other core.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     # The kernelspec's "python" is replaced by this interpreter (the venv's) by jupyter_client.
     client = NotebookClient(

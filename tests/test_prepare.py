@@ -121,10 +121,10 @@ def test_ml100k_copy_with_malformed_lines(spark, ml100k, tmp_path):
     np.testing.assert_array_equal(got["rating"].to_numpy(), truth["rating"].to_numpy())
 
 
-def test_ml100k_given_split_sets_cold_start_apart(spark, ml100k, tmp_path):
-    summary = prepare(
-        spark, tmp_path, **{"input.path": ml100k / "u1.base", "input.format": "auto",
-                            "input.validation_path": ml100k / "u1.test", "split.method": "given"})
+def test_ml100k_given_split_sets_cold_start_apart(ml100k, ml100k_u1):
+    # prepare of u1.base -> u1.test with input.format auto and split.method given, run once for
+    # the session (conftest.py) and shared with the tests that train on it.
+    _, summary = ml100k_u1
     base, test = load_udata(ml100k / "u1.base"), load_udata(ml100k / "u1.test")
     cold = ~test.user_id.isin(base.user_id) | ~test.item_id.isin(base.item_id)
     counts = summary["counts"]

@@ -23,7 +23,7 @@ from recspark.model.embedding import build_model
 from recspark.model.published import index_fingerprint, save_model
 from recspark.model.saving import write_factor_tables
 from recspark.serve.scoring import PAUSE_ENV
-from tests.conftest import REPO
+from tests.conftest import ML100K_U1_DATE, REPO, copy_prepared
 
 RUN_DATE = "2026-01-15"
 
@@ -291,29 +291,30 @@ def test_a_partition_retired_by_a_killed_publish_is_restored(planted, capsys):
     pd.testing.assert_frame_equal(read_partition(planted), before)
 
 
-def test_ml100k_every_user_gets_ten_unrated_items_identically_twice(spark, ml100k, tmp_path, capsys):
-    root = tmp_path / "ml100k"
+def test_ml100k_every_user_gets_ten_unrated_items_identically_twice(
+    spark, ml100k, ml100k_u1, tmp_path, capsys
+):
+    # u1 as prepare writes it, prepared once for the session (conftest.py), copied here.
+    root = copy_prepared(ml100k_u1[0], tmp_path / "ml100k")
     sets = [
-        f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}",
+        f"paths.root={root}", f"run_date={ML100K_U1_DATE}", "spark.conf={}",
         f"input.path={ml100k / 'u1.base'}", "input.format=movielens-100k",
         "split.method=given", f"input.validation_path={ml100k / 'u1.test'}",
         "model.kind=dot_bias", "model.factors=16", "train.epochs=2", "train.batch_size=4096",
     ]
-    args = set_args(sets)
-    for command in ("prepare", "train"):
-        assert main([command, *args]) == 0, capsys.readouterr().out[-2000:]
+    assert main(["train", *set_args(sets)]) == 0, capsys.readouterr().out[-2000:]
     capsys.readouterr()
-    first_summary = score(root, capsys, *sets[3:])
+    first_summary = score(root, capsys, *sets[1:])
     assert first_summary["counts"]["users"] == 943 and first_summary["counts"]["rows"] == 9430
     first = read_partition(root)
-    second_summary = score(root, capsys, *sets[3:])
+    second_summary = score(root, capsys, *sets[1:])
     second = read_partition(root)
     pd.testing.assert_frame_equal(first, second)
     assert second_summary["counts"] == first_summary["counts"]
     # prepare's rated/ lists every user: the user table is broadcast. Joining it instead (over
     # score.broadcast_users_mb) scores the same users the same way.
     assert first_summary["metrics"]["user_factors"] == "broadcast"
-    joined_summary = score(root, capsys, *sets[3:], "score.broadcast_users_mb=0")
+    joined_summary = score(root, capsys, *sets[1:], "score.broadcast_users_mb=0")
     assert joined_summary["metrics"]["user_factors"] == "joined"
     assert joined_summary["counts"] == first_summary["counts"]
     pd.testing.assert_frame_equal(read_partition(root), first)
