@@ -43,11 +43,12 @@ log = logging.getLogger(__name__)
 
 
 def run(config: Config, spark: SparkSession) -> dict[str, Any]:
-    # The Python workers start and import torch while the driver loads the model and plans.
-    WorkerWarmup(spark)
     layout = Layout(config.paths.root)
     model, published = load_published_model(layout, config.run_date)
     check_id_maps(layout, published)  # before any Spark task
+    # The Python workers start and import torch while the driver plans (after every refusal:
+    # a command that refuses runs no Spark job).
+    WorkerWarmup(spark)
     spec, meta = published.spec.as_dict(), published.meta.as_dict()
     prepared = layout.prepared(published.meta.index_date)
     settings = config.evaluate
