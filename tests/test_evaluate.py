@@ -42,7 +42,7 @@ def planted_ratings(spark, tmp_path_factory):
     sets = [
         f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}", "evaluate.k=5",
         "evaluate.relevance_threshold=4", "evaluate.als_ranks=[1, 2]", "evaluate.als_reg_params=[0.05]",
-        "evaluate.als_max_iter=5", "evaluate.bias_reg=2",
+        "evaluate.als_max_iter=5", "evaluate.bias_reg=2", "evaluate.als_implicit_rank=2",
     ]
     assert main(["evaluate", *set_args(sets)]) == 0
     return root, model, rated
@@ -109,3 +109,35 @@ def test_training_curves_come_from_the_history(tmp_path):
     assert training_curves(history, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not training_curves([], tmp_path / "none.png")
+
+
+def test_evaluate_report_has_every_baseline_and_marks_the_best(planted_ratings):
+    root, _, _ = planted_ratings
+    folder = Layout(root).evaluation(RUN_DATE)
+    report = json.loads((folder / "evaluation.json").read_text())
+    baselines = report["baselines"]
+    assert set(baselines) == {"global_mean", "biases", "als", "most_popular", "als_implicit"}
+    rows = {"model": report["metrics"], **{name: b["metrics"] for name, b in baselines.items()}}
+    assert rows["most_popular"]["rmse"] is None and rows["als_implicit"]["rmse"] is None
+    for name, metrics in rows.items():
+        if name == "global_mean":  # it cannot rank
+            assert metrics["rare_item_share"] is None
+            continue
+        for key in ("ndcg_at_k", "recall_at_k", "map_at_k", "hit_rate_at_k", "rare_item_share"):
+            assert 0 <= metrics[key] <= 1, (name, key)
+        assert metrics["popularity_bias"] == pytest.approx(
+            metrics["log_popularity"] - metrics["heldout_log_popularity"]
+        )
+        assert metrics["heldout_log_popularity"] == rows["model"]["heldout_log_popularity"]
+        assert metrics["intra_list_diversity"] is None  # no genres given
+    best = report["best"]
+    assert best["rmse"] == ["model"]  # the planted truth
+    for metric in ("ndcg_at_k", "precision_at_k", "recall_at_k", "map_at_k", "coverage"):
+        figures = {name: m[metric] for name, m in rows.items() if m[metric] is not None}
+        top = max(figures.values())
+        assert sorted(best[metric]) == sorted(n for n, v in figures.items() if v == top), metric
+    table = (folder / "metrics_vs_baselines.txt").read_text().splitlines()
+    header = [cell.strip() for cell in table[0].split(" | ")]
+    assert header[0] == "metric" and sorted(header[1:]) == sorted(rows)
+    ndcg = next(line for line in table if line.startswith("ndcg_at_k"))
+    assert ndcg.count("*") == len(best["ndcg_at_k"])

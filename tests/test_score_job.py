@@ -26,6 +26,8 @@ from recspark.serve.scoring import PAUSE_ENV
 from tests.conftest import ML100K_U1_DATE, REPO, copy_prepared
 
 RUN_DATE = "2026-01-15"
+#: The planted runs' items have at most two training ratings: list them all.
+EVERY_ITEM = "score.min_item_ratings=0"
 
 
 def publish_hand_made_run(
@@ -104,7 +106,7 @@ def set_args(items) -> list[str]:
 
 
 def score(root: Path, capsys, *extra: str) -> dict:
-    sets = [f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}", *extra]
+    sets = [f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}", EVERY_ITEM, *extra]
     status = main(["score", *set_args(sets)])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert status == 0, summary
@@ -185,7 +187,7 @@ def test_a_broadcast_user_table_publishes_the_same_lists_as_a_joined_one(spark, 
 
 
 def score_status(root: Path, capsys) -> tuple[int, dict]:
-    sets = [f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}"]
+    sets = [f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}", EVERY_ITEM]
     status = main(["score", *set_args(sets)])
     return status, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
@@ -243,7 +245,7 @@ def test_a_job_killed_while_writing_leaves_the_previous_partition(planted, capsy
     before = read_partition(planted)
     files_before = sorted(p.name for p in partition.iterdir())
     # The next run is killed while its tasks are writing: each one sleeps after its first block.
-    sets = [f"paths.root={planted}", f"run_date={RUN_DATE}", "score.top_n=2",
+    sets = [f"paths.root={planted}", f"run_date={RUN_DATE}", "score.top_n=2", EVERY_ITEM,
             "spark.master=local[2]", 'spark.conf={"spark.ui.enabled": "false"}']
     env = {**os.environ, PAUSE_ENV: "300", "PYSPARK_PYTHON": sys.executable}
     log = (tmp_path / "killed.log").open("w")

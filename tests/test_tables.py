@@ -30,7 +30,7 @@ from recspark.ops.nightly import prune
 from recspark.serve.scoring import PAUSE_ENV, PAUSE_MARKER_ENV
 from recspark.serve.tables import OutputTable
 from tests.conftest import REPO
-from tests.test_score_job import RUN_DATE, plant, score, set_args
+from tests.test_score_job import EVERY_ITEM, RUN_DATE, plant, score, set_args
 
 DAY2 = "2026-01-16"
 DELTA = ("score.table_format=delta", "score.table=recspark.recommendations")
@@ -61,7 +61,9 @@ def score_quietly(root, *extra: str) -> dict:
     """``score`` through the CLI, its summary line parsed (for module fixtures, without capsys)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        status = main(["score", *set_args([f"paths.root={root}", "spark.conf={}", *extra])])
+        status = main(
+            ["score", *set_args([f"paths.root={root}", "spark.conf={}", EVERY_ITEM, *extra])]
+        )
     summary = json.loads(out.getvalue().strip().splitlines()[-1])
     assert status == 0, summary
     return summary
@@ -108,7 +110,7 @@ def test_a_delta_write_killed_midway_leaves_the_previous_version(spark, publishe
     two_days, _ = published
     table = OutputTable(Layout(two_days).recommendations, "delta")
     version, before = table.identity(RUN_DATE), rows_of(spark, "recspark.recommendations", RUN_DATE)
-    sets = [f"paths.root={two_days}", f"run_date={RUN_DATE}", "score.top_n=1", *DELTA,
+    sets = [f"paths.root={two_days}", f"run_date={RUN_DATE}", "score.top_n=1", EVERY_ITEM, *DELTA,
             "spark.master=local[2]", 'spark.conf={"spark.ui.enabled": "false"}']
     marker = tmp_path / "paused"
     env = {**os.environ, PAUSE_ENV: "300", PAUSE_MARKER_ENV: str(marker),

@@ -1,4 +1,4 @@
-"""benchmark: recspark and Spark ALS on the same data in one run, side by side.
+"""benchmark: recspark beside Spark ALS and baselines (most popular, biases, EASE) on one split.
 
 For each data set of ``benchmark.datasets`` (MovieLens 100K's ``u1`` split from
 ``benchmark.movielens_path``; ``ml100k-ranking``, its ``u.data`` split 75/25 per user with every
@@ -18,9 +18,18 @@ Spark session:
   Train time is the final fit; score time is ``recommendForAllUsers(top_n)`` written to Parquet.
 - ``recspark-ranking``: the ``recspark`` contender with the model, train and ranking sections of
   ``benchmark.ranking_config`` (``model.objective: ranking``), prepared apart from the same input.
-- ``als-implicit``: Spark ALS with ``implicitPrefs`` (``benchmark.als_implicit_*``), timed as ALS.
+- ``als-implicit``: Spark ALS with ``implicitPrefs`` (``benchmark.als_implicit_*``, by default
+  ``evaluate.als_implicit_*``), timed as ALS.
+- ``most-popular`` and ``biases``: evaluate's baselines of those names (the items with the most
+  training ratings; ``mu + b_u + b_i`` with ``evaluate.bias_reg``/``bias_iterations``); score time
+  is every training user's top ``score.top_n`` through the scoring kernel, written to Parquet.
+- ``ease``: Steck's EASE (:mod:`recspark.evaluate.ease`) with ``benchmark.ease_lambda``; the item
+  Gram matrix is counted in Spark, solved on the driver, and users are scored in Spark tasks with
+  the weights broadcast. Above ``benchmark.ease_max_items`` items it is skipped, with the reason
+  printed and kept in ``benchmark.json`` (``datasets.<name>.skipped``).
 
-Models whose scores are not ratings (the ranking objective, implicit ALS) have no RMSE.
+Models whose scores are not ratings (the ranking objective, implicit ALS, most popular, EASE) have
+no RMSE.
 
 Every contender is measured by the same code as ``evaluate`` (:func:`recspark.evaluate.metrics.assess`):
 RMSE on the validation split and ranking metrics at ``evaluate.k`` with training items excluded
@@ -60,6 +69,7 @@ from recspark.evaluate.benchmark import (
     TABLES,
     ContenderResult,
     Dataset,
+    Skipped,
     _finite,
     _timed,
     datasets,
@@ -67,6 +77,9 @@ from recspark.evaluate.benchmark import (
     ratios,
     run_als,
     run_als_implicit,
+    run_biases,
+    run_ease,
+    run_most_popular,
 )
 from recspark.model.published import load_published_model
 from recspark.model.saving import model_bytes
@@ -155,6 +168,9 @@ CONTENDERS: dict[str, Contender] = {
     "recspark-ranking": ranking_contender,
     "als": run_als,
     "als-implicit": run_als_implicit,
+    "most-popular": run_most_popular,
+    "biases": run_biases,
+    "ease": run_ease,
 }
 
 
@@ -194,6 +210,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         split = evaluate.read_split(
             spark, dataset.layout.prepared(dataset.config.run_date), manifest.items,
             config.evaluate.k, dataset.config.evaluate.relevance_threshold,
+            rare_item_ratings=dataset.config.evaluate.rare_item_ratings,
         )
         facts[dataset.name] = {
             "users": manifest.users, "items": manifest.items, **manifest.counts,
@@ -204,7 +221,12 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         results[dataset.name] = []
         for name in dataset.contenders:
             log.info("%s: running %s", dataset.name, name)
-            result = CONTENDERS[name](spark, dataset, split)
+            try:
+                result = CONTENDERS[name](spark, dataset, split)
+            except Skipped as reason:
+                print(f"{dataset.name}: {name} skipped: {reason}", file=sys.stderr, flush=True)
+                facts[dataset.name].setdefault("skipped", {})[name] = str(reason)
+                continue
             log.info("%s %s: %s", dataset.name, name,
                      {key: result.figure(key) for key in SUMMARY_KEYS})
             results[dataset.name].append(result)

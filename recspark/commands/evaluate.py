@@ -3,19 +3,27 @@
 Rating metrics (RMSE, MAE) on the validation split, with the cold-start rows (users or items that
 training never saw) reported apart. Ranking metrics at ``evaluate.k`` for every user with a
 validation item rated at or above ``evaluate.relevance_threshold`` (0: every validation item is
-relevant): each model ranks every item the user did not rate in training. Baselines
-(``evaluate.baselines``: global mean, user+item biases, Spark ALS) are fitted on the same training
-split in the same run and measured by the same code (:func:`recspark.evaluate.metrics.assess`).
+relevant): each model ranks every item the user did not rate in training among the items with at
+least ``score.min_item_ratings`` training ratings, the candidates ``score`` publishes. Baselines
+(``evaluate.baselines``: global mean, user+item biases, Spark ALS, most popular, ALS
+``implicitPrefs``) are fitted on the same training split in the same run and measured by the same
+code (:func:`recspark.evaluate.metrics.assess`): the same users, excluded items, ``k`` and
+relevance threshold. Beside accuracy, every list-making contender gets catalogue coverage, the
+share of rare items (fewer than ``evaluate.rare_item_ratings`` training ratings), popularity bias
+and, when ``model.side_info`` or ``recommend.titles_path`` gives the items' genres, intra-list
+diversity. The best contender of each metric is marked (``best`` in the report and the summary).
 
 Writes the report folder ``evaluation/RUN_DATE/``: ``evaluation.json``, ``training_curves.png``
-(from the model's ``metrics.json`` history), ``metrics_vs_baselines.png`` and
-``rating_distribution.png`` (rating models only: a ranking model's scores are not ratings, so its
-RMSE and MAE are None), published whole like every output.
+(from the model's ``metrics.json`` history), ``metrics_vs_baselines.png``,
+``metrics_vs_baselines.txt`` (the table also printed on stderr) and ``rating_distribution.png``
+(rating models only: a ranking model's scores are not ratings, so its RMSE and MAE are None),
+published whole like every output.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -23,6 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from recspark.core.config import Config
 from recspark.core.constants import PREDICTION, RATING
 from recspark.core.storage import Layout, staged, write_json
+from recspark.data.side_info import item_genre_flags
 from recspark.evaluate import report
 from recspark.evaluate.assessment import (
     HISTOGRAM_BINS,
@@ -35,6 +44,7 @@ from recspark.evaluate.baselines import (
     Scorer,
     mean_rating,
 )
+from recspark.evaluate.metrics import item_feature_frame
 from recspark.model.published import check_id_maps, load_published_model
 from recspark.model.saving import model_bytes
 from recspark.serve.scoring import WorkerWarmup, item_side_payload, predict
@@ -52,8 +62,15 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     spec, meta = published.spec.as_dict(), published.meta.as_dict()
     prepared = layout.prepared(published.meta.index_date)
     settings = config.evaluate
+    side = config.model.side_info
+    genres = item_genre_flags(
+        prepared, published.spec.n_items, side.format if side else None,
+        side.path if side else None, config.recommend.titles_path,
+    )
     split = read_split(
-        spark, prepared, published.spec.n_items, settings.k, settings.relevance_threshold
+        spark, prepared, published.spec.n_items, settings.k, settings.relevance_threshold,
+        config.score.min_item_ratings, settings.rare_item_ratings,
+        item_feature_frame(spark, genres) if genres is not None else None,
     )
     device, block = config.train.device, config.score.users_per_block
     whole_model = model_bytes(model, spec, meta)
@@ -101,12 +118,33 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         "model_kind": published.spec.kind,
         "k": settings.k,
         "relevance_threshold": settings.relevance_threshold,
+        "min_item_ratings": config.score.min_item_ratings,
+        "eligible_items": (
+            int(split.eligible.sum()) if split.eligible is not None else split.n_items
+        ),
         "metrics": metrics,
         "baselines": baselines,
         "rating_distribution": distribution,
         "definitions": {
-            "ranking": "users with a relevant validation item; every item not rated in train is ranked",
+            "ranking": (
+                "users with a relevant validation item; every item not rated in train with at "
+                "least min_item_ratings train ratings is ranked"
+            ),
             "novelty": "mean -log2((train raters of item + 1) / (train users + 1)) over listed items",
+            "coverage": "share of the catalogue that appears in any list",
+            "rare_item_share": (
+                f"share of list entries whose item has fewer than {settings.rare_item_ratings} "
+                "train ratings"
+            ),
+            "popularity_bias": (
+                "log_popularity (mean log(1 + train ratings) of listed items) minus "
+                "heldout_log_popularity (the same over the ranked users' validation items)"
+            ),
+            "intra_list_diversity": (
+                "mean over lists of the mean pairwise 1 - cosine of the items' genre flags; "
+                "null without genres (model.side_info or recommend.titles_path)"
+            ),
+            "best": "per metric, the best contender(s): lowest RMSE/MAE, highest otherwise",
             "cold_start": "validation rows whose user or item is absent from train, reported apart",
         },
     }
@@ -117,8 +155,13 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         if report.training_curves(history, staging / "training_curves.png", objective):
             plots.append("training_curves.png")
         table = {"model": metrics, **{name: b["metrics"] for name, b in baselines.items()}}
-        report.metric_table(table, settings.k, staging / "metrics_vs_baselines.png")
+        best = report.best_per_metric(table)
+        evaluation["best"] = best
+        report.metric_table(table, settings.k, staging / "metrics_vs_baselines.png", best)
         plots.append("metrics_vs_baselines.png")
+        text = report.format_metric_table(table, best)
+        (staging / "metrics_vs_baselines.txt").write_text(text + "\n")
+        print(text, file=sys.stderr, flush=True)
         if rates:
             report.rating_distribution(
                 distribution["prediction"], distribution["truth"], low, high,
@@ -135,6 +178,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     }
     return {
         "outputs": {"report": str(final / "evaluation.json"), "folder": str(final),
+                    "table": str(final / "metrics_vs_baselines.txt"),
                     "plots": [str(final / name) for name in plots]},
         "counts": counts,
         "metrics": metrics,
@@ -142,4 +186,5 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             name: {key: b["metrics"][key] for key in SUMMARY_BASELINE_KEYS}
             for name, b in baselines.items()
         },
+        "best": best,
     }

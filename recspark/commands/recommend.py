@@ -17,8 +17,10 @@ Batch outputs, alone or beside a query:
 - ``recommend.pca_plot``: PCA of the item embeddings, ``exploration/D/item_pca.png`` and
   ``item_pca.json`` (share of variance per component, the items at both ends of each).
 
-Candidates are items with at least ``recommend.min_item_ratings`` training ratings: rows of
-rarer items have barely moved from their random start. The model used is the newest published
+Candidates (and neighbours) are items with at least ``score.min_item_ratings`` training ratings
+(train split of the model's prepared run): rows of rarer items have barely moved from their random
+start. ``score`` and ``evaluate`` take the same mask from the same counts, so a known user's list
+here is the one ``score`` publishes for the same model. The model used is the newest published
 on or before ``run_date``. Item-sized tables (item index, item factors, titles, per-item counts)
 come to the driver; user tables and ratings stay in Spark, filtered to the one user asked about.
 The list is the summary's ``recommendations`` (``item_id``, ``score``, ``title``; best first) and
@@ -39,7 +41,7 @@ from recspark.core.config import Config
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError, ConfigError, MissingInputError
 from recspark.core.storage import Layout, latest_date
-from recspark.data.prepared import rated, read_manifest
+from recspark.data.prepared import eligible_items, rated, read_manifest
 from recspark.evaluate.explore import write_exploration
 from recspark.model.published import check_id_maps, load_published_model
 from recspark.serve.foldin import parse_ratings
@@ -47,7 +49,6 @@ from recspark.serve.recommend import (
     fold_in_regularization,
     format_table,
     item_ids_by_index,
-    item_rating_counts,
     known_user_list,
     listing,
     lookup_items,
@@ -90,8 +91,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     item_ids = item_ids_by_index(item_index_frame.select(ITEM_ID, ITEM_IDX).toPandas(), model.n_items)
     item_id_type = item_index_frame.schema[ITEM_ID].dataType
     train = spark.read.parquet(str(prepared / "train"))
-    counts = item_rating_counts(train, model.n_items)
-    eligible = counts >= settings.min_item_ratings
+    eligible = eligible_items(train, model.n_items, config.score.min_item_ratings)
     labels = title_labels(item_ids, settings.titles_path)
 
     outputs: dict[str, Any] = {"model": str(folder / "model.pt")}

@@ -2,7 +2,10 @@
 
 Every user in the model's user table is scored, whether or not it appears in today's input. Items
 the user rated (train, validation and cold-start rows of the prepared run) are left out when
-``score.exclude_seen``; a user with fewer than ``top_n`` unrated items gets what there is.
+``score.exclude_seen``. Items with fewer than ``score.min_item_ratings`` ratings in the train split
+of the model's prepared run are never listed (``evaluate`` and ``recommend`` leave out the same
+items, so a user's published list is the one ``recommend.user`` shows). A user with fewer than
+``top_n`` such items left gets what there is.
 
 No rating is shuffled: ``prepare`` wrote ``rated/``, one row per user of the id map with every item
 it rated. When the model's user table fits ``score.broadcast_users_mb`` it is broadcast with the
@@ -24,6 +27,7 @@ from pyspark.sql import SparkSession
 
 from recspark.core.config import Config
 from recspark.core.storage import Layout
+from recspark.data.prepared import eligible_items
 from recspark.model.published import check_id_maps, load_published_model
 from recspark.serve.kernel import UserTable
 from recspark.serve.scoring import (
@@ -47,6 +51,10 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     WorkerWarmup(spark)
     prepared = layout.prepared(published.meta.index_date)
     output = recommendations_table(config, layout)
+    eligible = eligible_items(
+        spark.read.parquet(str(prepared / "train")), published.spec.n_items,
+        config.score.min_item_ratings,
+    )
     counters = ScoreCounters.create(spark)
     user_table = model_users(
         spark, model, published.folder, prepared, config.score.broadcast_users_mb
@@ -63,6 +71,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         config.train.device,
         config.score.partitions,
         counters,
+        eligible,
     )
 
     def check(rows: int) -> None:
@@ -88,6 +97,8 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             **({"table_version": written.version} if written.version is not None else {}),
             "model_version": published.model_version,
             "top_n": config.score.top_n,
+            # Items with at least score.min_item_ratings train ratings: the only ones listed.
+            "eligible_items": int(eligible.sum()),
             # How the tasks got the users' vectors: "broadcast" (no shuffle) or "joined".
             "user_factors": "broadcast" if isinstance(user_table, UserTable) else "joined",
         },

@@ -18,6 +18,7 @@ ScheduleName = Literal["one_cycle", "cosine", "constant"]
 RankingLoss = Literal["softmax", "bpr"]
 Confidence = Literal["none", "weight", "rating"]
 TableFormat = Literal["parquet", "delta"]
+BaselineName = Literal["global_mean", "biases", "als", "most_popular", "als_implicit"]
 
 INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 SIDE_INFO_FORMATS: tuple[str, ...] = get_args(SideInfoFormat)
@@ -27,3 +28,4 @@ SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 RANKING_LOSSES: tuple[str, ...] = get_args(RankingLoss)
 CONFIDENCES: tuple[str, ...] = get_args(Confidence)
 TABLE_FORMATS: tuple[str, ...] = get_args(TableFormat)
+BASELINE_NAMES: tuple[str, ...] = get_args(BaselineName)

@@ -10,6 +10,7 @@ values down; no transform receives the whole config.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recspark.core.choices import (
+    BASELINE_NAMES,
+    BaselineName,
     Confidence,
     InputFormat,
     ModelKind,
@@ -29,6 +32,8 @@ from recspark.core.choices import (
     TableFormat,
 )
 from recspark.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "conf"
@@ -219,14 +224,16 @@ class ScoreConfig(_Section):
     table_format: TableFormat = "parquet"
     # Register the table in Spark's catalog under this name (NAME, DB.NAME or CATALOG.DB.NAME).
     table: str | None = Field(None, pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*){0,2}$")
+    # Items with fewer training ratings (train split of the model's prepared run) are never
+    # recommended, by score, evaluate's lists or recommend: their rows have barely moved from
+    # their random start. 0: every item.
+    min_item_ratings: int = Field(5, ge=0)
 
 
 class EvaluateConfig(_Section):
     k: int = Field(10, gt=0)
     relevance_threshold: float = Field(4.0, ge=0.0)
-    baselines: list[Literal["global_mean", "biases", "als"]] = Field(
-        default_factory=lambda: ["global_mean", "biases", "als"]
-    )
+    baselines: list[BaselineName] = Field(default_factory=lambda: list(BASELINE_NAMES))
     bias_reg: float = Field(10.0, ge=0.0)  # shrinkage of the user+item bias baseline
     bias_iterations: int = Field(3, gt=0)
     als_ranks: list[int] = Field(default_factory=lambda: [10, 20])  # ALS grid, tuned on a
@@ -234,6 +241,10 @@ class EvaluateConfig(_Section):
     als_max_iter: int = Field(10, gt=0)
     als_tune_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     als_seed: int = 42
+    als_implicit_rank: int = Field(64, gt=0)  # the als_implicit baseline (not tuned)
+    als_implicit_reg_param: float = Field(0.1, gt=0.0)
+    als_implicit_alpha: float = Field(5.0, gt=0.0)
+    rare_item_ratings: int = Field(5, ge=1)  # a listed item with fewer train ratings is rare
 
 
 class BenchmarkConfig(_Section):
@@ -253,15 +264,22 @@ class BenchmarkConfig(_Section):
             "ml100k-ranking": str(CONF_DIR / "movielens-100k-dot-bias.yaml"),
         }
     )
-    contenders: list[str] = Field(default_factory=lambda: ["recspark", "als"])
+    contenders: list[str] = Field(
+        default_factory=lambda: ["recspark", "als", "most-popular", "biases"]
+    )
     # ml100k-ranking (u.data, user_stratified 25%, every validation item relevant) runs these
     ranking_contenders: list[str] = Field(
-        default_factory=lambda: ["recspark", "recspark-ranking", "als", "als-implicit"]
+        default_factory=lambda: [
+            "recspark", "recspark-ranking", "als", "als-implicit", "most-popular", "biases", "ease",
+        ]
     )
     ranking_config: str = str(CONF_DIR / "movielens-100k-ranking.yaml")  # recspark-ranking's
-    als_implicit_rank: int = Field(64, gt=0)
-    als_implicit_reg_param: float = Field(0.1, gt=0.0)
-    als_implicit_alpha: float = Field(5.0, gt=0.0)
+    # ALS implicitPrefs settings of the benchmark; None: evaluate.als_implicit_*
+    als_implicit_rank: int | None = Field(None, gt=0)
+    als_implicit_reg_param: float | None = Field(None, gt=0.0)
+    als_implicit_alpha: float | None = Field(None, gt=0.0)
+    ease_lambda: float = Field(500.0, gt=0.0)  # EASE's L2 penalty (Steck 2019), for ML-100K
+    ease_max_items: int = Field(20_000, gt=0)  # EASE is skipped above: its solve is items^2
     reference: str = "als"
     als_rank: int | None = Field(None, gt=0)  # fixed ALS rank/reg above tune_max_ratings
     als_reg_param: float | None = Field(None, gt=0.0)
@@ -278,7 +296,8 @@ class RecommendConfig(_Section):
     top_n: int = Field(10, gt=0)  # list length, and K of the similar-items table
     titles_path: str | None = None  # u.item, movies.dat or movies.csv
     regularization: float | None = Field(None, gt=0.0)  # fold-in ridge; None: train.weight_decay
-    min_item_ratings: int = Field(5, ge=0)  # candidates need this many train ratings
+    # Deprecated: moved to score.min_item_ratings (Config moves a value given here, then clears it).
+    min_item_ratings: int | None = Field(None, ge=0)
     similar_table: bool = False  # write top_n similar items of every item (Spark job)
     pca_plot: bool = False  # PCA of the item embeddings: PNG + JSON under exploration/D
 
@@ -357,6 +376,27 @@ class Config(_Section):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     nightly: NightlyConfig = Field(default_factory=NightlyConfig)
+
+    @model_validator(mode="after")
+    def _move_min_item_ratings(self) -> Config:
+        # recommend.min_item_ratings was recommend's own; score, evaluate and recommend now share
+        # score.min_item_ratings, so that their lists agree. The old key still works.
+        old = self.recommend.min_item_ratings
+        if old is None:
+            return self
+        if "min_item_ratings" in self.score.model_fields_set and self.score.min_item_ratings != old:
+            raise ConfigError(
+                f"invalid config: recommend.min_item_ratings={old} and score.min_item_ratings="
+                f"{self.score.min_item_ratings} disagree: recommend.min_item_ratings is deprecated, "
+                "set only score.min_item_ratings (it applies to score, evaluate and recommend)"
+            )
+        log.warning(
+            "recommend.min_item_ratings is deprecated: it moved to score.min_item_ratings, which "
+            "applies to score, evaluate and recommend alike; using score.min_item_ratings=%d", old
+        )
+        self.score.min_item_ratings = old
+        self.recommend.min_item_ratings = None
+        return self
 
 
 class _Loader(yaml.SafeLoader):

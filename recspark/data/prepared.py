@@ -14,6 +14,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pyspark.sql import DataFrame, SparkSession
@@ -157,6 +158,47 @@ def seen_items(ratings: DataFrame, user_col: str = USER_IDX, item_col: str = ITE
     return ratings.select(
         F.col(user_col).cast("int").alias(USER_IDX), F.col(item_col).cast("int").alias(ITEM_IDX)
     )
+
+
+def item_rating_counts(train: DataFrame, n_items: int, item_col: str = ITEM_IDX) -> np.ndarray:
+    """Training ratings per item index, as an array of length ``n_items``.
+
+    One aggregation in Spark; only its item-sized result comes to the driver.
+
+    Raises
+    ------
+    ValueError
+        When ``train`` has no ``item_col`` column.
+    BadInputError
+        When an item index of ``train`` is outside ``[0, n_items)``: the split is not the model's.
+    """
+    if item_col not in train.columns:
+        raise ValueError(f"train lacks column {item_col!r}; it has {train.columns}")
+    counts = train.groupBy(item_col).count().toPandas()
+    index = counts[item_col].to_numpy(dtype=np.int64)
+    if len(index) and (index.min() < 0 or index.max() >= n_items):
+        raise BadInputError(
+            f"the train split has item indices outside the model's {n_items} items: the model and "
+            "the prepared run disagree; re-run train on this prepared run"
+        )
+    out = np.zeros(n_items, dtype=np.int64)
+    out[index] = counts["count"].to_numpy()
+    return out
+
+
+def eligible_items(
+    train: DataFrame, n_items: int, min_item_ratings: int, item_col: str = ITEM_IDX
+) -> np.ndarray:
+    """Which items may be recommended: those with at least ``min_item_ratings`` training ratings.
+
+    The rows of rarer items have barely moved from their random start. ``score``, ``evaluate``
+    and ``recommend`` all take their candidates from this mask (``score.min_item_ratings``), over
+    the train split of the model's prepared run, so their lists agree. At 0 every item is
+    eligible and ``train`` is not read.
+    """
+    if min_item_ratings <= 0:
+        return np.ones(n_items, dtype=bool)
+    return item_rating_counts(train, n_items, item_col) >= min_item_ratings
 
 
 def rated(spark: SparkSession, prepared: Path, names=RATED_SPLITS) -> DataFrame:

@@ -10,6 +10,9 @@ them into feature-weight matrices, one row per ``user_idx`` / ``item_idx`` of th
   plus a one-hot release-year band (before 1960, the 1960s, 70s, 80s, 1990-94, then single years
   to 1998 and later, where MovieLens' films crowd); a film of unknown date has no year feature.
 
+:func:`item_genre_flags` gives evaluate the films' genres alone, as binary flags (from these tables
+or from a titles table), for the diversity of the recommended lists.
+
 An id with no row in the side table (a user or film the metadata does not know) gets an all-zero
 row: it is represented by its own embedding alone. The tables are small (one row per user or
 film), so they are read with pandas on the driver; the ratings never are.
@@ -30,6 +33,7 @@ from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location
 from recspark.core.storage import read_parquet
+from recspark.data.titles import GENRES, read_titles
 
 log = logging.getLogger(__name__)
 
@@ -286,3 +290,56 @@ def load_side_features(
         user_names=user_table.names if users else (),
         item_names=item_table.names if items else (),
     )
+
+
+def item_genre_flags(
+    prepared: str | Path,
+    n_items: int,
+    side_info_format: str | None = None,
+    side_info_path: str | Path | None = None,
+    titles_path: str | None = None,
+) -> np.ndarray | None:
+    """Binary ``n_items x genres`` flags in item index order, or None when nothing gives genres.
+
+    Parameters
+    ----------
+    prepared
+        The prepared run's folder (its ``item_index``).
+    n_items
+        Rows of the result (the manifest's item count); items without a known genre get zeros.
+    side_info_format, side_info_path
+        ``model.side_info``: the MovieLens film table's genre flags (its year bands are left out).
+    titles_path
+        ``recommend.titles_path``, used when there is no side information: the titles table's
+        ``|``-joined genres (ML-1M's ``(no genres listed)`` is no genre).
+    """
+    if side_info_path is not None:
+        format = side_info_format or "movielens-100k"
+        if format not in READERS:
+            raise BadInputError(
+                f"side information format {format!r}: choose one of {SIDE_INFO_FORMATS}"
+            )
+        _, items = READERS[format](side_info_path)
+        columns = [k for k, name in enumerate(items.names) if name.startswith("genre ")]
+        table = FeatureTable(
+            items.ids,
+            (items.weights[:, columns] > 0).astype(np.float32),
+            tuple(items.names[k] for k in columns),
+        )
+    elif titles_path is not None:
+        titles = read_titles(titles_path)
+        lists = titles[GENRES].fillna("").astype(str).str.split("|")
+        names = sorted({g.strip() for row in lists for g in row} - {"", "(no genres listed)"})
+        position = {name: k for k, name in enumerate(names)}
+        flags = np.zeros((len(titles), len(names)), dtype=np.float32)
+        for row, genres in enumerate(lists):
+            for genre in genres:
+                if genre.strip() in position:
+                    flags[row, position[genre.strip()]] = 1.0
+        table = FeatureTable([str(i).strip() for i in titles[ITEM_ID]], flags, tuple(names))
+    else:
+        return None
+    if not table.names:
+        return None
+    index = read_parquet(Location(prepared) / "item_index", columns=[ITEM_ID, ITEM_IDX]).to_pandas()
+    return align(table, index, ITEM_ID, ITEM_IDX, n_items)

@@ -1,7 +1,9 @@
 """Measuring one contender (the model or a baseline) on a prepared split, by the same code for all.
 
 The split is read once (:func:`read_split`) and shared: every contender ranks every item the user
-did not rate in training, and rating metrics are computed where the contender predicts ratings."""
+did not rate in training (among the items with at least ``score.min_item_ratings`` training ratings
+when evaluate asks for that filter: the lists ``score`` publishes), and rating metrics are computed
+where the contender predicts ratings."""
 
 from __future__ import annotations
 
@@ -9,22 +11,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
+from recspark.core.choices import BASELINE_NAMES
 from recspark.core.config import EvaluateConfig
 from recspark.core.constants import USER_IDX
-from recspark.data.prepared import seen_items
+from recspark.data.prepared import eligible_items, seen_items
 from recspark.evaluate.baselines import (
     Fitted,
     Scorer,
     fit_als,
+    fit_als_implicit,
     fit_biases,
     fit_global_mean,
+    fit_most_popular,
 )
 from recspark.evaluate.metrics import assess, item_popularity, relevant_items
 from recspark.serve.scoring import recommend_all
 
-SUMMARY_BASELINE_KEYS = ("rmse", "mae", "ndcg_at_k", "precision_at_k")
+SUMMARY_BASELINE_KEYS = (
+    "rmse", "mae", "ndcg_at_k", "precision_at_k", "recall_at_k", "map_at_k", "hit_rate_at_k",
+    "coverage", "rare_item_share", "popularity_bias", "intra_list_diversity",
+)
 
 HISTOGRAM_BINS = 24
 
@@ -43,12 +52,29 @@ class EvaluationSplit:
     train_users: int
     n_items: int
     k: int
+    eligible: np.ndarray | None = None  # items any list may hold (one bool per item); None: all
+    rare_item_ratings: int = 5  # beyond accuracy: a listed item with fewer train ratings is rare
+    item_features: DataFrame | None = None  # (item_idx, feature, value): intra-list diversity
 
 
 def read_split(
-    spark: SparkSession, prepared: Path, n_items: int, k: int, relevance_threshold: float
+    spark: SparkSession,
+    prepared: Path,
+    n_items: int,
+    k: int,
+    relevance_threshold: float,
+    min_item_ratings: int = 0,
+    rare_item_ratings: int = 5,
+    item_features: DataFrame | None = None,
 ) -> EvaluationSplit:
-    """Read ``prepared/`` and derive what every contender is measured against."""
+    """Read ``prepared/`` and derive what every contender is measured against.
+
+    With ``min_item_ratings`` > 0 (``score.min_item_ratings``) the lists hold only items with at
+    least that many training ratings, as the published lists do
+    (:func:`recspark.data.prepared.eligible_items`); 0 ranks every item.
+    ``rare_item_ratings`` and ``item_features`` (``(item_idx, feature, value)``, None: no
+    diversity figure) are for the figures beyond accuracy (:func:`recspark.evaluate.metrics.assess`).
+    """
     train = spark.read.parquet(str(prepared / "train"))
     validation = spark.read.parquet(str(prepared / "validation"))
     cold_path = prepared / "cold_start"
@@ -66,6 +92,9 @@ def read_split(
         train_users=train_users,
         n_items=n_items,
         k=k,
+        eligible=eligible_items(train, n_items, min_item_ratings) if min_item_ratings > 0 else None,
+        rare_item_ratings=rare_item_ratings,
+        item_features=item_features,
     )
 
 
@@ -77,10 +106,12 @@ def top_k_lists(
     device: str = "auto",
     partitions: int | None = None,
 ) -> DataFrame:
-    """Top-``k`` ``(user_idx, item_idx, rank, score)`` of the ranked users, training items excluded."""
+    """Top-``k`` ``(user_idx, item_idx, rank, score)`` of the ranked users, training items (and
+    items outside ``split.eligible``) excluded."""
     users = scorer.users.join(split.users, USER_IDX)
     return recommend_all(
-        spark, users, split.seen, scorer.payload, split.k, users_per_block, device, partitions
+        spark, users, split.seen, scorer.payload, split.k, users_per_block, device, partitions,
+        eligible=split.eligible,
     )
 
 
@@ -92,19 +123,21 @@ def assess_contender(
     users_per_block: int | str = "auto",
     device: str = "auto",
     partitions: int | None = None,
+    lists: DataFrame | None = None,
 ) -> dict[str, Any]:
     """Every metric of one model: ``predict_pairs(frame) -> frame + prediction``, and its scorer.
 
     ``predict_pairs`` is None for a model whose scores are not ratings (the ranking objective,
     implicit ALS): its RMSE and MAE are reported as None rather than as meaningless figures.
+    ``lists``: the top-``k`` ``(user_idx, item_idx, rank)`` of the ranked users (``split.users``,
+    training items excluded), for a model the kernel cannot score (EASE); then ``scorer`` is None.
     """
     predictions = predict_pairs(split.validation).cache() if predict_pairs else None
     cold = predict_pairs(split.cold_start) if predict_pairs else None
-    lists = (
-        top_k_lists(spark, scorer, split, users_per_block, device, partitions).cache()
-        if scorer is not None
-        else None
-    )
+    if lists is not None:
+        lists = lists.cache()
+    elif scorer is not None:
+        lists = top_k_lists(spark, scorer, split, users_per_block, device, partitions).cache()
     metrics = assess(
         predictions,
         lists,
@@ -114,6 +147,9 @@ def assess_contender(
         split.popularity,
         split.train_users,
         cold,
+        validation=split.validation,
+        rare_item_ratings=split.rare_item_ratings,
+        item_features=split.item_features,
     )
     if predictions is not None:
         predictions.unpersist()
@@ -143,4 +179,16 @@ def fit_baseline(
             settings.als_tune_fraction,
             mean,
         )
-    raise ValueError(f"unknown baseline {name!r}; choose from global_mean, biases, als")
+    if name == "most_popular":
+        return fit_most_popular(split.train, split.n_items)
+    if name == "als_implicit":
+        return fit_als_implicit(
+            split.train,
+            split.n_items,
+            settings.als_implicit_rank,
+            settings.als_implicit_reg_param,
+            settings.als_implicit_alpha,
+            settings.als_max_iter,
+            settings.als_seed,
+        )
+    raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINE_NAMES)}")

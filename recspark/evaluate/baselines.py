@@ -6,12 +6,17 @@
 - ``als``: Spark MLlib's explicit ALS. ``rank`` and ``regParam`` are picked from a small grid by
   RMSE on a holdout carved out of the training split (never the validation split), then the
   model is refitted on the whole training split.
+- ``most_popular``: every user gets the items with the most training ratings that they have not
+  rated. It ranks only (no ``predict``).
+- ``als_implicit``: Spark MLlib's ALS with ``implicitPrefs`` on the training ratings (fixed
+  settings, not tuned). It ranks only: its scores are preferences, not ratings.
 
 Each baseline is returned as a :class:`Fitted`: a function that adds ``prediction`` to rating pairs,
 and, when it can rank, a :class:`Scorer` that the blocked scoring kernel
 (:func:`recspark.serve.scoring.recommend_all`) turns into top-N lists with the same seen-item exclusion
-and tie-break as the model. The ALS and bias baselines are scored as dot-product models built
-from their own factors, so no baseline ranks on an easier footing than the model.
+and tie-break as the model. The ALS, bias and popularity baselines are scored as dot-product models
+built from their own factors (popularity: an item bias equal to the training count), so no
+baseline ranks on an easier footing than the model.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recspark.core.choices import BASELINE_NAMES
 from recspark.core.constants import BIAS, FACTORS, ITEM_IDX, PREDICTION, RATING, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.model.embedding import build_model
@@ -115,6 +121,29 @@ def fit_global_mean(train: DataFrame, mean: float | None = None) -> Fitted:
         return pairs.withColumn(PREDICTION, F.lit(mu).cast("float"))
 
     return Fitted("global_mean", predict, None, seconds, {"mean": mu})
+
+
+def fit_most_popular(train: DataFrame, n_items: int) -> Fitted:
+    """Rank the items a user has not rated by their number of training ratings.
+
+    Scored as a ``dot_bias`` model with one zero factor and the training count as item bias, so
+    the kernel's tie-break (the lower item index) orders items of equal count. Every training
+    user gets a list; it has no ``predict`` (counts are not ratings).
+    """
+    started = time.perf_counter()
+    counts = train.groupBy(ITEM_IDX).agg(F.count(F.lit(1)).cast("float").alias("ratings"))
+    _, item_count = _item_matrix(counts, n_items, 1, ITEM_IDX, None, "ratings")
+    seconds = time.perf_counter() - started
+    scorer = Scorer(
+        train.select(USER_IDX).distinct().select(
+            USER_IDX,
+            F.lit(0.0).cast("float").alias(BIAS),
+            F.array(F.lit(0.0)).cast("array<float>").alias(FACTORS),
+        ),
+        dot_payload(np.zeros((n_items, 1), dtype=np.float32), item_count),
+    )
+    info = {"rated_items": int((item_count > 0).sum())}
+    return Fitted("most_popular", None, scorer, seconds, info)
 
 
 def bias_tables(
@@ -280,4 +309,4 @@ def fit_als_implicit(
     )
 
 
-BASELINES = ("global_mean", "biases", "als")
+BASELINES = BASELINE_NAMES

@@ -1,4 +1,5 @@
-"""The benchmark's parts: its data sets, the ALS contenders, the printed tables and their ratios.
+"""The benchmark's parts: its data sets, the library and baseline contenders (Spark ALS explicit and
+``implicitPrefs``, most popular, user+item biases, EASE), the printed tables and their ratios.
 
 The benchmark command (:mod:`recspark.commands.benchmark`) wires them to the pipeline's own
 commands, so recspark is measured as a user runs it, beside Spark ALS on the same split."""
@@ -15,11 +16,15 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recspark.core.config import Config, load_config
+from recspark.core.constants import USER_IDX
 from recspark.core.errors import ConfigError, MissingInputError
 from recspark.core.location import Location
 from recspark.core.storage import Layout
-from recspark.evaluate.assessment import assess_contender
-from recspark.evaluate.baselines import Fitted, fit_als, fit_als_implicit, mean_rating
+from recspark.data.prepared import rated_lists
+from recspark.evaluate.assessment import assess_contender, fit_baseline
+from recspark.evaluate.baselines import Fitted, Scorer, fit_als, fit_als_implicit, mean_rating
+from recspark.evaluate.ease import ease_top_k, fit_ease
+from recspark.serve.scoring import recommend_all
 
 ML100K = "ml100k-u1"
 
@@ -39,6 +44,11 @@ class Dataset:
     @property
     def layout(self) -> Layout:
         return Layout(self.config.paths.root)
+
+
+class Skipped(Exception):
+    """A contender that does not run on this data set; the message says why (the benchmark prints
+    it and keeps it in ``benchmark.json``)."""
 
 
 @dataclass
@@ -109,15 +119,18 @@ def run_als(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
 
 
 def run_als_implicit(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
-    """Spark ALS with ``implicitPrefs`` on the same training rows; it ranks, it has no RMSE."""
+    """Spark ALS with ``implicitPrefs`` on the same training rows; it ranks, it has no RMSE.
+
+    Its settings are ``benchmark.als_implicit_*`` where set, else ``evaluate.als_implicit_*``.
+    """
     config = dataset.config
     bench, settings = config.benchmark, config.evaluate
     fitted = fit_als_implicit(
         split.train,
         split.n_items,
-        bench.als_implicit_rank,
-        bench.als_implicit_reg_param,
-        bench.als_implicit_alpha,
+        bench.als_implicit_rank or settings.als_implicit_rank,
+        bench.als_implicit_reg_param or settings.als_implicit_reg_param,
+        bench.als_implicit_alpha or settings.als_implicit_alpha,
         settings.als_max_iter,
         settings.als_seed,
     )
@@ -133,6 +146,91 @@ def run_als_implicit(spark: SparkSession, dataset: Dataset, split) -> ContenderR
     )
     info = {**fitted.info, "recommendations": str(target)}
     return ContenderResult("als-implicit", fitted.train_seconds, score_seconds, metrics, info)
+
+
+def _kernel_recommend_seconds(
+    spark: SparkSession, scorer: Scorer, dataset: Dataset, split, name: str
+) -> tuple[float, Path]:
+    """Seconds to write every training user's top ``score.top_n`` (training items excluded) to
+    Parquet through the scoring kernel: a kernel-scored baseline's own scoring job."""
+    config = dataset.config
+    target = dataset.layout.root / f"{name}_recommendations" / str(config.run_date)
+    lists = recommend_all(
+        spark, scorer.users, split.seen, scorer.payload, config.score.top_n,
+        config.score.users_per_block, config.train.device, config.score.partitions,
+        eligible=split.eligible,
+    )
+    started = time.perf_counter()
+    lists.write.mode("overwrite").parquet(str(target))
+    return time.perf_counter() - started, target
+
+
+def baseline_contender(name: str, baseline: str) -> Callable[..., ContenderResult]:
+    """A contender of one of evaluate's baselines (``baseline``, fitted by
+    :func:`recspark.evaluate.assessment.fit_baseline` with the ``evaluate`` settings), timed on its
+    fit and on scoring every training user through the kernel."""
+
+    def run(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
+        config = dataset.config
+        fitted = fit_baseline(baseline, split, config.evaluate, mean_rating(split.train))
+        score_seconds, target = _kernel_recommend_seconds(
+            spark, fitted.scorer, dataset, split, baseline
+        )
+        metrics = assess_contender(
+            spark,
+            split,
+            fitted.predict,
+            fitted.scorer,
+            config.score.users_per_block,
+            config.train.device,
+            config.score.partitions,
+        )
+        info = {**fitted.info, "recommendations": str(target)}
+        return ContenderResult(name, fitted.train_seconds, score_seconds, metrics, info)
+
+    return run
+
+
+run_most_popular = baseline_contender("most-popular", "most_popular")
+run_biases = baseline_contender("biases", "biases")
+
+
+def run_ease(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
+    """EASE (:mod:`recspark.evaluate.ease`) with ``benchmark.ease_lambda``: train time is the Gram
+    matrix in Spark plus the solve, score time every training user's top ``score.top_n`` written
+    to Parquet. It ranks, it has no RMSE.
+
+    Raises
+    ------
+    Skipped
+        When the catalogue has more than ``benchmark.ease_max_items`` items.
+    """
+    config = dataset.config
+    bench = config.benchmark
+    if split.n_items > bench.ease_max_items:
+        raise Skipped(
+            f"{split.n_items} items is above benchmark.ease_max_items ({bench.ease_max_items}): "
+            "EASE inverts an items x items matrix on the driver"
+        )
+    model = fit_ease(split.train, split.n_items, bench.ease_lambda)
+    block, device, partitions = (
+        config.score.users_per_block, config.train.device, config.score.partitions
+    )
+    every = rated_lists(split.seen).cache()
+    target = dataset.layout.root / "ease_recommendations" / str(config.run_date)
+    started = time.perf_counter()
+    ease_top_k(
+        spark, every, model.weights, config.score.top_n, block, device, partitions, split.eligible
+    ).write.mode("overwrite").parquet(str(target))
+    score_seconds = time.perf_counter() - started
+    lists = ease_top_k(
+        spark, every.join(split.users, USER_IDX), model.weights, split.k, block, device,
+        partitions, split.eligible,
+    )
+    metrics = assess_contender(spark, split, None, None, lists=lists)
+    every.unpersist()
+    info = {**model.info, "recommendations": str(target)}
+    return ContenderResult("ease", model.train_seconds, score_seconds, metrics, info)
 
 
 @dataclass(frozen=True)

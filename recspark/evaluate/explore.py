@@ -67,7 +67,7 @@ def item_pca(factors: np.ndarray, rows: np.ndarray | None = None, components: in
     factors = np.asarray(factors, dtype=np.float64)
     rows = np.arange(len(factors)) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(rows) < 3:
-        raise BadInputError(f"PCA needs at least 3 items, got {len(rows)}: lower recommend.min_item_ratings")
+        raise BadInputError(f"PCA needs at least 3 items, got {len(rows)}: lower score.min_item_ratings")
     data = factors[rows]
     centred = data - data.mean(axis=0)
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)

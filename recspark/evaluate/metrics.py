@@ -12,6 +12,13 @@
   self-information ``-log2 p(i)`` of the recommended items, with ``p(i) = (n_i + 1) / (U + 1)``
   where ``n_i`` is how many training users rated item ``i`` and ``U`` how many users trained (the
   +1 keeps items nobody rated finite).
+- Beyond accuracy (:func:`beyond_accuracy`), on the same lists: the share of list entries whose
+  item has fewer than ``rare_item_ratings`` training ratings; popularity bias, the mean
+  ``log(1 + n_i)`` of the listed items (``n_i``: the item's training ratings) beside the same mean
+  over the ranked users' held-out (validation) items, and their difference; and intra-list
+  diversity on item side features (genres), the mean over lists of the mean pairwise cosine
+  distance ``1 - cos(f_i, f_j)`` of the listed items' feature vectors (None without features).
+  Every figure is a Spark aggregation; only item-sized tables are broadcast.
 
 Lists are ordered by ``rank``; rows of equal rank are ordered by the lower item index, the same
 tie-break the scoring kernel uses.
@@ -19,8 +26,10 @@ tie-break the scoring kernel uses.
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from pyspark.ml.evaluation import RankingEvaluator, RegressionEvaluator
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark.core.constants import ITEM_IDX, PREDICTION, RANK, RATING, USER_IDX
@@ -31,7 +40,16 @@ RANKING_METRICS = {
     "ndcg_at_k": "ndcgAtK",
     "map_at_k": "meanAveragePrecisionAtK",
 }
-RANKING_KEYS = (*RANKING_METRICS, "hit_rate_at_k", "coverage", "novelty")
+BEYOND_ACCURACY_KEYS = (
+    "rare_item_share",
+    "log_popularity",
+    "heldout_log_popularity",
+    "popularity_bias",
+    "intra_list_diversity",
+)
+RANKING_KEYS = (*RANKING_METRICS, "hit_rate_at_k", "coverage", "novelty", *BEYOND_ACCURACY_KEYS)
+#: Columns of an item feature table (:func:`item_feature_frame`): one row per nonzero feature.
+FEATURE, VALUE = "feature", "value"
 
 
 def rating_metrics(
@@ -135,8 +153,11 @@ def coverage(recommendations: DataFrame, n_items: int, item_col: str = ITEM_IDX)
 def item_popularity(
     train: DataFrame, user_col: str = USER_IDX, item_col: str = ITEM_IDX
 ) -> tuple[DataFrame, int]:
-    """``(item_idx, raters)`` from the training ratings, and the number of training users."""
-    raters = train.groupBy(item_col).agg(F.countDistinct(user_col).alias("raters"))
+    """``(item_idx, raters, ratings)`` from the training ratings (distinct raters and rating rows
+    per item), and the number of training users."""
+    raters = train.groupBy(item_col).agg(
+        F.countDistinct(user_col).alias("raters"), F.count(F.lit(1)).alias("ratings")
+    )
     users = train.agg(F.countDistinct(user_col)).first()[0]
     return raters, int(users)
 
@@ -157,6 +178,134 @@ def novelty(
     return joined.agg(F.mean(information)).first()[0]
 
 
+def rare_item_share(
+    recommendations: DataFrame,
+    popularity: DataFrame,
+    min_ratings: int,
+    item_col: str = ITEM_IDX,
+) -> float | None:
+    """Share of list entries whose item has fewer than ``min_ratings`` training ratings.
+
+    ``popularity`` is ``(item_idx, ratings, ...)`` from :func:`item_popularity`; an item absent
+    from it has 0 ratings. None when there are no recommendations.
+    """
+    joined = recommendations.select(item_col).join(
+        F.broadcast(popularity.select(item_col, "ratings")), item_col, "left"
+    )
+    rare = (F.coalesce(F.col("ratings"), F.lit(0)) < min_ratings).cast("double")
+    return joined.agg(F.mean(rare)).first()[0]
+
+
+def mean_log_popularity(
+    rows: DataFrame, popularity: DataFrame, item_col: str = ITEM_IDX
+) -> float | None:
+    """Mean ``log(1 + n_i)`` over the rows' items, ``n_i`` the item's training ratings (0 when the
+    item is absent from ``popularity``); None when there are no rows."""
+    joined = rows.select(item_col).join(
+        F.broadcast(popularity.select(item_col, "ratings")), item_col, "left"
+    )
+    return joined.agg(F.mean(F.log1p(F.coalesce(F.col("ratings"), F.lit(0))))).first()[0]
+
+
+def item_feature_frame(
+    spark: SparkSession, features: np.ndarray, item_col: str = ITEM_IDX
+) -> DataFrame:
+    """``(item_idx, feature, value)``: the nonzero entries of an ``items x features`` array.
+
+    Row ``i`` of ``features`` is item index ``i``. The table is item-sized (a few genres per film).
+    """
+    if features.ndim != 2:
+        raise ValueError(f"features must be an items x features array, got shape {features.shape}")
+    items, columns = np.nonzero(features)
+    frame = pd.DataFrame(
+        {
+            item_col: items.astype(np.int32),
+            FEATURE: columns.astype(np.int32),
+            VALUE: features[items, columns].astype(np.float64),
+        }
+    )
+    schema = f"{item_col} int, {FEATURE} int, {VALUE} double"
+    return spark.createDataFrame(frame, schema)
+
+
+def intra_list_diversity(
+    recommendations: DataFrame,
+    item_features: DataFrame,
+    user_col: str = USER_IDX,
+    item_col: str = ITEM_IDX,
+) -> float | None:
+    """Mean over lists of two or more items of the mean pairwise ``1 - cos(f_i, f_j)``.
+
+    ``item_features`` is ``(item_idx, feature, value)`` (:func:`item_feature_frame`). With unit
+    vectors ``u_i = f_i / |f_i|``, the sum over ordered pairs ``i != j`` of ``u_i . u_j`` is
+    ``|sum_i u_i|^2 - sum_i |u_i|^2``, so a list needs one sum per feature, not one row per pair.
+    An item without features counts as at distance 1 from every other. None when no list has two
+    items.
+    """
+    for column in (item_col, FEATURE, VALUE):
+        if column not in item_features.columns:
+            raise ValueError(
+                f"item_features lacks column {column!r}; it has {item_features.columns}"
+            )
+    present = item_features.where(F.col(VALUE) != 0)
+    norms = present.groupBy(item_col).agg(F.sqrt(F.sum(F.col(VALUE) ** 2)).alias("norm"))
+    unit = present.join(norms, item_col).select(
+        item_col, FEATURE, (F.col(VALUE) / F.col("norm")).alias("unit")
+    )
+    lists = recommendations.select(user_col, item_col)
+    sizes = lists.groupBy(user_col).agg(F.count(F.lit(1)).alias("size")).where(F.col("size") >= 2)
+    per_feature = (
+        lists.join(F.broadcast(unit), item_col)
+        .groupBy(user_col, FEATURE)
+        .agg(F.sum("unit").alias("total"), F.sum(F.col("unit") ** 2).alias("squares"))
+    )
+    pairs = per_feature.groupBy(user_col).agg(
+        F.sum(F.col("total") ** 2 - F.col("squares")).alias("similarity")
+    )
+    mean_similarity = F.coalesce(F.col("similarity"), F.lit(0.0)) / (
+        F.col("size") * (F.col("size") - 1)
+    )
+    return sizes.join(pairs, user_col, "left").agg(F.mean(1.0 - mean_similarity)).first()[0]
+
+
+def beyond_accuracy(
+    recommendations: DataFrame,
+    relevant: DataFrame,
+    popularity: DataFrame,
+    rare_item_ratings: int = 5,
+    validation: DataFrame | None = None,
+    item_features: DataFrame | None = None,
+    user_col: str = USER_IDX,
+    item_col: str = ITEM_IDX,
+) -> dict[str, float | None]:
+    """The figures of :data:`BEYOND_ACCURACY_KEYS` for one model's lists.
+
+    ``heldout_log_popularity`` is over the validation rows (``relevant`` when None) of the users
+    with relevant items, the users the lists are for; ``popularity_bias`` is
+    ``log_popularity - heldout_log_popularity`` (> 0: the lists lean to items more popular than
+    those the users went on to rate).
+    """
+    ranked_users = relevant.select(user_col).distinct()
+    heldout = (validation if validation is not None else relevant).join(
+        ranked_users, user_col, "left_semi"
+    )
+    listed = mean_log_popularity(recommendations, popularity, item_col)
+    truth = mean_log_popularity(heldout, popularity, item_col)
+    return {
+        "rare_item_share": rare_item_share(
+            recommendations, popularity, rare_item_ratings, item_col
+        ),
+        "log_popularity": listed,
+        "heldout_log_popularity": truth,
+        "popularity_bias": None if listed is None or truth is None else listed - truth,
+        "intra_list_diversity": (
+            intra_list_diversity(recommendations, item_features, user_col, item_col)
+            if item_features is not None
+            else None
+        ),
+    }
+
+
 def assess(
     predictions: DataFrame | None,
     recommendations: DataFrame | None,
@@ -166,6 +315,9 @@ def assess(
     popularity: DataFrame,
     n_users: int,
     cold_start_predictions: DataFrame | None = None,
+    validation: DataFrame | None = None,
+    rare_item_ratings: int = 5,
+    item_features: DataFrame | None = None,
 ) -> dict[str, float | int | None]:
     """Every metric of one model (or baseline) on one split, None where it has no such output.
 
@@ -183,9 +335,14 @@ def assess(
     n_items
         Catalogue size for coverage.
     popularity, n_users
-        From :func:`item_popularity` on the training ratings, for novelty.
+        From :func:`item_popularity` on the training ratings, for novelty and the figures beyond
+        accuracy.
     cold_start_predictions
         The cold-start validation rows with ``prediction``, reported apart as ``cold_start_*``.
+    validation, rare_item_ratings, item_features
+        For :func:`beyond_accuracy`: the validation rows (the held-out items of popularity bias),
+        the rating count under which an item is rare, and ``(item_idx, feature, value)`` side
+        features for intra-list diversity (None: diversity is None).
     """
     metrics: dict[str, float | int | None] = {}
     if predictions is not None:
@@ -205,5 +362,10 @@ def assess(
     metrics.update(ranking_metrics(recommendations, relevant, k))
     metrics["coverage"] = coverage(recommendations, n_items)
     metrics["novelty"] = novelty(recommendations, popularity, n_users)
+    metrics.update(
+        beyond_accuracy(
+            recommendations, relevant, popularity, rare_item_ratings, validation, item_features
+        )
+    )
     recommendations.unpersist()
     return metrics

@@ -5,7 +5,8 @@ Nothing here imports pyspark: the kernel runs inside Spark's scoring tasks
 machine that has torch and pyarrow but no Java.
 
 Per block of ``users_per_block`` users the kernel computes the full ``users x items`` score block,
-masks the rated items with ``-inf`` and keeps the best ``top_n``. Cost per block of ``u`` users over
+masks the rated items, and the items no user may be offered (too few training ratings,
+``score.min_item_ratings``), with ``-inf`` and keeps the best ``top_n``. Cost per block of ``u`` users over
 ``i`` items:
 
 - ``dot`` / ``dot_bias``: one ``u x f`` by ``f x i`` matrix product (``u * i * f`` multiply-adds)
@@ -234,10 +235,13 @@ class ScoringKernel:
         top_n: int,
         seen_rows: np.ndarray | None = None,
         seen_items: np.ndarray | None = None,
+        ineligible: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-N ``(item_idx, score, valid)`` arrays, each ``users x top_n``, for one block.
 
         ``seen_rows[j]`` (a row of this block) has rated ``seen_items[j]``; those are excluded.
+        ``ineligible`` (from :meth:`ineligible_items`) are excluded for every row, the same way:
+        a row with fewer than ``top_n`` items left has ``valid`` False in the slots past them.
         """
         vectors = torch.as_tensor(user_vectors, device=self.device)
         bias = torch.as_tensor(user_bias, device=self.device)
@@ -247,8 +251,32 @@ class ScoringKernel:
                 torch.as_tensor(seen_rows, dtype=torch.long, device=self.device),
                 torch.as_tensor(seen_items, dtype=torch.long, device=self.device),
             ] = -torch.inf
+        if ineligible is not None and len(ineligible):
+            keys[:, ineligible] = -torch.inf
         index, value, valid = top_k(keys, top_n, finish)
         return index.cpu().numpy(), value.cpu().numpy(), valid.cpu().numpy()
+
+    def ineligible_items(self, eligible: np.ndarray | None) -> torch.Tensor | None:
+        """The item indices ``eligible`` (one bool per item, or None: all) rules out, on the
+        kernel's device, for :meth:`block`; None when it rules out none.
+
+        Raises
+        ------
+        BadInputError
+            When ``eligible`` does not have one entry per item of the model.
+        """
+        if eligible is None:
+            return None
+        eligible = np.asarray(eligible, dtype=bool)
+        if eligible.shape != (self.n_items,):
+            raise BadInputError(
+                f"the eligible-items mask has shape {eligible.shape} for a model of {self.n_items} "
+                "items: it was not computed on this model's prepared run"
+            )
+        excluded = np.flatnonzero(~eligible)
+        if not len(excluded):
+            return None
+        return torch.as_tensor(excluded, dtype=torch.long, device=self.device)
 
 
 class _DotKeys:
@@ -425,6 +453,7 @@ def recommend_batches(
     item_ids: pa.Array | None = None,
     counters: Counters | None = None,
     users: UserTable | None = None,
+    eligible: np.ndarray | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: one row per user in, its top-N rows out.
 
@@ -437,10 +466,12 @@ def recommend_batches(
     sparse mask directly. Output: ``user_idx``, the
     ``carry`` columns, ``item_idx``, ``item_id`` (when ``item_ids``, the raw id of each index, is
     given), ``rank`` (1 = best), ``score``; a user with fewer than ``top_n`` unrated items gets
-    them all.
+    them all. ``eligible`` (one bool per item index, broadcast with the model; None: every item)
+    leaves the other items out of every list, as a rated item is left out of its user's.
     """
     kernel = kernel_for(model_payload, resolve_device(device_setting))
     block = users_per_block(block_setting, kernel.device, kernel.n_items)
+    ineligible = kernel.ineligible_items(eligible)
     for batch in batches:
         n = batch.num_rows
         if n == 0:
@@ -458,7 +489,7 @@ def recommend_batches(
             low, high = starts[start], starts[stop]
             seen_rows = np.repeat(np.arange(stop - start), np.diff(starts[start : stop + 1]))
             index, score, valid = kernel.block(
-                vectors[start:stop], bias[start:stop], top_n, seen_rows, rated[low:high]
+                vectors[start:stop], bias[start:stop], top_n, seen_rows, rated[low:high], ineligible
             )
             columns = index.shape[1]
             keep = valid.reshape(-1)

@@ -87,14 +87,6 @@ def lookup_user(user_index: DataFrame, raw_id: Any) -> int:
     return int(rows[0][USER_IDX])
 
 
-def item_rating_counts(train: DataFrame, n_items: int) -> np.ndarray:
-    """Training ratings per item index (an item-sized aggregate)."""
-    counts = train.groupBy(ITEM_IDX).count().toPandas()
-    out = np.zeros(n_items, dtype=np.int64)
-    out[counts[ITEM_IDX].to_numpy(dtype=np.int64)] = counts["count"].to_numpy()
-    return out
-
-
 def fold_in_regularization(setting: float | None, model_metrics: dict) -> float:
     """``recommend.regularization``, else the ``train.weight_decay`` the model was trained with."""
     if setting is not None:

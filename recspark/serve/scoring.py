@@ -1,7 +1,8 @@
 """The Spark side of scoring: the kernel (:mod:`recspark.serve.kernel`) run over every user.
 
 Executors receive the item side of the model once, as a broadcast (item factors and biases, or the
-MLP's weights). Each scoring task receives one row per user with every item it rated as one array
+MLP's weights), with the mask of the items that may be recommended at all (one bool per item:
+enough training ratings, ``score.min_item_ratings``). Each scoring task receives one row per user with every item it rated as one array
 (``prepare`` writes these rows once per run as ``rated/``) and reads them as Arrow buffers
 (``mapInArrow``): the list columns are the block's sparse mask (and matrix) without a per-row loop.
 The users' vectors come one of two ways: with a user table small enough to broadcast
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
@@ -94,6 +96,7 @@ def recommend_all(
     carry: tuple[str, ...] = (),
     item_ids: pa.Array | None = None,
     counters: ScoreCounters | None = None,
+    eligible: np.ndarray | None = None,
 ) -> DataFrame:
     """Top-N ``(user_idx, item_idx, rank, score)`` for every row of ``user_factors``.
 
@@ -134,6 +137,9 @@ def recommend_all(
         model, and the output gains ``item_id`` after ``item_idx``.
     counters
         Accumulators the tasks add their users and rows to (:class:`ScoreCounters`).
+    eligible
+        One bool per item index: only these items are recommended, to anyone (broadcast with the
+        model; :func:`recspark.data.prepared.eligible_items`). None: every item.
     """
     missing = [c for c in (USER_IDX, BIAS, FACTORS) if c not in user_factors.columns]
     if missing:
@@ -168,7 +174,7 @@ def recommend_all(
     # Sorted, so blocks (and any floating-point blocking effect) do not depend on join order.
     users = users.sortWithinPartitions(USER_IDX).select(USER_IDX, BIAS, FACTORS, ITEMS, *carry)
     return _map_users(spark, users, payload, None, top_n, users_per_block, device, carry, item_ids,
-                      counters)
+                      counters, eligible)
 
 
 def recommend_listed(
@@ -183,6 +189,7 @@ def recommend_listed(
     carry: tuple[str, ...] = (),
     item_ids: pa.Array | None = None,
     counters: ScoreCounters | None = None,
+    eligible: np.ndarray | None = None,
 ) -> DataFrame:
     """Top-N ``(user_idx, *carry, item_idx, rank, score)`` for every row of ``users``, no shuffle.
 
@@ -206,7 +213,7 @@ def recommend_listed(
     if rows.rdd.getNumPartitions() < count:
         rows = rows.repartition(count, USER_IDX).sortWithinPartitions(USER_IDX)
     return _map_users(spark, rows, payload, user_table, top_n, users_per_block, device,
-                      tuple(carry), item_ids, counters)
+                      tuple(carry), item_ids, counters, eligible)
 
 
 def _map_users(
@@ -220,12 +227,15 @@ def _map_users(
     carry: tuple[str, ...],
     item_ids: pa.Array | None,
     counters: ScoreCounters | None,
+    eligible: np.ndarray | None = None,
 ) -> DataFrame:
     """``users`` (the rows :func:`recommend_batches` reads) scored by one ``mapInArrow``."""
     clash = set(carry) & {BIAS, FACTORS, ITEMS, ITEM_IDX, ITEM_ID, RANK, SCORE}
     if clash:
         raise ValueError(f"cannot carry {sorted(clash)} into the output: the names are taken")
-    shared = spark.sparkContext.broadcast((payload, item_ids, user_table))
+    if eligible is not None:
+        eligible = np.asarray(eligible, dtype=bool)
+    shared = spark.sparkContext.broadcast((payload, item_ids, user_table, eligible))
     carried = [users.schema[name] for name in carry]
     schema = StructType(
         [
@@ -239,12 +249,13 @@ def _map_users(
     )
 
     def score(batches):
-        model_bytes_, ids, table = shared.value
+        model_bytes_, ids, table, candidates = shared.value
         here = task_device(device)
         if here.type == "cpu":
             _threads_per_task()
         scored = recommend_batches(
-            batches, model_bytes_, top_n, users_per_block, str(here), carry, ids, counters, table
+            batches, model_bytes_, top_n, users_per_block, str(here), carry, ids, counters, table,
+            candidates,
         )
         for position, batch in enumerate(scored):
             yield batch
@@ -379,6 +390,7 @@ def recommendation_table(
     device: str = "auto",
     partitions: int | None = None,
     counters: ScoreCounters | None = None,
+    eligible: np.ndarray | None = None,
 ) -> DataFrame:
     """The published table's rows: ``user_id``, ``item_id`` (raw, input types), rank, score, version.
 
@@ -388,7 +400,8 @@ def recommendation_table(
     DataFrame, joined by user with the rated items. No join after scoring: the raw user id
     travels with the user's row (from ``rated/``, or from ``user_factors`` where ``train`` wrote
     it; an older table without it is joined with the prepared ``user_index`` before scoring), and
-    the raw item ids are broadcast with the model (one per item, like the item factors).
+    the raw item ids are broadcast with the model (one per item, like the item factors), and so
+    is ``eligible``, the items that may be listed (:func:`recommend_all`).
     """
     index = prepared / "item_index"
     id_type = spark.read.parquet(str(index)).schema[ITEM_ID].dataType  # as Spark reads it
@@ -399,7 +412,7 @@ def recommendation_table(
             listed = listed.withColumn(ITEMS, F.lit(None).cast("array<int>"))
         recommendations = recommend_listed(
             spark, listed, model_users, payload, top_n, users_per_block, device, partitions,
-            carry=(USER_ID,), item_ids=item_ids, counters=counters,
+            carry=(USER_ID,), item_ids=item_ids, counters=counters, eligible=eligible,
         )
     else:
         carried = USER_ID in model_users.columns
@@ -412,6 +425,7 @@ def recommendation_table(
             carry=(USER_ID,) if carried else (),
             item_ids=item_ids,
             counters=counters,
+            eligible=eligible,
         )
     return recommendations.select(
         USER_ID,
