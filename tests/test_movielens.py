@@ -131,10 +131,11 @@ def _overrides(root: Path, ml100k: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, ml100k_u1, tmp_path):
-    """dot_bias <= 0.915; the shipped model (three side-information dot_bias models averaged)
-    <= 0.905, well ahead of it, and published as one user table.
+    """The shipped model (three side-information dot_bias models averaged, each with a ranking
+    head) <= 0.901, ahead of what the same models reached without the head (0.904), and published
+    as one user table.
 
-    Both configs train, as shipped but for the paths, on a copy of the session's prepared u1.
+    It trains as shipped but for the paths, on a copy of the session's prepared u1.
     """
     from recspark.commands import train
 
@@ -145,13 +146,9 @@ def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, ml100k_u1, tmp
     assert prepared["counts"]["train"] == 80000
     assert prepared["counts"]["validation"] + prepared["counts"]["cold_start"] == 20000
 
-    plain = train.run(
-        load_config(REPO / "conf" / "movielens-100k-dot-bias.yaml", _overrides(root, ml100k)), spark
-    )
-    assert plain["metrics"]["validation_rmse"] <= 0.915
-
     best = train.run(load_config(shipped, [*_overrides(root, ml100k), *side]), spark)
-    assert best["metrics"]["validation_rmse"] <= 0.905
-    assert best["metrics"]["validation_rmse"] < plain["metrics"]["validation_rmse"] - 0.007
+    # Without the ranking head the same three models reached 0.904; one plain dot_bias 0.913.
+    assert best["metrics"]["validation_rmse"] <= 0.901
+    assert best["metrics"]["validation_auc"] > 0.8  # the head learnt which films users pick
     factors = pd.read_parquet(best["outputs"]["user_factors"])
     assert len(factors) == 943  # the published user table holds every user's effective row

@@ -111,7 +111,11 @@ def test_score_matches_a_brute_force_ranking(pipeline):
     from recspark.model.saving import load_model
 
     _, summaries = pipeline
-    model, _, _ = load_model(Location(summaries["train"]["outputs"]["model"]))
+    from recspark.model.embedding import lists_model
+
+    model, _, meta = load_model(Location(summaries["train"]["outputs"]["model"]))
+    # The lists rank by the ranking head's model (the default lists.source: head).
+    model, _ = lists_model(model, meta["lists_rating_weight"])
     prepared = Location(summaries["prepare"]["outputs"]["train"]).parent
     users = pd.read_parquet(prepared / "user_index")
     items = pd.read_parquet(prepared / "item_index").set_index("item_idx")["item_id"]

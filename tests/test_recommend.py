@@ -18,8 +18,9 @@ from recspark.core.errors import BadInputError, MissingInputError
 from recspark.core.location import Location
 from recspark.data.synthetic import BIAS_SD, GLOBAL_MEAN, SyntheticSpec
 from recspark.data.titles import read_titles
+from recspark.model.embedding import lists_model
 from recspark.model.saving import load_model
-from recspark.serve.foldin import fold_in, score_user
+from recspark.serve.foldin import RankingFoldIn, fold_in, score_user
 from recspark.serve.recommend import fold_in_regularization
 from recspark.serve.similar import most_similar, read_item_factors
 from tests.conftest import tiny_overrides
@@ -49,6 +50,14 @@ def _model_and_ids(root: Path):
     model, _, _ = load_model(root / "models" / RUN_DATE)
     index = pd.read_parquet(root / "prepared" / RUN_DATE / "item_index").sort_values("item_idx")
     return model, index["item_id"].to_numpy()
+
+
+def _lists_model(root: Path):
+    """The model the published lists rank by: the ranking head's (the default), at the
+    ``lists.rating_weight`` the model was published with."""
+    model, spec, meta = load_model(root / "models" / RUN_DATE)
+    assert spec.get("lists_head"), "the default trains a ranking head beside the rating head"
+    return lists_model(model, meta["lists_rating_weight"])[0]
 
 
 def _planted_users(root: Path, count: int, seed: int):
@@ -112,7 +121,8 @@ def test_fold_in_recovers_planted_preferences(trained):
 
 def test_new_user_through_the_command(trained, capsys):
     root, overrides = trained
-    model, item_ids = _model_and_ids(root)
+    _, item_ids = _model_and_ids(root)
+    model = _lists_model(root)
     raw_rated, ratings, *_ = _planted_users(root, 1, seed=7)[0]
     pairs = ",".join(f"{raw}={rating:g}" for raw, rating in zip(raw_rated, ratings, strict=True))
     status, summary = _run("recommend", [*overrides, f"recommend.ratings={pairs}", "recommend.min_item_ratings=0"])
@@ -123,21 +133,24 @@ def test_new_user_through_the_command(trained, capsys):
     assert all(row["title"] is None for row in listed)
     assert not {row["item_id"] for row in listed} & set(raw_rated.tolist())
     assert [row["score"] for row in listed] == sorted((row["score"] for row in listed), reverse=True)
-    # The same list as the library computes.
+    # The same list as the library computes: the user folded into the lists model by the head's
+    # softmax, every rated item a positive.
     position = {raw: i for i, raw in enumerate(item_ids)}
     rated = np.array([position[raw] for raw in raw_rated])
-    user = fold_in(model, rated, ratings, summary["metrics"]["regularization"])
+    user = fold_in(model, rated, ratings, summary["metrics"]["regularization"], RankingFoldIn())
     scores = score_user(model, user.vector, user.bias)
     scores[rated] = -np.inf
     assert [row["item_id"] for row in listed] == item_ids[np.argsort(-scores, kind="stable")[:TOP_N]].tolist()
-    assert summary["metrics"]["mode"] == "new_user" and summary["metrics"]["fold_in_rmse"] < 1.0
+    assert summary["metrics"]["mode"] == "new_user" and summary["metrics"]["objective"] == "ranking"
+    assert summary["metrics"]["fold_in_rank_share"] < 0.2  # its rated items rank near the top
     err = capsys.readouterr().err
     assert "new user folded in from 20 ratings" in err and str(listed[0]["item_id"]) in err
 
 
 def test_existing_user_gets_the_scored_list(trained):
     root, overrides = trained
-    model, item_ids = _model_and_ids(root)
+    _, item_ids = _model_and_ids(root)
+    model = _lists_model(root)
     users = pd.read_parquet(root / "prepared" / RUN_DATE / "user_index")
     user_id = int(users.loc[users.user_idx == 17, "user_id"].item())
     status, summary = _run("recommend", [*overrides, f"recommend.user={user_id}", "recommend.min_item_ratings=0"])

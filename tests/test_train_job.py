@@ -36,6 +36,7 @@ from recspark.train.job import (
     warm_start,
 )
 from recspark.train.loop import init_model
+from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingObjective
 from recspark.train.objectives.rating import RatingObjective
 from tests.test_training import write_prepared
@@ -257,7 +258,18 @@ def test_the_job_picks_spec_objective_settings_and_fingerprint_from_the_config()
     assert train_settings(ranking).lr == 0.5 and train_settings(ranking).optimizer == "sparse_adam"
     rating = load_config(None, [])
     assert model_spec(rating, manifest)["y_range"] == [1.0, 5.5]
-    assert isinstance(build_objective(rating, manifest), RatingObjective)
+    # By default a rating model trains a ranking head beside its rating head (lists.source: head):
+    # its loss adds the head's softmax, whose every train row is a positive.
+    joint = build_objective(rating, manifest)
+    assert isinstance(joint, JointObjective) and model_spec(rating, manifest)["lists_head"]
+    assert joint.head_weight == rating.lists.head_weight
+    assert joint.ranking.settings.positive_threshold == 0.0
+    assert train_settings(rating).head_lr_scale == rating.lists.head_lr_scale
+    plain = load_config(None, ["lists.source=ratings"])
+    assert isinstance(build_objective(plain, manifest), RatingObjective)
+    assert "lists_head" not in model_spec(plain, manifest)
+    assert train_settings(plain).head_lr_scale == 1.0
+    assert "lists_head" not in model_spec(ranking, manifest)
     # A resume may change where and how fast it runs, not what it computes.
     spec = model_spec(rating, manifest)
     same = load_config(None, ["train.device=cpu", "train.reader_workers=3", "train.resume=true"])
@@ -265,4 +277,6 @@ def test_the_job_picks_spec_objective_settings_and_fingerprint_from_the_config()
     fingerprint = run_fingerprint(rating, spec, 100, manifest, None)
     assert run_fingerprint(same, spec, 100, manifest, None) == fingerprint
     assert run_fingerprint(other, spec, 100, manifest, None) != fingerprint
+    head = load_config(None, ["lists.head_weight=0.9"])
+    assert run_fingerprint(head, spec, 100, manifest, None) != fingerprint
     assert run_fingerprint(rating, spec, 101, manifest, None) != fingerprint

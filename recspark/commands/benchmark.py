@@ -129,9 +129,10 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
         def predict_model(pairs):
             return predict(spark, pairs, whole, config.train.device)
 
+        lists = published.lists(model)
         scorer = Scorer(
-            spark.read.parquet(str(published.folder / "user_factors")),
-            item_side_payload(model, spec, meta),
+            spark.read.parquet(str(lists.factors / "user_factors")),
+            item_side_payload(lists.model, lists.spec, lists.meta),
         )
         metrics = evaluate.assess_contender(
             spark, split, predict_model if published.predicts_ratings else None, scorer,

@@ -79,9 +79,10 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         return predict(spark, pairs, whole_model, device)
 
     rates = published.predicts_ratings
+    lists = published.lists(model)  # the published lists' model: a ranking head's, or its own
     scorer = Scorer(
-        spark.read.parquet(str(published.folder / "user_factors")),
-        item_side_payload(model, spec, meta),
+        spark.read.parquet(str(lists.factors / "user_factors")),
+        item_side_payload(lists.model, lists.spec, lists.meta),
     )
     metrics = assess_contender(
         spark, split, predict_model if rates else None, scorer, block, device,
@@ -135,6 +136,9 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             "rare_item_share": (
                 f"share of list entries whose item has fewer than {settings.rare_item_ratings} "
                 "train ratings"
+            ),
+            "heldout_rare_item_share": (
+                "the same share over the ranked users' validation items (their own choices)"
             ),
             "popularity_bias": (
                 "log_popularity (mean log(1 + train ratings) of listed items) minus "

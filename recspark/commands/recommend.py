@@ -83,8 +83,10 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         raise MissingInputError(
             f"no trained model on or before {config.run_date} under {layout.root}: run `recspark train`"
         )
-    model, published = load_published_model(layout, model_date)
+    rating_model, published = load_published_model(layout, model_date)
     check_id_maps(layout, published)  # before any Spark task
+    # The lists score publishes: a ranking head's model, or the model itself.
+    model = published.lists(rating_model).model
     folder, model_version = published.folder, published.model_version
     prepared = layout.prepared(published.meta.index_date)
     item_index_frame = spark.read.parquet(str(prepared / "item_index"))
@@ -114,12 +116,13 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         rated_idx = lookup_items(raw_ids, item_ids)
         regularization = fold_in_regularization(settings.regularization, published.metrics)
         ranking = ranking_settings(
-            config, published.metrics, published.meta.objective, train, model.n_items
+            config, published.metrics, published.lists_objective, train, model.n_items,
+            every_row_positive=published.lists_from_head,
         )
         chosen = new_user_list(
             model, rated_idx, values, eligible, settings.top_n, regularization, ranking
         )
-        chosen.facts["objective"] = published.meta.objective
+        chosen.facts["objective"] = published.lists_objective
     elif settings.user is not None:
         user_index = spark.read.parquet(str(prepared / "user_index"))
         raw_user = to_raw_id(settings.user, user_index.schema[USER_ID].dataType, "recommend.user")

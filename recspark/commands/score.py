@@ -56,15 +56,16 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         config.score.min_item_ratings,
     )
     counters = ScoreCounters.create(spark)
+    lists = published.lists(model)  # what the lists rank by (a ranking head's model, or its own)
     user_table = model_users(
-        spark, model, published.folder, prepared, config.score.broadcast_users_mb
+        spark, lists.model, lists.factors, prepared, config.score.broadcast_users_mb
     )
     table = recommendation_table(
         spark,
         user_table,
         prepared,
         config.score.exclude_seen,
-        item_side_payload(model, published.spec.as_dict(), published.meta.as_dict()),
+        item_side_payload(lists.model, lists.spec, lists.meta),
         published.model_version,
         config.score.top_n,
         config.score.users_per_block,

@@ -182,6 +182,25 @@ class RankingConfig(_Section):
     validation_items: int = Field(1000, gt=0)  # items each validation positive is ranked against
 
 
+class ListsConfig(_Section):
+    """What the published top-N lists rank by (``score``, ``evaluate``, ``recommend``, ``nightly``).
+
+    ``head`` (default): a rating model (``model.objective: rating``) trains a ranking head beside
+    its rating head on the same batches (:mod:`recspark.train.objectives.joint`): own user rows,
+    the model's item rows, a per-item bias, a softmax over the catalogue (``ranking.loss``,
+    ``ranking.negatives``, ``ranking.sampling_alpha``, ``ranking.validation_items``) with every
+    train row a positive. The lists rank by the head's score plus ``rating_weight`` times the
+    rating head's logit. ``ratings``: rank by predicted rating (rating models before this
+    existed). A ranking model (``model.objective: ranking``) ranks by its own scores either way.
+    """
+
+    source: Literal["head", "ratings"] = "head"
+    head_weight: float = Field(0.3, gt=0.0)  # the head's loss beside the rating MSE
+    head_lr_scale: float = Field(0.2, gt=0.0)  # the head's rows learn at train.lr times this
+    # List score = head score + rating_weight x (p_u . q_i + b_i); 0: the head alone. Not for mlp.
+    rating_weight: float = Field(0.5, ge=0.0)
+
+
 class TrainConfig(_Section):
     epochs: int = Field(8, ge=1)  # an untrained model is never published
     # auto: the power of two nearest train rows / 128, within [1024, 65536] (recspark.train.loop)
@@ -361,6 +380,11 @@ class NightlyConfig(_Section):
 class Config(_Section):
     """The whole run description; every section has defaults so a config may be sparse."""
 
+    @property
+    def lists_head(self) -> bool:
+        """Whether the trained model carries a ranking head its lists come from."""
+        return self.model.objective == "rating" and self.lists.source == "head"
+
     paths: PathsConfig = Field(default_factory=PathsConfig)
     run_date: dt.date = Field(default_factory=dt.date.today)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -369,6 +393,7 @@ class Config(_Section):
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)
+    lists: ListsConfig = Field(default_factory=ListsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

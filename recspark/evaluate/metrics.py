@@ -42,6 +42,7 @@ RANKING_METRICS = {
 }
 BEYOND_ACCURACY_KEYS = (
     "rare_item_share",
+    "heldout_rare_item_share",
     "log_popularity",
     "heldout_log_popularity",
     "popularity_bias",
@@ -294,6 +295,11 @@ def beyond_accuracy(
     return {
         "rare_item_share": rare_item_share(
             recommendations, popularity, rare_item_ratings, item_col
+        ),
+        # The same share over the items the ranked users went on to rate: how far into the tail
+        # their own choices reach.
+        "heldout_rare_item_share": rare_item_share(
+            heldout, popularity, rare_item_ratings, item_col
         ),
         "log_popularity": listed,
         "heldout_log_popularity": truth,

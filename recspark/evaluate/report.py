@@ -51,7 +51,8 @@ BEST_DIRECTION = {
 #: Rows of the printed table, in order.
 TABLE_ROWS = (
     *RATING_PANEL, "cold_start_mae", *RANKING_PANEL, "coverage", "novelty", "rare_item_share",
-    "log_popularity", "heldout_log_popularity", "popularity_bias", "intra_list_diversity",
+    "heldout_rare_item_share", "log_popularity", "heldout_log_popularity", "popularity_bias",
+    "intra_list_diversity",
 )
 
 

@@ -19,6 +19,15 @@ trained side by side from different initialisations.
 
 Each model also answers :meth:`EmbeddingModel.score_items`, the full ``users x items`` score block
 that scoring and ranking evaluation need; dot models compute it as one matrix product.
+
+A rating model may carry a :class:`ListHead` (``lists_head=True``, ``lists.source: head``): a
+ranking head beside the rating head that shares the item rows. It adds its own user rows ``r_u``
+and a per-item bias ``c_i`` and scores ``r_u . q_i + c_i``, trained with a softmax over the
+catalogue on the same batches (:mod:`recspark.train.objectives.joint`): it learns which items a
+user picks, which a rating model never sees, and the shared item rows learn from it too.
+:func:`lists_model` turns such a model into the plain ``dot_bias`` model (raw scores) whose top-N
+are the published lists: the head's score plus ``rating_weight`` times the rating head's logit
+``p_u . q_i + b_i``, still one dot product per pair.
 """
 
 from __future__ import annotations
@@ -167,6 +176,48 @@ def _row_penalty(table: nn.Module, index: torch.Tensor) -> torch.Tensor:
     return table(index).pow(2).sum(1)
 
 
+class ListHead(nn.Module):
+    """The ranking head of a rating model: user rows of the item rows' width and an item bias.
+
+    It scores ``r_u . q_i + c_i`` with the model's own item rows ``q_i``; the rows are penalised
+    like the model's (:meth:`EmbeddingModel.penalty`) and take side features like them.
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        width: int,
+        user_features: int = 0,
+        item_features: int = 0,
+        sparse: bool = False,
+    ):
+        super().__init__()
+        self.user_factors = _table(n_users, width, user_features, sparse)
+        self.item_bias = _table(n_items, 1, item_features, sparse, zero=True)
+
+
+class HeadView(nn.Module):
+    """A model's :class:`ListHead` seen as a ranking model: ``forward`` and ``score_items`` give
+    the head's scores. It owns no weights (they stay the model's), so a loss on it trains them;
+    the ranking objective takes it like any model (:mod:`recspark.train.objectives.joint`)."""
+
+    def __init__(self, model: EmbeddingModel):
+        super().__init__()
+        self.model = model
+        self.n_users, self.n_items = model.n_users, model.n_items
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        head = self.model.lists_head
+        users, items = head.user_factors(user_idx), self.model.item_factors(item_idx)
+        return (users * items).sum(dim=1) + head.item_bias(item_idx).squeeze(1)
+
+    def score_items(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        head = self.model.lists_head
+        scores = head.user_factors(user_idx) @ self.model.item_factors(item_idx).T
+        return scores + head.item_bias(item_idx).T
+
+
 class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
     """Base class: table sizes, the index check, the L2 penalty and the side-feature hook.
 
@@ -182,6 +233,24 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
         self.bias_penalty = float(bias_penalty)
+        self.lists_head: ListHead | None = None
+
+    def add_lists_head(self, user_features: int = 0, item_features: int = 0) -> None:
+        """Give the model a :class:`ListHead` over its item rows (built like its own tables)."""
+        sparse = bool(getattr(self.item_factors, "sparse", False))
+        self.lists_head = ListHead(
+            self.n_users,
+            self.n_items,
+            self.item_factors.embedding_dim,
+            user_features,
+            item_features,
+            sparse,
+        )
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The :class:`ListHead`'s weights (none without one): the optimizer may step them at
+        another learning rate (``lists.head_lr_scale``)."""
+        return list(self.lists_head.parameters()) if self.lists_head is not None else []
 
     def check_indices(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> None:
         """Fail loudly on an index outside the tables instead of reading random memory."""
@@ -211,10 +280,14 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
     def _penalised_tables(self) -> list[tuple[nn.Module, str, float]]:
         """``(table, "user" | "item", weight)`` for every table :meth:`penalty` counts."""
         tables = [(self.user_factors, "user", 1.0), (self.item_factors, "item", 1.0)]
+        if self.lists_head is not None:
+            tables.append((self.lists_head.user_factors, "user", 1.0))
         if self.bias_penalty:
             for side in ("user", "item"):
                 if hasattr(self, f"{side}_bias"):
                     tables.append((getattr(self, f"{side}_bias"), side, self.bias_penalty))
+            if self.lists_head is not None:
+                tables.append((self.lists_head.item_bias, "item", self.bias_penalty))
         return tables
 
     def penalty_by_rows(self) -> bool:
@@ -272,6 +345,9 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
             if weights is None:
                 continue
             tables = [getattr(self, f"{side}_factors"), getattr(self, f"{side}_bias", None)]
+            if self.lists_head is not None:
+                tables.append(getattr(self.lists_head, f"{side}_factors", None))
+                tables.append(getattr(self.lists_head, f"{side}_bias", None))
             featured = [t for t in tables if isinstance(t, FeaturedTable)]
             if not featured:
                 raise ValueError(
@@ -286,6 +362,8 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
         self.user_factors = nn.Embedding(1, self.user_factors.embedding_dim)
         if hasattr(self, "user_bias"):
             self.user_bias = nn.Embedding(1, 1)
+        if self.lists_head is not None:
+            self.lists_head.user_factors = nn.Embedding(1, self.lists_head.user_factors.embedding_dim)
         self.n_users = 1
 
     def score_items(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
@@ -520,8 +598,66 @@ class Ensemble(EmbeddingModel):
         return torch.stack(scores).mean(dim=0)
 
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for member in self.members for p in member.head_parameters()]
+
+
 #: Kinds an ensemble may average: their scores are one matrix product per member.
 ENSEMBLE_KINDS = ("dot", "dot_bias")
+
+
+def has_lists_head(model: nn.Module) -> bool:
+    """Whether ``model`` (or every member of an ensemble) carries a :class:`ListHead`."""
+    if isinstance(model, Ensemble):
+        return all(has_lists_head(member) for member in model.members)
+    return getattr(model, "lists_head", None) is not None
+
+
+@torch.no_grad()
+def _member_lists_model(model: EmbeddingModel, rating_weight: float) -> DotBias:
+    head = model.lists_head
+    users = head.user_factors.weight.detach().clone()
+    items = model.item_factors.weight.detach().clone()
+    bias = head.item_bias.weight.detach().clone()
+    if rating_weight and isinstance(model, DotProduct):
+        # The rating head's logit p_u . q_i + b_i (+ b_u, the same for every item of a user).
+        users += rating_weight * model.user_factors.weight
+        if hasattr(model, "item_bias"):
+            bias += rating_weight * model.item_bias.weight
+    lists = DotBias(model.n_users, model.n_items, items.shape[1], y_range=None)
+    lists.user_factors.weight.copy_(users)
+    lists.item_factors.weight.copy_(items)
+    lists.item_bias.weight.copy_(bias)
+    return lists.eval()
+
+
+def lists_model(model: EmbeddingModel, rating_weight: float = 0.0) -> tuple[EmbeddingModel, dict]:
+    """The model whose top-N are the published lists of ``model``, and its spec.
+
+    A model with a :class:`ListHead` gives a plain ``dot_bias`` model on raw scores (an ensemble:
+    one per member, averaged): ``(r_u + w p_u) . q_i + (c_i + w b_i)`` with ``w`` =
+    ``rating_weight`` for the dot kinds, ``r_u . q_i + c_i`` for ``mlp`` (its rating head is not
+    a dot product). The tables hold the effective rows, side features included, so scoring,
+    fold-in and the similar-items table need nothing else. Any other model is its own lists model
+    (its spec is then None: keep the published one).
+    """
+    if not has_lists_head(model):
+        return model, None
+    if isinstance(model, Ensemble):
+        members = [_member_lists_model(member, rating_weight) for member in model.members]
+        lists: EmbeddingModel = Ensemble(members).eval()
+    else:
+        lists = _member_lists_model(model, rating_weight)
+    first = lists.members[0] if isinstance(lists, Ensemble) else lists
+    spec = {
+        "kind": "dot_bias",
+        "n_users": model.n_users,
+        "n_items": model.n_items,
+        "factors": first.item_factors.embedding_dim,
+        "y_range": None,
+        "members": len(lists.members) if isinstance(lists, Ensemble) else 1,
+    }
+    return lists, spec
 
 
 def build_model(
@@ -540,6 +676,7 @@ def build_model(
     item_features: int = 0,
     bias_penalty: float = 1.0,
     members: int = 1,
+    lists_head: bool = False,
 ) -> EmbeddingModel:
     """Build a model by name; table sizes come from the id maps, never from the batches.
 
@@ -566,6 +703,8 @@ def build_model(
         Multiplier of ``train.weight_decay`` for bias rows.
     members
         Above 1: an :class:`Ensemble` of that many models of ``kind`` (``dot`` or ``dot_bias``).
+    lists_head
+        Give the model (every member) a :class:`ListHead`, the ranking head its lists come from.
     """
     if n_users <= 0 or n_items <= 0:
         raise BadInputError(f"empty tables ({n_users} users, {n_items} items): prepare found no data")
@@ -580,9 +719,23 @@ def build_model(
         if kind not in ENSEMBLE_KINDS:
             raise ValueError(f"an ensemble averages {ENSEMBLE_KINDS} models, not {kind!r}")
         return Ensemble(
-            [build_model(kind, n_users, n_items, factors, y_range, sparse=sparse, **extra)
+            [build_model(kind, n_users, n_items, factors, y_range, sparse=sparse,
+                         lists_head=lists_head, **extra)
              for _ in range(members)]
         )
+    model = _build_one(
+        kind, n_users, n_items, factors, y_range, hidden, dropouts, embedding_dropout,
+        user_factors, item_factors, sparse, extra,
+    )
+    if lists_head:
+        model.add_lists_head(user_features, item_features)
+    return model
+
+
+def _build_one(
+    kind, n_users, n_items, factors, y_range, hidden, dropouts, embedding_dropout,
+    user_factors, item_factors, sparse, extra,
+) -> EmbeddingModel:
     if kind == "dot":
         return DotProduct(n_users, n_items, factors, sparse, **extra)
     if kind == "dot_bias":

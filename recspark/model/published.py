@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,10 +27,12 @@ from recspark.core.errors import BadInputError, MissingInputError
 from recspark.core.location import Location
 from recspark.core.storage import Layout, parquet_rows, read_json
 from recspark.data.prepared import MANIFEST, PreparedRun, read_manifest
-from recspark.model.embedding import EmbeddingModel
+from recspark.model.embedding import EmbeddingModel, lists_model
 from recspark.model.saving import MODEL_FILE, load_model, model_bytes
 
 METRICS_FILE = "metrics.json"
+# Beside a ranking head's model: the factor tables of the model its lists rank by.
+LISTS_FOLDER = "lists"
 
 
 class ModelSpec(BaseModel):
@@ -57,6 +59,7 @@ class ModelSpec(BaseModel):
     members: int = 1
     user_features: int = 0
     item_features: int = 0
+    lists_head: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The plain dict ``model.pt`` holds: ``build_model(**spec.as_dict())`` rebuilds the model."""
@@ -75,6 +78,8 @@ class ModelMeta(BaseModel):
     warm_start_from: str | None = None  # the run date whose model it started from
     # index_fingerprint() of the prepared run it was trained on; None in models saved before it.
     index_fingerprint: str | None = None
+    # lists.rating_weight the lists of a model with a ranking head were published with.
+    lists_rating_weight: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The plain dict ``model.pt`` holds."""
@@ -101,6 +106,49 @@ class PublishedModel(BaseModel):
         A ranking model's scores are unbounded preferences: only its lists are measured.
         """
         return self.meta.objective == "rating"
+
+    @property
+    def lists_from_head(self) -> bool:
+        """Whether its lists come from a ranking head beside the rating head (``lists.source:
+        head``) rather than from the model's own scores."""
+        return self.spec.lists_head
+
+    @property
+    def lists_objective(self) -> str:
+        """What its list scores are: ``ranking`` (a ranking model, or a rating model's ranking
+        head) or ``rating`` (predicted ratings)."""
+        return "ranking" if self.lists_from_head else self.meta.objective
+
+    @property
+    def lists_folder(self) -> Location:
+        """Where the lists model's factor tables are: ``lists/`` beside a ranking head's
+        rating tables, else the model's own folder."""
+        return self.folder / LISTS_FOLDER if self.lists_from_head else self.folder
+
+    def lists(self, model: EmbeddingModel) -> Lists:
+        """The model whose top-N are this model's published lists, with its spec, meta and
+        factor tables.
+
+        The one definition of "the list" that ``score``, ``evaluate``, ``recommend`` and
+        ``nightly`` share: a model with a ranking head gives :func:`lists_model` at the
+        ``lists.rating_weight`` it was published with, a plain ranking model on raw scores whose
+        meta says ``objective: ranking``; any other model is its own.
+        """
+        if not self.lists_from_head:
+            return Lists(model, self.spec.as_dict(), self.meta.as_dict(), self.folder)
+        weight = self.meta.lists_rating_weight or 0.0
+        lists, spec = lists_model(model, weight)
+        meta = {**self.meta.as_dict(), "objective": "ranking"}
+        return Lists(lists, spec, meta, self.lists_folder)
+
+
+class Lists(NamedTuple):
+    """What scores a published model's lists (:meth:`PublishedModel.lists`)."""
+
+    model: EmbeddingModel
+    spec: dict[str, Any]
+    meta: dict[str, Any]
+    factors: Location  # the folder holding its user_factors/ and item_factors/
 
 
 def load_published_model(

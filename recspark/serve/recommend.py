@@ -96,16 +96,24 @@ def fold_in_regularization(setting: float | None, model_metrics: dict) -> float:
 
 
 def ranking_settings(
-    config: Config, model_metrics: dict, objective: str, train: DataFrame, n_items: int
+    config: Config,
+    model_metrics: dict,
+    objective: str,
+    train: DataFrame,
+    n_items: int,
+    every_row_positive: bool = False,
 ) -> RankingFoldIn | None:
     """How the model was ranked in training (None for a rating model).
 
     The settings recorded with the model win; a model that did not record them is assumed to
-    have been trained with this config's ``ranking.*``.
+    have been trained with this config's ``ranking.*``. ``every_row_positive``: a rating model's
+    ranking head, which took every train row as a positive, unweighted.
     """
     if objective != "ranking":
         return None
     recorded = model_metrics.get("ranking") or config.ranking.model_dump()
+    if every_row_positive:
+        recorded = {**recorded, "positive_threshold": 0.0, "confidence": "none"}
     settings = RankingFoldIn(
         loss=recorded.get("loss", "softmax"),
         positive_threshold=float(recorded.get("positive_threshold", 0.0)),

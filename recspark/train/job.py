@@ -36,8 +36,9 @@ from recspark.core.storage import Layout, file_digest, latest_date, staged, writ
 from recspark.core.torch_utils import resolve_device
 from recspark.data.prepared import PreparedRun
 from recspark.data.side_info import SideFeatures, load_side_features
-from recspark.model.embedding import EmbeddingModel
+from recspark.model.embedding import EmbeddingModel, lists_model
 from recspark.model.published import (
+    LISTS_FOLDER,
     check_id_maps,
     index_fingerprint,
     load_published_model,
@@ -61,6 +62,7 @@ from recspark.train.loop import (
 )
 from recspark.train.objectives import for_name
 from recspark.train.objectives.base import Objective, RunContext
+from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingSettings, item_popularity
 from recspark.train.optim import is_sparse_optimizer
 from recspark.train.precision import resolve_precision
@@ -120,6 +122,7 @@ def model_spec(
         "bias_penalty": config.model.bias_penalty,
         "members": config.model.ensemble,
         **side_features(config, manifest, prepared).spec(),
+        **({"lists_head": True} if config.lists_head else {}),
     }
 
 
@@ -144,7 +147,10 @@ def side_features(config: Config, manifest: PreparedRun, prepared: Path | None) 
 def train_settings(config: Config) -> TrainSettings:
     """The loop's settings picked out of ``train.*``."""
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
-    return TrainSettings(**{k: v for k, v in config.train.model_dump().items() if k in fields})
+    settings = {k: v for k, v in config.train.model_dump().items() if k in fields}
+    if config.lists_head:
+        settings["head_lr_scale"] = config.lists.head_lr_scale
+    return TrainSettings(**settings)
 
 
 def build_objective(
@@ -153,17 +159,24 @@ def build_objective(
     """The objective ``model.objective`` names, with its settings.
 
     For ``ranking``: ``ranking.*`` and, when negatives follow popularity, the positives per item
-    of the train split (one Spark aggregate; needs ``spark``).
+    of the train split (one Spark aggregate; needs ``spark``). A rating model with a ranking head
+    (``lists.source: head``) gets the :class:`JointObjective`, whose head takes every train row
+    as a positive.
     """
-    if config.model.objective != "ranking":
+    if config.model.objective != "ranking" and not config.lists_head:
         return for_name(config.model.objective)
     settings = RankingSettings(**config.ranking.model_dump())
+    if config.lists_head:
+        settings = dataclasses.replace(settings, positive_threshold=0.0, confidence="none")
     counts = None
     if spark is not None and settings.sampling_alpha > 0:
         prepared = Layout(config.paths.root).prepared(config.run_date)
         train = spark.read.parquet(str(prepared / "train"))
         counts = item_popularity(train, manifest.items, settings.positive_threshold)
-    return for_name("ranking", ranking=settings, item_counts=counts)
+    ranking = for_name("ranking", ranking=settings, item_counts=counts)
+    if config.lists_head:
+        return JointObjective(ranking, config.lists.head_weight)
+    return ranking
 
 
 def train_rows(prepared: Path) -> int:
@@ -234,7 +247,7 @@ def run_fingerprint(
     warm_start_from: Any,
 ) -> str:
     """What a checkpoint must agree with for ``train.resume`` to continue from it."""
-    ranking = config.model.objective == "ranking"
+    ranking = config.model.objective == "ranking" or config.lists_head
     return settings_fingerprint(
         {
             "spec": spec,
@@ -243,6 +256,7 @@ def run_fingerprint(
             },
             "objective": config.model.objective,
             "ranking": config.ranking.model_dump() if ranking else None,
+            **({"lists": config.lists.model_dump()} if config.lists_head else {}),
             "train_rows": rows,
             "manifest": manifest.input.fingerprint,
             "warm_start_from": warm_start_from,
@@ -408,6 +422,7 @@ def model_meta(
         "objective": config.model.objective,
         "best_epoch": result.best_epoch,
         "warm_start_from": carried["from"],
+        **({"lists_rating_weight": config.lists.rating_weight} if config.lists_head else {}),
     }
 
 
@@ -488,12 +503,14 @@ def publish_model(
     with staged(layout, final, f"model-{config.run_date}") as folder:
         save_model(folder / MODEL_FILE, model, spec, meta)
         model_version = f"{config.run_date}-{spec['kind']}-{file_digest(folder / MODEL_FILE, 10)}"
-        names = write_factor_tables(
-            model,
-            folder,
-            raw_ids(prepared / "user_index", USER_ID, USER_IDX, spec["n_users"]),
-            raw_ids(prepared / "item_index", ITEM_ID, ITEM_IDX, spec["n_items"]),
-        )
+        user_ids = raw_ids(prepared / "user_index", USER_ID, USER_IDX, spec["n_users"])
+        item_ids = raw_ids(prepared / "item_index", ITEM_ID, ITEM_IDX, spec["n_items"])
+        names = {name: name for name in write_factor_tables(model, folder, user_ids, item_ids)}
+        if spec.get("lists_head"):
+            # What score, evaluate and recommend rank by (PublishedModel.lists).
+            lists, _ = lists_model(model, config.lists.rating_weight)
+            for name in write_factor_tables(lists, folder / LISTS_FOLDER, user_ids, item_ids):
+                names[f"lists_{name}"] = f"{LISTS_FOLDER}/{name}"
         metrics = training_metrics(
             config, result, best, spec, carried, device, seconds, model_version
         )
@@ -506,7 +523,7 @@ def publish_model(
                 folder / "loss.png",
                 objective.loss_name,
             )
-    outputs = {name: str(final / name) for name in names}
+    outputs = {name: str(final / relative) for name, relative in names.items()}
     outputs.update(model=str(final / MODEL_FILE), metrics=str(final / "metrics.json"))
     if result.history:
         outputs["loss_curve"] = str(final / "loss.png")

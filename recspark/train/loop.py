@@ -84,6 +84,7 @@ class TrainSettings:
     reader_workers: int = 1
     shuffle_buffer: int = 100_000
     precision: str = "auto"
+    head_lr_scale: float = 1.0  # lists.head_lr_scale: the ranking head's rows learn at lr x this
 
 
 @dataclass
@@ -450,7 +451,12 @@ def fit(
     )
     model.to(device)
     optimizer = make_optimizer(
-        model, settings.optimizer, settings.lr, settings.optimizer_weight_decay, settings.momentum
+        model,
+        settings.optimizer,
+        settings.lr,
+        settings.optimizer_weight_decay,
+        settings.momentum,
+        head_lr_scale=settings.head_lr_scale,
     )
     schedule = Schedule(
         optimizer,

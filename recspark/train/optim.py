@@ -61,25 +61,49 @@ class Optimizers:
             optimizer.load_state_dict(state)
 
 
+def _groups(params: list[nn.Parameter], head: set[int], lr: float, head_lr_scale: float) -> list:
+    """``params`` as optimizer groups: the ranking head's (ids in ``head``) at ``lr x
+    head_lr_scale``, the rest at ``lr``; each group records its ``lr_scale`` for the schedule."""
+    rest = [p for p in params if id(p) not in head]
+    heads = [p for p in params if id(p) in head]
+    groups = [{"params": rest, "lr": lr, "lr_scale": 1.0}] if rest else []
+    if heads:
+        groups.append({"params": heads, "lr": lr * head_lr_scale, "lr_scale": head_lr_scale})
+    return groups
+
+
 def make_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    head_lr_scale: float = 1.0,
 ) -> Optimizers:
     """SGD with momentum, Adam, AdamW, or a sparse path for large tables.
 
     ``sparse_adam`` runs SparseAdam over the embedding tables and Adam over dense layers;
     ``sparse_sgd`` runs SGD with momentum over all of them (SGD accepts sparse gradients). Both
     need a model built with ``sparse=True``, and touch only the rows a batch uses, so a step costs
-    the batch, not the table. ``weight_decay`` here is the optimizer's decay of every weight.
+    the batch, not the table. ``weight_decay`` here is the optimizer's decay of every weight. The
+    weights of a ranking head (:meth:`~recspark.model.embedding.EmbeddingModel.head_parameters`)
+    learn at ``lr x head_lr_scale`` (``lists.head_lr_scale``).
     """
-    params = [p for p in unwrap(model).parameters() if p.requires_grad]
+    core = unwrap(model)
+    params = [p for p in core.parameters() if p.requires_grad]
+    head = {id(p) for p in getattr(core, "head_parameters", list)()}
+
+    def groups(subset: list[nn.Parameter]) -> list[dict]:
+        return _groups(subset, head, lr, head_lr_scale)
+
     if name == "sgd":
         return Optimizers(
-            [torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)]
+            [torch.optim.SGD(groups(params), lr=lr, momentum=momentum, weight_decay=weight_decay)]
         )
     if name == "adam":
-        return Optimizers([torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)])
+        return Optimizers([torch.optim.Adam(groups(params), lr=lr, weight_decay=weight_decay)])
     if name == "adamw":
-        return Optimizers([torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)])
+        return Optimizers([torch.optim.AdamW(groups(params), lr=lr, weight_decay=weight_decay)])
     if name in SPARSE_OPTIMIZERS:
         if weight_decay:
             raise ValueError(
@@ -95,12 +119,12 @@ def make_optimizer(
         if not sparse:
             raise ValueError(f"{name} needs a model built with sparse=True embeddings")
         if name == "sparse_sgd":
-            return Optimizers([torch.optim.SGD(params, lr=lr, momentum=momentum)])
+            return Optimizers([torch.optim.SGD(groups(params), lr=lr, momentum=momentum)])
         sparse_ids = {id(p) for p in sparse}
         dense = [p for p in params if id(p) not in sparse_ids]
-        optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
+        optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(groups(sparse), lr=lr)]
         if dense:
-            optimizers.append(torch.optim.Adam(dense, lr=lr))
+            optimizers.append(torch.optim.Adam(groups(dense), lr=lr))
         return Optimizers(optimizers)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
@@ -139,7 +163,7 @@ class Schedule:
                 self.schedulers.append(
                     torch.optim.lr_scheduler.OneCycleLR(
                         optimizer,
-                        max_lr=lr,
+                        max_lr=[lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups],
                         total_steps=int(self.total_steps),
                         cycle_momentum=cycle,
                     )
