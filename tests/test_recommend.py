@@ -142,7 +142,6 @@ def test_new_user_through_the_command(trained, capsys):
     scores[rated] = -np.inf
     assert [row["item_id"] for row in listed] == item_ids[np.argsort(-scores, kind="stable")[:TOP_N]].tolist()
     assert summary["metrics"]["mode"] == "new_user" and summary["metrics"]["objective"] == "ranking"
-    assert summary["metrics"]["fold_in_rank_share"] < 0.2  # its rated items rank near the top
     err = capsys.readouterr().err
     assert "new user folded in from 20 ratings" in err and str(listed[0]["item_id"]) in err
 
