@@ -132,7 +132,7 @@ def _overrides(root: Path, ml100k: Path) -> list[str]:
 @pytest.mark.slow
 def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, ml100k_u1, tmp_path):
     """The shipped model (three side-information dot_bias models averaged, each with a ranking
-    head) <= 0.901, ahead of what the same models reached without the head (0.904), and published
+    head) <= 0.897, ahead of what such models reached without the head (0.904), and published
     as one user table.
 
     It trains as shipped but for the paths, on a copy of the session's prepared u1.
@@ -147,8 +147,8 @@ def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, ml100k_u1, tmp
     assert prepared["counts"]["validation"] + prepared["counts"]["cold_start"] == 20000
 
     best = train.run(load_config(shipped, [*_overrides(root, ml100k), *side]), spark)
-    # Without the ranking head the same three models reached 0.904; one plain dot_bias 0.913.
-    assert best["metrics"]["validation_rmse"] <= 0.901
+    # 0.8931 +- 0.0002 over seeds 42-44; without the ranking head (32 factors) 0.904.
+    assert best["metrics"]["validation_rmse"] <= 0.897
     assert best["metrics"]["validation_auc"] > 0.8  # the head learnt which films users pick
     factors = pd.read_parquet(best["outputs"]["user_factors"])
     assert len(factors) == 943  # the published user table holds every user's effective row
