@@ -26,7 +26,7 @@ from recspark.model.embedding import (
 )
 from recspark.model.saving import model_from_bytes
 from recspark.serve.scoring import item_side_payload
-from recspark.train.objectives.joint import JointObjective
+from recspark.train.objectives.joint import JointObjective, head_views
 from recspark.train.objectives.ranking import RankingObjective, RankingSettings
 from recspark.train.optim import Schedule, make_optimizer
 
@@ -145,6 +145,96 @@ def test_the_joint_loss_is_the_rating_mse_plus_the_weighted_head_softmax():
     scores = HeadView(model).score_items(users, torch.arange(N_ITEMS))
     softmax = nn.functional.cross_entropy(scores, items)
     assert math.isclose(loss.item(), (mse + 0.4 * softmax).item(), rel_tol=1e-5)
+
+
+def _two_pass_loss(objective: JointObjective, model: nn.Module, batch: dict) -> torch.Tensor:
+    """The joint loss as the rating and ranking objectives compute it, each on its own pass."""
+    cpu = torch.device("cpu")
+    rating = objective.rating.batch_loss(model, batch, cpu)
+    views = head_views(model)
+    head = sum(objective.ranking.batch_loss(view, batch, cpu).loss for view in views)
+    return rating.loss + objective.head_weight * head
+
+
+@pytest.mark.parametrize(
+    ("members", "featured", "sparse", "negatives"),
+    [(1, False, True, 4), (3, False, True, 4), (2, True, False, 4), (2, False, False, N_ITEMS)],
+)
+def test_the_one_pass_joint_loss_equals_the_two_passes_and_their_gradients(
+    members, featured, sparse, negatives
+):
+    from recspark.train.objectives.base import RunContext
+
+    torch.manual_seed(0)
+    model = build_model(
+        "dot_bias", N_USERS, N_ITEMS, 4, sparse=sparse, members=members, lists_head=True,
+        user_features=2 if featured else 0, item_features=3 if featured else 0,
+    )
+    if featured:
+        rng = np.random.default_rng(1)
+        model.set_side_features(
+            rng.integers(0, 2, (N_USERS, 2)).astype(np.float32),
+            rng.random((N_ITEMS, 3)).astype(np.float32),
+        )
+    batch = {
+        "user_idx": torch.tensor([0, 1, 2, 2, 8, 4]),
+        "item_idx": torch.tensor([3, 0, 5, 1, 3, 2]),
+        "rating": torch.tensor([4.0, 2.0, 5.0, 1.0, 3.0, 5.0]),
+    }
+    counts = np.array([5.0, 1.0, 0.0, 9.0, 2.0, 3.0])
+    settings = RankingSettings(loss="softmax", negatives=negatives, sampling_alpha=0.75)
+    objective = JointObjective(RankingObjective(settings, counts), head_weight=0.7)
+    context = RunContext(N_USERS, N_ITEMS, seed=3, epoch=2)
+    objective.start_epoch(model, torch.device("cpu"), context)
+    assert objective._fused_loss(model, batch, torch.device("cpu")) is not None  # one pass ran
+    results = []
+    for one_pass in (True, False):
+        model.zero_grad(set_to_none=True)
+        objective.start_epoch(model, torch.device("cpu"), context)
+        if one_pass:
+            step = objective.batch_loss(model, batch, torch.device("cpu"))
+            loss, reported = step.loss, step.reported_sum / step.counted
+        else:
+            loss = _two_pass_loss(objective, model, batch)
+            reported = objective.rating.batch_loss(model, batch, torch.device("cpu"))
+            reported = reported.reported_sum / reported.counted
+        loss.backward()
+        grads = {
+            name: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
+            for name, p in model.named_parameters()
+            if p.grad is not None
+        }
+        results.append((loss.item(), float(reported), grads))
+    (fused, fused_mse, fused_grads), (plain, plain_mse, plain_grads) = results
+    assert math.isclose(fused, plain, rel_tol=1e-6)
+    assert math.isclose(fused_mse, plain_mse, rel_tol=1e-6)
+    assert fused_grads.keys() == plain_grads.keys() and len(fused_grads) > 4
+    for name, grad in fused_grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_penalty_by_rows_adds_into_the_one_pass_lookups_of_the_item_rows():
+    """After the one-pass loss, the item rows' sparse gradient holds the pairs' rows, then the
+    negatives'; the penalty's gradient goes into the pairs' rows instead of appending more."""
+    from recspark.train.objectives.base import RunContext
+
+    torch.manual_seed(0)
+    model = build_model("dot_bias", N_USERS, N_ITEMS, 4, sparse=True, lists_head=True)
+    users, items = torch.tensor([0, 1, 2, 2]), torch.tensor([3, 0, 5, 3])
+    batch = {"user_idx": users, "item_idx": items, "rating": torch.tensor([4.0, 2.0, 5.0, 1.0])}
+    objective = JointObjective(RankingObjective(RankingSettings(negatives=3)), head_weight=0.5)
+    objective.start_epoch(model, torch.device("cpu"), RunContext(N_USERS, N_ITEMS, seed=1))
+    objective.batch_loss(model, batch, torch.device("cpu")).loss.backward()
+    model.add_penalty_gradient(users, items, 0.1)
+    by_rows = {name: p.grad.to_dense().clone() for name, p in model.named_parameters()}
+    assert model.item_factors.weight.grad._indices().shape[1] == len(items) + 3
+    assert model.lists_head.item_bias.weight.grad._indices().shape[1] == len(items) + 3
+    model.zero_grad(set_to_none=True)
+    objective.start_epoch(model, torch.device("cpu"), RunContext(N_USERS, N_ITEMS, seed=1))
+    loss = objective.batch_loss(model, batch, torch.device("cpu")).loss
+    (loss + 0.1 * model.penalty(users, items)).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(by_rows[name], p.grad.to_dense(), msg=name)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sparse_adam"])

@@ -37,6 +37,7 @@ from recspark.train.objectives.ranking import (
     bpr_loss,
     comparison_items,
     item_popularity,
+    shared_negative_hits,
     softmax_loss,
 )
 from recspark.train.optim import make_optimizer
@@ -64,6 +65,18 @@ def test_bpr_loss_matches_hand_computed_values():
     assert bpr_loss(positive, negative, valid=valid).item() == pytest.approx(
         (-math.log(_sigmoid(1.0)) + row1) / 2, rel=1e-6
     )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shared_negative_hits_are_the_entries_equal_to_the_rows_positive(seed):
+    generator = torch.Generator().manual_seed(seed)
+    items = torch.randint(0, 7, (40,), generator=generator)
+    negatives = torch.randint(0, 7, (9,), generator=generator)  # duplicates on purpose
+    rows, columns = shared_negative_hits(items, negatives)
+    found = torch.zeros(40, 9, dtype=torch.bool)
+    found[rows, columns] = True
+    assert len(rows) == int(found.sum())  # each entry found once
+    assert torch.equal(found, negatives[None, :] == items[:, None])
 
 
 def test_softmax_loss_matches_hand_computed_values():

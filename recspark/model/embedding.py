@@ -316,10 +316,11 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
                 )
             elif grad is None:
                 grad = torch.zeros_like(table.weight).index_add_(0, index, rows)
-            elif grad.is_sparse and torch.equal(grad._indices()[0], index):
-                # The forward looked these very rows up in this order (one lookup per pair):
-                # add to their gradient rows, so the optimizer sums B rows, not 2B.
-                grad._values().add_(rows)
+            elif grad.is_sparse and torch.equal(grad._indices()[0, : len(index)], index):
+                # The forward looked these very rows up first, in this order (one lookup per
+                # pair, maybe followed by negatives): add to their gradient rows, so the
+                # optimizer sums B rows, not 2B.
+                grad._values()[: len(index)].add_(rows)
             elif grad.is_sparse:
                 grad = torch.sparse_coo_tensor(
                     torch.cat([grad._indices(), index[None]], dim=1),
@@ -400,7 +401,46 @@ class DotProduct(EmbeddingModel):
         self.item_factors = _table(n_items, factors, item_features, sparse)
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
-        return (self.user_factors(user_idx) * self.item_factors(item_idx)).sum(dim=1)
+        return self._predict(user_idx, item_idx, self.item_factors(item_idx))
+
+    def _predict(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, item_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """The prediction of each pair given its item rows, already looked up."""
+        return (self.user_factors(user_idx) * item_rows).sum(dim=1)
+
+    def joint_scores(
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        negatives: torch.Tensor,
+        negative_bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :class:`~recspark.train.objectives.joint.JointObjective` trains on, in one pass:
+        the prediction of each pair, and the :class:`ListHead`'s scores of its item ``(rows,)``
+        and of ``negatives`` shared by the batch ``(rows, len(negatives))``, plus
+        ``negative_bias`` per negative when given (a sampled softmax's log-Q correction, added
+        inside the matrix product rather than over its result).
+
+        The same numbers as ``forward`` and :class:`HeadView`, but the item rows and head biases
+        of the pairs and the negatives are each looked up once, so their sparse gradients hold
+        ``rows + negatives`` rows in that order, not three lookups' worth: the optimizer's step,
+        the largest part of a CPU step, grows by the head's own user rows only.
+        """
+        rows = len(item_idx)
+        looked_up = torch.cat([item_idx, negatives])
+        item_rows = self.item_factors(looked_up)
+        head = self.lists_head
+        head_users = head.user_factors(user_idx)
+        head_bias = head.item_bias(looked_up).squeeze(1)
+        positive_rows, negative_bias_all = item_rows[:rows], head_bias[rows:]
+        if negative_bias is not None:
+            negative_bias_all = negative_bias_all + negative_bias
+        return (
+            self._predict(user_idx, item_idx, positive_rows),
+            (head_users * positive_rows).sum(dim=1) + head_bias[:rows],
+            torch.addmm(negative_bias_all[None, :], head_users, item_rows[rows:].T),
+        )
 
     def score_vectors(self, user_vectors, user_bias, item_idx):
         return user_vectors @ self.item_factors(item_idx).T
@@ -427,8 +467,10 @@ class DotBias(DotProduct):
         self.item_bias = _table(n_items, 1, item_features, sparse, zero=True)
         self.y_range = tuple(y_range) if y_range is not None else None
 
-    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
-        raw = (self.user_factors(user_idx) * self.item_factors(item_idx)).sum(dim=1)
+    def _predict(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, item_rows: torch.Tensor
+    ) -> torch.Tensor:
+        raw = (self.user_factors(user_idx) * item_rows).sum(dim=1)
         raw = raw + self.user_bias(user_idx).squeeze(1) + self.item_bias(item_idx).squeeze(1)
         return scale_to_range(raw, self.y_range)
 

@@ -15,23 +15,55 @@ lowered the rating head's RMSE as well as giving lists far above the rating head
 
 The validation pass reports the rating figures (MSE, MAE) and the heads' mean sampled AUC; its
 loss, which early stopping minimises, is the rating MSE plus ``head_weight`` times the heads' mean
-validation loss. It reads the validation batches once and keeps them for both passes.
+validation loss, the heads' part on at most :data:`HEAD_VALIDATION_ROWS` rows (every n-th row). It
+reads the validation batches once and keeps them for both passes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from recspark.core.constants import USER_IDX
 from recspark.core.torch_utils import unwrap
 from recspark.model.embedding import Ensemble, HeadView
-from recspark.train.objectives.base import BatchLoss, Objective, RunContext, ValidationFigures
-from recspark.train.objectives.ranking import RankingObjective
+from recspark.train.objectives.base import (
+    BatchLoss,
+    Objective,
+    RunContext,
+    ValidationFigures,
+    batch_tensors,
+)
+from recspark.train.objectives.ranking import (
+    SOFTMAX_BLOCK,
+    RankingObjective,
+    shared_negative_hits,
+    softmax_loss,
+)
 from recspark.train.objectives.rating import RatingObjective
+
+# Rows the heads' validation ranks at most (evenly strided): the rating figures use every row.
+HEAD_VALIDATION_ROWS = 1 << 16
+
+
+def head_validation_sample(batches: list[dict], cap: int = HEAD_VALIDATION_ROWS) -> list[dict]:
+    """At most about ``cap`` of the batches' rows, every n-th row of each batch.
+
+    Ranking a row against ``ranking.validation_items`` items costs that many scores, and the
+    rating figures need every row: at 2M validation rows the heads' pass would cost more than
+    the epoch's training. A strided sample keeps the order of the feed, so it is as
+    deterministic as the feed itself.
+    """
+    total = sum(len(batch[USER_IDX]) for batch in batches)
+    stride = -(-total // cap)
+    if stride <= 1:
+        return batches
+    return [{key: value[::stride] for key, value in batch.items()} for batch in batches]
 
 
 def head_views(model: nn.Module) -> list[HeadView]:
@@ -80,9 +112,64 @@ class JointObjective(Objective):
         The L2 penalty the loop adds covers the head's rows too
         (:meth:`~recspark.model.embedding.EmbeddingModel.penalty`).
         """
+        fused = self._fused_loss(model, batch, device)
+        if fused is not None:
+            return fused
         rating = self.rating.batch_loss(model, batch, device)
         head = sum(self.ranking.batch_loss(view, batch, device).loss for view in head_views(model))
         return rating._replace(loss=rating.loss + self.head_weight * head)
+
+    def _fused_loss(self, model: nn.Module, batch: dict, device: torch.device) -> BatchLoss | None:
+        """The batch loss from one pass over each member's tables, or None where it cannot run.
+
+        The same loss, negatives and gradients as the two objectives' own passes (a test checks
+        it), but each member looks its item rows up once for both heads
+        (:meth:`~recspark.model.embedding.DotProduct.joint_scores`). It runs for dot-product
+        members, unwrapped, with the softmax (sampled, or exact while the batch times the
+        catalogue fits one block); a data-parallel run, BPR, the chunked catalogue softmax and
+        MLP members take the two passes.
+        """
+        core = unwrap(model)
+        members = core.members if isinstance(core, Ensemble) else [core]
+        settings, sampler = self.ranking.settings, self.ranking.sampler
+        if (
+            core is not model
+            or settings.loss != "softmax"
+            or sampler is None
+            or not all(hasattr(member, "joint_scores") for member in members)
+        ):
+            return None
+        users, items, ratings = batch_tensors(batch, device)
+        exact = settings.negatives >= sampler.n_items
+        if exact and len(users) * sampler.n_items > SOFTMAX_BLOCK:
+            return None
+        positive_log_q = None
+        if not (exact or sampler.uniform):
+            positive_log_q = sampler.log_expected_count(items, settings.negatives)
+        mse, head = [], []
+        for member in members:
+            # Each member's head draws its own negatives, in the order the two passes draw them.
+            negative_bias = None
+            if exact:
+                negatives = torch.arange(sampler.n_items, device=items.device)
+            else:
+                negatives = sampler.sample((settings.negatives,), self.ranking.generator)
+                if not sampler.uniform:
+                    negative_bias = -sampler.log_expected_count(negatives, settings.negatives)
+            predicted, positive, negative = member.joint_scores(
+                users, items, negatives, negative_bias
+            )
+            mse.append(nn.functional.mse_loss(predicted.float(), ratings))
+            # Accidental hits of a row's own positive leave its softmax (few: masked in place).
+            negative = negative.float().index_put_(
+                shared_negative_hits(items, negatives), torch.tensor(-math.inf)
+            )
+            head.append(softmax_loss(positive.float(), negative, positive_log_q=positive_log_q))
+        rating_loss = torch.stack(mse).sum()
+        rows = len(ratings)
+        reported = rating_loss.detach() / len(members) * rows
+        loss = rating_loss + self.head_weight * torch.stack(head).sum()
+        return BatchLoss(loss, users, items, reported, rows, rows)
 
     @torch.no_grad()
     def validation(
@@ -91,7 +178,8 @@ class JointObjective(Objective):
         """The rating figures and the heads' mean sampled AUC (see the module docstring)."""
         batches = batches if isinstance(batches, list) else list(batches)
         rating = self.rating.validation(model, batches, device, context)
-        heads = [self.ranking.validation(view, batches, device, context) for view in head_views(model)]
+        sample = head_validation_sample(batches)
+        heads = [self.ranking.validation(view, sample, device, context) for view in head_views(model)]
         head_loss = sum(figures.loss for figures in heads) / len(heads)
         auc = sum(figures.auc for figures in heads) / len(heads)
         return dataclasses.replace(rating, loss=rating.loss + self.head_weight * head_loss, auc=auc)

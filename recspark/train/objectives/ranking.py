@@ -291,9 +291,29 @@ def softmax_loss(
     negative = negative.expand(len(positive), -1) if negative.dim() == 1 else negative
     if valid is not None:
         negative = negative.masked_fill(~valid, -math.inf)
-    logits = torch.cat([positive[:, None], negative], dim=1)
-    per_row = torch.logsumexp(logits, dim=1) - positive
+    # log(e^s+ + sum e^s-) without copying the rows x negatives block next to the positive.
+    per_row = torch.logaddexp(positive, torch.logsumexp(negative, dim=1)) - positive
     return _weighted_mean(per_row, weights) if reduce else per_row
+
+
+def shared_negative_hits(
+    items: torch.Tensor, negatives: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, columns)`` where a negative shared by the batch is the row's own positive.
+
+    The same entries as ``negatives[None, :] == items[:, None]``, found by searching the sorted
+    negatives (``rows x log(negatives)``) instead of comparing the whole block: the caller
+    masks these few scores rather than every one.
+    """
+    ordered, order = negatives.sort()
+    first = torch.searchsorted(ordered, items)
+    counts = torch.searchsorted(ordered, items, right=True) - first
+    rows = torch.repeat_interleave(torch.arange(len(items), device=items.device), counts)
+    starts = torch.repeat_interleave(first, counts)
+    within = torch.arange(len(rows), device=items.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts
+    )
+    return rows, order[starts + within]
 
 
 def _scores(
@@ -487,6 +507,16 @@ class RankingObjective(Objective):
             _n_items(model, context), self.item_counts, self.settings.sampling_alpha, device
         )
         self._generator = _generator(context, device)
+
+    @property
+    def sampler(self) -> NegativeSampler | None:
+        """The epoch's negative sampler (None before :meth:`start_epoch`)."""
+        return self._sampler
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The epoch's negative-sampling generator (None before :meth:`start_epoch`)."""
+        return self._generator
 
     def batch_loss(self, model: nn.Module, batch: dict, device: torch.device) -> BatchLoss:
         """The ranking loss of the batch's positives, reported as a mean over them.
