@@ -58,6 +58,39 @@ def test_ranking_metrics_by_hand(spark):
     assert got["hit_rate_at_k"] == pytest.approx(3 / 5)
 
 
+def test_ranking_and_rating_figures_equal_sparks_evaluators(spark):
+    """One aggregation per group of figures, but Spark's own definitions: random lists of 0-12
+    items (k 10) against 1-15 relevant items, and random predictions, agree with
+    ``RankingEvaluator`` and ``RegressionEvaluator`` to 1e-9."""
+    from pyspark.ml.evaluation import RankingEvaluator, RegressionEvaluator
+
+    from recspark.evaluate.metrics import RANKING_METRICS, ranking_frame
+
+    rng = np.random.default_rng(5)
+    listed, relevant = [], []
+    for user in range(60):
+        for rank, item in enumerate(rng.permutation(30)[: rng.integers(0, 13)], start=1):
+            listed.append((user, int(item), rank))
+        relevant += [(user, int(item)) for item in rng.permutation(30)[: rng.integers(1, 16)]]
+    lists = spark.createDataFrame(listed, "user_idx int, item_idx int, rank int")
+    truth = spark.createDataFrame(relevant, "user_idx int, item_idx int")
+    got = ranking_metrics(lists, truth, 10)
+    frame = ranking_frame(lists.where("rank <= 10"), truth)
+    evaluator = RankingEvaluator(predictionCol="prediction", labelCol="label", k=10)
+    for name, spark_name in RANKING_METRICS.items():
+        expected = evaluator.setMetricName(spark_name).evaluate(frame)
+        assert got[name] == pytest.approx(expected, abs=1e-9), name
+    assert got["ranked_users"] == 60
+    pairs = spark.createDataFrame(
+        [(float(r), float(p)) for r, p in zip(rng.integers(1, 6, 200), rng.normal(3, 1, 200))],
+        "rating double, prediction double",
+    )
+    figures = rating_metrics(pairs)
+    for name in ("rmse", "mae"):
+        expected = RegressionEvaluator(labelCol="rating", metricName=name).evaluate(pairs)
+        assert figures[name] == pytest.approx(expected, abs=1e-9), name
+
+
 def test_a_perfect_short_list_scores_one(spark):
     # Fewer relevant items than k, all at the top: NDCG, MAP, recall and hit rate are 1.
     recommendations = spark.createDataFrame([(1, 5, 1), (1, 6, 2), (1, 7, 3)], "user_idx int, item_idx int, rank int")

@@ -1,9 +1,9 @@
 """Rating and ranking metrics, computed in Spark so they scale with the table.
 
-- Rating metrics (RMSE, MAE) use Spark's ``RegressionEvaluator`` on a ``prediction`` column.
-- Ranking metrics at ``k`` (precision, recall, NDCG, MAP) use Spark's ``RankingEvaluator`` with
-  binary relevance: one row per user holding the recommended items in rank order and the relevant
-  items as arrays. Only users with at least one relevant item count. Spark's definitions:
+- Rating metrics (RMSE, MAE) of a ``prediction`` column, as Spark's ``RegressionEvaluator``.
+- Ranking metrics at ``k`` (precision, recall, NDCG, MAP) as Spark's ``RankingEvaluator`` defines
+  them with binary relevance, on one row per user holding the recommended items in rank order and
+  the relevant items as arrays. Only users with at least one relevant item count. Spark's definitions:
   precision divides the hits in the first ``k`` by ``k``; recall by the number of relevant items;
   NDCG's ideal DCG and MAP's denominator use ``min(relevant, k)``, so a user with fewer than ``k``
   relevant items can still score 1.
@@ -20,6 +20,10 @@
   distance ``1 - cos(f_i, f_j)`` of the listed items' feature vectors (None without features).
   Every figure is a Spark aggregation; only item-sized tables are broadcast.
 
+Each group of figures is one aggregation, one Spark job (the evaluators run one per figure): an
+evaluation computes a dozen figures for each of several contenders, and on small data the jobs'
+fixed cost was most of its time.
+
 Lists are ordered by ``rank``; rows of equal rank are ordered by the lower item index, the same
 tie-break the scoring kernel uses.
 """
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pyspark.ml.evaluation import RankingEvaluator, RegressionEvaluator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -56,19 +59,22 @@ FEATURE, VALUE = "feature", "value"
 def rating_metrics(
     predictions: DataFrame, label_col: str = RATING, prediction_col: str = PREDICTION
 ) -> dict[str, float | int | None]:
-    """RMSE, MAE and row count of ``prediction_col`` against ``label_col``; None when empty."""
+    """RMSE, MAE and row count of ``prediction_col`` against ``label_col``; None when empty.
+
+    One aggregation (Spark's ``RegressionEvaluator`` runs a job per figure).
+    """
     for column in (label_col, prediction_col):
         if column not in predictions.columns:
             raise ValueError(f"predictions lack column {column!r}; they have {predictions.columns}")
-    rows = predictions.count()
-    if rows == 0:
+    error = F.col(prediction_col).cast("double") - F.col(label_col).cast("double")
+    row = predictions.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sqrt(F.mean(error * error)).alias("rmse"),
+        F.mean(F.abs(error)).alias("mae"),
+    ).first()
+    if row["rows"] == 0:
         return {"rmse": None, "mae": None, "rows": 0}
-    evaluator = RegressionEvaluator(labelCol=label_col, predictionCol=prediction_col)
-    metrics: dict[str, float | int | None] = {
-        name: evaluator.setMetricName(name).evaluate(predictions) for name in ("rmse", "mae")
-    }
-    metrics["rows"] = rows
-    return metrics
+    return {"rmse": row["rmse"], "mae": row["mae"], "rows": int(row["rows"])}
 
 
 def relevant_items(
@@ -123,25 +129,79 @@ def ranking_metrics(
 ) -> dict[str, float | int | None]:
     """Precision, recall, NDCG, MAP and hit rate at ``k``, over users with relevant items.
 
-    Returns None for every metric when no user has a relevant item.
+    Spark's ``RankingEvaluator`` definitions (see the module docstring; a test checks the figures
+    equal the evaluator's), computed per user with array functions and averaged in one
+    aggregation: the evaluator runs a job per metric. Returns None for every metric when no user
+    has a relevant item.
     """
     frame = ranking_frame(
         recommendations.where(F.col(rank_col) <= k), relevant, user_col, item_col, rank_col
-    ).cache()
-    users = frame.count()
-    if users == 0:
-        frame.unpersist()
+    )
+    listed = F.slice("prediction", 1, k)
+    hits = F.transform(listed, lambda item: F.array_contains("label", item).cast("double"))
+    found = F.aggregate(hits, F.lit(0.0), lambda total, hit: total + hit)
+    # Rank i (0-based) gains 1 / log2(i + 2); the ideal list has min(relevant, k) hits on top.
+    dcg = F.aggregate(
+        F.transform(hits, lambda hit, i: hit / F.log2(i + 2)), F.lit(0.0), lambda a, x: a + x
+    )
+    ideal_gains = [float(np.sum(1.0 / np.log2(np.arange(n) + 2))) for n in range(1, k + 1)]
+    ideal = F.element_at(F.array(*map(F.lit, ideal_gains)), F.least(F.size("label"), F.lit(k)))
+    # Average precision: the precision at each hit's rank, over min(relevant, k).
+    precision_at_hits = F.transform(
+        hits,
+        lambda hit, i: hit
+        * F.aggregate(F.slice(hits, 1, i + 1), F.lit(0.0), lambda a, x: a + x)
+        / (i + 1),
+    )
+    average_precision = F.aggregate(precision_at_hits, F.lit(0.0), lambda a, x: a + x) / F.least(
+        F.size("label"), F.lit(k)
+    )
+    row = frame.agg(
+        F.count(F.lit(1)).alias("users"),
+        F.mean(found / k).alias("precision_at_k"),
+        F.mean(found / F.size("label")).alias("recall_at_k"),
+        F.mean(dcg / ideal).alias("ndcg_at_k"),
+        F.mean(average_precision).alias("map_at_k"),
+        F.mean((found > 0).cast("double")).alias("hit_rate_at_k"),
+    ).first()
+    if row["users"] == 0:
         return {**dict.fromkeys(RANKING_METRICS), "hit_rate_at_k": None, "ranked_users": 0}
-    evaluator = RankingEvaluator(predictionCol="prediction", labelCol="label", k=k)
-    metrics: dict[str, float | int | None] = {
-        name: evaluator.setMetricName(spark_name).evaluate(frame)
-        for name, spark_name in RANKING_METRICS.items()
-    }
-    hits = F.size(F.array_intersect(F.slice("prediction", 1, k), "label")) > 0
-    metrics["hit_rate_at_k"] = frame.agg(F.mean(hits.cast("double"))).first()[0]
-    metrics["ranked_users"] = users
-    frame.unpersist()
+    metrics: dict[str, float | int | None] = {name: row[name] for name in RANKING_METRICS}
+    metrics["hit_rate_at_k"] = row["hit_rate_at_k"]
+    metrics["ranked_users"] = int(row["users"])
     return metrics
+
+
+def popularity_figures(
+    rows: DataFrame,
+    popularity: DataFrame,
+    n_users: int | None = None,
+    min_ratings: int = 5,
+    item_col: str = ITEM_IDX,
+) -> dict[str, float | int | None]:
+    """Every figure of list entries (or held-out rows) that needs only their items' popularity,
+    in one aggregation over ``rows`` joined to the item-sized ``popularity`` (broadcast).
+
+    ``popularity`` is ``(item_idx, raters, ratings)`` from :func:`item_popularity`; an item absent
+    from it has 0 of each. Returns ``entries`` and distinct ``items`` of ``rows``, their mean
+    ``log_popularity`` (``log(1 + ratings)``), the ``rare_share`` of entries under
+    ``min_ratings`` ratings and, given ``n_users``, ``novelty`` (see the module docstring); the
+    means are None when ``rows`` is empty.
+    """
+    joined = rows.select(item_col).join(
+        F.broadcast(popularity.select(item_col, "raters", "ratings")), item_col, "left"
+    )
+    ratings = F.coalesce(F.col("ratings"), F.lit(0))
+    raters = F.coalesce(F.col("raters"), F.lit(0))
+    figures = [
+        F.count(F.lit(1)).alias("entries"),
+        F.countDistinct(item_col).alias("items"),
+        F.mean(F.log1p(ratings)).alias("log_popularity"),
+        F.mean((ratings < min_ratings).cast("double")).alias("rare_share"),
+    ]
+    if n_users is not None:
+        figures.append(F.mean(-F.log2((raters + 1) / F.lit(n_users + 1))).alias("novelty"))
+    return joined.agg(*figures).first().asDict()
 
 
 def coverage(recommendations: DataFrame, n_items: int, item_col: str = ITEM_IDX) -> float:
@@ -171,12 +231,10 @@ def novelty(
 ) -> float | None:
     """Mean self-information ``-log2((n_i + 1) / (n_users + 1))`` over all recommended rows.
 
-    ``popularity`` is ``(item_idx, raters)`` from :func:`item_popularity`; an item absent from it
-    has ``n_i = 0``. None when there are no recommendations.
+    ``popularity`` is ``(item_idx, raters, ...)`` from :func:`item_popularity`; an item absent
+    from it has ``n_i = 0``. None when there are no recommendations.
     """
-    joined = recommendations.select(item_col).join(F.broadcast(popularity), item_col, "left")
-    information = -F.log2((F.coalesce(F.col("raters"), F.lit(0)) + 1) / F.lit(n_users + 1))
-    return joined.agg(F.mean(information)).first()[0]
+    return popularity_figures(recommendations, popularity, n_users, item_col=item_col)["novelty"]
 
 
 def rare_item_share(
@@ -190,11 +248,8 @@ def rare_item_share(
     ``popularity`` is ``(item_idx, ratings, ...)`` from :func:`item_popularity`; an item absent
     from it has 0 ratings. None when there are no recommendations.
     """
-    joined = recommendations.select(item_col).join(
-        F.broadcast(popularity.select(item_col, "ratings")), item_col, "left"
-    )
-    rare = (F.coalesce(F.col("ratings"), F.lit(0)) < min_ratings).cast("double")
-    return joined.agg(F.mean(rare)).first()[0]
+    figures = popularity_figures(recommendations, popularity, None, min_ratings, item_col)
+    return figures["rare_share"]
 
 
 def mean_log_popularity(
@@ -202,10 +257,7 @@ def mean_log_popularity(
 ) -> float | None:
     """Mean ``log(1 + n_i)`` over the rows' items, ``n_i`` the item's training ratings (0 when the
     item is absent from ``popularity``); None when there are no rows."""
-    joined = rows.select(item_col).join(
-        F.broadcast(popularity.select(item_col, "ratings")), item_col, "left"
-    )
-    return joined.agg(F.mean(F.log1p(F.coalesce(F.col("ratings"), F.lit(0))))).first()[0]
+    return popularity_figures(rows, popularity, item_col=item_col)["log_popularity"]
 
 
 def item_feature_frame(
@@ -290,20 +342,27 @@ def beyond_accuracy(
     heldout = (validation if validation is not None else relevant).join(
         ranked_users, user_col, "left_semi"
     )
-    listed = mean_log_popularity(recommendations, popularity, item_col)
-    truth = mean_log_popularity(heldout, popularity, item_col)
+    listed = popularity_figures(recommendations, popularity, None, rare_item_ratings, item_col)
+    truth = popularity_figures(heldout, popularity, None, rare_item_ratings, item_col)
+    return _beyond_accuracy(listed, truth, recommendations, item_features, user_col, item_col)
+
+
+def _beyond_accuracy(
+    listed: dict, truth: dict, recommendations: DataFrame, item_features, user_col, item_col
+) -> dict[str, float | None]:
+    """:func:`beyond_accuracy`'s figures from the lists' and held-out rows'
+    :func:`popularity_figures`."""
+    log_listed, log_truth = listed["log_popularity"], truth["log_popularity"]
     return {
-        "rare_item_share": rare_item_share(
-            recommendations, popularity, rare_item_ratings, item_col
-        ),
+        "rare_item_share": listed["rare_share"],
         # The same share over the items the ranked users went on to rate: how far into the tail
         # their own choices reach.
-        "heldout_rare_item_share": rare_item_share(
-            heldout, popularity, rare_item_ratings, item_col
+        "heldout_rare_item_share": truth["rare_share"],
+        "log_popularity": log_listed,
+        "heldout_log_popularity": log_truth,
+        "popularity_bias": (
+            None if log_listed is None or log_truth is None else log_listed - log_truth
         ),
-        "log_popularity": listed,
-        "heldout_log_popularity": truth,
-        "popularity_bias": None if listed is None or truth is None else listed - truth,
         "intra_list_diversity": (
             intra_list_diversity(recommendations, item_features, user_col, item_col)
             if item_features is not None
@@ -364,14 +423,19 @@ def assess(
     if recommendations is None:
         metrics.update(dict.fromkeys(RANKING_KEYS), ranked_users=None)
         return metrics
+    if n_items <= 0:
+        raise ValueError(f"n_items must be positive, got {n_items}")
     recommendations = recommendations.where(F.col(RANK) <= k).cache()
     metrics.update(ranking_metrics(recommendations, relevant, k))
-    metrics["coverage"] = coverage(recommendations, n_items)
-    metrics["novelty"] = novelty(recommendations, popularity, n_users)
+    listed = popularity_figures(recommendations, popularity, n_users, rare_item_ratings)
+    metrics["coverage"] = listed["items"] / n_items
+    metrics["novelty"] = listed["novelty"]
+    heldout = (validation if validation is not None else relevant).join(
+        relevant.select(USER_IDX).distinct(), USER_IDX, "left_semi"
+    )
+    truth = popularity_figures(heldout, popularity, None, rare_item_ratings)
     metrics.update(
-        beyond_accuracy(
-            recommendations, relevant, popularity, rare_item_ratings, validation, item_features
-        )
+        _beyond_accuracy(listed, truth, recommendations, item_features, USER_IDX, ITEM_IDX)
     )
     recommendations.unpersist()
     return metrics
