@@ -26,7 +26,7 @@ from recspark.model.embedding import (
 )
 from recspark.model.saving import model_from_bytes
 from recspark.serve.scoring import item_side_payload
-from recspark.train.objectives.joint import JointObjective, head_views
+from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingObjective, RankingSettings
 from recspark.train.optim import Schedule, make_optimizer
 
@@ -147,22 +147,23 @@ def test_the_joint_loss_is_the_rating_mse_plus_the_weighted_head_softmax():
     assert math.isclose(loss.item(), (mse + 0.4 * softmax).item(), rel_tol=1e-5)
 
 
-def _two_pass_loss(objective: JointObjective, model: nn.Module, batch: dict) -> torch.Tensor:
-    """The joint loss as the rating and ranking objectives compute it, each on its own pass."""
-    cpu = torch.device("cpu")
-    rating = objective.rating.batch_loss(model, batch, cpu)
-    views = head_views(model)
-    head = sum(objective.ranking.batch_loss(view, batch, cpu).loss for view in views)
-    return rating.loss + objective.head_weight * head
-
-
 @pytest.mark.parametrize(
-    ("members", "featured", "sparse", "negatives"),
-    [(1, False, True, 4), (3, False, True, 4), (2, True, False, 4), (2, False, False, N_ITEMS)],
+    ("members", "featured", "sparse", "negatives", "head_rows"),
+    [
+        (1, False, True, 4, None),
+        (3, False, True, 4, None),
+        (2, True, False, 4, None),
+        (2, False, False, N_ITEMS, None),
+        (1, False, True, 4, 4),
+        (2, True, False, N_ITEMS, 3),
+    ],
 )
 def test_the_one_pass_joint_loss_equals_the_two_passes_and_their_gradients(
-    members, featured, sparse, negatives
+    members, featured, sparse, negatives, head_rows
 ):
+    """The one-pass loss (DotProduct.joint_scores) against the rating and ranking objectives'
+    own passes over the model and its HeadView, penalty included; with ``head_rows`` the head
+    trains on, and is penalised for, the batch's first rows only."""
     from recspark.train.objectives.base import RunContext
 
     torch.manual_seed(0)
@@ -183,56 +184,65 @@ def test_the_one_pass_joint_loss_equals_the_two_passes_and_their_gradients(
     }
     counts = np.array([5.0, 1.0, 0.0, 9.0, 2.0, 3.0])
     settings = RankingSettings(loss="softmax", negatives=negatives, sampling_alpha=0.75)
-    objective = JointObjective(RankingObjective(settings, counts), head_weight=0.7)
+    objective = JointObjective(RankingObjective(settings, counts), 0.7, head_rows)
     context = RunContext(N_USERS, N_ITEMS, seed=3, epoch=2)
-    objective.start_epoch(model, torch.device("cpu"), context)
-    assert objective._fused_loss(model, batch, torch.device("cpu")) is not None  # one pass ran
+    cpu = torch.device("cpu")
+    objective.start_epoch(model, cpu, context)
+    assert objective._fused_loss(model, batch, cpu) is not None  # the one pass runs here
+    two_passes = JointObjective(RankingObjective(settings, counts), 0.7, head_rows)
+    two_passes._fused_loss = lambda *args: None
     results = []
-    for one_pass in (True, False):
+    for chosen in (objective, two_passes):
         model.zero_grad(set_to_none=True)
-        objective.start_epoch(model, torch.device("cpu"), context)
-        if one_pass:
-            step = objective.batch_loss(model, batch, torch.device("cpu"))
-            loss, reported = step.loss, step.reported_sum / step.counted
-        else:
-            loss = _two_pass_loss(objective, model, batch)
-            reported = objective.rating.batch_loss(model, batch, torch.device("cpu"))
-            reported = reported.reported_sum / reported.counted
+        chosen.start_epoch(model, cpu, context)
+        step = chosen.batch_loss(model, batch, cpu)
+        assert step.head_rows == (head_rows or 6)
+        loss = step.loss + 0.1 * model.penalty(step.users, step.items, step.head_rows)
         loss.backward()
         grads = {
             name: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
             for name, p in model.named_parameters()
             if p.grad is not None
         }
-        results.append((loss.item(), float(reported), grads))
+        results.append((loss.item(), float(step.reported_sum / step.counted), grads))
     (fused, fused_mse, fused_grads), (plain, plain_mse, plain_grads) = results
     assert math.isclose(fused, plain, rel_tol=1e-6)
     assert math.isclose(fused_mse, plain_mse, rel_tol=1e-6)
     assert fused_grads.keys() == plain_grads.keys() and len(fused_grads) > 4
     for name, grad in fused_grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    # The head's user rows learn from the users of its rows alone.
+    head_users = fused_grads[next(n for n in fused_grads if "lists_head.user_factors" in n)]
+    touched = set(torch.nonzero(head_users.abs().sum(dim=1)).flatten().tolist())
+    assert touched == set(batch["user_idx"][: head_rows or 6].tolist())
 
 
-def test_the_penalty_by_rows_adds_into_the_one_pass_lookups_of_the_item_rows():
+@pytest.mark.parametrize("head_rows", [None, 2])
+def test_the_penalty_by_rows_adds_into_the_one_pass_lookups_of_the_item_rows(head_rows):
     """After the one-pass loss, the item rows' sparse gradient holds the pairs' rows, then the
-    negatives'; the penalty's gradient goes into the pairs' rows instead of appending more."""
+    negatives'; the penalty's gradient goes into the pairs' rows instead of appending more, and
+    equals autograd's, the head's rows penalised for the rows it trained on."""
     from recspark.train.objectives.base import RunContext
 
     torch.manual_seed(0)
     model = build_model("dot_bias", N_USERS, N_ITEMS, 4, sparse=True, lists_head=True)
     users, items = torch.tensor([0, 1, 2, 2]), torch.tensor([3, 0, 5, 3])
     batch = {"user_idx": users, "item_idx": items, "rating": torch.tensor([4.0, 2.0, 5.0, 1.0])}
-    objective = JointObjective(RankingObjective(RankingSettings(negatives=3)), head_weight=0.5)
+    settings = RankingSettings(negatives=3)
+    objective = JointObjective(RankingObjective(settings), 0.5, head_rows)
     objective.start_epoch(model, torch.device("cpu"), RunContext(N_USERS, N_ITEMS, seed=1))
-    objective.batch_loss(model, batch, torch.device("cpu")).loss.backward()
-    model.add_penalty_gradient(users, items, 0.1)
+    step = objective.batch_loss(model, batch, torch.device("cpu"))
+    step.loss.backward()
+    model.add_penalty_gradient(users, items, 0.1, step.head_rows)
     by_rows = {name: p.grad.to_dense().clone() for name, p in model.named_parameters()}
+    used = head_rows or len(items)
     assert model.item_factors.weight.grad._indices().shape[1] == len(items) + 3
-    assert model.lists_head.item_bias.weight.grad._indices().shape[1] == len(items) + 3
+    assert model.lists_head.item_bias.weight.grad._indices().shape[1] == used + 3
+    assert model.lists_head.user_factors.weight.grad._indices().shape[1] == used
     model.zero_grad(set_to_none=True)
     objective.start_epoch(model, torch.device("cpu"), RunContext(N_USERS, N_ITEMS, seed=1))
     loss = objective.batch_loss(model, batch, torch.device("cpu")).loss
-    (loss + 0.1 * model.penalty(users, items)).backward()
+    (loss + 0.1 * model.penalty(users, items, step.head_rows)).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(by_rows[name], p.grad.to_dense(), msg=name)
 

@@ -82,7 +82,7 @@ def test_ranking_and_rating_figures_equal_sparks_evaluators(spark):
         assert got[name] == pytest.approx(expected, abs=1e-9), name
     assert got["ranked_users"] == 60
     pairs = spark.createDataFrame(
-        [(float(r), float(p)) for r, p in zip(rng.integers(1, 6, 200), rng.normal(3, 1, 200))],
+        [(float(r), float(p)) for r, p in zip(rng.integers(1, 6, 200), rng.normal(3, 1, 200), strict=True)],
         "rating double, prediction double",
     )
     figures = rating_metrics(pairs)

@@ -197,6 +197,9 @@ class ListsConfig(_Section):
     source: Literal["head", "ratings"] = "head"
     head_weight: float = Field(0.3, gt=0.0)  # the head's loss beside the rating MSE
     head_lr_scale: float = Field(0.2, gt=0.0)  # the head's rows learn at train.lr times this
+    # The head trains on the first this many rows of each (shuffled) batch: its step costs about
+    # as much again as the rating head's, so large batches (65,536 from 8M rows) share it out.
+    head_rows: int = Field(16384, gt=0)
     # List score = head score + rating_weight x (p_u . q_i + b_i); 0: the head alone. Not for mlp.
     rating_weight: float = Field(0.5, ge=0.0)
 

@@ -264,50 +264,70 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
                     "the model's; re-run prepare and train with the same paths.root and run_date"
                 )
 
-    def penalty(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+    def penalty(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, head_rows: int | None = None
+    ) -> torch.Tensor:
         """Mean over the batch of the squared norms of the embedding rows it uses.
 
         The classic matrix-factorisation regulariser: a row is shrunk in proportion to how often
         it is seen, unlike optimizer weight decay, which shrinks every row at every step. Bias rows
         are weighted by ``bias_penalty``; side-feature rows count like the rows that carry them.
+        The :class:`ListHead`'s rows count for the pairs the head trained on, the first
+        ``head_rows`` (all when None), as a mean over those.
         """
-        total = sum(
-            multiplier * _row_penalty(table, user_idx if side == "user" else item_idx)
-            for table, side, multiplier in self._penalised_tables()
+        return sum(
+            multiplier * _row_penalty(table, index).mean()
+            for table, index, multiplier in self._penalised_rows(user_idx, item_idx, head_rows)
         )
-        return total.mean()
 
-    def _penalised_tables(self) -> list[tuple[nn.Module, str, float]]:
-        """``(table, "user" | "item", weight)`` for every table :meth:`penalty` counts."""
-        tables = [(self.user_factors, "user", 1.0), (self.item_factors, "item", 1.0)]
+    def _penalised_tables(self) -> list[tuple[nn.Module, str, float, bool]]:
+        """``(table, "user" | "item", weight, of the head)`` for every table :meth:`penalty`
+        counts."""
+        tables = [(self.user_factors, "user", 1.0, False), (self.item_factors, "item", 1.0, False)]
         if self.lists_head is not None:
-            tables.append((self.lists_head.user_factors, "user", 1.0))
+            tables.append((self.lists_head.user_factors, "user", 1.0, True))
         if self.bias_penalty:
             for side in ("user", "item"):
                 if hasattr(self, f"{side}_bias"):
-                    tables.append((getattr(self, f"{side}_bias"), side, self.bias_penalty))
+                    tables.append((getattr(self, f"{side}_bias"), side, self.bias_penalty, False))
             if self.lists_head is not None:
-                tables.append((self.lists_head.item_bias, "item", self.bias_penalty))
+                tables.append((self.lists_head.item_bias, "item", self.bias_penalty, True))
         return tables
+
+    def _penalised_rows(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, head_rows: int | None
+    ) -> list[tuple[nn.Module, torch.Tensor, float]]:
+        """``(table, the indices it is penalised for, weight)`` for every penalised table."""
+        rows = []
+        for table, side, multiplier, of_head in self._penalised_tables():
+            index = user_idx if side == "user" else item_idx
+            rows.append((table, index[:head_rows] if of_head else index, multiplier))
+        return rows
 
     def penalty_by_rows(self) -> bool:
         """Whether :meth:`add_penalty_gradient` can stand for the autograd :meth:`penalty`: every
         penalised table is a plain ``nn.Embedding`` (side-feature tables are not)."""
-        return all(isinstance(table, nn.Embedding) for table, _, _ in self._penalised_tables())
+        return all(isinstance(table, nn.Embedding) for table, *_ in self._penalised_tables())
 
     @torch.no_grad()
     def add_penalty_gradient(
-        self, user_idx: torch.Tensor, item_idx: torch.Tensor, weight: float
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        weight: float,
+        head_rows: int | None = None,
     ) -> None:
-        """Add the gradient of ``weight * penalty(user_idx, item_idx)`` to the tables' gradients.
+        """Add the gradient of ``weight * penalty(user_idx, item_idx, head_rows)`` to the tables'
+        gradients.
 
         The same numbers autograd would add, without looking the rows up a second time in the
-        graph: row ``r`` used ``n`` times in a batch of ``B`` gets ``2 * weight * n / B * w_r``,
-        added to the rows of a sparse gradient that looked the same indices up, else appended to
-        it as ``B`` more lookups (the optimizer sums them), or added into a dense one. Call it after ``backward``; only when :meth:`penalty_by_rows` holds.
+        graph: row ``r`` used ``n`` times among a table's ``B`` penalised lookups gets
+        ``2 * weight * n / B * w_r``, added to the rows of a sparse gradient that looked the same
+        indices up first, else appended to it as ``B`` more lookups (the optimizer sums them), or
+        added into a dense one. Call it after ``backward``; only when :meth:`penalty_by_rows`
+        holds.
         """
-        for table, side, multiplier in self._penalised_tables():
-            index = user_idx if side == "user" else item_idx
+        for table, index, multiplier in self._penalised_rows(user_idx, item_idx, head_rows):
             rows = table.weight.index_select(0, index).mul_(2.0 * weight * multiplier / len(index))
             grad = table.weight.grad
             if grad is None and table.sparse:
@@ -415,12 +435,14 @@ class DotProduct(EmbeddingModel):
         item_idx: torch.Tensor,
         negatives: torch.Tensor,
         negative_bias: torch.Tensor | None = None,
+        head_rows: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What :class:`~recspark.train.objectives.joint.JointObjective` trains on, in one pass:
-        the prediction of each pair, and the :class:`ListHead`'s scores of its item ``(rows,)``
-        and of ``negatives`` shared by the batch ``(rows, len(negatives))``, plus
-        ``negative_bias`` per negative when given (a sampled softmax's log-Q correction, added
-        inside the matrix product rather than over its result).
+        the prediction of each pair, and the :class:`ListHead`'s scores of the first
+        ``head_rows`` pairs' items ``(head_rows,)`` and of ``negatives`` shared by the batch
+        ``(head_rows, len(negatives))`` (all pairs when None), plus ``negative_bias`` per
+        negative when given (a sampled softmax's log-Q correction, added inside the matrix
+        product rather than over its result).
 
         The same numbers as ``forward`` and :class:`HeadView`, but the item rows and head biases
         of the pairs and the negatives are each looked up once, so their sparse gradients hold
@@ -428,17 +450,17 @@ class DotProduct(EmbeddingModel):
         the largest part of a CPU step, grows by the head's own user rows only.
         """
         rows = len(item_idx)
-        looked_up = torch.cat([item_idx, negatives])
-        item_rows = self.item_factors(looked_up)
+        head_rows = rows if head_rows is None else min(rows, head_rows)
+        item_rows = self.item_factors(torch.cat([item_idx, negatives]))
         head = self.lists_head
-        head_users = head.user_factors(user_idx)
-        head_bias = head.item_bias(looked_up).squeeze(1)
-        positive_rows, negative_bias_all = item_rows[:rows], head_bias[rows:]
+        head_users = head.user_factors(user_idx[:head_rows])
+        head_bias = head.item_bias(torch.cat([item_idx[:head_rows], negatives])).squeeze(1)
+        negative_bias_all = head_bias[head_rows:]
         if negative_bias is not None:
             negative_bias_all = negative_bias_all + negative_bias
         return (
-            self._predict(user_idx, item_idx, positive_rows),
-            (head_users * positive_rows).sum(dim=1) + head_bias[:rows],
+            self._predict(user_idx, item_idx, item_rows[:rows]),
+            (head_users * item_rows[:head_rows]).sum(dim=1) + head_bias[:head_rows],
             torch.addmm(negative_bias_all[None, :], head_users, item_rows[rows:].T),
         )
 
@@ -602,18 +624,24 @@ class Ensemble(EmbeddingModel):
         each = torch.stack([member(user_idx, item_idx) for member in self.members])
         return each if members else each.mean(dim=0)
 
-    def penalty(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+    def penalty(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, head_rows: int | None = None
+    ) -> torch.Tensor:
         """The sum of the members' penalties, as training sums their losses."""
-        return torch.stack([m.penalty(user_idx, item_idx) for m in self.members]).sum()
+        return torch.stack([m.penalty(user_idx, item_idx, head_rows) for m in self.members]).sum()
 
     def penalty_by_rows(self) -> bool:
         return all(member.penalty_by_rows() for member in self.members)
 
     def add_penalty_gradient(
-        self, user_idx: torch.Tensor, item_idx: torch.Tensor, weight: float
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        weight: float,
+        head_rows: int | None = None,
     ) -> None:
         for member in self.members:
-            member.add_penalty_gradient(user_idx, item_idx, weight)
+            member.add_penalty_gradient(user_idx, item_idx, weight, head_rows)
 
     def set_side_features(
         self, user: np.ndarray | None = None, item: np.ndarray | None = None

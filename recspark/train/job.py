@@ -175,7 +175,7 @@ def build_objective(
         counts = item_popularity(train, manifest.items, settings.positive_threshold)
     ranking = for_name("ranking", ranking=settings, item_counts=counts)
     if config.lists_head:
-        return JointObjective(ranking, config.lists.head_weight)
+        return JointObjective(ranking, config.lists.head_weight, config.lists.head_rows)
     return ranking
 
 

@@ -230,14 +230,14 @@ def train_epoch(
             with autocast(precision, device):
                 step = objective.batch_loss(model, batch, device)
             loss = (
-                step.loss + weight_decay * core.penalty(step.users, step.items)
+                step.loss + weight_decay * core.penalty(step.users, step.items, step.head_rows)
                 if weight_decay and not by_rows
                 else step.loss
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if by_rows:
-                core.add_penalty_gradient(step.users, step.items, weight_decay)
+                core.add_penalty_gradient(step.users, step.items, weight_decay, step.head_rows)
             optimizer.step()
             if schedule is not None:
                 schedule.step()

@@ -63,6 +63,9 @@ class BatchLoss(NamedTuple):
         Rows the reported loss averages over (ranking: the batch's positives).
     rows
         Rows read from the feed.
+    head_rows
+        How many of the first pairs a ranking head beside the model trained on (its rows are
+        penalised for those); None: all of them, or no head.
     """
 
     loss: torch.Tensor
@@ -71,6 +74,7 @@ class BatchLoss(NamedTuple):
     reported_sum: torch.Tensor
     counted: int
     rows: int
+    head_rows: int | None = None
 
 
 @dataclass(frozen=True)

@@ -87,12 +87,17 @@ class JointObjective(Objective):
         its confidence weighting none.
     head_weight
         ``lists.head_weight``.
+    head_rows
+        ``lists.head_rows``: the head trains on the first this many rows of each batch (all when
+        None). The feed is shuffled, so they are a random sample of the batch.
     """
 
     name: ClassVar[str] = "rating"
     loss_name: ClassVar[str] = "MSE + head softmax"
 
-    def __init__(self, ranking: RankingObjective, head_weight: float = 1.0):
+    def __init__(
+        self, ranking: RankingObjective, head_weight: float = 1.0, head_rows: int | None = None
+    ):
         if ranking.settings.positive_threshold or ranking.settings.confidence != "none":
             settings = dataclasses.replace(
                 ranking.settings, positive_threshold=0.0, confidence="none"
@@ -101,6 +106,9 @@ class JointObjective(Objective):
         self.rating = RatingObjective()
         self.ranking = ranking
         self.head_weight = float(head_weight)
+        if head_rows is not None and head_rows < 1:
+            raise ValueError(f"lists.head_rows must be at least 1, got {head_rows}")
+        self.head_rows = head_rows
         self.feed_fields = self.rating.feed_fields
 
     def start_epoch(self, model: nn.Module, device: torch.device, context: RunContext) -> None:
@@ -116,8 +124,14 @@ class JointObjective(Objective):
         if fused is not None:
             return fused
         rating = self.rating.batch_loss(model, batch, device)
-        head = sum(self.ranking.batch_loss(view, batch, device).loss for view in head_views(model))
-        return rating._replace(loss=rating.loss + self.head_weight * head)
+        head_rows = self._head_rows(rating.rows)
+        head_batch = {key: value[:head_rows] for key, value in batch.items()}
+        views = head_views(model)
+        head = sum(self.ranking.batch_loss(view, head_batch, device).loss for view in views)
+        return rating._replace(loss=rating.loss + self.head_weight * head, head_rows=head_rows)
+
+    def _head_rows(self, rows: int) -> int:
+        return rows if self.head_rows is None else min(rows, self.head_rows)
 
     def _fused_loss(self, model: nn.Module, batch: dict, device: torch.device) -> BatchLoss | None:
         """The batch loss from one pass over each member's tables, or None where it cannot run.
@@ -140,12 +154,14 @@ class JointObjective(Objective):
         ):
             return None
         users, items, ratings = batch_tensors(batch, device)
+        head_rows = self._head_rows(len(users))
+        head_items = items[:head_rows]
         exact = settings.negatives >= sampler.n_items
-        if exact and len(users) * sampler.n_items > SOFTMAX_BLOCK:
+        if exact and head_rows * sampler.n_items > SOFTMAX_BLOCK:
             return None
         positive_log_q = None
         if not (exact or sampler.uniform):
-            positive_log_q = sampler.log_expected_count(items, settings.negatives)
+            positive_log_q = sampler.log_expected_count(head_items, settings.negatives)
         mse, head = [], []
         for member in members:
             # Each member's head draws its own negatives, in the order the two passes draw them.
@@ -157,19 +173,19 @@ class JointObjective(Objective):
                 if not sampler.uniform:
                     negative_bias = -sampler.log_expected_count(negatives, settings.negatives)
             predicted, positive, negative = member.joint_scores(
-                users, items, negatives, negative_bias
+                users, items, negatives, negative_bias, head_rows
             )
             mse.append(nn.functional.mse_loss(predicted.float(), ratings))
             # Accidental hits of a row's own positive leave its softmax (few: masked in place).
             negative = negative.float().index_put_(
-                shared_negative_hits(items, negatives), torch.tensor(-math.inf)
+                shared_negative_hits(head_items, negatives), torch.tensor(-math.inf)
             )
             head.append(softmax_loss(positive.float(), negative, positive_log_q=positive_log_q))
         rating_loss = torch.stack(mse).sum()
         rows = len(ratings)
         reported = rating_loss.detach() / len(members) * rows
         loss = rating_loss + self.head_weight * torch.stack(head).sum()
-        return BatchLoss(loss, users, items, reported, rows, rows)
+        return BatchLoss(loss, users, items, reported, rows, rows, head_rows)
 
     @torch.no_grad()
     def validation(
