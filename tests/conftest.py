@@ -16,6 +16,37 @@ ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The modules that take longest (end-to-end runs, subprocesses, a cluster, an S3 server), longest
+# first. `make test` runs the suite on two pytest-xdist workers, a module to a worker
+# (`--dist loadfile`), handing out modules in collection order: these go first, so that the
+# workers end together instead of one finishing a long module alone.
+LONGEST_FIRST = (
+    "test_nightly",
+    "test_object_store",
+    "test_notebook",
+    "test_movielens",
+    "test_cluster",
+    "test_tables",
+    "test_evaluate",
+    "test_benchmark",
+    "test_baselines",
+    "test_pipeline",
+    "test_prepare",
+    "test_score_job",
+    "test_ranking",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the modules of :data:`LONGEST_FIRST` first; tests keep their order within a module."""
+
+    def rank(item) -> int:
+        name = item.module.__name__.rpartition(".")[2] if item.module else ""
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module's own order is kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Torch computes on one thread in this process, as ``train.cpu_threads: 1`` sets it.
