@@ -8,11 +8,17 @@ of ``--batch`` rows, the loss the loop uses (MSE plus ``--weight-decay`` times t
 - ``torch SparseAdam``: sparse tables, torch's SparseAdam, penalty through autograd (the old
   ``sparse_adam``);
 - ``sparse_adam``: the same with the penalty's gradient added by rows after backward
-  (:meth:`EmbeddingModel.add_penalty_gradient`), what ``train`` runs now.
+  (:meth:`EmbeddingModel.add_penalty_gradient`), what ``train`` runs with ``lists.source:
+  ratings``;
+- with ``--lists-head``, the default ``lists.source: head`` (:mod:`recspark.train.objectives.joint`,
+  100 shared negatives, ``lists.head_weight`` 0.3) three ways: ``head, two passes`` (the rating
+  and ranking objectives each over the model), ``head, one pass`` (both heads from one lookup of
+  the item rows, what ``train`` runs) and ``head, head_rows`` (the head on the first
+  ``--head-rows`` rows, the default).
 
 Example::
 
-    .venv/bin/python benchmarks/bench_step.py --threads 1
+    .venv/bin/python benchmarks/bench_step.py --threads 1 --lists-head
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ import argparse
 import time
 
 import torch
-from torch import nn
 
 from recspark.model.embedding import build_model
+from recspark.train.objectives.base import RunContext
+from recspark.train.objectives.joint import JointObjective
+from recspark.train.objectives.ranking import RankingObjective, RankingSettings
+from recspark.train.objectives.rating import RatingObjective
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=0.025)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--lists-head", action="store_true", help="also time the lists head")
+    parser.add_argument("--head-rows", type=int, default=16384)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -48,22 +59,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"dot_bias {args.users:,} x {args.items:,} x {args.factors}, batch {args.batch:,}, "
           f"{args.threads} thread(s), ms per step (mean of {args.steps})")
+    batch = {"user_idx": users, "item_idx": items, "rating": ratings}
     runs = []
     for name, sparse, make, by_rows in cases:
         model = build_model("dot_bias", args.users, args.items, args.factors, (1.0, 5.5),
                             sparse=sparse)
-        runs.append((name, model, make(model.parameters()), by_rows, []))
+        runs.append((name, model, make(model.parameters()), by_rows, RatingObjective(), []))
+    if args.lists_head:
+        for name, head_rows in (("head, two passes", None), ("head, one pass", None),
+                                ("head, head_rows", args.head_rows)):
+            model = build_model("dot_bias", args.users, args.items, args.factors, (1.0, 5.5),
+                                sparse=True, lists_head=True)
+            objective = JointObjective(RankingObjective(RankingSettings()), 0.3, head_rows)
+            objective.start_epoch(model, torch.device("cpu"), RunContext(args.users, args.items))
+            if name == "head, two passes":
+                objective._fused_loss = lambda *_: None  # the fallback: each objective's own pass
+            optimizer = torch.optim.SparseAdam(list(model.parameters()), lr=0.01)
+            runs.append((name, model, optimizer, True, objective, []))
 
-    def step(model, optimizer, by_rows) -> tuple[float, float, float]:
+    def step(model, optimizer, by_rows, objective) -> tuple[float, float, float]:
         started = time.perf_counter()
-        loss = nn.functional.mse_loss(model(users, items), ratings)
+        taken = objective.batch_loss(model, batch, torch.device("cpu"))
+        loss = taken.loss
         if not by_rows:
             loss = loss + args.weight_decay * model.penalty(users, items)
         forward = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if by_rows:
-            model.add_penalty_gradient(users, items, args.weight_decay)
+            model.add_penalty_gradient(users, items, args.weight_decay, taken.head_rows)
         backward = time.perf_counter()
         optimizer.step()
         done = time.perf_counter()
@@ -71,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Round robin, so that whatever else the machine does weighs on every case alike.
     for repeat in range(3 + args.steps):
-        for _, model, optimizer, by_rows, phases in runs:
-            timing = step(model, optimizer, by_rows)
+        for _, model, optimizer, by_rows, objective, phases in runs:
+            timing = step(model, optimizer, by_rows, objective)
             if repeat >= 3:
                 phases.append(timing)
-    for name, _, _, _, phases in runs:
+    for name, *_, phases in runs:
         means = [1000 * sum(p[k] for p in phases) / len(phases) for k in range(3)]
         print(f"{name:<18} forward {means[0]:7.1f}  backward {means[1]:7.1f}  optimizer "
               f"{means[2]:7.1f}  => {args.batch / sum(means) * 1000:>11,.0f} rows/s")
