@@ -92,7 +92,14 @@ def train_once(name: str, seed: int, root: str, data: str, extra: list[str]) -> 
     from recspark.core.storage import Layout
     from recspark.core.torch_utils import resolve_device
     from recspark.data.prepared import read_manifest
-    from recspark.train.job import build_objective, model_spec, side_features, train_settings
+    from recspark.train.job import (
+        best_figures,
+        build_objective,
+        fit_blend,
+        model_spec,
+        side_features,
+        train_settings,
+    )
     from recspark.train.loop import fit, init_model
 
     torch.set_num_threads(1)
@@ -117,12 +124,14 @@ def train_once(name: str, seed: int, root: str, data: str, extra: list[str]) -> 
         resolve_device("cpu"),
         objective=build_objective(config, manifest),  # with lists.source: head, the joint one
     )
-    best = result.history[result.best_epoch - 1]
+    best = best_figures(result, {})
+    if config.model.blend is not None:  # as `recspark train` does: the autoencoder, then the mean
+        best = fit_blend(config, model, spec, manifest, prepared, best).best
     return {
         "model": name,
         "seed": seed,
-        "rmse": best.validation_rmse,
-        "mae": best.validation_mae,
+        "rmse": best["validation_rmse"],
+        "mae": best["validation_mae"],
         "best_epoch": result.best_epoch,
         "seconds": time.perf_counter() - started,
     }

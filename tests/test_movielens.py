@@ -8,6 +8,7 @@ its licence forbids shipping a copy. Mean and spread over seeds: benchmarks/movi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 
 from recspark.core.config import load_config
 from recspark.core.errors import BadInputError
+from recspark.core.location import Location
 from recspark.data.side_info import (
     YEAR_NAMES,
     ZIP_REGIONS,
@@ -117,6 +119,7 @@ def test_the_shipped_config_is_valid_and_uses_side_information():
     config = load_config(REPO / "conf" / "movielens-100k.yaml")
     assert config.split.method == "given" and config.input.format == "movielens-100k"
     assert config.model.side_info is not None and config.model.side_info.users
+    assert config.model.blend is not None and config.model.blend.kind == "autorec"
     for name in ("movielens-100k-dot-bias.yaml", "movielens-100k-mlp.yaml"):
         assert load_config(REPO / "conf" / name).model.side_info is None
 
@@ -131,13 +134,11 @@ def _overrides(root: Path, ml100k: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, ml100k_u1, tmp_path):
-    """One member of the shipped model (a side-information dot_bias with a ranking head)
-    <= 0.897, ahead of what three such models averaged reached without the head (0.904), and
-    published as one user table.
-
-    It trains as shipped but for the paths and ``model.ensemble=1``, on a copy of the session's
-    prepared u1: the shipped three members cost three times the suite's longest test for 0.0002
-    RMSE (0.8933 alone, 0.8931 averaged, seed 42); benchmarks/movielens_accuracy.py trains them.
+    """The shipped model (a side-information dot_bias with a ranking head, blended 70/30 with an
+    item autoencoder) <= 0.892, the issue's mark, ahead of the dot_bias model alone, and published
+    as one user table. It trains as shipped but for the paths, on a copy of the session's
+    prepared u1 (0.8867 at seed 42; over seeds 42-44 benchmarks/movielens_accuracy.py measured
+    0.8862 +- 0.0005, the dot_bias model alone 0.8933).
     """
     from recspark.commands import train
 
@@ -148,11 +149,12 @@ def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, ml100k_u1, tmp
     assert prepared["counts"]["train"] == 80000
     assert prepared["counts"]["validation"] + prepared["counts"]["cold_start"] == 20000
 
-    one = ["model.ensemble=1"]
-    best = train.run(load_config(shipped, [*_overrides(root, ml100k), *side, *one]), spark)
-    # 0.8933 (seed 42; the shipped three averaged: 0.8931 +- 0.0002 over seeds 42-44); without
-    # the ranking head three averaged reached 0.904.
-    assert best["metrics"]["validation_rmse"] <= 0.897
+    best = train.run(load_config(shipped, [*_overrides(root, ml100k), *side]), spark)
+    assert best["metrics"]["validation_rmse"] <= 0.892
     assert best["metrics"]["validation_auc"] > 0.8  # the head learnt which films users pick
+    blend = json.loads(Location(best["outputs"]["metrics"]).read_bytes())["blend"]
+    assert blend["main_validation_rmse"] <= 0.897  # the dot_bias model alone
+    assert blend["partner_validation_rmse"] <= 0.93  # the autoencoder alone
+    assert best["metrics"]["validation_rmse"] < blend["main_validation_rmse"] - 0.003
     factors = pd.read_parquet(best["outputs"]["user_factors"])
     assert len(factors) == 943  # the published user table holds every user's effective row

@@ -33,6 +33,7 @@ from recspark.train.job import (
     SUMMARY_METRICS,
     best_figures,
     build_objective,
+    fit_blend,
     global_mean_rmse,
     model_spec,
     not_carried,
@@ -87,6 +88,11 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     model.cpu()
     best = best_figures(result, start)
+    blend = None
+    if config.model.blend is not None:
+        blend = fit_blend(config, model, spec, manifest, prepared, best)
+        model, spec, best = blend.model, blend.spec, blend.best
+        seconds = time.perf_counter() - started
     rating = config.model.objective == "rating"
     baseline = global_mean_rmse(prepared, manifest.rating.mean) if rating else None
     refusal = publication_refusal(config.model.objective, best, start, baseline)
@@ -100,7 +106,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         log.warning("publishing although %s (train.allow_worse)", refusal)
     outputs, metrics = publish_model(
         layout, config, model, spec, result, objective, carried, device, seconds,
-        best=best, manifest=manifest,
+        best=best, manifest=manifest, blend=blend.metrics if blend else None,
     )
     remove_checkpoints(checkpoint_dir)
     return {

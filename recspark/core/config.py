@@ -131,6 +131,27 @@ class SideInfoConfig(_Section):
     items: bool = True  # genres
 
 
+class BlendConfig(_Section):
+    """``model.blend``: an I-AutoRec (:mod:`recspark.model.autorec`) trained after the main model,
+    with settings of its own, and averaged into its rating predictions.
+
+    The published model predicts ``(1 - weight) * main + weight * autorec``; its lists still come
+    from the main model (its ranking head, with ``lists.source: head``). The autoencoder reads the
+    train ratings into the trainer's memory (12 bytes a rating) and trains in that one process.
+    """
+
+    kind: Literal["autorec"] = "autorec"
+    weight: float = Field(0.3, gt=0.0, lt=1.0)  # the autoencoder's share of the prediction
+    hidden: int = Field(500, gt=0)  # width of its item codes
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(1024, gt=0)
+    lr: float = Field(0.001, gt=0.0)
+    # L2 on the encoder and decoder matrices, per epoch beside the summed squared errors (the
+    # paper's lambda / 2).
+    weight_decay: float = Field(50.0, ge=0.0)
+    patience: int = Field(3, ge=0)
+
+
 class ModelConfig(_Section):
     kind: ModelKind = "dot_bias"
     objective: Literal["rating", "ranking"] = "rating"
@@ -144,6 +165,7 @@ class ModelConfig(_Section):
     bias_penalty: float = Field(1.0, ge=0.0)  # multiplier of train.weight_decay for bias rows
     side_info: SideInfoConfig | None = None  # side features added to the embedding tables
     ensemble: int = Field(1, ge=1, le=16)  # >1: mean of that many dot/dot_bias models
+    blend: BlendConfig | None = None  # an autoencoder averaged into the rating predictions
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
@@ -160,6 +182,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 "model.ensemble averages rating-trained dot or dot_bias models: set "
                 "model.ensemble=1 for an mlp or a ranking model"
+            )
+        if self.blend is not None and self.objective == "ranking":
+            raise ValueError(
+                "model.blend averages rating predictions; a ranking model predicts none: remove "
+                "model.blend or set model.objective=rating"
             )
         if self.y_range is not None and self.objective == "ranking":
             raise ValueError(

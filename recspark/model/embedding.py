@@ -655,7 +655,11 @@ class Ensemble(EmbeddingModel):
         self.n_users = 1
 
     def score_vectors(self, user_vectors, user_bias, item_idx):
-        scores, offset = [], 0
+        return torch.stack(list(self._member_scores(user_vectors, item_idx))).mean(dim=0)
+
+    def _member_scores(self, user_vectors: torch.Tensor, item_idx: torch.Tensor):
+        """Each member's scores, its columns of ``user_vectors`` (factors, then its bias)."""
+        offset = 0
         for member in self.members:
             width = member.user_factors.embedding_dim
             vectors = user_vectors[:, offset : offset + width]
@@ -664,9 +668,12 @@ class Ensemble(EmbeddingModel):
             if hasattr(member, "user_bias"):
                 bias = user_vectors[:, offset]
                 offset += 1
-            scores.append(member.score_vectors(vectors, bias, item_idx))
-        return torch.stack(scores).mean(dim=0)
+            yield member.score_vectors(vectors, bias, item_idx)
 
+    @property
+    def lists_members(self) -> list[EmbeddingModel]:
+        """The members whose ranking heads give the published lists (all of an ensemble's)."""
+        return list(self.members)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for member in self.members for p in member.head_parameters()]
@@ -679,7 +686,7 @@ ENSEMBLE_KINDS = ("dot", "dot_bias")
 def has_lists_head(model: nn.Module) -> bool:
     """Whether ``model`` (or every member of an ensemble) carries a :class:`ListHead`."""
     if isinstance(model, Ensemble):
-        return all(has_lists_head(member) for member in model.members)
+        return all(has_lists_head(member) for member in model.lists_members)
     return getattr(model, "lists_head", None) is not None
 
 
@@ -713,8 +720,10 @@ def lists_model(model: EmbeddingModel, rating_weight: float = 0.0) -> tuple[Embe
     """
     if not has_lists_head(model):
         return model, None
+    if isinstance(model, Ensemble) and len(model.lists_members) == 1:
+        model = model.lists_members[0]  # a blend's: its main model's head
     if isinstance(model, Ensemble):
-        members = [_member_lists_model(member, rating_weight) for member in model.members]
+        members = [_member_lists_model(member, rating_weight) for member in model.lists_members]
         lists: EmbeddingModel = Ensemble(members).eval()
     else:
         lists = _member_lists_model(model, rating_weight)
@@ -747,13 +756,17 @@ def build_model(
     bias_penalty: float = 1.0,
     members: int = 1,
     lists_head: bool = False,
+    rating_mean: float = 0.0,
+    parts: list[dict] | None = None,
+    weights: list[float] | None = None,
 ) -> EmbeddingModel:
     """Build a model by name; table sizes come from the id maps, never from the batches.
 
     Parameters
     ----------
     kind
-        ``dot``, ``dot_bias`` or ``mlp``.
+        ``dot``, ``dot_bias`` or ``mlp``; ``autorec`` and ``blend`` (:mod:`recspark.model.autorec`)
+        as ``model.blend`` builds them.
     n_users, n_items
         Rows of the user and item tables.
     factors
@@ -775,6 +788,11 @@ def build_model(
         Above 1: an :class:`Ensemble` of that many models of ``kind`` (``dot`` or ``dot_bias``).
     lists_head
         Give the model (every member) a :class:`ListHead`, the ranking head its lists come from.
+    rating_mean
+        ``autorec``: where its user biases start.
+    parts, weights
+        ``blend``: the ``build_model`` arguments of each part (the main model first) and their
+        weights in the prediction.
     """
     if n_users <= 0 or n_items <= 0:
         raise BadInputError(f"empty tables ({n_users} users, {n_items} items): prepare found no data")
@@ -785,6 +803,13 @@ def build_model(
         "item_features": item_features,
         "bias_penalty": bias_penalty,
     }
+    if kind in ("autorec", "blend"):
+        # Here, not at the top: the module builds on this one's base classes.
+        from recspark.model.autorec import AutoRec, Blend
+
+        if kind == "blend":
+            return Blend([build_model(**part) for part in parts or []], list(weights or []))
+        return AutoRec(n_users, n_items, factors, rating_mean, y_range)
     if members > 1:
         if kind not in ENSEMBLE_KINDS:
             raise ValueError(f"an ensemble averages {ENSEMBLE_KINDS} models, not {kind!r}")

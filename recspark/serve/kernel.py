@@ -304,6 +304,8 @@ class _DotKeys:
             fast = cls(model)
             device = fast.item_matrix.device
             width = fast.item_matrix.shape[1]
+            if model.user_factors.embedding_dim != width:
+                return None  # user rows of another width (a blend's): only the model's code
             users = torch.linspace(-1.5, 1.5, 4 * width, device=device).view(4, width)
             bias = torch.linspace(-0.5, 0.5, 4, device=device)
             expected = model.score_vectors(users, bias, torch.arange(model.n_items, device=device))

@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow.dataset as pads
 import torch
@@ -32,10 +33,18 @@ from recspark.core.constants import ITEM_ID, ITEM_IDX, RATING, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location
 from recspark.core.plots import loss_curve
-from recspark.core.storage import Layout, file_digest, latest_date, staged, write_json
+from recspark.core.storage import (
+    Layout,
+    file_digest,
+    latest_date,
+    read_parquet,
+    staged,
+    write_json,
+)
 from recspark.core.torch_utils import resolve_device
 from recspark.data.prepared import PreparedRun
 from recspark.data.side_info import SideFeatures, load_side_features
+from recspark.model.autorec import Blend
 from recspark.model.embedding import EmbeddingModel, lists_model
 from recspark.model.published import (
     LISTS_FOLDER,
@@ -57,6 +66,7 @@ from recspark.train.loop import (
     TrainSettings,
     evaluate_split,
     fit,
+    init_model,
     settings_fingerprint,
     validation_fields,
 )
@@ -179,6 +189,95 @@ def build_objective(
     return ranking
 
 
+class BlendFit(NamedTuple):
+    """What :func:`fit_blend` gives: the published model, its spec and what the blend measured."""
+
+    model: EmbeddingModel
+    spec: dict[str, Any]
+    best: dict[str, float | None]  # the main model's figures, rating ones of the blend
+    metrics: dict[str, Any]  # metrics.json's ``blend``
+
+
+def fit_blend(
+    config: Config,
+    main: EmbeddingModel,
+    main_spec: dict[str, Any],
+    manifest: PreparedRun,
+    prepared: Path,
+    best: dict[str, float | None],
+) -> BlendFit:
+    """Train ``model.blend``'s autoencoder and average it into ``main`` (trained, on the CPU).
+
+    The autoencoder trains in this process on the train ratings it reads (pyarrow, 12 bytes a
+    rating), with its own settings (``model.blend.*``) and the rating objective; early stopping
+    keeps its best epoch. ``best`` is the main model's :func:`best_figures`: the returned ones
+    keep its loss (its objective's, which publication checks) and take the blend's validation
+    RMSE and MAE.
+    """
+    blend = config.model.blend
+    partner_spec = {
+        "kind": blend.kind,
+        "n_users": manifest.users,
+        "n_items": manifest.items,
+        "factors": blend.hidden,
+        "rating_mean": (
+            manifest.rating.mean if manifest.rating.mean is not None
+            else sum(manifest.rating_range) / 2
+        ),
+        "y_range": list(manifest.rating_range),
+    }
+    partner = init_model(partner_spec, config.train.seed)
+    table = read_parquet(prepared / "train", columns=[USER_IDX, ITEM_IDX, RATING])
+    partner.set_ratings(*(table.column(name).to_numpy() for name in (USER_IDX, ITEM_IDX, RATING)))
+    del table
+    settings = dataclasses.replace(
+        train_settings(config),
+        epochs=blend.epochs,
+        batch_size=blend.batch_size,
+        lr=blend.lr,
+        weight_decay=blend.weight_decay,
+        optimizer_weight_decay=0.0,
+        optimizer="adam",
+        schedule="constant",
+        patience=blend.patience,
+        head_lr_scale=1.0,
+    )
+    device = resolve_device(config.train.device)
+    started = time.perf_counter()
+    rating = for_name("rating")
+    result = fit(partner, str(prepared / "train"), str(prepared / "validation"), settings, device,
+                 objective=rating)
+    partner.cpu()
+    spec = {
+        "kind": "blend",
+        "n_users": manifest.users,
+        "n_items": manifest.items,
+        "parts": [main_spec, partner_spec],
+        "weights": [1.0 - blend.weight, blend.weight],
+        **({"lists_head": True} if main_spec.get("lists_head") else {}),
+    }
+    model = Blend([main, partner], spec["weights"])
+    figures = validation_fields(
+        evaluate_split(model, str(prepared / "validation"), device, rating,
+                       precision=config.train.precision)
+    )
+    model.cpu()
+    partner_best = result.history[result.best_epoch - 1] if result.best_epoch else None
+    metrics = {
+        "kind": blend.kind,
+        "weight": blend.weight,
+        "main_validation_rmse": best["validation_rmse"],
+        "partner_validation_rmse": partner_best.validation_rmse if partner_best else None,
+        "partner_best_epoch": result.best_epoch,
+        "partner_epochs": len(result.history),
+        "partner_seconds": time.perf_counter() - started,
+        "history": [record.published() for record in result.history],
+    }
+    best = {**best, "validation_rmse": figures["validation_rmse"],
+            "validation_mae": figures["validation_mae"]}
+    return BlendFit(model, spec, best, metrics)
+
+
 def train_rows(prepared: Path) -> int:
     """Rows of the prepared train split; an empty one is an error that says what to do."""
     rows = sum(row_groups(str(prepared / "train")))
@@ -201,6 +300,10 @@ def warm_start(
         log.info("warm start: no published model before %s; starting fresh", run_date)
         return not_carried()
     old_model, old = load_published_model(layout, source)
+    old_spec = old.spec.as_dict()
+    if old_spec["kind"] == "blend":
+        # The main model carries over; the blend's autoencoder trains afresh every run.
+        old_model, old_spec = old_model.main, old_spec["parts"][0]
     if layout.prepared(old.meta.index_date).exists():
         check_id_maps(
             layout,
@@ -214,15 +317,15 @@ def warm_start(
             old.meta.index_date,
             source,
         )
-    if old.spec.kind != spec["kind"]:
+    if old_spec["kind"] != spec["kind"]:
         log.warning(
             "warm start: the model of %s is a %r, this run trains a %r; starting fresh",
             source,
-            old.spec.kind,
+            old_spec["kind"],
             spec["kind"],
         )
         return not_carried()
-    carried = carry_weights(model, old_model.state_dict(), old.spec.as_dict())
+    carried = carry_weights(model, old_model.state_dict(), old_spec)
     log.info(
         "warm start from the model of %s: %d of %d users and %d of %d items carried",
         source,
@@ -487,11 +590,13 @@ def publish_model(
     *,
     best: dict[str, float | None],
     manifest: PreparedRun,
+    blend: dict[str, Any] | None = None,
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """Write ``models/RUN_DATE`` atomically: the model, its factor tables, metrics and curve.
 
     ``model`` is on the CPU, holding its best weights; ``best`` is :func:`best_figures`, and
-    ``manifest`` the prepared run it was trained on.
+    ``manifest`` the prepared run it was trained on; ``blend`` what :func:`fit_blend` measured,
+    written as ``metrics.json``'s ``blend``.
 
     Returns
     -------
@@ -514,6 +619,8 @@ def publish_model(
         metrics = training_metrics(
             config, result, best, spec, carried, device, seconds, model_version
         )
+        if blend is not None:
+            metrics["blend"] = blend
         write_json(folder / "metrics.json", metrics)
         if result.history:
             loss_curve(
