@@ -168,6 +168,7 @@ def test_train_publishes_the_blend_and_the_next_run_warm_starts_its_main_model(s
     assert isinstance(model, Blend) and published.spec.kind == "blend"
     assert published.lists_from_head and summary["outputs"]["lists_item_factors"]
     figures = published.metrics["blend"]
+    assert summary["metrics"]["blend"] == {k: v for k, v in figures.items() if k != "history"}
     assert figures["weight"] == 0.4 and 1 <= figures["partner_best_epoch"] <= 6
     assert len(figures["history"]) == figures["partner_epochs"]
     # The summary's RMSE is the published blend's on the validation split, recomputed here.

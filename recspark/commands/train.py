@@ -118,5 +118,9 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             "carried_users": carried["users"],
             "carried_items": carried["items"],
         },
-        "metrics": {k: metrics[k] for k in SUMMARY_METRICS},
+        "metrics": {
+            **{k: metrics[k] for k in SUMMARY_METRICS},
+            **({"blend": {k: v for k, v in blend.metrics.items() if k != "history"}}
+               if blend else {}),
+        },
     }

@@ -252,6 +252,7 @@ def fit_blend(
         "kind": "blend",
         "n_users": manifest.users,
         "n_items": manifest.items,
+        "factors": main_spec["factors"],  # what reports show; each part builds its own
         "parts": [main_spec, partner_spec],
         "weights": [1.0 - blend.weight, blend.weight],
         **({"lists_head": True} if main_spec.get("lists_head") else {}),
