@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import recspark.train.loop
 from recspark.model.embedding import build_model
 from recspark.model.saving import carry_weights
 from recspark.train.checkpoints import load_checkpoint, save_checkpoint
@@ -27,6 +28,7 @@ from recspark.train.loop import (
     EpochRecord,
     TrainSettings,
     auto_batch_size,
+    auto_epochs,
     evaluate_split,
     fit,
     init_model,
@@ -289,6 +291,25 @@ def test_an_auto_batch_size_follows_the_train_rows(rows, expected):
     assert auto_batch_size("auto", rows) == expected
     assert auto_batch_size(300, rows) == 300
     assert plan_feed([max(rows, 1)], "auto", 0, 1).batch_size == auto_batch_size("auto", max(rows, 1))
+
+
+@pytest.mark.parametrize(
+    "rows,expected",
+    [(640_000, 8), (5_000_000, 8), (7_996_329, 5), (8_000_000, 5), (11_500_000, 3), (10**9, 3)],
+)
+def test_auto_epochs_follow_the_train_rows(rows, expected):
+    assert auto_epochs("auto", rows) == expected
+    assert auto_epochs(12, rows) == 12
+
+
+def test_fit_with_auto_epochs_runs_as_many_as_the_train_rows_ask(prepared, monkeypatch):
+    rows = pq.read_table(prepared / "train").num_rows
+    _, result = run(prepared, quick(epochs="auto", patience=20))
+    assert len(result.history) == 8  # a small table: every one of the most
+    # A budget of 2.6 passes over this table: 3 epochs, the nearest whole number.
+    monkeypatch.setattr(recspark.train.loop, "AUTO_EPOCH_ROWS", int(rows * 2.6))
+    _, result = run(prepared, quick(epochs="auto", patience=20))
+    assert len(result.history) == 3
 
 
 def test_schedules_follow_their_shapes():

@@ -232,7 +232,9 @@ class ListsConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(8, ge=1)  # an untrained model is never published
+    # auto: 8 epochs up to 5.3M train rows, fewer above (recspark.train.loop.auto_epochs); an
+    # untrained model is never published, so a number must be at least 1
+    epochs: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     # auto: the power of two nearest train rows / 128, within [1024, 65536] (recspark.train.loop)
     batch_size: Literal["auto"] | Annotated[int, Field(gt=0)] = "auto"
     lr: float = Field(0.03, gt=0.0)
