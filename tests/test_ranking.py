@@ -23,10 +23,14 @@ import pytest
 import torch
 
 from recspark.cli import main
+from recspark.commands import recommend
 from recspark.core.config import load_config
 from recspark.core.errors import ConfigError
 from recspark.core.location import Location
+from recspark.core.storage import Layout
+from recspark.model.ease import EaseModel, ease_weights
 from recspark.model.embedding import build_model
+from recspark.model.published import load_published_model
 from recspark.train.loop import TrainSettings, fit, train_epoch
 from recspark.train.objectives import for_name, ranking
 from recspark.train.objectives.base import RunContext
@@ -457,3 +461,55 @@ def test_train_score_evaluate_with_the_ranking_objective(tiny_trained, tmp_path)
     assert metrics["rmse"] is None and metrics["mae"] is None  # scores, not ratings
     plots = [Path(plot).name for plot in summaries["evaluate"]["outputs"]["plots"]]
     assert plots == ["training_curves.png", "metrics_vs_baselines.png"]
+
+
+def _run_command(command: str, overrides: list[str]) -> dict:
+    buffer = StringIO()
+    with redirect_stdout(buffer):
+        status = main([command, *[arg for item in overrides for arg in ("--set", item)]])
+    summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
+    assert status == 0, summary
+    return summary
+
+
+def test_a_blend_with_ease_is_published_scored_and_recommended_as_one_list(
+    spark, tiny_trained, tmp_path
+):
+    """``model.blend.kind: ease`` through train, score and recommend: the published EASE is the
+    closed form of the train split, and a known user's ``recommend`` list is the published one."""
+    shared, _ = tiny_trained
+    for name in ("data", "prepared"):
+        shutil.copytree(shared / name, tmp_path / name)
+    overrides = tiny_overrides(
+        tmp_path,
+        **{"model.objective": "ranking", "ranking.negatives": 64, "train.epochs": 3,
+           "train.lr": 0.03, "train.weight_decay": 0.001, "model.blend.kind": "ease",
+           "model.blend.regularization": 50},
+    )
+    trained = _run_command("train", overrides)
+    figures = trained["metrics"]["blend"]
+    assert figures["kind"] == "ease" and figures["weight"] == pytest.approx(2 / 3)
+    assert figures["regularization"] == 50 and 0.5 < figures["validation_auc"] <= 1
+    model, published = load_published_model(Layout(tmp_path), "2026-01-15")
+    assert published.spec.kind == "blend" and isinstance(model.members[1], EaseModel)
+    # The published EASE is the closed form of the train split.
+    train = pd.read_parquet(tmp_path / "prepared" / "2026-01-15" / "train")
+    x = np.zeros((model.n_users, model.n_items), dtype=np.float32)
+    x[train.user_idx, train.item_idx] = 1
+    np.testing.assert_allclose(
+        model.members[1].item_factors.weight.numpy().T,
+        ease_weights(x.T.astype(np.float64) @ x, 50.0), atol=1e-6,
+    )
+
+    scored = _run_command("score", overrides)
+    table = pd.read_parquet(Location(scored["outputs"]["recommendations"]))
+    table = table.sort_values(["user_id", "rank"])
+    lists = table.groupby("user_id")["item_id"].apply(list).to_dict()
+    for user_id in sorted(lists)[:5]:
+        result = recommend.run(load_config(None, [*overrides, f"recommend.user={user_id}"]), spark)
+        assert [row["item_id"] for row in result["recommendations"]] == lists[user_id]
+    liked = table["item_id"].drop_duplicates().head(4).tolist()
+    pairs = ",".join(f"{item}=5" for item in liked)
+    folded = recommend.run(load_config(None, [*overrides, f"recommend.ratings={pairs}"]), spark)
+    listed = [row["item_id"] for row in folded["recommendations"]]
+    assert len(listed) == 10 and not set(listed) & set(liked)

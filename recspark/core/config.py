@@ -132,24 +132,39 @@ class SideInfoConfig(_Section):
 
 
 class BlendConfig(_Section):
-    """``model.blend``: an I-AutoRec (:mod:`recspark.model.autorec`) trained after the main model,
-    with settings of its own, and averaged into its rating predictions.
+    """``model.blend``: a second model fitted after the main one, with settings of its own, whose
+    scores are averaged into the main model's.
 
-    The published model predicts ``(1 - weight) * main + weight * autorec``; its lists still come
-    from the main model (its ranking head, with ``lists.source: head``). The autoencoder reads the
-    train ratings into the trainer's memory (12 bytes a rating) and trains in that one process.
+    ``kind: autorec`` (a rating model's partner): an I-AutoRec (:mod:`recspark.model.autorec`);
+    the published model predicts ``(1 - weight) * main + weight * autorec`` and its lists still
+    come from the main model (its ranking head, with ``lists.source: head``). The autoencoder reads
+    the train ratings into the trainer's memory (12 bytes a rating) and trains in that one process.
+
+    ``kind: ease`` (a ranking model's partner): EASE (:mod:`recspark.model.ease`), fitted in closed
+    form on the train positives; the lists rank by ``(1 - weight) * main + weight * ease`` on raw
+    scores. Its tables are dense (users x items and items x items): catalogues up to 20,000 items.
     """
 
-    kind: Literal["autorec"] = "autorec"
-    weight: float = Field(0.3, gt=0.0, lt=1.0)  # the autoencoder's share of the prediction
-    hidden: int = Field(500, gt=0)  # width of its item codes
-    epochs: int = Field(20, gt=0)
-    batch_size: int = Field(1024, gt=0)
-    lr: float = Field(0.001, gt=0.0)
-    # L2 on the encoder and decoder matrices, per epoch beside the summed squared errors (the
-    # paper's lambda / 2).
+    kind: Literal["autorec", "ease"] = "autorec"
+    # The partner's share: 0.3 for autorec, 2/3 for ease (its scores, about 0-1, are far smaller
+    # than a softmax model's logits: on ML-100K this adds twice EASE's score to the model's).
+    weight: float | None = Field(None, gt=0.0, lt=1.0)
+    hidden: int = Field(500, gt=0)  # autorec: width of its item codes
+    epochs: int = Field(20, gt=0)  # autorec
+    batch_size: int = Field(1024, gt=0)  # autorec
+    lr: float = Field(0.001, gt=0.0)  # autorec
+    # autorec: L2 on the encoder and decoder matrices, per epoch beside the summed squared errors
+    # (the paper's lambda / 2).
     weight_decay: float = Field(50.0, ge=0.0)
-    patience: int = Field(3, ge=0)
+    patience: int = Field(3, ge=0)  # autorec
+    regularization: float = Field(500.0, gt=0.0)  # ease: its lambda (as benchmark.ease_lambda)
+
+    @property
+    def share(self) -> float:
+        """``weight``, or the kind's default when unset."""
+        if self.weight is not None:
+            return self.weight
+        return 0.3 if self.kind == "autorec" else 2.0 / 3.0
 
 
 class ModelConfig(_Section):
@@ -165,7 +180,7 @@ class ModelConfig(_Section):
     bias_penalty: float = Field(1.0, ge=0.0)  # multiplier of train.weight_decay for bias rows
     side_info: SideInfoConfig | None = None  # side features added to the embedding tables
     ensemble: int = Field(1, ge=1, le=16)  # >1: mean of that many dot/dot_bias models
-    blend: BlendConfig | None = None  # an autoencoder averaged into the rating predictions
+    blend: BlendConfig | None = None  # a second model averaged into the main one's scores
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
@@ -183,10 +198,15 @@ class ModelConfig(_Section):
                 "model.ensemble averages rating-trained dot or dot_bias models: set "
                 "model.ensemble=1 for an mlp or a ranking model"
             )
-        if self.blend is not None and self.objective == "ranking":
+        if self.blend is not None and self.blend.kind == "autorec" and self.objective == "ranking":
             raise ValueError(
-                "model.blend averages rating predictions; a ranking model predicts none: remove "
-                "model.blend or set model.objective=rating"
+                "model.blend.kind=autorec averages rating predictions; a ranking model predicts "
+                "none: set model.blend.kind=ease (or model.objective=rating)"
+            )
+        if self.blend is not None and self.blend.kind == "ease" and self.objective != "ranking":
+            raise ValueError(
+                "model.blend.kind=ease adds EASE's scores to a ranking model's; a rating model "
+                "takes model.blend.kind=autorec (or set model.objective=ranking)"
             )
         if self.y_range is not None and self.objective == "ranking":
             raise ValueError(

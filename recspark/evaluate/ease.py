@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
 from recspark.core.constants import ITEM_IDX, ITEMS, RANK, SCORE, USER_IDX
+from recspark.model.ease import ease_weights
 from recspark.serve.kernel import _rated_csr, top_k, users_per_block
 from recspark.serve.scoring import _threads_per_task, task_device
 
@@ -88,22 +89,6 @@ def item_gram(
         gram[row.i, columns] = np.asarray(row.counts, dtype=np.float64)
     upper = np.triu(gram, 1)
     return gram + upper.T
-
-
-def ease_weights(gram: np.ndarray, regularization: float) -> np.ndarray:
-    """EASE's ``B`` from the Gram matrix: ``P = (G + lambda I)^-1``, ``B_ij = -P_ij / P_jj``,
-    ``B_jj = 0``; float32."""
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-        raise ValueError(f"gram must be a square matrix, got shape {gram.shape}")
-    if regularization <= 0:
-        raise ValueError(f"regularization must be positive, got {regularization}")
-    matrix = np.array(gram, dtype=np.float64)
-    matrix[np.diag_indices_from(matrix)] += regularization
-    precision = np.linalg.inv(matrix)
-    del matrix
-    weights = precision / -np.diag(precision)
-    np.fill_diagonal(weights, 0.0)
-    return weights.astype(np.float32)
 
 
 def fit_ease(train: DataFrame, n_items: int, regularization: float) -> Ease:

@@ -765,8 +765,8 @@ def build_model(
     Parameters
     ----------
     kind
-        ``dot``, ``dot_bias`` or ``mlp``; ``autorec`` and ``blend`` (:mod:`recspark.model.autorec`)
-        as ``model.blend`` builds them.
+        ``dot``, ``dot_bias`` or ``mlp``; ``autorec``, ``ease`` and ``blend``
+        (:mod:`recspark.model.autorec`, :mod:`recspark.model.ease`) as ``model.blend`` builds them.
     n_users, n_items
         Rows of the user and item tables.
     factors
@@ -803,8 +803,12 @@ def build_model(
         "item_features": item_features,
         "bias_penalty": bias_penalty,
     }
+    if kind == "ease":
+        # Here, not at the top (as below): the module builds on this one's base classes.
+        from recspark.model.ease import EaseModel
+
+        return EaseModel(n_users, n_items)
     if kind in ("autorec", "blend"):
-        # Here, not at the top: the module builds on this one's base classes.
         from recspark.model.autorec import AutoRec, Blend
 
         if kind == "blend":

@@ -22,6 +22,10 @@ the new row what training asked of every old one.
 - ``mlp``: the network is not invertible, so the user row starts at the mean of the trained user
   rows (a typical user) and takes L-BFGS steps on the loss above, with the network frozen and in
   eval mode (no dropout), from a fixed start: the result is deterministic.
+- a blend of a ranking model and EASE (``model.blend.kind: ease``): the user is folded into the
+  main model as below, and their EASE row is the indicator of the items they rated at or above
+  the positive threshold, as training wrote every user's (EASE has nothing of a user to solve
+  for). The rows sit side by side as the blend keeps them (:class:`~recspark.model.autorec.Blend`).
 
 A model trained with ``model.objective: ranking`` (:mod:`recspark.train.objectives.ranking`) was not fitted to
 rating values but to rank a user's rated items above the rest, so its fold-in minimises that loss
@@ -440,6 +444,8 @@ def fold_in(
     ratings = np.asarray(ratings, dtype=np.float64)
     if len(item_idx) and (item_idx.min() < 0 or item_idx.max() >= model.n_items):
         raise IndexError(f"item_idx outside [0, {model.n_items})")
+    if _ease_partners(model):
+        return fold_in_ease_blend(model, item_idx, ratings, regularization, ranking)
     if ranking is not None:
         return fold_in_ranking(model, item_idx, ratings, regularization, ranking)
     if isinstance(model, EmbeddingNet | Ensemble):
@@ -451,6 +457,37 @@ def fold_in(
     if isinstance(model, DotProduct):
         return fold_in_dot(vectors, ratings, regularization)
     raise TypeError(f"no fold-in for {type(model).__name__}")
+
+
+def _ease_partners(model: EmbeddingModel) -> bool:
+    from recspark.model.autorec import Blend
+    from recspark.model.ease import EaseModel
+
+    return isinstance(model, Blend) and any(isinstance(p, EaseModel) for p in model.members[1:])
+
+
+def fold_in_ease_blend(
+    model: EmbeddingModel,
+    item_idx: np.ndarray,
+    ratings: np.ndarray,
+    regularization: float,
+    ranking: RankingFoldIn | None,
+) -> FoldIn:
+    """The user row of a blend with EASE partners: the main model's fold-in (and its user bias
+    column), then each partner's row of the positives (module docstring)."""
+    from recspark.model.ease import EaseModel
+
+    main = model.main
+    folded = fold_in(main, item_idx, ratings, regularization, ranking)
+    parts = [folded.vector, *([[folded.bias]] if hasattr(main, "user_bias") else [])]
+    threshold = ranking.positive_threshold if ranking is not None else -math.inf
+    liked = item_idx[ratings >= threshold]
+    for partner in model.members[1:]:
+        if not isinstance(partner, EaseModel):
+            raise TypeError(f"no fold-in for a blend with a {type(partner).__name__} partner")
+        parts.append(partner.user_row(liked))
+    vector = np.concatenate([np.asarray(part, dtype=np.float32) for part in parts])
+    return FoldIn(vector, 0.0, folded.rmse, folded.iterations, folded.objective, folded.rank_share)
 
 
 def score_user(

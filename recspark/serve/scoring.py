@@ -80,7 +80,15 @@ def item_side_payload(model: nn.Module, spec: dict, meta: dict) -> bytes:
     """The model's bytes with its user tables cut to one row: executors score user vectors."""
     light = copy.deepcopy(model).cpu()
     light.cut_users()
-    return model_bytes(light, {**spec, "n_users": 1, "sparse": False}, meta)
+    return model_bytes(light, _one_user(spec), meta)
+
+
+def _one_user(spec: dict) -> dict:
+    """``spec`` of the cut model: one user row, dense tables; a blend's parts alike."""
+    cut = {**spec, "n_users": 1, "sparse": False}
+    if "parts" in spec:
+        cut["parts"] = [_one_user(part) for part in spec["parts"]]
+    return cut
 
 
 def recommend_all(

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import pyarrow.dataset as pads
 import torch
 
@@ -206,16 +207,79 @@ def fit_blend(
     prepared: Path,
     best: dict[str, float | None],
 ) -> BlendFit:
-    """Train ``model.blend``'s autoencoder and average it into ``main`` (trained, on the CPU).
+    """Fit ``model.blend``'s partner and average it into ``main`` (trained, on the CPU).
 
-    The autoencoder trains in this process on the train ratings it reads (pyarrow, 12 bytes a
-    rating), with its own settings (``model.blend.*``) and the rating objective; early stopping
-    keeps its best epoch. ``best`` is the main model's :func:`best_figures`: the returned ones
-    keep its loss (its objective's, which publication checks) and take the blend's validation
-    RMSE and MAE.
+    The partner reads the train split in this process (pyarrow, 12 bytes a rating): an
+    autoencoder (``kind: autorec``) trains with its own settings (``model.blend.*``) and the
+    rating objective, early stopping keeping its best epoch; EASE (``kind: ease``) is solved in
+    closed form from the train positives. ``best`` is the main model's :func:`best_figures`: the
+    returned ones keep its loss (its objective's, which publication checks) and take the blend's
+    other validation figures (RMSE and MAE of a rating blend, the sampled AUC of a ranking one).
     """
     blend = config.model.blend
-    partner_spec = {
+    started = time.perf_counter()
+    table = read_parquet(prepared / "train", columns=[USER_IDX, ITEM_IDX, RATING])
+    columns = [table.column(name).to_numpy() for name in (USER_IDX, ITEM_IDX, RATING)]
+    del table
+    device = resolve_device(config.train.device)
+    if blend.kind == "ease":
+        partner_spec = {"kind": "ease", "n_users": manifest.users, "n_items": manifest.items}
+        partner = init_model(partner_spec, config.train.seed)
+        users, items, ratings = columns
+        positive = ratings >= config.ranking.positive_threshold
+        partner.fit(users[positive], items[positive], blend.regularization)
+        objective = for_name(
+            "ranking",
+            ranking=RankingSettings(**config.ranking.model_dump()),
+            item_counts=np.bincount(items[positive], minlength=manifest.items).astype(np.float64),
+        )
+        partner_figures = {"regularization": blend.regularization}
+    else:
+        partner, partner_spec, partner_figures = _fit_autorec(config, manifest, prepared, columns,
+                                                              device)
+        objective = for_name("rating")
+    del columns
+    weight = blend.share
+    spec = {
+        "kind": "blend",
+        "n_users": manifest.users,
+        "n_items": manifest.items,
+        "factors": main_spec["factors"],  # what reports show; each part builds its own
+        "parts": [main_spec, partner_spec],
+        "weights": [1.0 - weight, weight],
+        **({"lists_head": True} if main_spec.get("lists_head") else {}),
+    }
+    model = Blend([main, partner], spec["weights"])
+    figures = validation_fields(
+        evaluate_split(model, str(prepared / "validation"), device, objective,
+                       precision=config.train.precision)
+    )
+    model.cpu()
+    metrics = {
+        "kind": blend.kind,
+        "weight": weight,
+        **{f"main_{name}": best[name] for name in VALIDATION_FIELDS if best[name] is not None},
+        **{name: figures[name] for name in VALIDATION_FIELDS
+           if name != "validation_loss" and figures[name] is not None},
+        **partner_figures,
+        "partner_seconds": time.perf_counter() - started,
+    }
+    best = {**best, **{name: value for name, value in figures.items()
+                       if name != "validation_loss" and value is not None}}
+    return BlendFit(model, spec, best, metrics)
+
+
+def _fit_autorec(
+    config: Config,
+    manifest: PreparedRun,
+    prepared: Path,
+    columns: list,
+    device: torch.device,
+) -> tuple[EmbeddingModel, dict[str, Any], dict[str, Any]]:
+    """``model.blend.kind: autorec``: the autoencoder trained on ``columns`` (users, items and
+    ratings of the train split); its spec and what its training measured."""
+    blend = config.model.blend
+    spec = {
         "kind": blend.kind,
         "n_users": manifest.users,
         "n_items": manifest.items,
@@ -226,10 +290,8 @@ def fit_blend(
         ),
         "y_range": list(manifest.rating_range),
     }
-    partner = init_model(partner_spec, config.train.seed)
-    table = read_parquet(prepared / "train", columns=[USER_IDX, ITEM_IDX, RATING])
-    partner.set_ratings(*(table.column(name).to_numpy() for name in (USER_IDX, ITEM_IDX, RATING)))
-    del table
+    partner = init_model(spec, config.train.seed)
+    partner.set_ratings(*columns)
     settings = dataclasses.replace(
         train_settings(config),
         epochs=blend.epochs,
@@ -242,41 +304,17 @@ def fit_blend(
         patience=blend.patience,
         head_lr_scale=1.0,
     )
-    device = resolve_device(config.train.device)
-    started = time.perf_counter()
-    rating = for_name("rating")
     result = fit(partner, str(prepared / "train"), str(prepared / "validation"), settings, device,
-                 objective=rating)
+                 objective=for_name("rating"))
     partner.cpu()
-    spec = {
-        "kind": "blend",
-        "n_users": manifest.users,
-        "n_items": manifest.items,
-        "factors": main_spec["factors"],  # what reports show; each part builds its own
-        "parts": [main_spec, partner_spec],
-        "weights": [1.0 - blend.weight, blend.weight],
-        **({"lists_head": True} if main_spec.get("lists_head") else {}),
-    }
-    model = Blend([main, partner], spec["weights"])
-    figures = validation_fields(
-        evaluate_split(model, str(prepared / "validation"), device, rating,
-                       precision=config.train.precision)
-    )
-    model.cpu()
     partner_best = result.history[result.best_epoch - 1] if result.best_epoch else None
-    metrics = {
-        "kind": blend.kind,
-        "weight": blend.weight,
-        "main_validation_rmse": best["validation_rmse"],
+    figures = {
         "partner_validation_rmse": partner_best.validation_rmse if partner_best else None,
         "partner_best_epoch": result.best_epoch,
         "partner_epochs": len(result.history),
-        "partner_seconds": time.perf_counter() - started,
         "history": [record.published() for record in result.history],
     }
-    best = {**best, "validation_rmse": figures["validation_rmse"],
-            "validation_mae": figures["validation_mae"]}
-    return BlendFit(model, spec, best, metrics)
+    return partner, spec, figures
 
 
 def train_rows(prepared: Path) -> int:
@@ -303,7 +341,7 @@ def warm_start(
     old_model, old = load_published_model(layout, source)
     old_spec = old.spec.as_dict()
     if old_spec["kind"] == "blend":
-        # The main model carries over; the blend's autoencoder trains afresh every run.
+        # The main model carries over; the blend's partner is fitted afresh every run.
         old_model, old_spec = old_model.main, old_spec["parts"][0]
     if layout.prepared(old.meta.index_date).exists():
         check_id_maps(
