@@ -215,6 +215,12 @@ def train_ranking_once(
         resolve_device("cpu"),
         objective=objective,
     )
+    if config.model.blend is not None:  # EASE fitted and averaged in, as `recspark train` does
+        from recspark.train.job import best_figures, fit_blend
+
+        model = fit_blend(
+            config, model, spec, manifest, prepared, best_figures(result, {})
+        ).model
     seconds = time.perf_counter() - started
     model.eval()
     k = config.evaluate.k
