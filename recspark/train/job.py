@@ -258,7 +258,8 @@ def fit_blend(
     metrics = {
         "kind": blend.kind,
         "weight": weight,
-        **{f"main_{name}": best[name] for name in VALIDATION_FIELDS if best[name] is not None},
+        **{f"main_{name}": best[name] for name in VALIDATION_FIELDS
+           if best.get(name) is not None},
         **{name: figures[name] for name in VALIDATION_FIELDS
            if name != "validation_loss" and figures[name] is not None},
         **partner_figures,
