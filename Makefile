@@ -26,9 +26,11 @@ demo: setup
 	$(BIN)/recspark evaluate
 
 # Two pytest-xdist workers, a module each at a time (module fixtures run once): much of the suite
-# waits on JVMs, subprocesses and servers, so two halves overlap well even on two cores.
+# waits on JVMs, subprocesses and servers, so two halves overlap well even on two cores. Modules go
+# out in the order tests/conftest.py collects them (longest first); xdist would otherwise hand out
+# the modules with the most tests first and leave the long end-to-end ones for last.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check recspark jobs tests
