@@ -48,6 +48,8 @@ import numpy as np
 import torch
 
 from recspark.core.errors import BadInputError
+from recspark.model.autorec import Blend
+from recspark.model.ease import EaseModel
 from recspark.model.embedding import DotBias, DotProduct, EmbeddingModel, EmbeddingNet, Ensemble
 
 # Scaled ratings are clipped to [EDGE, 1 - EDGE] before the logit: a rating at the bottom of
@@ -460,9 +462,6 @@ def fold_in(
 
 
 def _ease_partners(model: EmbeddingModel) -> bool:
-    from recspark.model.autorec import Blend
-    from recspark.model.ease import EaseModel
-
     return isinstance(model, Blend) and any(isinstance(p, EaseModel) for p in model.members[1:])
 
 
