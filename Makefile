@@ -1,7 +1,14 @@
 # Set-up and the two README commands. `make demo` runs the whole pipeline on the embedded default;
 # `make test` runs the test suite. Both set up first if needed: .venv/ with the pinned stack, and
 # Spark's extra jars in .jars/ (fetched once through Maven; `make jars` does only that part).
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Python 3.12 when present, else 3.11 (the pinned stack's pyarrow 14 has wheels for both), on PATH or
+# installed by pyenv. An interpreter counts only if it runs: a pyenv shim for a version that is not
+# selected is on PATH but fails.
+PYTHON ?= $(shell for candidate in python3.12 \
+	$$(ls -d "$$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 2>/dev/null | sort -V | tail -n 1) \
+	python3.11 python3; do \
+	$$candidate -c 'import sys; assert sys.version_info[:2] in ((3, 12), (3, 11)); print(sys.executable)' \
+	2>/dev/null && break; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

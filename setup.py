@@ -11,15 +11,26 @@ setup(
     description="Distributed batch recommender: Spark jobs, Petastorm-fed PyTorch embeddings",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    # 3.12 is the default (make setup picks it when present); 3.11 is accepted. Petastorm's newest
+    # stack is pyarrow 14.0.x, whose wheels stop at Python 3.12 (see constraints.txt).
+    python_requires=">=3.11,<3.13",
     packages=find_packages(include=["recspark", "recspark.*"]),
     install_requires=[
+        # Spark 4.1 needs pyarrow >= 15, which petastorm cannot import: 4.0.x is the newest Spark
+        # beside petastorm's feed.
         "pyspark==4.0.*",
-        "pyarrow==12.0.1",
+        # 14.0.2: the last pyarrow with the legacy ParquetDataset petastorm reads through, the first
+        # with Python 3.12 wheels, and past the fix of CVE-2023-47248 (14.0.1). recspark refuses
+        # unknown extension types itself too (recspark.core.parquet_safety), on any pyarrow.
+        "pyarrow==14.0.2",
+        # petastorm uses np.unicode_/np.string_ (gone in numpy 2), and pyarrow 14 is built on 1.x.
         "numpy<2",
         "pandas==2.2.*",
-        "petastorm==0.12.1",
-        "torch==2.13.0",
+        # The newest petastorm: make_batch_reader + BatchedDataLoader feed the trainer.
+        "petastorm==0.13.1",
+        # petastorm 0.13.1 declares setuptools<70 and torch >= 2.13 declares setuptools>=77.0.3:
+        # 2.12.1 is the newest torch that installs beside it.
+        "torch==2.12.1",
         "pydantic>=2,<3",
         "PyYAML>=6",
         "matplotlib>=3.8",

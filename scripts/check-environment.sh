@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # Stops set-up early, with what to do, when the machine lacks what recspark needs.
 set -euo pipefail
-python_bin="${1:-python3.11}"
-if ! command -v "$python_bin" >/dev/null 2>&1; then
-  if command -v python3 >/dev/null 2>&1 && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-    echo "note: using python3 ($(python3 --version)) as $python_bin is not on PATH" >&2
-  else
-    echo "error: recspark needs Python 3.11 (the pinned pyarrow 12 / petastorm stack has no wheels for newer)." >&2
-    echo "       install it (e.g. 'apt-get install python3.11 python3.11-venv' or pyenv) and re-run, or" >&2
-    echo "       pass another interpreter: make demo PYTHON=/path/to/python3.11" >&2
-    exit 1
-  fi
+python_bin="${1:-}"
+if [ -z "$python_bin" ] || ! "$python_bin" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 12), (3, 11)))' 2>/dev/null; then
+  echo "error: recspark needs Python 3.12 or 3.11 (petastorm's newest stack, pyarrow 14.0.2, has wheels for" >&2
+  echo "       no newer Python); ${python_bin:-no python3.12 or python3.11} was not usable." >&2
+  echo "       install one (e.g. 'apt-get install python3.12 python3.12-venv' or pyenv) and re-run, or" >&2
+  echo "       pass another interpreter: make demo PYTHON=/path/to/python3.12" >&2
+  exit 1
 fi
 if ! command -v java >/dev/null 2>&1; then
   echo "error: 'java' was not found. Spark 4 needs Java 17 (or 21)." >&2

@@ -6,7 +6,7 @@ configured by ``fs.s3a.*`` keys; the driver's own file operations go through ``p
 both, so they cannot point at different stores. It is a plain frozen value that ships to worker
 processes as a dict (:meth:`S3Settings.as_dict`).
 
-An object store has no atomic rename, and pyarrow 12 cannot make a write conditional, yet the
+An object store has no atomic rename, and the pinned pyarrow (14) cannot make a write conditional, yet the
 nightly run lock needs "create only if absent" and "replace only the version I read". S3 offers
 both as conditional PUTs (``If-None-Match: *`` and ``If-Match: "<etag>"``, answered with 412 when
 the condition fails), so :class:`S3Client` is a small client for exactly those calls, signed with
@@ -59,7 +59,7 @@ class S3Settings:
         Signing region; ``None`` means ``us-east-1``, which most non-AWS stores accept.
     path_style
         Address buckets as ``<endpoint>/<bucket>/<key>`` rather than ``<bucket>.<endpoint>/<key>``
-        (Hadoop's ``fs.s3a.path.style.access``). pyarrow 12 always uses path style for a custom
+        (Hadoop's ``fs.s3a.path.style.access``). the pinned pyarrow always uses path style for a custom
         endpoint and virtual-hosted style for AWS, whatever this says.
     """
 
