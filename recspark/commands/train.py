@@ -27,7 +27,7 @@ from recspark.core.config import Config
 from recspark.core.errors import TrainingRejectedError
 from recspark.core.storage import Layout
 from recspark.core.torch_utils import resolve_device
-from recspark.data.prepared import read_manifest
+from recspark.data.prepared import check_tables, read_manifest
 from recspark.train.checkpoints import remove_checkpoints
 from recspark.train.job import (
     SUMMARY_METRICS,
@@ -56,6 +56,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     layout = Layout(config.paths.root)
     manifest = read_manifest(layout, config.run_date)
     prepared = layout.prepared(config.run_date)
+    check_tables(prepared)  # pyarrow and petastorm read them: no file that could run code
     spec = model_spec(config, manifest, prepared)
     rows = train_rows(prepared)
     model = init_model(spec, config.train.seed)

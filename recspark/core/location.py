@@ -13,7 +13,7 @@ retention) goes through :class:`Location`, backed by ``pyarrow.fs``:
 * it is already installed (pyarrow is pinned for petastorm), and petastorm reads through it
   (:func:`recspark.train.feeding.open_feed`); fsspec would add one client package per store.
 
-pyarrow 12 has local, S3, GCS and HDFS (through ``libhdfs``, from ``HADOOP_HOME`` on a Hadoop
+pyarrow has local, S3, GCS and HDFS (through ``libhdfs``, from ``HADOOP_HOME`` on a Hadoop
 node) filesystems; Azure goes through fsspec's ``adlfs`` when it is installed. S3 credentials and
 endpoint come from the same Hadoop settings Spark uses (``spark.hadoop.fs.s3a.*``; see
 :func:`configure`), so a job is configured once.

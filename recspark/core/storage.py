@@ -36,6 +36,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from recspark.core import parquet_safety
 from recspark.core.location import Location
 
 SUCCESS = "_SUCCESS"
@@ -222,5 +223,6 @@ def read_parquet(folder: Where, columns: list[str] | None = None):
     files = parquet_files(location)
     if not files:
         raise FileNotFoundError(f"no Parquet files in {location}")
+    parquet_safety.check_parquet_files(files)  # each footer before any row: no crafted types
     tables = [pq.read_table(file.fs_path, columns=columns, filesystem=file.filesystem) for file in files]
     return pa.concat_tables(tables)

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recspark.core import parquet_safety
 from recspark.core.constants import ITEM_IDX, ITEMS, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError, MissingInputError
+from recspark.core.location import Location
 from recspark.core.storage import Layout, parquet_files, parquet_rows, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,27 @@ def rated_by_user(spark: SparkSession, prepared: Path) -> DataFrame:
     return rated_lists(rated(spark, prepared))
 
 
+# The tables of a prepared run that pyarrow reads (the trainer's feed, the id maps, the rated
+# lists); the others are read by Spark's own reader alone.
+PYARROW_TABLES = ("train", "validation", "user_index", "item_index", RATED)
+
+
+def check_tables(prepared: Path, names: tuple[str, ...] = PYARROW_TABLES) -> None:
+    """Refuse a prepared run with a file that pyarrow must not open, before any row is read.
+
+    A prepared run lies under ``paths.root``, where others may write: every file that a Parquet
+    reader would take from these tables (``_*`` and ``.*`` aside) is checked by its footer
+    (:func:`recspark.core.parquet_safety.check_parquet_folder`).
+
+    Raises
+    ------
+    BadInputError
+        Naming the file and the column.
+    """
+    for name in names:
+        parquet_safety.check_parquet_folder(Location(prepared) / name)
+
+
 def lists_every_user(prepared: Path, users: int) -> bool:
     """Whether ``prepared/rated/`` has one row per user of the id map, with its raw id: the list
     of users to score as it lies. (Runs prepared before it did need the model's user table.)"""
@@ -226,6 +248,5 @@ def lists_every_user(prepared: Path, users: int) -> bool:
     files = parquet_files(folder) if (folder / "_SUCCESS").exists() else []
     if not files:
         return False
-    with files[0].open("rb") as handle:
-        names = pq.read_schema(handle).names
+    names = parquet_safety.read_schema(files[0]).names
     return USER_ID in names and parquet_rows(folder) == users

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recspark.core import parquet_safety
 from recspark.core.choices import SIDE_INFO_FORMATS
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
-from recspark.core.location import Location
+from recspark.core.location import Location, shown
 from recspark.core.storage import read_parquet
 from recspark.data.titles import GENRES, read_titles
 
@@ -121,13 +122,24 @@ def _genre_weights(flags: np.ndarray) -> np.ndarray:
 
 
 def _require(path: Location) -> io.BytesIO:
-    """The file's bytes (on any store), or a clear error when it is missing."""
+    """The file's bytes (on any store), or a clear error when it is missing or is not text.
+
+    A Parquet file is refused unread; its footer is checked first, so that one whose schema
+    holds an extension type is named as such (:mod:`recspark.core.parquet_safety`).
+    """
     if not path.is_file():
         raise BadInputError(
             f"side information file {path} not found: point model.side_info.path at the folder "
             "holding the MovieLens user and film tables"
         )
-    return io.BytesIO(path.read_bytes())
+    data = path.read_bytes()
+    if data[:4] == b"PAR1":
+        parquet_safety.check_parquet(path)
+        raise BadInputError(
+            f"side information file {shown(str(path))} is Parquet: model.side_info reads "
+            "MovieLens's text tables (u.user, u.item or users.dat, movies.dat)"
+        )
+    return io.BytesIO(data)
 
 
 def read_movielens_100k(folder: str | Path) -> tuple[FeatureTable, FeatureTable]:

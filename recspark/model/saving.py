@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from recspark.core import parquet_safety
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location
@@ -258,11 +259,7 @@ def raw_ids(index_folder: str | Path, id_name: str, index_name: str, size: int) 
         When the folder is not an id map, or its indices are not exactly ``0 .. size - 1``.
     """
     files = parquet_files(index_folder)
-    if files:
-        with files[0].open("rb") as handle:
-            names = set(pq.read_schema(handle).names)
-    else:
-        names = set()
+    names = set(parquet_safety.read_schema(files[0]).names) if files else set()
     if not {id_name, index_name} <= names:
         raise BadInputError(
             f"{index_folder} is not an id map with {id_name} and {index_name}: re-run `recspark "
