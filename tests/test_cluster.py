@@ -305,7 +305,7 @@ def packed_env(tmp_path_factory) -> Iterator[PackedEnv]:
     """The venv packed once per session by ``scripts/pack-env``, gzip level 0 (stored).
 
     ``.tar.gz`` because Spark 4.0 unpacks a plain ``.tar`` in Java (``Utils.unTarUsingJava``):
-    that drops file modes and refuses the venv's ``bin/python3.11``, a link to the base
+    that drops file modes and refuses the venv's ``bin/python3.12``, a link to the base
     interpreter outside the archive ("would create entry outside of"); a ``.tar.gz`` goes to
     Hadoop's ``FileUtil.unTar``, which runs ``tar``. Level 0 because compressing ~6 GB (mostly
     torch and its CUDA libraries) on 2 cores is the slow part: about 15-35 s at level 0, 130 s
