@@ -264,3 +264,43 @@ def test_a_model_with_dropout_repeats_exactly_through_the_read_ahead_feed(tmp_pa
     (first, first_losses), (second, second_losses) = runs
     assert first_losses == second_losses
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_no_epoch_ends_before_its_row_groups_are_read(numbered):
+    """Petastorm 0.13.1's thread pool could end an epoch before reading anything: it saw every
+    worker idle, then the ventilator finished handing out row groups, and stopped with none read
+    (5-15% of feeds here). Many short feeds in a row, each of which must yield every row."""
+    for attempt in range(30):
+        shuffle = attempt % 2 == 0
+        with open_feed(numbered, 4096, shuffle=shuffle, seed=attempt, prefetch=0) as batches:
+            assert sum(len(batch[RATING]) for batch in batches) == FEED_ROWS, attempt
+
+
+def test_the_pool_counts_its_workers_done_only_once_ventilation_ended():
+    """The race above, set up by hand: no row group handed out yet, the ventilator still running.
+    Petastorm's own pool calls that "all done"; the feed's pool does not until ventilation ends."""
+    import queue
+
+    from petastorm.workers_pool.thread_pool import ThreadPool
+
+    from recspark.train.feeding import _ventilated_first_pool_class
+
+    class Ventilator:
+        finished = False
+
+        def completed(self):
+            return self.finished
+
+    def pool_of(cls):
+        pool = cls(1)
+        pool._results_queues = [queue.Queue()]
+        pool._ventilator = Ventilator()
+        return pool
+
+    assert pool_of(ThreadPool).all_workers_done()  # petastorm 0.13.1 would end the epoch here
+    pool = pool_of(_ventilated_first_pool_class())
+    assert not pool.all_workers_done()
+    pool._ventilator.finished = True
+    assert pool.all_workers_done()
+    pool._ventilated_items_by_worker = [1]  # a row group handed out, its result not yet taken
+    assert not pool.all_workers_done()

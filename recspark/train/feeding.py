@@ -15,10 +15,14 @@ thus a function of its seed and shard alone, read ahead or not; more reader thre
 but let row groups arrive in any order.
 
 The feed reads the prepared tables where they are: a local folder, or any store
-:mod:`recspark.core.location` reaches (S3, GCS, HDFS). Petastorm 0.12 hands its filesystem to
-pyarrow 12's legacy ``ParquetDataset``, which only takes the old ``pyarrow.filesystem`` API, and
+:mod:`recspark.core.location` reaches (S3, GCS, HDFS). Petastorm 0.13 hands its filesystem to
+pyarrow 14's legacy ``ParquetDataset``, which only takes the old ``pyarrow.filesystem`` API, and
 resolves non-local URLs through fsspec packages (s3fs, gcsfs) that recspark does not install; so
-:class:`LegacyFilesystem` adapts the same ``pyarrow.fs`` filesystem the rest of recspark uses.
+:class:`LegacyFilesystem` adapts the same ``pyarrow.fs`` filesystem the rest of recspark uses, for
+local folders too. Petastorm takes the dataset's path from its URL with ``urlparse``, which would
+cut a path at ``#`` (``runs/team#1`` read as ``runs/team``), ``?`` or ``;``: the URL it is given
+percent-encodes those (:func:`feed_url`), and the adapter, which sees every path petastorm uses,
+decodes them on the way in and encodes the names it lists on the way out.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ import functools
 import hashlib
 import logging
 import posixpath
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -85,17 +91,15 @@ def open_feed(
     from petastorm import make_batch_reader
 
     location = Location(path)
-    url, filesystem = location.uri, None
     if not location.is_local:
         # petastorm takes the dataset path from the URL (``bucket/key``) through fsspec, which
-        # must know the scheme's name; the reading itself goes through ``filesystem``.
+        # must know the scheme's name; the reading itself goes through the filesystem.
         _register_fsspec_scheme(location.scheme)
-        filesystem = LegacyFilesystem(location.filesystem)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         reader = make_batch_reader(
-            url,
-            filesystem=filesystem,
+            feed_url(location),
+            filesystem=LegacyFilesystem(location.filesystem),
             schema_fields=list(fields),
             num_epochs=1,
             workers_count=workers,
@@ -104,7 +108,8 @@ def open_feed(
             cur_shard=shard,
             shard_count=shard_count,
         )
-    with reader:
+    _end_after_ventilation(reader)
+    with _closing(reader):
         loader = _seeded_loader_class()(
             reader,
             batch_size=batch_size,
@@ -119,6 +124,55 @@ def open_feed(
             yield batches
 
 
+@contextlib.contextmanager
+def _closing(reader: Any) -> Iterator[Any]:
+    """``with reader``, its closing chatter sent to stderr.
+
+    Petastorm 0.13's reader prints "Cache cleanup complete." to stdout when it closes, and stdout
+    carries a command's JSON summary line, which schedulers and scripts parse.
+    """
+    try:
+        yield reader.__enter__()
+    finally:
+        with contextlib.redirect_stdout(sys.stderr):
+            reader.__exit__(None, None, None)
+
+
+def _end_after_ventilation(reader: Any) -> None:
+    """Make the reader's thread pool end an epoch only once every row group was handed out.
+
+    Petastorm 0.13.1's ``ThreadPool.get_results`` ends the epoch when every worker has processed
+    what it was given *and then* the ventilator (the thread handing out row groups) has finished.
+    Read in that order, a ventilator that hands out everything between the two reads looks
+    finished with nothing processed, and the epoch yields no rows at all (seen in 5-15% of the
+    feeds here). The pool of :func:`_ventilated_first_pool_class` reads the ventilator first. The pool has not been
+    asked for a result yet when the reader is returned, so its class is swapped here; another
+    pool (a later petastorm's) is left alone.
+    """
+    from petastorm.workers_pool.thread_pool import ThreadPool
+
+    pool = getattr(reader, "_workers_pool", None)
+    if type(pool) is ThreadPool and hasattr(pool, "all_workers_done"):
+        pool.__class__ = _ventilated_first_pool_class()
+
+
+@functools.cache
+def _ventilated_first_pool_class() -> type:
+    """Petastorm's ``ThreadPool`` whose workers count as done only after ventilation ended."""
+    from petastorm.workers_pool.thread_pool import ThreadPool
+
+    class VentilatedFirstPool(ThreadPool):
+        def all_workers_done(self):
+            # The ventilator's state first: once it has finished, every row group it handed out
+            # is counted, so the workers' counts read next are final.
+            ventilator = self._ventilator
+            if ventilator is not None and not ventilator.completed():
+                return False
+            return super().all_workers_done()
+
+    return VentilatedFirstPool
+
+
 def _shuffle_generator(seed: int, shard: int | None) -> torch.Generator:
     """The generator of one feed's row shuffle: a function of its seed and shard alone."""
     digest = hashlib.sha256(f"row-shuffle:{seed}:{shard or 0}".encode()).digest()
@@ -129,7 +183,7 @@ def _shuffle_generator(seed: int, shard: int | None) -> torch.Generator:
 def _seeded_loader_class() -> type:
     """Petastorm's ``BatchedDataLoader``, its row shuffle drawn from a ``generator`` of its own.
 
-    Petastorm 0.12.1's ``BatchedRandomShufflingBuffer`` draws a ``torch.randperm`` of its rows
+    Petastorm 0.13.1's ``BatchedRandomShufflingBuffer`` (as 0.12.1's) draws a ``torch.randperm`` of its rows
     from torch's global generator at its first retrieval after rows were added. This loader draws
     that permutation from its own generator just before, at the same point, so the buffer finds
     it and draws nothing. Built on first use: this module is imported where petastorm is not
@@ -169,18 +223,44 @@ def row_groups(path: str) -> list[int]:
     return counts
 
 
+#: What ``urlparse`` would cut a URL's path at (or drop from it), percent-encoded with ``%``
+#: itself, so that :func:`urllib.parse.unquote` gives the path back exactly.
+_URL_UNSAFE = str.maketrans(
+    {"%": "%25", "#": "%23", "?": "%3F", ";": "%3B", "\t": "%09", "\n": "%0A", "\r": "%0D"}
+)
+
+
+def url_path(path: str) -> str:
+    """``path`` as a URL's path that ``urlparse`` keeps whole; :func:`unquote` reverses it."""
+    return path.translate(_URL_UNSAFE)
+
+
+def feed_url(location: Location) -> str:
+    """The URL petastorm is given for ``location``: its path encoded by :func:`url_path`.
+
+    Petastorm reads the dataset path out of it and hands that to :class:`LegacyFilesystem`,
+    which decodes it.
+    """
+    if location.is_local:
+        return "file://" + url_path(location.path)
+    path = "" if location.path == "/" else location.path
+    return f"{location.scheme}://{location.authority}{url_path(path)}"
+
+
 class LegacyFilesystem(legacy.FileSystem):
     """A ``pyarrow.fs`` filesystem behind the old ``pyarrow.filesystem`` API petastorm needs.
 
     Only what pyarrow's legacy ``ParquetDataset`` and petastorm's readers call: listing, type
-    checks and opening files for reading.
+    checks and opening files for reading. Its paths are URL paths (:func:`url_path`), as
+    petastorm takes them from the URL of :func:`feed_url`: decoded before ``filesystem`` sees
+    them, and what it lists encoded, so that paths built from a listing decode right too.
     """
 
     def __init__(self, filesystem: pafs.FileSystem):
         self.fs = filesystem
 
     def _type(self, path: str) -> pafs.FileType:
-        return self.fs.get_file_info(str(path)).type
+        return self.fs.get_file_info(unquote(str(path))).type
 
     def isdir(self, path):
         return self._type(path) == pafs.FileType.Directory
@@ -201,15 +281,17 @@ class LegacyFilesystem(legacy.FileSystem):
     def open(self, path, mode="rb"):
         if mode != "rb":
             raise ValueError("the training feed only reads")
-        return self.fs.open_input_file(str(path))
+        return self.fs.open_input_file(unquote(str(path)))
 
     def ls(self, path):
-        return [info.path for info in self.fs.get_file_info(pafs.FileSelector(str(path)))]
+        selector = pafs.FileSelector(unquote(str(path)))
+        return [url_path(info.path) for info in self.fs.get_file_info(selector)]
 
     def walk(self, path):
-        infos = self.fs.get_file_info(pafs.FileSelector(str(path)))
+        infos = self.fs.get_file_info(pafs.FileSelector(unquote(str(path))))
         folders = sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
         files = sorted(info.base_name for info in infos if info.type == pafs.FileType.File)
+        folders, files = [url_path(name) for name in folders], [url_path(name) for name in files]
         yield str(path), folders, files
         for folder in folders:
             yield from self.walk(posixpath.join(str(path), folder))
@@ -228,7 +310,7 @@ def _register_fsspec_scheme(scheme: str) -> None:
 
 
 logging.getLogger("petastorm").setLevel(logging.WARNING)
-# petastorm 0.12 reads through pyarrow 12's legacy dataset API, which warns on every row group it
+# petastorm 0.13 reads through pyarrow 14's legacy dataset API, which warns on every row group it
 # reads (in reader threads, where a catch_warnings block does not reach).
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 # The loader wraps read-only Arrow buffers as tensors without a copy; nothing writes to them.
