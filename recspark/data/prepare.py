@@ -228,8 +228,9 @@ def id_types(
 ) -> dict[str, T.DataType]:
     """Raw id types: ``input.id_type`` when set, else the previous maps', else the format's.
 
-    MovieLens ids are integers; Parquet ids keep their type; CSV/TSV ids are integers when every
-    one is (:func:`sources.infer_id_types`), else strings.
+    MovieLens ids are integers; Parquet ids keep their type, but float ids become integers;
+    CSV/TSV ids are integers (``12.0`` included) when most are (:func:`sources.infer_id_types`),
+    else strings.
     """
     if config.input.id_type == "integer":
         return {USER_ID: T.LongType(), ITEM_ID: T.LongType()}
@@ -239,8 +240,15 @@ def id_types(
         return {column: previous[column].schema[column].dataType for column in (USER_ID, ITEM_ID)}
     if fmt in INTEGER_ID_FORMATS:
         return {USER_ID: T.LongType(), ITEM_ID: T.LongType()}
-    if fmt in ("parquet", "synthetic"):  # typed input: ids keep the input's type
-        return {column: checked.schema[column].dataType for column in (USER_ID, ITEM_ID)}
+    if fmt in ("parquet", "synthetic"):
+        # Typed input: ids keep the input's type, but float ids are integers written as floats
+        # (pandas writes an integer column with a gap as float64): longs, so that 2.5, -1.0, NaN
+        # and inf are quarantined (sources.cast_ids) instead of becoming users.
+        return {
+            column: T.LongType() if isinstance(kind, T.FractionalType) else kind
+            for column in (USER_ID, ITEM_ID)
+            for kind in [checked.schema[column].dataType]
+        }
     return sources.infer_id_types(checked)
 
 

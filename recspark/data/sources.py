@@ -23,22 +23,24 @@ number fails the whole job instead of flagging one row.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from recspark.core import parquet_safety
 from recspark.core.choices import INPUT_FORMATS
 from recspark.core.constants import ITEM_ID, RATING, REASON, TIMESTAMP, USER_ID, WEIGHT
 from recspark.core.errors import BadInputError, MissingInputError
-from recspark.core.location import FileEntry, Location
+from recspark.core.location import FileEntry, Location, shown
+from recspark.data.compressed import open_text
 
 FORMATS = INPUT_FORMATS
 DELIMITERS = {"movielens-100k": "\t", "tsv": "\t", "movielens-1m": "::", "csv": ","}
@@ -53,7 +55,11 @@ COLUMN_ALIASES = {
     USER_ID: ("userId", "user", "userID"),
     ITEM_ID: ("movieId", "itemId", "item", "movie_id", "itemID"),
 }
-_INTEGER = r"^[+-]?[0-9]+$"  # the form of an integer id, whatever its size
+# The form of an integer id, whatever its size. A zero fraction is allowed: a spreadsheet or
+# pandas writes 12 as ``12.0`` (a column of integers with a missing value is a float column), and
+# ``12.0`` on one day and ``12`` on the next must be the same user, not two.
+_INTEGER = r"^[+-]?[0-9]+(\.0*)?$"
+_ZERO_FRACTION = r"\.0*$"
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity)",
                      re.IGNORECASE)
 # Spark's trim strips spaces only: a tab or a no-break space around an id would survive it.
@@ -147,12 +153,16 @@ def _is_parquet(file: Location) -> bool:
 
 
 def head_lines(path: str, count: int) -> list[str]:
-    """The first ``count`` non-blank lines of the first data file, without a byte-order mark."""
+    """The first ``count`` non-blank lines of the first data file, without a byte-order mark.
+
+    A ``.gz`` or ``.bz2`` file is decompressed, as Spark decompresses it; another compressed
+    file is refused (:func:`recspark.data.compressed.open_text`).
+    """
     files = data_files(_existing(path))
     lines: list[str] = []
     if not files:
         return lines
-    with files[0].open("r", errors="replace") as handle:
+    with open_text(files[0]) as handle:
         for line in handle:
             line = line.lstrip(_BOM).rstrip("\r\n")
             if line.strip():
@@ -442,18 +452,67 @@ def _split_line(line: Column, delimiter: str) -> Column:
     return F.when(line.contains('"'), quoted).otherwise(plain)
 
 
+def header_groups(
+    path: str, layout: TextLayout, wanted: dict[str, str]
+) -> list[tuple[TextLayout, list[str]]]:
+    """The files of a text input with a header, grouped by the header each starts with.
+
+    Files written by different tools need not list the columns in one order (``user,item,...``
+    in one part, ``item,user,...`` in the next), and each file's own header says which field is
+    which. The first line of every file is read (on the driver, one short read per file); a file
+    whose first line is not a header (its rows start at once) is read as the first file is.
+
+    Returns
+    -------
+    list
+        ``(layout, file URIs)`` per distinct header, the first file's group first.
+
+    Raises
+    ------
+    BadInputError
+        When a file's header lacks a configured column, naming that file.
+    """
+    files = data_files(Location(path))
+    groups: dict[str, tuple[TextLayout, list[str]]] = {layout.header: (layout, [])}
+    for file in files:
+        line = next(iter(head_lines(str(file), 1)), None) if len(files) > 1 else layout.header
+        fields = split_header(line, layout.delimiter) if line is not None else []
+        if line is None or line == layout.header or not looks_like_header(fields, wanted):
+            groups[layout.header][1].append(file.uri)
+            continue
+        if line not in groups:
+            columns = resolve_columns(fields, wanted, f"the header of {shown(file.uri)}")
+            positions = {standard: fields.index(name) for standard, name in columns.items()}
+            groups[line] = (TextLayout(layout.delimiter, line, positions, len(fields)), [])
+        groups[line][1].append(file.uri)
+    return [group for group in groups.values() if group[1]]
+
+
 def _read_text(
     spark: SparkSession, path: str, fmt: str, wanted: dict[str, str], header: bool | None = None
 ) -> DataFrame:
-    """Lines split on the format's delimiter; a line with the wrong number of fields says so."""
+    """Lines split on the format's delimiter; a line with the wrong number of fields says so.
+
+    With a header, each file is read by its own header (:func:`header_groups`).
+    """
     layout = text_layout(path, fmt, wanted, header)
+    if layout.header is None:
+        return _split_lines(spark.read.text(str(Location(path))), layout)
+    frames = [
+        _split_lines(spark.read.text(files), group_layout)
+        for group_layout, files in header_groups(path, layout, wanted)
+    ]
+    return functools.reduce(DataFrame.unionByName, frames)
+
+
+def _split_lines(text: DataFrame, layout: TextLayout) -> DataFrame:
+    """:func:`_read_text` for files that share one layout: Spark's ``value`` lines, split."""
     field_count = layout.field_count
-    text = spark.read.text(str(Location(path)))
     lines = text.select(F.regexp_replace("value", "^" + _BOM, "").alias(RAW_LINE))
     # Blank lines (a trailing newline, a gap between files) hold no row.
     lines = lines.where(F.trim(F.col(RAW_LINE)) != "")
     if layout.header is not None:
-        # Every file of a folder starts with the same header line.
+        # The files of this group start with this header line.
         lines = lines.where(F.col(RAW_LINE) != layout.header)
     parts = _split_line(F.col(RAW_LINE), layout.delimiter)
     size = F.size(parts)
@@ -496,12 +555,40 @@ def wanted_columns(
     return {standard: name for standard, name in wanted.items() if name}
 
 
-def _parquet_names(entries: list[FileEntry]) -> list[str]:
-    """The columns of a Parquet input from its first file's footer, plus ``key=value`` folders."""
+def _parquet_names(entries: list[FileEntry], wanted: dict[str, str], where: str) -> list[str]:
+    """The columns of a Parquet input, plus ``key=value`` folders, from every file's footer.
+
+    Only footers are read (no rows). Each is checked for extension types before anything else
+    (:mod:`recspark.core.parquet_safety`: a crafted type can run code), and the files must agree
+    on the type of each configured column they hold: Spark takes one file's schema and would fail
+    mid-job, naming neither file, on a part that differs (``user_id`` text here, integers there).
+
+    Raises
+    ------
+    BadInputError
+        Naming the file and the column, for an extension type or a type that differs from the
+        first file's.
+    """
     first = entries[0]
     partitions = [part.split("=", 1)[0] for part in first.relative.split("/")[:-1] if "=" in part]
-    with first.location.open("rb") as handle:
-        return list(pq.read_schema(handle).names) + partitions
+    first_schema = parquet_safety.read_schema(first.location)
+    configured = set(wanted.values()) | {
+        alias for name in wanted.values() for alias in COLUMN_ALIASES.get(name, ())
+    }
+    for entry in entries[1:]:
+        schema = parquet_safety.read_schema(entry.location)
+        for field in schema:
+            if field.name not in configured or field.name not in first_schema.names:
+                continue
+            expected = first_schema.field(field.name).type
+            if field.type != expected:
+                raise BadInputError(
+                    f"input {where}: column {field.name!r} is {field.type} in "
+                    f"{shown(str(entry.location))} but {expected} in "
+                    f"{shown(str(first.location))}: write every part of a Parquet input with the "
+                    "same column types"
+                )
+    return list(first_schema.names) + partitions
 
 
 def inspect_input(
@@ -549,7 +636,8 @@ def inspect_input(
             f"input {path} is not Parquet but input.format is {fmt}: set input.format to "
             "auto or to the file's format"
         )
-    return fmt, list(resolve_columns(_parquet_names(entries), wanted, str(path)))
+    names = _parquet_names(entries, wanted, str(path))
+    return fmt, list(resolve_columns(names, wanted, str(path)))
 
 
 def read_raw(
@@ -772,6 +860,7 @@ def _integer_id(
     checks: list[tuple[Column, str]] = []
     if isinstance(source, T.StringType):
         integer = value.rlike(_INTEGER)
+        cast = F.regexp_replace(value, _ZERO_FRACTION, "").try_cast(target)
         if delimiters:
             # A field can hold its delimiter only inside quotes: fields that ran together.
             holds = F.lit(False)
@@ -822,6 +911,12 @@ def cast_ids(
             checks += column_checks
             if source != target:
                 integers[column] = cast
+        elif isinstance(target, T.FractionalType) and isinstance(source, T.NumericType):
+            # Float ids kept from an earlier run's map: NaN and infinities name nobody.
+            non_numeric = _CAST_REASONS[column][1]
+            checks.append((F.isnan(value) | (F.abs(value) == float("inf")), non_numeric))
+            if source != target:
+                casts[column] = value.cast(target)
         elif source != target:
             casts[column] = value.try_cast(target)
     if checks:
