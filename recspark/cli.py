@@ -147,14 +147,24 @@ def summary_line(command: str | None, config: Config | None, **fields: Any) -> s
     return json.dumps(summary, default=str, sort_keys=False)
 
 
+def writes_root(command: str, config: Config) -> bool:
+    """Whether ``command`` writes under ``paths.root``: every command but ``recommend``, which
+    writes only its optional similar-items table and PCA plot."""
+    if command == "recommend":
+        return bool(config.recommend.similar_table or config.recommend.pca_plot)
+    return True
+
+
 def run_command(command: str, config: Config, clock: dict[str, float] | None = None) -> dict[str, Any]:
     """Run one command in this process and return its summary fields (no printing).
 
     A command module's ``precheck(config)``, when it has one, runs first: the cheap checks of its
     input fail in a second rather than after the JVM's start. ``clock["started"]`` is set once
-    Spark is up, so ``seconds`` counts the command's own work and not the JVM start.
+    Spark is up, so ``seconds`` counts the command's own work and not the JVM start. A command
+    that writes checks first that ``paths.root`` can be written.
     """
-    from recspark.core import location
+    from recspark.core import location, spark_errors
+    from recspark.core.output_root import check_writable
 
     module = importlib.import_module(f"recspark.commands.{command}")
     # Storage settings (S3 endpoint, keys) are Spark's Hadoop ones: the config's before Spark
@@ -163,14 +173,19 @@ def run_command(command: str, config: Config, clock: dict[str, float] | None = N
     precheck = getattr(module, "precheck", None)
     if precheck is not None:
         precheck(config)
+    if writes_root(command, config):
+        check_writable(config.paths.root)
     from recspark.core.spark import get_spark
 
-    spark = get_spark(f"recspark-{command}", master=config.spark.master, conf=config.spark.conf)
-    location.configure_from_spark(spark)
-    location.configure(config.spark.conf)
-    if clock is not None:
-        clock["started"] = time.perf_counter()
-    summary = module.run(config, spark)
+    # Failures a person can fix (a stale .crc, a spark.conf value Spark refuses) come out of the
+    # JVM as stack traces: say what they mean instead.
+    with spark_errors.translated(config.spark.conf):
+        spark = get_spark(f"recspark-{command}", master=config.spark.master, conf=config.spark.conf)
+        location.configure_from_spark(spark)
+        location.configure(config.spark.conf)
+        if clock is not None:
+            clock["started"] = time.perf_counter()
+        summary = module.run(config, spark)
     # Outputs on the driver's disk are shown as plain paths (what pandas, IPython and a shell
     # take); those on a cluster's storage keep their URI.
     if isinstance(summary.get("outputs"), dict):

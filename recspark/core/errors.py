@@ -33,3 +33,8 @@ class LockHeldError(RecsparkError):
 class TrainingRejectedError(RecsparkError):
     """A training run that did not learn (no better than where it started, or than predicting the
     mean rating): its model was not published, and the date's previous model stays."""
+
+
+class UnwritableOutputError(RecsparkError):
+    """``paths.root`` cannot be written (a read-only mount, no permission): set it to a folder
+    that can be."""

@@ -112,4 +112,7 @@ def get_spark(
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    # Spark checks the spark.sql.* settings when it builds the session's state, lazily at its
+    # first use: build it now, so that a value it refuses fails here, not inside the first job.
+    spark.conf.get("spark.sql.session.timeZone")
     return spark
