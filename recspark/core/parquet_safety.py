@@ -20,6 +20,7 @@ driver and in the trainer (schema checks, petastorm's feed, small tables read wh
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterable
 
@@ -55,14 +56,9 @@ def disarm() -> None:
     do again after ``pyarrow.PyExtensionType.set_auto_load(True)`` (which anything in the process
     may call). Idempotent, and cheap enough to run before every check.
     """
-    try:
+    with contextlib.suppress(KeyError, pa.ArrowKeyError):  # not registered: nothing to remove
         pa.unregister_extension_type(PICKLED_TYPE)
-    except (KeyError, pa.ArrowKeyError):
-        pass  # already ours, or never registered
-    try:
-        pa.register_extension_type(RefusedPickledType(pa.null()))
-    except (KeyError, pa.ArrowKeyError):
-        pass
+    pa.register_extension_type(RefusedPickledType(pa.null()))
 
 
 disarm()
