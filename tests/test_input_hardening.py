@@ -400,7 +400,7 @@ def malformed_lines(good: list[bytes], count: int, seed: int) -> list[bytes]:
 
     def fractional(fields: list[str]) -> bytes:
         return with_field(fields, draw.randint(0, 1),
-                          f"{draw.randint(1, 2000)}.{draw.randint(0, 9)}")
+                          f"{draw.randint(1, 2000)}.{draw.randint(1, 9)}")  # 12.0 is the id 12
 
     def undecodable(fields: list[str]) -> bytes:
         position = draw.randint(0, 1)
