@@ -645,7 +645,9 @@ def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
 
 #: How much of a bad value a message shows: enough to recognise it, never the whole of a long
 #: list or text (a message is one JSON line, read by people and schedulers alike).
-_SHOWN = reprlib.Repr(maxlevel=2, maxlist=5, maxtuple=5, maxdict=5, maxset=5, maxstring=80)
+_SHOWN = reprlib.Repr()  # its keyword arguments are Python 3.12's; 3.11 sets the attributes
+_SHOWN.maxlevel, _SHOWN.maxstring = 2, 80
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 5
 _SHOWN_CHARS = 120
 _SHOWN_ERRORS = 10  # errors named in one message
 
