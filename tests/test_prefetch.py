@@ -283,7 +283,7 @@ def test_the_pool_counts_its_workers_done_only_once_ventilation_ended():
 
     from petastorm.workers_pool.thread_pool import ThreadPool
 
-    from recspark.train.feeding import _ventilated_first_pool_class
+    from recspark.train.feed_petastorm import ventilated_first_pool_class
 
     class Ventilator:
         finished = False
@@ -298,7 +298,7 @@ def test_the_pool_counts_its_workers_done_only_once_ventilation_ended():
         return pool
 
     assert pool_of(ThreadPool).all_workers_done()  # petastorm 0.13.1 would end the epoch here
-    pool = pool_of(_ventilated_first_pool_class())
+    pool = pool_of(ventilated_first_pool_class())
     assert not pool.all_workers_done()
     pool._ventilator.finished = True
     assert pool.all_workers_done()

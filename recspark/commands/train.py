@@ -83,7 +83,8 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     started = time.perf_counter()
     objective = build_objective(config, manifest, spark)
     start = starting_figures(
-        model, prepared, device, objective, config.train.seed, config.train.precision
+        model, prepared, device, objective, config.train.seed, config.train.precision,
+        config.train.feed,
     )
     result = run_fit(config, spark, model, spec, prepared, objective, checkpoint_dir, fingerprint)
     seconds = time.perf_counter() - started

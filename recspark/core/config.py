@@ -279,6 +279,9 @@ class TrainConfig(_Section):
     reader_workers: int = Field(1, ge=1)  # >1 reads faster but in no fixed order
     cpu_threads: int | None = Field(None, ge=1)  # torch threads per process; None: torch's choice
     shuffle_buffer: int = Field(100_000, ge=0)
+    # How the prepared splits are read (recspark.train.feeding): petastorm's batch reader, or
+    # pyarrow alone (where petastorm cannot import: pyarrow >= 15); auto: petastorm if it imports.
+    feed: Literal["auto", "petastorm", "arrow"] = "auto"
     # Publish a model that did not beat its own starting point or the global-mean baseline.
     allow_worse: bool = False
 

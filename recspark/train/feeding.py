@@ -1,28 +1,26 @@
-"""Feeding prepared Parquet to PyTorch through Petastorm's batched path.
+"""The training feed: prepared Parquet to PyTorch batches, under one contract, two ways.
 
-``make_batch_reader`` + ``BatchedDataLoader`` reads whole row groups as columns (tens of millions of
-rows a second here), where petastorm's row-by-row ``DataLoader`` manages about a hundredth of that.
-Each process of a distributed run reads its own shard of row groups (``cur_shard``/``shard_count``).
+``train.feed`` picks how the prepared splits are read: ``petastorm`` (``make_batch_reader`` +
+``BatchedDataLoader``, :mod:`recspark.train.feed_petastorm`), ``arrow`` (pyarrow alone,
+:mod:`recspark.train.feed_arrow`, for stacks petastorm cannot import on: pyarrow 15 and later),
+or ``auto``: petastorm wherever it imports. Both keep one contract, tested against both:
+
+- each epoch yields every row of the split exactly once across the processes of a run;
+- shards are disjoint: row group ``i`` (files sorted by path, row groups in file order) belongs
+  to shard ``i % shard_count``, as petastorm gives them (:func:`shard_row_groups`);
+- the order is a function of the seed and the shard alone: the row groups of a shuffled epoch are
+  visited in petastorm's seeded order, and rows are shuffled in a buffer by a generator of the
+  feed's own (:func:`shuffle_generator`), never torch's or NumPy's global one, which the step
+  draws from too (dropout) in another thread.
 
 The feed overlaps with the step: a :class:`~recspark.train.prefetch.Prefetcher` thread pulls,
 shuffles and casts batch ``i + 1`` (and, on a GPU, pins and copies it) while batch ``i`` trains,
-so an epoch costs about the slower of reading and training rather than their sum. Order stays
-repeatable: petastorm's shuffling buffer would permute its rows with torch's global generator,
-which the step draws from too (dropout) in the other thread, so the order would depend on thread
-timing. Here the permutations come from a generator of the feed's own, seeded by the feed's seed
-and shard, and the feed touches no global generator. With one reader thread a feed's batches are
-thus a function of its seed and shard alone, read ahead or not; more reader threads read faster
-but let row groups arrive in any order.
+so an epoch costs about the slower of reading and training rather than their sum. With one
+reader thread a feed's batches are thus a function of its seed and shard alone, read ahead or
+not; more petastorm reader threads read faster but let row groups arrive in any order.
 
 The feed reads the prepared tables where they are: a local folder, or any store
-:mod:`recspark.core.location` reaches (S3, GCS, HDFS). Petastorm 0.13 hands its filesystem to
-pyarrow 14's legacy ``ParquetDataset``, which only takes the old ``pyarrow.filesystem`` API, and
-resolves non-local URLs through fsspec packages (s3fs, gcsfs) that recspark does not install; so
-:class:`LegacyFilesystem` adapts the same ``pyarrow.fs`` filesystem the rest of recspark uses, for
-local folders too. Petastorm takes the dataset's path from its URL with ``urlparse``, which would
-cut a path at ``#`` (``runs/team#1`` read as ``runs/team``), ``?`` or ``;``: the URL it is given
-percent-encodes those (:func:`feed_url`), and the adapter, which sees every path petastorm uses,
-decodes them on the way in and encodes the names it lists on the way out.
+:mod:`recspark.core.location` reaches (S3, GCS, HDFS).
 """
 
 from __future__ import annotations
@@ -30,18 +28,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import logging
-import posixpath
-import sys
-import warnings
+import random
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import unquote
 
-import pyarrow.fs as pafs
+import numpy as np
 import pyarrow.parquet as pq
 import torch
-from pyarrow import filesystem as legacy
 
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
 from recspark.core.location import Location
@@ -49,6 +42,68 @@ from recspark.core.storage import parquet_files
 from recspark.train.prefetch import Prefetcher, host_batch
 
 FEED_FIELDS = (USER_IDX, ITEM_IDX, RATING)
+FEEDS = ("auto", "petastorm", "arrow")
+
+
+@functools.cache
+def petastorm_available() -> bool:
+    """Whether petastorm's batch reader imports here (it does not past pyarrow 15)."""
+    try:
+        import petastorm.pytorch  # noqa: F401
+        from petastorm import make_batch_reader  # noqa: F401
+    except Exception:  # ImportError, or pyarrow's missing legacy modules inside petastorm
+        return False
+    return True
+
+
+def resolve_feed(feed: str) -> str:
+    """``train.feed`` made concrete: ``auto`` is petastorm wherever it imports, else arrow.
+
+    Raises
+    ------
+    ValueError
+        For an unknown feed, or ``petastorm`` where petastorm does not import.
+    """
+    if feed not in FEEDS:
+        raise ValueError(f"train.feed must be one of {list(FEEDS)}, got {feed!r}")
+    if feed == "auto":
+        return "petastorm" if petastorm_available() else "arrow"
+    if feed == "petastorm" and not petastorm_available():
+        raise ValueError(
+            "train.feed is petastorm but petastorm does not import with this pyarrow (it needs "
+            "pyarrow < 15): set train.feed to auto or arrow"
+        )
+    return feed
+
+
+def shard_row_groups(count: int, seed: int | None, shard: int | None,
+                     shard_count: int | None) -> list[int]:
+    """The row groups (indices in piece order) of one shard, as petastorm 0.13.1 picks them.
+
+    Petastorm shuffles the indices with ``random.Random(seed)`` and keeps those whose index is
+    ``shard`` modulo ``shard_count``: membership depends on the index alone, the order on the seed.
+    """
+    indices = list(range(count))
+    if shard is None and shard_count is None:
+        return indices
+    if shard is None or not shard_count or not 0 <= shard < shard_count:
+        raise ValueError(f"shard {shard} of {shard_count}: both are needed, 0 <= shard < count")
+    if count < shard_count:
+        raise ValueError(f"{count} row groups cannot make {shard_count} non-empty shards")
+    if seed is not None:
+        random.Random(seed).shuffle(indices)
+    return [index for index in indices if index % shard_count == shard]
+
+
+def epoch_row_groups(count: int, shuffle: bool, seed: int, shard: int | None,
+                     shard_count: int | None) -> list[int]:
+    """The row groups one epoch of one shard reads, in the order petastorm's ventilator hands
+    them out: the shard's own order, permuted by ``numpy.random.default_rng(seed)`` when shuffled.
+    """
+    mine = shard_row_groups(count, seed, shard, shard_count)
+    if not shuffle:
+        return mine
+    return [int(index) for index in np.random.default_rng(seed).permutation(mine)]
 
 
 @contextlib.contextmanager
@@ -64,12 +119,13 @@ def open_feed(
     fields: tuple[str, ...] = FEED_FIELDS,
     device: torch.device | str = "cpu",
     prefetch: int = 2,
+    feed: str = "auto",
 ) -> Iterator[Iterable[dict[str, Any]]]:
     """A one-epoch feed of dict batches ``{user_idx, item_idx, rating}``, read ahead in a thread.
 
     Batches hold tensors of the training dtypes (indices ``int64``, ratings ``float32``), on
     ``device`` when it is a GPU. Leaving the ``with`` block early (``max_steps``, an error) stops
-    the read-ahead thread first, then the petastorm reader it pulls from.
+    the read-ahead thread first, then the reader it pulls from.
 
     Parameters
     ----------
@@ -80,42 +136,40 @@ def open_feed(
         generator of the feed's own, seeded from ``seed`` and ``shard``).
     shard, shard_count
         This process's share of the row groups, for data-parallel training.
+    workers
+        Petastorm's reader threads (the arrow feed reads in the read-ahead thread).
     device
         Where the batches are used: on a GPU they are pinned and copied one batch ahead.
     prefetch
         Batches read ahead by a background thread; 0 reads each batch in the caller's thread when
         it asks (the same batches, in the same order).
+    feed
+        ``train.feed`` (:func:`resolve_feed`).
     """
     if prefetch < 0:
         raise ValueError(f"prefetch must be 0 or more batches, got {prefetch}")
-    from petastorm import make_batch_reader
-
     location = Location(path)
-    if not location.is_local:
-        # petastorm takes the dataset path from the URL (``bucket/key``) through fsspec, which
-        # must know the scheme's name; the reading itself goes through the filesystem.
-        _register_fsspec_scheme(location.scheme)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        reader = make_batch_reader(
-            feed_url(location),
-            filesystem=LegacyFilesystem(location.filesystem),
-            schema_fields=list(fields),
-            num_epochs=1,
-            workers_count=workers,
-            shuffle_row_groups=shuffle,
-            seed=seed,
-            cur_shard=shard,
-            shard_count=shard_count,
-        )
-    _end_after_ventilation(reader)
-    with _closing(reader):
-        loader = _seeded_loader_class()(
-            reader,
-            batch_size=batch_size,
-            shuffling_queue_capacity=shuffle_buffer if shuffle else 0,
-            generator=_shuffle_generator(seed, shard),
-        )
+    generator = shuffle_generator(seed, shard)
+    with contextlib.ExitStack() as stack:
+        if resolve_feed(feed) == "petastorm":
+            from recspark.train import feed_petastorm
+
+            reader = stack.enter_context(feed_petastorm.closing(feed_petastorm.open_reader(
+                location, fields, shuffle, seed, shard, shard_count, workers)))
+            loader = feed_petastorm.seeded_loader_class()(
+                reader,
+                batch_size=batch_size,
+                shuffling_queue_capacity=shuffle_buffer if shuffle else 0,
+                generator=generator,
+            )
+        else:
+            from recspark.train.feed_arrow import arrow_batches
+
+            order = epoch_row_groups(len(row_groups(path)), shuffle, seed, shard, shard_count)
+            loader = arrow_batches(
+                path, batch_size, order, generator if shuffle else None, shuffle_buffer, fields
+            )
+            stack.callback(getattr(loader, "close", lambda: None))
         if prefetch == 0:
             yield (host_batch(batch, pin=False) for batch in loader)
             return
@@ -124,93 +178,10 @@ def open_feed(
             yield batches
 
 
-@contextlib.contextmanager
-def _closing(reader: Any) -> Iterator[Any]:
-    """``with reader``, its closing chatter sent to stderr.
-
-    Petastorm 0.13's reader prints "Cache cleanup complete." to stdout when it closes, and stdout
-    carries a command's JSON summary line, which schedulers and scripts parse.
-    """
-    try:
-        yield reader.__enter__()
-    finally:
-        with contextlib.redirect_stdout(sys.stderr):
-            reader.__exit__(None, None, None)
-
-
-def _end_after_ventilation(reader: Any) -> None:
-    """Make the reader's thread pool end an epoch only once every row group was handed out.
-
-    Petastorm 0.13.1's ``ThreadPool.get_results`` ends the epoch when every worker has processed
-    what it was given *and then* the ventilator (the thread handing out row groups) has finished.
-    Read in that order, a ventilator that hands out everything between the two reads looks
-    finished with nothing processed, and the epoch yields no rows at all (seen in 5-15% of the
-    feeds here). The pool of :func:`_ventilated_first_pool_class` reads the ventilator first. The pool has not been
-    asked for a result yet when the reader is returned, so its class is swapped here; another
-    pool (a later petastorm's) is left alone.
-    """
-    from petastorm.workers_pool.thread_pool import ThreadPool
-
-    pool = getattr(reader, "_workers_pool", None)
-    if type(pool) is ThreadPool and hasattr(pool, "all_workers_done"):
-        pool.__class__ = _ventilated_first_pool_class()
-
-
-@functools.cache
-def _ventilated_first_pool_class() -> type:
-    """Petastorm's ``ThreadPool`` whose workers count as done only after ventilation ended."""
-    from petastorm.workers_pool.thread_pool import ThreadPool
-
-    class VentilatedFirstPool(ThreadPool):
-        def all_workers_done(self):
-            # The ventilator's state first: once it has finished, every row group it handed out
-            # is counted, so the workers' counts read next are final.
-            ventilator = self._ventilator
-            if ventilator is not None and not ventilator.completed():
-                return False
-            return super().all_workers_done()
-
-    return VentilatedFirstPool
-
-
-def _shuffle_generator(seed: int, shard: int | None) -> torch.Generator:
+def shuffle_generator(seed: int, shard: int | None) -> torch.Generator:
     """The generator of one feed's row shuffle: a function of its seed and shard alone."""
     digest = hashlib.sha256(f"row-shuffle:{seed}:{shard or 0}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-
-
-@functools.cache
-def _seeded_loader_class() -> type:
-    """Petastorm's ``BatchedDataLoader``, its row shuffle drawn from a ``generator`` of its own.
-
-    Petastorm 0.13.1's ``BatchedRandomShufflingBuffer`` (as 0.12.1's) draws a ``torch.randperm`` of its rows
-    from torch's global generator at its first retrieval after rows were added. This loader draws
-    that permutation from its own generator just before, at the same point, so the buffer finds
-    it and draws nothing. Built on first use: this module is imported where petastorm is not
-    installed (:mod:`recspark.train.loop` on a bare GPU machine).
-    """
-    from petastorm.pytorch import BatchedDataLoader
-    from petastorm.reader_impl.pytorch_shuffling_buffer import BatchedRandomShufflingBuffer
-
-    class SeededBatchedDataLoader(BatchedDataLoader):
-        def __init__(self, reader, batch_size, shuffling_queue_capacity, generator):
-            super().__init__(
-                reader, batch_size=batch_size, shuffling_queue_capacity=shuffling_queue_capacity
-            )
-            self.generator = generator
-
-        def _yield_batches(self, keys):
-            buffer = self._shuffling_buffer
-            if (
-                isinstance(buffer, BatchedRandomShufflingBuffer)
-                and buffer._random_indices is None
-                and buffer.can_retrieve()
-            ):
-                buffer.next_sample_head = 0
-                buffer._random_indices = torch.randperm(buffer.size, generator=self.generator)
-            yield from super()._yield_batches(keys)
-
-    return SeededBatchedDataLoader
 
 
 def row_groups(path: str) -> list[int]:
@@ -221,99 +192,3 @@ def row_groups(path: str) -> list[int]:
             metadata = pq.ParquetFile(handle).metadata
         counts.extend(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
     return counts
-
-
-#: What ``urlparse`` would cut a URL's path at (or drop from it), percent-encoded with ``%``
-#: itself, so that :func:`urllib.parse.unquote` gives the path back exactly.
-_URL_UNSAFE = str.maketrans(
-    {"%": "%25", "#": "%23", "?": "%3F", ";": "%3B", "\t": "%09", "\n": "%0A", "\r": "%0D"}
-)
-
-
-def url_path(path: str) -> str:
-    """``path`` as a URL's path that ``urlparse`` keeps whole; :func:`unquote` reverses it."""
-    return path.translate(_URL_UNSAFE)
-
-
-def feed_url(location: Location) -> str:
-    """The URL petastorm is given for ``location``: its path encoded by :func:`url_path`.
-
-    Petastorm reads the dataset path out of it and hands that to :class:`LegacyFilesystem`,
-    which decodes it.
-    """
-    if location.is_local:
-        return "file://" + url_path(location.path)
-    path = "" if location.path == "/" else location.path
-    return f"{location.scheme}://{location.authority}{url_path(path)}"
-
-
-class LegacyFilesystem(legacy.FileSystem):
-    """A ``pyarrow.fs`` filesystem behind the old ``pyarrow.filesystem`` API petastorm needs.
-
-    Only what pyarrow's legacy ``ParquetDataset`` and petastorm's readers call: listing, type
-    checks and opening files for reading. Its paths are URL paths (:func:`url_path`), as
-    petastorm takes them from the URL of :func:`feed_url`: decoded before ``filesystem`` sees
-    them, and what it lists encoded, so that paths built from a listing decode right too.
-    """
-
-    def __init__(self, filesystem: pafs.FileSystem):
-        self.fs = filesystem
-
-    def _type(self, path: str) -> pafs.FileType:
-        return self.fs.get_file_info(unquote(str(path))).type
-
-    def isdir(self, path):
-        return self._type(path) == pafs.FileType.Directory
-
-    def isfile(self, path):
-        return self._type(path) == pafs.FileType.File
-
-    def exists(self, path):
-        return self._type(path) != pafs.FileType.NotFound
-
-    def _isfilestore(self):
-        return False
-
-    @property
-    def pathsep(self):
-        return "/"
-
-    def open(self, path, mode="rb"):
-        if mode != "rb":
-            raise ValueError("the training feed only reads")
-        return self.fs.open_input_file(unquote(str(path)))
-
-    def ls(self, path):
-        selector = pafs.FileSelector(unquote(str(path)))
-        return [url_path(info.path) for info in self.fs.get_file_info(selector)]
-
-    def walk(self, path):
-        infos = self.fs.get_file_info(pafs.FileSelector(unquote(str(path))))
-        folders = sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
-        files = sorted(info.base_name for info in infos if info.type == pafs.FileType.File)
-        folders, files = [url_path(name) for name in folders], [url_path(name) for name in files]
-        yield str(path), folders, files
-        for folder in folders:
-            yield from self.walk(posixpath.join(str(path), folder))
-
-
-def _register_fsspec_scheme(scheme: str) -> None:
-    """Let fsspec parse ``scheme://bucket/key`` URLs (petastorm asks it for the path part)."""
-    import fsspec
-    from fsspec.implementations.arrow import ArrowFSWrapper
-
-    try:
-        fsspec.get_filesystem_class(scheme)
-    except (ImportError, ValueError):  # unknown, or known but its package (s3fs...) is absent
-        names = type(f"{scheme.title()}Url", (ArrowFSWrapper,), {"protocol": (scheme,)})
-        fsspec.register_implementation(scheme, names, clobber=True)
-
-
-logging.getLogger("petastorm").setLevel(logging.WARNING)
-# petastorm 0.13 reads through pyarrow 14's legacy dataset API, which warns on every row group it
-# reads (in reader threads, where a catch_warnings block does not reach).
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
-# The loader wraps read-only Arrow buffers as tensors without a copy; nothing writes to them.
-warnings.filterwarnings(
-    "ignore", message="The given NumPy array is not writable", module=r"petastorm\."
-)

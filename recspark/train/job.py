@@ -252,7 +252,7 @@ def fit_blend(
     model = Blend([main, partner], spec["weights"])
     figures = validation_fields(
         evaluate_split(model, str(prepared / "validation"), device, objective,
-                       precision=config.train.precision)
+                       precision=config.train.precision, feed=config.train.feed)
     )
     model.cpu()
     metrics = {
@@ -469,6 +469,7 @@ def starting_figures(
     objective: Objective,
     seed: int,
     precision: str = "auto",
+    feed: str = "auto",
 ) -> dict[str, float | None]:
     """The ``validation_*`` figures of ``model``'s weights before the first epoch (fresh or warm
     started), at ``precision`` (``train.precision``): what the run must improve on to be
@@ -477,7 +478,8 @@ def starting_figures(
         n_users=getattr(model, "n_users", None), n_items=getattr(model, "n_items", None), seed=seed
     )
     figures = evaluate_split(
-        model, str(prepared / "validation"), device, objective, context, precision=precision
+        model, str(prepared / "validation"), device, objective, context, precision=precision,
+        feed=feed,
     )
     model.cpu()
     return validation_fields(figures)

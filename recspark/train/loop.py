@@ -83,6 +83,7 @@ class TrainSettings:
     seed: int = 42
     reader_workers: int = 1
     shuffle_buffer: int = 100_000
+    feed: str = "auto"  # train.feed (recspark.train.feeding)
     precision: str = "auto"
     head_lr_scale: float = 1.0  # lists.head_lr_scale: the ranking head's rows learn at lr x this
 
@@ -386,6 +387,7 @@ def evaluate_split(
     parallel: LocalProcess | None = None,
     seed: int = 0,
     precision: str = "auto",
+    feed: str = "auto",
 ) -> ValidationFigures:
     """The objective's validation figures of ``model`` over a whole prepared split.
 
@@ -403,6 +405,8 @@ def evaluate_split(
     precision
         ``train.precision``, as in training (:mod:`recspark.train.precision`); the figures are
         float32 sums whatever it is.
+    feed
+        ``train.feed`` (:func:`recspark.train.feeding.open_feed`).
 
     Raises
     ------
@@ -421,6 +425,7 @@ def evaluate_split(
         shard=parallel.rank if sharded else None,
         shard_count=parallel.world_size if sharded else None,
         device=device,
+        feed=feed,
     ) as batches:
         precision = resolve_precision(precision, device)
         with matmul_precision(precision), autocast(precision, device):
@@ -532,6 +537,7 @@ def fit(
             workers=settings.reader_workers,
             shuffle_buffer=settings.shuffle_buffer,
             fields=objective.feed_fields,
+            feed=settings.feed,
             device=device,
         ) as batches:
             train_loss, rows = train_epoch(
@@ -558,6 +564,7 @@ def fit(
             parallel=parallel,
             seed=settings.seed,
             precision=settings.precision,
+            feed=settings.feed,
         )
         if not math.isfinite(figures.loss):
             raise FloatingPointError(
