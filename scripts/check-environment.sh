@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Stops set-up early, with what to do, when the machine lacks what recspark needs.
 set -euo pipefail
+# Usage: check-environment.sh PYTHON VERSION... (the stack's Pythons, e.g. 3.12 3.11)
 python_bin="${1:-}"
-if [ -z "$python_bin" ] || ! "$python_bin" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 12), (3, 11)))' 2>/dev/null; then
-  echo "error: recspark needs Python 3.12 or 3.11 (petastorm's newest stack, pyarrow 14.0.2, has wheels for" >&2
-  echo "       no newer Python); ${python_bin:-no python3.12 or python3.11} was not usable." >&2
+shift || true
+versions="${*:-3.12 3.11}"
+if [ -z "$python_bin" ] || ! "$python_bin" -c "import sys; sys.exit('%d.%d' % sys.version_info[:2] not in '$versions'.split())" 2>/dev/null; then
+  echo "error: this stack needs Python ${versions// / or } (the pinned stack: pyarrow 14.0.2 for petastorm has" >&2
+  echo "       wheels up to 3.12; the current one: pyspark 4.2); ${python_bin:-none of them} was not usable." >&2
   echo "       install one (e.g. 'apt-get install python3.12 python3.12-venv' or pyenv) and re-run, or" >&2
   echo "       pass another interpreter: make demo PYTHON=/path/to/python3.12" >&2
   exit 1

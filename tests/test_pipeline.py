@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -142,7 +143,8 @@ def test_spark_submit_runs_the_same_job_as_the_cli(spark, tmp_path, capsys):
         for item in overrides
         for part in ("--set", item.replace(str(tmp_path / "cli"), str(tmp_path / "submit")))
     ]
-    bare = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    bare = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "RECSPARK_VENV": sys.prefix}  # this stack's venv (.venv or .venv-current)
     if "JAVA_HOME" in os.environ:
         bare["JAVA_HOME"] = os.environ["JAVA_HOME"]
     result = subprocess.run(

@@ -5,8 +5,9 @@
 Python workers at this interpreter: without it pandas UDFs run under a system Python that lacks
 pyarrow and fail with "No module named 'pyarrow'".
 
-Run from a checkout, it also puts the jars ``make setup`` fetched into ``.jars/`` (the S3A connector
-with its AWS SDK bundle, Delta Lake; see ``deps/pom.xml``) on the classpath (a local master: the
+Run from a checkout, it also puts the jars ``make setup`` fetched into ``.jars/spark-X.Y/`` for the
+running pyspark's line (the S3A connector with its AWS SDK bundle, Delta Lake; see
+``deps/spark-X.Y/pom.xml``) on the classpath (a local master: the
 driver's, ``spark.driver.extraClassPath``, with no copy) or on ``spark.jars``, so ``s3a://`` paths
 and ``format("delta")`` work without ``--jars``; when Delta is among the jars it turns on Delta's
 SQL extension and catalog, which Delta needs besides its jars. A ``spark.jars`` from spark-submit
@@ -40,13 +41,21 @@ _DELTA = {
 }
 
 
+def spark_line() -> str:
+    """``MAJOR.MINOR`` of the pyspark that runs: which ``.jars/spark-X.Y/`` and ``deps/`` apply."""
+    import pyspark
+
+    return ".".join(pyspark.__version__.split(".")[:2])
+
+
 def _checkout_jars() -> list[str]:
-    """The jars ``make setup`` put in the checkout's ``.jars/``, sorted absolute paths.
+    """The jars ``make setup`` put in the checkout's ``.jars/spark-X.Y/`` for the running pyspark's
+    line (the S3A connector must match its Hadoop, Delta its Spark), sorted absolute paths.
 
     Empty when recspark is not imported from a checkout (``--py-files recspark.zip``, a wheel) or
     the jars were never fetched.
     """
-    folder = Path(recspark.__file__).resolve().parents[1] / ".jars"
+    folder = Path(recspark.__file__).resolve().parents[1] / ".jars" / f"spark-{spark_line()}"
     if not folder.is_dir():
         return []
     return [str(jar.resolve()) for jar in sorted(folder.glob("*.jar")) if jar.is_file()]
