@@ -1,17 +1,19 @@
-"""Rows per second of the Petastorm feed alone and of training, on CPU and (when present) GPU.
+"""Rows per second of each training feed alone and of training, on CPU and (when present) GPU.
 
 Not a test: a measurement to run by hand. It writes a synthetic prepared train split with pyarrow
 (planted factors; ``--files`` files of row groups of ``--row-group`` rows, the layout prepare
 writes), or reads an existing one given by ``--path``, then times:
 
-- the feed: one shuffled epoch of ``make_batch_reader`` + ``BatchedDataLoader`` batches, for each
-  ``--reader-workers`` count;
-- training: one epoch of :func:`recspark.train.loop.train_epoch` per optimizer and device, fed the
-  same way, as the train job runs it.
+- each feed of ``--feeds`` (``train.feed``: ``petastorm``, ``make_batch_reader`` +
+  ``BatchedDataLoader``, for each ``--reader-workers`` count; ``arrow``, pyarrow alone): one
+  shuffled epoch, its rows/s and seconds;
+- training: one epoch of :func:`recspark.train.loop.train_epoch` per feed, optimizer and device,
+  as the train job runs it.
 
+Feeds that do not import on this stack (petastorm past pyarrow 15) are left out, saying so.
 Example::
 
-    .venv/bin/python benchmarks/bench_train.py --rows 2000000 --users 100000 --items 20000
+    .venv/bin/python benchmarks/bench_train.py --rows 10000000 --users 100000 --items 20000
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recspark.train.feeding import open_feed, row_groups
+from recspark.train.feeding import open_feed, petastorm_available, row_groups
 from recspark.train.loop import init_model, plan_feed, train_epoch
 from recspark.train.optim import Schedule, is_sparse_optimizer, make_optimizer
 
@@ -52,12 +54,14 @@ def write_synthetic(
         pq.write_table(table, folder / f"part-{number:05d}.parquet", row_group_size=row_group)
 
 
-def time_feed(path: str, batch_size: int, workers: int) -> float:
+def time_feed(path: str, batch_size: int, workers: int, feed: str) -> tuple[float, float]:
+    """(rows/s, seconds) of one shuffled epoch of ``feed``."""
     started, rows = time.perf_counter(), 0
-    with open_feed(path, batch_size, shuffle=True, seed=1, workers=workers) as batches:
+    with open_feed(path, batch_size, shuffle=True, seed=1, workers=workers, feed=feed) as batches:
         for batch in batches:
             rows += len(batch["rating"])
-    return rows / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return rows / seconds, seconds
 
 
 def time_training(
@@ -69,6 +73,7 @@ def time_training(
     batch_size: int,
     factors: int,
     lr: float,
+    feed: str,
 ) -> float:
     spec = {
         "kind": "dot_bias",
@@ -83,7 +88,7 @@ def time_training(
     plan = plan_feed(row_groups(path), batch_size, 0, 1)
     schedule = Schedule(optimizer, "one_cycle", lr, 1, plan.steps_per_epoch)
     started = time.perf_counter()
-    with open_feed(path, batch_size, shuffle=True, seed=1) as batches:
+    with open_feed(path, batch_size, shuffle=True, seed=1, feed=feed) as batches:
         _, rows = train_epoch(model, batches, optimizer, schedule, device, weight_decay=1e-4)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reader-workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--optimizers", nargs="+", default=["adam", "sparse_adam"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--feeds", nargs="+", default=["petastorm", "arrow"],
+                        choices=["petastorm", "arrow"])
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,27 +131,25 @@ def main(argv: list[str] | None = None) -> int:
         devices = [torch.device("cpu")] + (
             [torch.device("cuda")] if torch.cuda.is_available() else []
         )
-        lines = [f"{'what':<44} {'rows/s':>14}"]
-        for workers in args.reader_workers:
-            speed = time_feed(path, args.batch_size, workers)
-            lines.append(
-                f"{f'feed (petastorm batched, {workers} reader threads)':<44} {speed:>14,.0f}"
-            )
+        feeds = [f for f in args.feeds if f != "petastorm" or petastorm_available()]
+        lines = [f"{'what':<50} {'rows/s':>14} {'epoch s':>9}"]
+        if len(feeds) < len(args.feeds):
+            lines.append("(petastorm does not import on this stack: its rows left out)")
+        for feed in feeds:
+            for workers in args.reader_workers if feed == "petastorm" else [1]:
+                speed, seconds = time_feed(path, args.batch_size, workers, feed)
+                label = f"feed {feed}" + (f", {workers} reader threads" if feed == "petastorm" else "")
+                lines.append(f"{label:<50} {speed:>14,.0f} {seconds:>9.2f}")
         for device in devices:
             name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-            for optimizer in args.optimizers:
-                speed = time_training(
-                    path,
-                    args.users,
-                    args.items,
-                    optimizer,
-                    device,
-                    args.batch_size,
-                    args.factors,
-                    args.lr,
-                )
-                label = f"train dot_bias/{args.factors} {optimizer} on {name}"
-                lines.append(f"{label:<44} {speed:>14,.0f}")
+            for feed in feeds:
+                for optimizer in args.optimizers:
+                    speed = time_training(
+                        path, args.users, args.items, optimizer, device, args.batch_size,
+                        args.factors, args.lr, feed,
+                    )
+                    label = f"train dot_bias/{args.factors} {optimizer} on {name}, {feed} feed"
+                    lines.append(f"{label:<50} {speed:>14,.0f} {sum(counts) / speed:>9.2f}")
         if not torch.cuda.is_available():
             lines.append("(no GPU visible: GPU rows left out)")
         print("\n".join(lines))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
+from recspark.core.errors import ConfigError
 from recspark.train.feeding import (
     epoch_row_groups,
     open_feed,
@@ -133,9 +134,9 @@ def test_both_feeds_visit_the_row_groups_in_the_same_order(numbered):
 def test_the_feed_setting_resolves(monkeypatch):
     assert resolve_feed("arrow") == "arrow"
     assert resolve_feed("auto") == ("petastorm" if petastorm_available() else "arrow")
-    with pytest.raises(ValueError, match="train.feed must be one of"):
+    with pytest.raises(ConfigError, match=r"train\.feed must be one of"):
         resolve_feed("parquet")
     monkeypatch.setattr("recspark.train.feeding.petastorm_available", lambda: False)
     assert resolve_feed("auto") == "arrow"
-    with pytest.raises(ValueError, match="petastorm does not import"):
+    with pytest.raises(ConfigError, match="petastorm does not import"):
         resolve_feed("petastorm")

@@ -70,6 +70,7 @@ def precheck(config: Config) -> None:
     one to report (its holder named), and a run that died is to be recovered first, whatever
     today's input.
     """
+    train.precheck(config)
     layout = Layout(config.paths.root)
     if not NightlyState(layout, recommendations_table(config, layout)).busy():
         prepare.precheck(config)

@@ -29,6 +29,7 @@ from recspark.core.storage import Layout
 from recspark.core.torch_utils import resolve_device
 from recspark.data.prepared import check_tables, read_manifest
 from recspark.train.checkpoints import remove_checkpoints
+from recspark.train.feeding import resolve_feed
 from recspark.train.job import (
     SUMMARY_METRICS,
     best_figures,
@@ -49,6 +50,11 @@ from recspark.train.job import (
 from recspark.train.loop import init_model
 
 log = logging.getLogger(__name__)
+
+
+def precheck(config: Config) -> None:
+    """Before Spark starts: ``train.feed`` can read here (petastorm does not import everywhere)."""
+    resolve_feed(config.train.feed)
 
 
 def run(config: Config, spark: SparkSession) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 import torch
 
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
+from recspark.core.errors import ConfigError
 from recspark.core.location import Location
 from recspark.core.storage import parquet_files
 from recspark.train.prefetch import Prefetcher, host_batch
@@ -61,15 +62,15 @@ def resolve_feed(feed: str) -> str:
 
     Raises
     ------
-    ValueError
+    ConfigError
         For an unknown feed, or ``petastorm`` where petastorm does not import.
     """
     if feed not in FEEDS:
-        raise ValueError(f"train.feed must be one of {list(FEEDS)}, got {feed!r}")
+        raise ConfigError(f"train.feed must be one of {list(FEEDS)}, got {feed!r}")
     if feed == "auto":
         return "petastorm" if petastorm_available() else "arrow"
     if feed == "petastorm" and not petastorm_available():
-        raise ValueError(
+        raise ConfigError(
             "train.feed is petastorm but petastorm does not import with this pyarrow (it needs "
             "pyarrow < 15): set train.feed to auto or arrow"
         )
