@@ -66,6 +66,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture
+def no_spark(monkeypatch):
+    """Spark may not start: a check that runs before the session must have failed first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Spark must not start: the check should have failed first")
+
+    monkeypatch.setattr("recspark.core.spark.get_spark", refuse)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from recspark.core.spark import get_spark

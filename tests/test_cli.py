@@ -17,14 +17,6 @@ from recspark.core.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def no_spark(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Spark must not start here")
-
-    monkeypatch.setattr("recspark.core.spark.get_spark", refuse)
-
-
 def last_json(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 

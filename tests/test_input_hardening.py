@@ -32,14 +32,6 @@ from tests.test_sources import rows, write
 CSV_HEADER = "user_id,item_id,rating,timestamp"
 
 
-@pytest.fixture
-def no_spark(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Spark must not start: the input check should have failed first")
-
-    monkeypatch.setattr("recspark.core.spark.get_spark", refuse)
-
-
 def run_cli(command: str, settings: dict, capsys) -> tuple[int, dict]:
     args = [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
     status = main([command, *args])

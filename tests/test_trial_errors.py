@@ -34,24 +34,11 @@ from recspark.core.output_root import check_writable
 from recspark.data import sources
 from recspark.data.titles import read_titles
 from tests.conftest import tiny_overrides
+from tests.test_input_hardening import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "user_id,item_id,rating,timestamp"
 ROWS = [(u, i, float(1 + (u + i) % 5), 1000 + 10 * u + i) for u in range(1, 7) for i in range(1, 6)]
-
-
-@pytest.fixture
-def no_spark(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Spark must not start: the check should have failed first")
-
-    monkeypatch.setattr("recspark.core.spark.get_spark", refuse)
-
-
-def run_cli(command: str, settings: dict, capsys) -> tuple[int, dict]:
-    args = [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
-    status = main([command, *args])
-    return status, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def assert_one_clear_line(summary: dict, *words: str) -> str:
@@ -270,40 +257,24 @@ def titles_for(root: Path) -> str:
     )
 
 
-def test_recommend_reads_a_titles_csv_with_a_byte_order_mark(trained, tmp_path, capsys):
+def recommend_with_titles(trained, titles: Path, encoding: str, capsys) -> tuple[int, dict]:
+    """``recommend`` for user 1 of the trained fixture, with a titles CSV in ``encoding``."""
     root, overrides = trained
-    titles = tmp_path / "movies.csv"
-    titles.write_bytes(titles_for(root).encode("utf-8-sig"))
-    status = main(
-        [
-            "recommend",
-            *[p for o in overrides for p in ("--set", o)],
-            "--set",
-            "recommend.user=1",
-            "--set",
-            f"recommend.titles_path={titles}",
-        ]
-    )
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    titles.write_bytes(titles_for(root).encode(encoding))
+    sets = [*overrides, "recommend.user=1", f"recommend.titles_path={titles}"]
+    status = main(["recommend", *[part for item in sets for part in ("--set", item)]])
+    return status, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_recommend_reads_a_titles_csv_with_a_byte_order_mark(trained, tmp_path, capsys):
+    status, summary = recommend_with_titles(trained, tmp_path / "movies.csv", "utf-8-sig", capsys)
     assert status == 0, summary
     assert all(row["title"].startswith("Café ’") for row in summary["recommendations"])
 
 
 def test_recommend_with_a_windows_1252_titles_csv_says_so(trained, tmp_path, capsys):
-    root, overrides = trained
     titles = tmp_path / "movies.csv"
-    titles.write_bytes(titles_for(root).encode("cp1252"))
-    status = main(
-        [
-            "recommend",
-            *[p for o in overrides for p in ("--set", o)],
-            "--set",
-            "recommend.user=1",
-            "--set",
-            f"recommend.titles_path={titles}",
-        ]
-    )
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    status, summary = recommend_with_titles(trained, titles, "cp1252", capsys)
     assert status == 1, summary
     assert_one_clear_line(summary, str(titles), "Windows-1252", "UTF-8")
 

@@ -33,14 +33,6 @@ SHORT = 400  # characters: a message a person reads in one go
 
 
 @pytest.fixture
-def no_spark(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Spark must not start for a bad config")
-
-    monkeypatch.setattr("recspark.core.spark.get_spark", refuse)
-
-
-@pytest.fixture
 def bomb_file(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(f"paths:\n  root: {{{BOMB}}}\n")
