@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recspark.core.constants import ITEM_IDX, ITEMS, RATING, USER_IDX  # noqa: E402
-from recspark.model.embedding import build_model  # noqa: E402
+from recspark.model.registry import build_model  # noqa: E402
 from recspark.model.saving import model_bytes  # noqa: E402
 from recspark.serve.kernel import UserTable, recommend_batches  # noqa: E402
 from recspark.train.loop import train_epoch  # noqa: E402

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from recspark.model.embedding import build_model
+from recspark.model.registry import build_model
 from recspark.train.objectives.base import RunContext
 from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingObjective, RankingSettings

@@ -10,7 +10,7 @@ import torch
 
 from recspark.cli import main
 from recspark.core.storage import Layout
-from recspark.model.embedding import build_model
+from recspark.model.registry import build_model
 from tests.test_score_job import RUN_DATE, publish_hand_made_run, set_args
 
 USERS, ITEMS = 60, 40

@@ -16,14 +16,8 @@ import torch
 from torch import nn
 
 from recspark.core.config import Config
-from recspark.model.embedding import (
-    Ensemble,
-    FeaturedTable,
-    HeadView,
-    build_model,
-    has_lists_head,
-    lists_model,
-)
+from recspark.model.embedding import Ensemble, FeaturedTable, HeadView, has_lists_head, lists_model
+from recspark.model.registry import build_model
 from recspark.model.saving import model_from_bytes
 from recspark.serve.scoring import item_side_payload
 from recspark.train.objectives.joint import JointObjective

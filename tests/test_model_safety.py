@@ -26,8 +26,8 @@ import torch
 from recspark.cli import main
 from recspark.core.errors import BadInputError
 from recspark.core.storage import Layout
-from recspark.model.embedding import build_model
 from recspark.model.published import load_published_model, save_model
+from recspark.model.registry import build_model
 from recspark.model.saving import load_model, load_plain, model_bytes
 from recspark.train.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from recspark.train.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer

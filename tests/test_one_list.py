@@ -24,8 +24,8 @@ from recspark.core.errors import BadInputError, ConfigError
 from recspark.core.storage import Layout
 from recspark.evaluate.assessment import read_split, top_k_lists
 from recspark.evaluate.baselines import Scorer
-from recspark.model.embedding import build_model
 from recspark.model.published import load_published_model
+from recspark.model.registry import build_model
 from recspark.serve.kernel import ScoringKernel, recommend_batches
 from recspark.serve.scoring import item_side_payload
 from tests.conftest import run_quietly, tiny_overrides

@@ -100,7 +100,7 @@ def test_leaving_early_stops_the_reader_without_reading_everything():
 
 def test_training_through_the_prefetcher_matches_training_without_it():
     """The wrapper changes when batches are read, never what the loop computes."""
-    from recspark.model.embedding import build_model
+    from recspark.model.registry import build_model
     from recspark.train.loop import train_epoch
     from recspark.train.optim import make_optimizer
 
@@ -209,7 +209,7 @@ def test_leaving_the_feed_early_stops_the_thread_before_the_reader(numbered, mon
     """``max_steps`` leaves the ``with`` block mid-epoch: the thread must not outlive its reader."""
     from petastorm.reader import Reader
 
-    from recspark.model.embedding import build_model
+    from recspark.model.registry import build_model
     from recspark.train.loop import train_epoch
     from recspark.train.optim import make_optimizer
 

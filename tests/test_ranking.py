@@ -29,8 +29,8 @@ from recspark.core.errors import ConfigError
 from recspark.core.location import Location
 from recspark.core.storage import Layout
 from recspark.model.ease import EaseModel, ease_weights
-from recspark.model.embedding import build_model
 from recspark.model.published import load_published_model
+from recspark.model.registry import build_model
 from recspark.train.loop import TrainSettings, fit, train_epoch
 from recspark.train.objectives import for_name, ranking
 from recspark.train.objectives.base import RunContext

@@ -297,7 +297,7 @@ def test_titles_tables_of_three_layouts(tmp_path):
 
 def test_a_known_users_list_leaves_out_what_it_rated_and_rare_items():
     """The list is the model's ranking of the eligible items the user has not rated."""
-    from recspark.model.embedding import build_model
+    from recspark.model.registry import build_model
     from recspark.serve.recommend import known_user_list
 
     model = build_model("dot", n_users=1, n_items=6, factors=1)

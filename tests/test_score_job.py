@@ -19,8 +19,8 @@ from recspark.cli import main
 from recspark.core.location import Location
 from recspark.core.storage import Layout, mark_success, write_json
 from recspark.data.prepared import PreparedRun, write_manifest
-from recspark.model.embedding import build_model
 from recspark.model.published import index_fingerprint, save_model
+from recspark.model.registry import build_model
 from recspark.model.saving import write_factor_tables
 from recspark.serve.scoring import PAUSE_ENV
 from tests.conftest import ML100K_U1_DATE, REPO, copy_prepared

@@ -12,7 +12,7 @@ import torch
 
 from recspark.core.errors import BadInputError
 from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
-from recspark.model.embedding import build_model
+from recspark.model.registry import build_model
 from recspark.serve.kernel import ScoringKernel, UserTable, best_columns, recommend_batches, top_k
 from recspark.serve.scoring import (
     WorkerWarmup,

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import recspark.train.loop
-from recspark.model.embedding import build_model
+from recspark.model.registry import build_model
 from recspark.model.saving import carry_weights
 from recspark.train.checkpoints import load_checkpoint, save_checkpoint
 from recspark.train.feeding import open_feed, row_groups

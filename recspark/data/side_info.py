@@ -75,7 +75,7 @@ class SideFeatures:
     item_names: tuple[str, ...] = ()
 
     def spec(self) -> dict[str, int]:
-        """The :func:`recspark.model.embedding.build_model` arguments that size the feature tables."""
+        """The :func:`recspark.model.registry.build_model` arguments that size the feature tables."""
         return {
             "user_features": 0 if self.user is None else int(self.user.shape[1]),
             "item_features": 0 if self.item is None else int(self.item.shape[1]),

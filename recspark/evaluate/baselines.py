@@ -36,7 +36,7 @@ from pyspark.sql import functions as F
 from recspark.core.choices import BASELINE_NAMES
 from recspark.core.constants import BIAS, FACTORS, ITEM_IDX, PREDICTION, RATING, USER_IDX
 from recspark.core.errors import BadInputError
-from recspark.model.embedding import build_model
+from recspark.model.registry import build_model
 from recspark.model.saving import model_bytes
 
 log = logging.getLogger(__name__)

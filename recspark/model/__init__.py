@@ -1,2 +1,3 @@
-"""The embedding models (one ``forward(user_idx, item_idx)`` contract) and their files: saving,
-loading, factor tables, and the published model's spec and meta."""
+"""The embedding models (one ``forward(user_idx, item_idx)`` contract), the factory that builds
+them by kind, and their files: saving, loading, factor tables, and the published model's spec and
+meta."""

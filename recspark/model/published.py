@@ -1,6 +1,6 @@
 """What the later stages read of a published model (``models/RUN_DATE``), typed once.
 
-``model.pt`` stores its ``spec`` (the :func:`~recspark.model.embedding.build_model` arguments) and
+``model.pt`` stores its ``spec`` (the :func:`~recspark.model.registry.build_model` arguments) and
 ``meta`` as plain dicts (:mod:`recspark.model.saving`), so models saved before these types existed
 load unchanged; :class:`ModelSpec` and :class:`ModelMeta` are built from those dicts on load and
 give them back with ``as_dict()`` for saving. :class:`PublishedModel` adds the folder and what the

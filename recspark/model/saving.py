@@ -34,7 +34,8 @@ from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location
 from recspark.core.storage import parquet_files, read_parquet
-from recspark.model.embedding import EmbeddingModel, build_model
+from recspark.model.embedding import EmbeddingModel
+from recspark.model.registry import build_model
 
 MODEL_FILE = "model.pt"
 

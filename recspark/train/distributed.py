@@ -120,7 +120,7 @@ def train_worker(job: dict[str, Any]) -> bytes:
     (whichever ends last on the driver's machine, partition 0's on executors), so rank 0
     broadcasts its result (``torch.save`` bytes of plain data) and every process returns it.
     """
-    from recspark.model.embedding import build_model
+    from recspark.model.registry import build_model
 
     logging.basicConfig(
         level=logging.WARNING,

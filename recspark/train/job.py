@@ -109,7 +109,7 @@ SUMMARY_METRICS = (
 def model_spec(
     config: Config, manifest: PreparedRun, prepared: Path | None = None
 ) -> dict[str, Any]:
-    """Arguments of :func:`recspark.model.embedding.build_model` for this config and these tables.
+    """Arguments of :func:`recspark.model.registry.build_model` for this config and these tables.
 
     The seam where model kinds that need more than ids (side information read from ``prepared``)
     add their arguments; the spec is stored in ``model.pt`` and rebuilds the model on its own.

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from recspark.core.torch_utils import epoch_seed, seed_everything, unwrap
-from recspark.model.embedding import build_model
+from recspark.model.registry import build_model
 from recspark.train.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from recspark.train.feeding import open_feed, row_groups
 from recspark.train.objectives.base import Objective, RunContext, ValidationFigures
@@ -162,7 +162,7 @@ class FitResult:
 
 
 def init_model(spec: dict[str, Any], seed: int) -> nn.Module:
-    """Build a model from :func:`recspark.model.embedding.build_model` arguments under ``seed``."""
+    """Build a model from :func:`recspark.model.registry.build_model` arguments under ``seed``."""
     seed_everything(seed)
     return build_model(**spec)
 
