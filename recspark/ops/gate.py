@@ -6,19 +6,21 @@ model (``model.objective: ranking``) is judged by its validation NDCG@k (higher 
 its scores are not ratings: it may fall short of the baseline's by at most
 ``nightly.max_ndcg_decrease`` and, when set, stay above ``nightly.min_ndcg``. Either gate gives a
 :class:`GateResult`, which the journal, the history record and the summary line carry as it is.
+
+The gate reads its baseline as a :class:`Baseline`, the three figures it needs, not as the history
+record that holds them: :mod:`recspark.ops.history` stores a :class:`GateResult` in each record, so
+the history builds on the gate and the gate names nothing of the history.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from recspark.core.config import NightlyConfig
-
-if TYPE_CHECKING:
-    from recspark.ops.history import HistoryRecord
 
 RMSE = "rmse"
 NDCG = "ndcg_at_k"
@@ -32,6 +34,20 @@ _FIGURES = {
         "min_ndcg",
     ),
 }
+
+
+class Baseline(Protocol):
+    """What the gate reads of the last published run: a
+    :class:`~recspark.ops.history.HistoryRecord` is one."""
+
+    @property
+    def run_date(self) -> str: ...
+
+    @property
+    def model_version(self) -> str | None: ...
+
+    @property
+    def metrics(self) -> Mapping[str, bool | int | float | None]: ...
 
 
 class GateResult(BaseModel):
@@ -94,7 +110,7 @@ class GateResult(BaseModel):
 
 def quality_gate(
     candidate_rmse: float | None,
-    baseline: HistoryRecord | None,
+    baseline: Baseline | None,
     max_rmse_increase: float,
     max_rmse: float | None = None,
 ) -> GateResult:
@@ -122,7 +138,7 @@ def quality_gate(
 
 def ranking_gate(
     candidate_ndcg: float | None,
-    baseline: HistoryRecord | None,
+    baseline: Baseline | None,
     max_ndcg_decrease: float,
     min_ndcg: float | None = None,
 ) -> GateResult:
@@ -136,7 +152,7 @@ def judge(
     objective: str,
     evaluated: dict[str, Any],
     trained: dict[str, Any],
-    baseline: HistoryRecord | None,
+    baseline: Baseline | None,
     settings: NightlyConfig,
 ) -> GateResult:
     """The gate for a candidate of ``model.objective``, from its stages' summary metrics.
@@ -166,7 +182,7 @@ def _gate(
     label: str,
     higher_is_better: bool,
     candidate: float | None,
-    baseline: HistoryRecord | None,
+    baseline: Baseline | None,
     max_worse: float,
     max_worse_setting: str,
     bound: float | None,
