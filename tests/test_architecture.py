@@ -114,6 +114,89 @@ def test_no_room_imports_a_command():
     assert offenders == []
 
 
+def _import_targets(node: ast.AST, module: str, is_package: bool, modules: set[str]) -> list[str]:
+    """The package modules one ``import`` statement names, relative imports resolved.
+
+    ``from a.b import c`` names ``a.b.c`` when that is a module, else ``a.b``; a module that is
+    not in ``modules`` (a third-party one, a name that does not exist) is left out.
+    """
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names if alias.name in modules]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        parts = module.split(".") if is_package else module.split(".")[:-1]
+        parts = parts[: len(parts) - node.level + 1]
+        base = ".".join(parts + ([node.module] if node.module else []))
+    named = (f"{base}.{alias.name}" for alias in node.names)
+    return [target for target in (n if n in modules else base for n in named) if target in modules]
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Each module of ``package`` and the package modules it imports, at any depth: lazy imports
+    and ``if TYPE_CHECKING:`` ones count, as a circle through them is still a circle."""
+    paths = {module_name(path, package): path for path in sorted(package.rglob("*.py"))}
+    graph = {}
+    for module, path in paths.items():
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[module] = {
+            target
+            for node in ast.walk(tree)
+            for target in _import_targets(node, module, is_package, set(paths))
+        } - {module}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[str]:
+    """One ``a -> b -> a`` line for each circle of imports a depth-first walk finds."""
+    cycles: dict[frozenset[str], str] = {}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph[module]):
+            if target in path:
+                circle = [*path[path.index(target) :], target]
+                cycles.setdefault(frozenset(circle), " -> ".join(circle))
+            elif target not in done:
+                visit(target, [*path, target])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    return list(cycles.values())
+
+
+def test_no_import_circle():
+    """No module reaches itself through imports, lazy and type-checking ones included: a circle
+    means a module and the one it builds on each need the other (a factory in a base module)."""
+    cycles = import_cycles(import_graph())
+    assert cycles == [], "import circles:\n" + "\n".join(cycles)
+
+
+def test_an_import_circle_is_caught(tmp_path):
+    """The check itself can fail: a circle through a lazy, a type-checking and a relative import."""
+    fake = tmp_path / "recspark"
+    (fake / "model").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "model" / "__init__.py").write_text("")
+    (fake / "model" / "base.py").write_text(
+        "def build():\n    from recspark.model import kinds\n"
+    )
+    (fake / "model" / "kinds.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .helpers import Helper\n"
+    )
+    (fake / "model" / "helpers.py").write_text("from recspark.model.base import build\n")
+    assert import_cycles(import_graph(fake)) == [
+        "recspark.model.base -> recspark.model.kinds -> recspark.model.helpers -> "
+        "recspark.model.base"
+    ]
+    (fake / "model" / "helpers.py").write_text("import recspark.model\n")
+    assert import_cycles(import_graph(fake)) == []
+
+
 BLOCK_SPARK = textwrap.dedent(
     """
     import importlib.abc, sys
