@@ -21,20 +21,27 @@ REPO = Path(__file__).resolve().parents[1]
 # tables 146, movielens 142, prepare 139, object_store 134, ... `make test` runs the suite on two
 # pytest-xdist workers, a module to a worker (`--dist loadfile`), handing out modules in
 # collection order (`--no-loadscope-reorder`): these go first, so that the workers end together
-# instead of one finishing a long module alone.
+# instead of one finishing a long module alone. The modules added with the two stacks are placed by
+# their times alone here: trial_errors ~130, cross_stack ~115, trial_inputs ~95, untrusted_files
+# ~65, trial_paths_config ~60.
 LONGEST_FIRST = (
     "test_nightly",
     "test_tables",
     "test_movielens",
     "test_prepare",
     "test_object_store",
+    "test_trial_errors",
+    "test_cross_stack",
     "test_score_job",
     "test_baselines",
     "test_ranking",
+    "test_trial_inputs",
     "test_notebook",
     "test_input_hardening",
     "test_cluster",
     "test_pipeline",
+    "test_untrusted_files",
+    "test_trial_paths_config",
     "test_benchmark",
     "test_one_list",
     "test_evaluate",
