@@ -70,8 +70,12 @@ test-all:
 	$(MAKE) test STACK=pinned
 	$(MAKE) test STACK=current
 
+# Format check, ruff's rules (line length 100, ruff.toml) and mypy in basic mode on recspark/
+# (mypy.ini). .ci/run runs it before the tests.
 lint: $(STAMP)
-	$(BIN)/ruff check recspark jobs tests
+	$(BIN)/ruff format --check recspark jobs tests benchmarks
+	$(BIN)/ruff check recspark jobs tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf runs .pytest_cache

@@ -31,6 +31,9 @@ setup(
         "matplotlib>=3.8",
         # Delta Lake tables; its jars (deps/spark-X.Y/pom.xml, same version) come from set-up.
         "delta-spark>=4.0.1,<4.5",
+        # S3 calls of recspark's own (the object-store lock, conditional writes): botocore signs,
+        # retries (standard mode) and reads the whole credential chain.
+        "boto3>=1.35",
     ],
     extras_require={
         # The petastorm feed (train.feed: petastorm, what auto picks where it imports). Petastorm
@@ -48,6 +51,7 @@ setup(
             "pytest",
             "pytest-xdist",  # `make test` runs the suite on two workers
             "ruff",
+            "mypy",  # `make lint` type-checks recspark/ (mypy.ini)
             "nbclient",
             "nbformat",
             "ipykernel",
