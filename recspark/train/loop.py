@@ -58,7 +58,7 @@ from recspark.train.batching import (
     plan_feed,
 )
 from recspark.train.checkpoints import Checkpoint, capture, resume_state, save_checkpoint
-from recspark.train.feeding import open_feed, row_groups
+from recspark.train.feeding import FeedSpec, read_feed, row_groups
 from recspark.train.objectives.base import Objective, RunContext, ValidationFigures
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.optim import Optimizers, Schedule, make_optimizer
@@ -180,6 +180,22 @@ def _optimizer_and_schedule(
     return optimizer, schedule
 
 
+def _epoch_feed(run: _Run, epoch: int) -> FeedSpec:
+    """How ``epoch`` reads the train split: this process's shard, shuffled by ``seed + epoch``."""
+    settings, plan = run.settings, run.plan
+    return FeedSpec(
+        batch_size=plan.batch_size,
+        shuffle=True,
+        seed=settings.seed + epoch,
+        shard=plan.shard,
+        shard_count=plan.shard_count,
+        workers=settings.reader_workers,
+        shuffle_buffer=settings.shuffle_buffer,
+        fields=run.objective.feed_fields,
+        feed=settings.feed,
+    )
+
+
 def _train_and_validate(
     run: _Run, context: RunContext
 ) -> tuple[EpochRecord, ValidationFigures, float]:
@@ -192,19 +208,7 @@ def _train_and_validate(
     settings, plan, parallel, epoch = run.settings, run.plan, run.parallel, context.epoch
     seed_everything(epoch_seed(settings.seed, epoch, parallel.rank))
     started = time.perf_counter()
-    with open_feed(
-        run.train_path,
-        plan.batch_size,
-        shuffle=True,
-        seed=settings.seed + epoch,
-        shard=plan.shard,
-        shard_count=plan.shard_count,
-        workers=settings.reader_workers,
-        shuffle_buffer=settings.shuffle_buffer,
-        fields=run.objective.feed_fields,
-        feed=settings.feed,
-        device=run.device,
-    ) as batches:
+    with read_feed(run.train_path, _epoch_feed(run, epoch), run.device) as batches:
         train_loss, rows = train_epoch(
             run.trained,
             batches,

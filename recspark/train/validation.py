@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from recspark.core.torch_utils import unwrap
-from recspark.train.feeding import open_feed, row_groups
+from recspark.train.feeding import FeedSpec, read_feed, row_groups
 from recspark.train.objectives.base import Objective, RunContext, ValidationFigures
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.precision import autocast, matmul_precision, resolve_precision
@@ -61,16 +61,15 @@ def evaluate_split(
     parallel = parallel or LocalProcess()
     sharded = parallel.world_size > 1 and len(row_groups(path)) >= parallel.world_size
     core = unwrap(model).to(device)
-    with open_feed(
-        path,
-        VALIDATION_BATCH,
+    spec = FeedSpec(
+        batch_size=VALIDATION_BATCH,
         shuffle=False,
         seed=seed,
         shard=parallel.rank if sharded else None,
         shard_count=parallel.world_size if sharded else None,
-        device=device,
         feed=feed,
-    ) as batches:
+    )
+    with read_feed(path, spec, device) as batches:
         precision = resolve_precision(precision, device)
         with matmul_precision(precision), autocast(precision, device):
             figures = objective.validation(core, batches, device, context or RunContext())
