@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -132,10 +132,30 @@ class RankingSettings:
             raise ValueError("ranking.sampling_alpha and ranking.confidence_alpha must be >= 0")
 
 
-def _positives(
-    batch: dict, device: torch.device, settings: RankingSettings
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, bool]:
-    """(users, items, confidence weights or None, rows read, any positive) of a batch.
+class Positives(NamedTuple):
+    """The positive pairs of one batch.
+
+    Attributes
+    ----------
+    users, items
+        Their user and item indices.
+    weights
+        Their confidence weights; None without ``ranking.confidence``.
+    rows
+        Rows read from the feed (positives or not).
+    found
+        Whether the batch held any positive (without one a single row stands in at weight 0).
+    """
+
+    users: torch.Tensor
+    items: torch.Tensor
+    weights: torch.Tensor | None
+    rows: int
+    found: bool
+
+
+def _positives(batch: dict, device: torch.device, settings: RankingSettings) -> Positives:
+    """The :class:`Positives` of a batch.
 
     A batch without positives keeps one row at weight 0 (and says so), so that every process of
     a data-parallel run still takes part in each step.
@@ -158,10 +178,10 @@ def _positives(
         ratings = batch[RATING].to(device=device, dtype=torch.float32, non_blocking=True)
         keep = ratings >= settings.positive_threshold
         if not bool(keep.any()):
-            return users[:1], items[:1], torch.zeros(1, device=device), rows, False
+            return Positives(users[:1], items[:1], torch.zeros(1, device=device), rows, False)
         users, items = users[keep], items[keep]
         weights = weights[keep] if weights is not None else None
-    return users, items, weights, rows, True
+    return Positives(users, items, weights, rows, True)
 
 
 def _generator(context: RunContext, device: torch.device) -> torch.Generator:
