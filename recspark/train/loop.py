@@ -164,8 +164,8 @@ def _optimizer_and_schedule(
         model,
         settings.optimizer,
         settings.lr,
-        settings.optimizer_weight_decay,
-        settings.momentum,
+        weight_decay=settings.optimizer_weight_decay,
+        momentum=settings.momentum,
         head_lr_scale=settings.head_lr_scale,
     )
     schedule = Schedule(
@@ -174,8 +174,8 @@ def _optimizer_and_schedule(
         settings.lr,
         epochs,
         steps_per_epoch,
-        settings.restart_epochs,
-        settings.restart_mult,
+        restart_epochs=settings.restart_epochs,
+        restart_mult=settings.restart_mult,
     )
     return optimizer, schedule
 
@@ -215,8 +215,8 @@ def _train_and_validate(
             run.optimizer,
             run.schedule,
             run.device,
-            settings.weight_decay,
-            plan.max_steps,
+            weight_decay=settings.weight_decay,
+            max_steps=plan.max_steps,
             objective=run.objective,
             context=context,
             precision=settings.precision,
@@ -282,6 +282,54 @@ def _save(run: _Run, state: Checkpoint, history: list[EpochRecord], folder: str)
     run.parallel.barrier()
 
 
+def _start(
+    model: nn.Module,
+    train_path: str,
+    validation_path: str,
+    settings: TrainSettings,
+    device: torch.device,
+    *,
+    objective: Objective,
+    parallel: LocalProcess,
+    checkpoint_dir: str | None,
+    resume: bool,
+    fingerprint: str,
+) -> tuple[_Run, Checkpoint]:
+    """Set a run up: plan its feed and epochs, build the optimizer and schedule, restore the
+    checkpoint when resuming, and only then wrap the model (DistributedDataParallel broadcasts
+    the weights it is given). Arguments are :func:`fit`'s."""
+    row_counts = row_groups(train_path)
+    plan = plan_feed(row_counts, settings.batch_size, parallel.rank, parallel.world_size)
+    epochs = auto_epochs(settings.epochs, sum(row_counts))
+    settings = dataclasses.replace(settings, epochs=epochs)
+    model.to(device)
+    optimizer, schedule = _optimizer_and_schedule(model, settings, epochs, plan.steps_per_epoch)
+    state = resume_state(
+        checkpoint_dir,
+        fingerprint,
+        resume=resume,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        announce=parallel.is_leader,
+    )
+    run = _Run(
+        model=model,
+        trained=parallel.wrap(model, plan.batch_weight),
+        optimizer=optimizer,
+        schedule=schedule,
+        plan=plan,
+        settings=settings,
+        epochs=epochs,
+        objective=objective,
+        parallel=parallel,
+        device=device,
+        train_path=train_path,
+        validation_path=validation_path,
+    )
+    return run, state
+
+
 def fit(
     model: nn.Module,
     train_path: str,
@@ -317,50 +365,32 @@ def fit(
     parallel
         Collective operations across processes; None is a single process.
     """
-    parallel = parallel or LocalProcess()
-    objective = objective or RatingObjective()
-    row_counts = row_groups(train_path)
-    plan = plan_feed(row_counts, settings.batch_size, parallel.rank, parallel.world_size)
-    epochs = auto_epochs(settings.epochs, sum(row_counts))
-    settings = dataclasses.replace(settings, epochs=epochs)
-    model.to(device)
-    optimizer, schedule = _optimizer_and_schedule(model, settings, epochs, plan.steps_per_epoch)
-    state = resume_state(
-        checkpoint_dir,
-        fingerprint,
+    run, state = _start(
+        model,
+        train_path,
+        validation_path,
+        settings,
+        device,
+        objective=objective or RatingObjective(),
+        parallel=parallel or LocalProcess(),
+        checkpoint_dir=checkpoint_dir,
         resume=resume,
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        announce=parallel.is_leader,
+        fingerprint=fingerprint,
     )
     result = FitResult(
-        history=[EpochRecord.from_saved(entry, objective.name) for entry in state.history],
+        history=[EpochRecord.from_saved(entry, run.objective.name) for entry in state.history],
         best_epoch=state.best_epoch,
         stopped_early=state.stopped_early,
         resumed_from_epoch=state.epoch,
     )
-    run = _Run(
-        model=model,
-        trained=parallel.wrap(model, plan.batch_weight),
-        optimizer=optimizer,
-        schedule=schedule,
-        plan=plan,
-        settings=settings,
-        epochs=epochs,
-        objective=objective,
-        parallel=parallel,
-        device=device,
-        train_path=train_path,
-        validation_path=validation_path,
-    )
     context = RunContext(
         n_users=getattr(model, "n_users", None),
         n_items=getattr(model, "n_items", None),
-        seed=settings.seed,
-        rank=parallel.rank,
-        world_size=parallel.world_size,
+        seed=run.settings.seed,
+        rank=run.parallel.rank,
+        world_size=run.parallel.world_size,
     )
+    epochs = run.epochs
     for epoch in range(state.epoch + 1, epochs + 1):
         if state.stopped_early:
             break
@@ -368,9 +398,9 @@ def fit(
             run, dataclasses.replace(context, epoch=epoch)
         )
         result.history.append(record)
-        track_best(state, figures.loss, epoch, model, patience=settings.patience, epochs=epochs)
+        track_best(state, figures.loss, epoch, model, patience=run.settings.patience, epochs=epochs)
         result.best_epoch, result.stopped_early = state.best_epoch, state.stopped_early
-        if parallel.is_leader:
+        if run.parallel.is_leader:
             _log_epoch(record, figures, epochs, seconds, state)
         state.epoch = epoch
         if checkpoint_dir is not None:

@@ -78,6 +78,7 @@ def softmax_loss(
     negative_scores: torch.Tensor,
     weights: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    *,
     positive_log_q: torch.Tensor | None = None,
     negative_log_q: torch.Tensor | None = None,
     reduce: bool = True,
@@ -146,6 +147,7 @@ def catalogue_softmax_loss(
     users: torch.Tensor,
     positives: torch.Tensor,
     weights: torch.Tensor | None = None,
+    *,
     n_items: int | None = None,
     block: int = SOFTMAX_BLOCK,
 ) -> torch.Tensor:

@@ -223,6 +223,7 @@ def ranking_loss(
     users: torch.Tensor,
     items: torch.Tensor,
     weights: torch.Tensor | None,
+    *,
     settings: RankingSettings,
     sampler: NegativeSampler,
     generator: torch.Generator,
@@ -237,7 +238,7 @@ def ranking_loss(
         # A wrapped model must score every pair in one forward call (see _scores).
         if unwrap(model) is model and len(users) * sampler.n_items > SOFTMAX_BLOCK:
             return catalogue_softmax_loss(
-                model, users, items, weights, sampler.n_items, SOFTMAX_BLOCK
+                model, users, items, weights, n_items=sampler.n_items, block=SOFTMAX_BLOCK
             )
         negatives = torch.arange(sampler.n_items, device=items.device)
     else:
@@ -248,7 +249,12 @@ def ranking_loss(
     positive, negative = _scores(model, users, items, negatives)
     valid = negatives[None, :] != items[:, None]
     return softmax_loss(
-        positive.float(), negative.float(), weights, valid, positive_log_q, negative_log_q
+        positive.float(),
+        negative.float(),
+        weights,
+        valid,
+        positive_log_q=positive_log_q,
+        negative_log_q=negative_log_q,
     )
 
 
@@ -305,7 +311,13 @@ class RankingObjective(Objective):
             raise RuntimeError("call start_epoch before batch_loss: it seeds the negatives")
         users, items, weights, read, found = _positives(batch, device, self.settings)
         loss = ranking_loss(
-            model, users, items, weights, self.settings, self._sampler, self._generator
+            model,
+            users,
+            items,
+            weights,
+            settings=self.settings,
+            sampler=self._sampler,
+            generator=self._generator,
         )
         counted = len(users) if found else 0
         return BatchLoss(loss, users, items, loss.detach().double() * counted, counted, read)
