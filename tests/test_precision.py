@@ -243,7 +243,13 @@ def test_ranking_loss_scores_the_catalogue_a_chunk_at_a_time(monkeypatch):
 
     def loss():
         return ranking_loss(
-            model, users, positives, None, settings, sampler, torch.Generator().manual_seed(0)
+            model,
+            users,
+            positives,
+            None,
+            settings=settings,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(0),
         )
 
     whole, whole_gradients = loss_and_gradients(model, loss)

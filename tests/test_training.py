@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import recspark.train.loop
+import recspark.train.batching
 from recspark.model.registry import build_model
 from recspark.model.saving import carry_weights
 from recspark.train.checkpoints import load_checkpoint, save_checkpoint
@@ -307,7 +307,7 @@ def test_fit_with_auto_epochs_runs_as_many_as_the_train_rows_ask(prepared, monke
     _, result = run(prepared, quick(epochs="auto", patience=20))
     assert len(result.history) == 8  # a small table: every one of the most
     # A budget of 2.6 passes over this table: 3 epochs, the nearest whole number.
-    monkeypatch.setattr(recspark.train.loop, "AUTO_EPOCH_ROWS", int(rows * 2.6))
+    monkeypatch.setattr(recspark.train.batching, "AUTO_EPOCH_ROWS", int(rows * 2.6))
     _, result = run(prepared, quick(epochs="auto", patience=20))
     assert len(result.history) == 3
 

@@ -15,18 +15,31 @@ unread (:func:`recspark.model.saving.load_plain`).
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from recspark.core.errors import BadInputError, RecsparkError
 from recspark.core.location import Location
 from recspark.model.saving import load_plain, plain_data
 
 CHECKPOINT_FILE = "last.pt"
+
+log = logging.getLogger(__name__)
+
+
+class Stateful(Protocol):
+    """What a checkpoint saves and restores besides the model: an optimizer or a schedule."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
 
 
 @dataclass
@@ -82,6 +95,53 @@ def load_checkpoint(folder: str | os.PathLike, fingerprint: str) -> Checkpoint |
             "start over (which replaces it)"
         )
     return checkpoint
+
+
+def resume_state(
+    folder: str | None,
+    fingerprint: str,
+    *,
+    resume: bool,
+    model: nn.Module,
+    optimizer: Stateful,
+    schedule: Stateful,
+    announce: bool = True,
+) -> Checkpoint:
+    """The state a run starts from: the checkpoint under ``folder`` restored into ``model``,
+    ``optimizer`` and ``schedule`` when ``resume`` asks for it and there is one, else a fresh one.
+
+    ``announce`` logs which it was (the leading process of a data-parallel run says it once).
+    """
+    if not resume or folder is None:
+        return Checkpoint(fingerprint=fingerprint)
+    saved = load_checkpoint(folder, fingerprint)
+    if saved is None:
+        if announce:
+            log.info("train.resume: no checkpoint under %s; starting from epoch 1", folder)
+        return Checkpoint(fingerprint=fingerprint)
+    model.load_state_dict(saved.model)
+    optimizer.load_state_dict(saved.optimizer)
+    schedule.load_state_dict(saved.schedule)
+    if announce:
+        log.info("resuming after epoch %d from %s", saved.epoch, folder)
+    return saved
+
+
+def capture(
+    state: Checkpoint,
+    *,
+    model: nn.Module,
+    optimizer: Stateful,
+    schedule: Stateful,
+    history: Sequence[dict[str, Any]],
+) -> Checkpoint:
+    """``state`` holding the current weights, optimizer and schedule state, and ``history``
+    (plain dicts, as :meth:`~recspark.train.records.EpochRecord.published` gives them)."""
+    state.model = model.state_dict()
+    state.optimizer = optimizer.state_dict()
+    state.schedule = schedule.state_dict()
+    state.history = list(history)
+    return state
 
 
 def remove_checkpoints(folder: str | os.PathLike) -> None:

@@ -1,11 +1,12 @@
 """Data-parallel training through Spark's ``TorchDistributor`` (``train.num_processes > 1``).
 
 The driver hands :func:`train_worker` (a module-level function, so it pickles by reference) and
-a plain dict to ``TorchDistributor``. Every process joins a ``torch.distributed`` group (gloo on
-CPU, nccl on GPU), wraps the model in ``DistributedDataParallel``, reads its own shard of row
-groups through petastorm (``cur_shard``/``shard_count``), and runs the very loop a single process
-runs (:func:`recspark.train.loop.fit`) with a :class:`TorchProcessGroup` for its sums and barriers.
-Workers never touch Spark: paths, settings and the initial weights travel in the dict, so
+a :class:`WorkerJob` of plain values to ``TorchDistributor``. Every process joins a
+``torch.distributed`` group (gloo on CPU, nccl on GPU), wraps the model in
+``DistributedDataParallel``, reads its own shard of row groups through the feed
+(``shard``/``shard_count``), and runs the very loop a single process runs
+(:func:`recspark.train.loop.fit`) with a :class:`TorchProcessGroup` for its sums and barriers.
+Workers never touch Spark: paths, settings and the initial weights travel in the job, so
 ``paths.root`` must be a filesystem every process sees (as it must be for every command).
 
 The trained weights come back as the task's result, not through a file: rank 0 serialises them
@@ -14,8 +15,9 @@ process returns them. TorchDistributor keeps one process's return value (on the 
 whichever ends last, on executors partition 0's), so the driver gets rank 0's result either way,
 and reads it with ``torch.load(weights_only=True)`` like any other bytes it did not write.
 
-Shards hold whole row groups and so can differ in size; :func:`recspark.train.loop.plan_feed` gives
-each process a batch proportional to its shard and the same number of steps, and
+Shards hold whole row groups and so can differ in size;
+:func:`recspark.train.batching.plan_feed` gives each process a batch proportional to its shard and
+the same number of steps, and
 :func:`weighted_allreduce` weights each process's gradient by its share of the global batch, so a
 step is the same average over ``train.batch_size`` rows that one process would take.
 """
@@ -28,6 +30,7 @@ import io
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,8 +40,10 @@ from torch import nn
 from recspark.core import location
 from recspark.core.torch_utils import device_for_work
 from recspark.model.saving import load_plain, plain_data
-from recspark.train.loop import EpochRecord, FitResult, LocalProcess, TrainSettings, fit
+from recspark.train.loop import TrainSettings, fit
 from recspark.train.objectives.base import Objective
+from recspark.train.processes import LocalProcess
+from recspark.train.records import EpochRecord, FitResult
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,8 @@ def weighted_allreduce(weight, bucket):
 
 
 class TorchProcessGroup(LocalProcess):
-    """:class:`~recspark.train.loop.LocalProcess` over an initialised ``torch.distributed`` group."""
+    """:class:`~recspark.train.processes.LocalProcess` over an initialised ``torch.distributed``
+    group."""
 
     def __init__(self, device: torch.device):
         self.rank = dist.get_rank()
@@ -107,72 +113,189 @@ def rank0_result(payload: bytes | None, group: TorchProcessGroup) -> bytes:
     """
     box = [payload if group.rank == 0 else None]
     dist.broadcast_object_list(box, src=0, device=group.reduce_device)
-    return box[0]
+    received = box[0]
+    if not isinstance(received, bytes):
+        raise RuntimeError("rank 0 broadcast no training result: see its log above")
+    return received
 
 
-def train_worker(job: dict[str, Any]) -> bytes:
-    """Body of one training process: returns rank 0's trained weights and history, as bytes.
+@dataclass(frozen=True)
+class WorkerJob:
+    """What every training process gets from the driver: plain values only, so it pickles.
 
-    ``job`` holds plain values only: the model spec and initial weights, the two split paths,
-    :class:`~recspark.train.loop.TrainSettings` fields, the device kind, the objective (an
-    :class:`~recspark.train.objectives.Objective`: its settings and item counts, no torch
-    state), and checkpoint settings. TorchDistributor keeps the return value of one process
-    (whichever ends last on the driver's machine, partition 0's on executors), so rank 0
-    broadcasts its result (``torch.save`` bytes of plain data) and every process returns it.
+    Attributes
+    ----------
+    spec
+        The model's :func:`recspark.model.registry.build_model` arguments.
+    initial_state
+        The starting weights, ``torch.save`` bytes of plain data.
+    train_path, validation_path
+        The prepared splits, on a filesystem every process sees.
+    settings
+        The loop's settings (``train.*``).
+    device_setting
+        ``train.device``: each process decides its device from it, where it runs.
+    cpu_threads
+        Torch threads per process; None divides the machine's cores among its processes.
+    objective
+        An :class:`~recspark.train.objectives.Objective`: its settings and item counts, no torch
+        state.
+    checkpoint_dir, resume, fingerprint
+        Checkpoint settings, as :func:`recspark.train.loop.fit` takes them.
+    storage
+        The driver's storage settings (:func:`recspark.core.location.settings`), so the
+        processes reach ``paths.root`` as the driver does.
     """
-    from recspark.model.registry import build_model
 
+    spec: dict[str, Any]
+    initial_state: bytes
+    train_path: str
+    validation_path: str
+    settings: TrainSettings
+    device_setting: str
+    cpu_threads: int | None
+    objective: Objective | None
+    checkpoint_dir: str | None
+    resume: bool
+    fingerprint: str
+    storage: dict[str, str]
+
+
+@dataclass
+class WorkerResult:
+    """What rank 0 sends back: the trained weights and the run's :class:`FitResult` fields.
+
+    It travels as ``torch.save`` bytes of plain data (:meth:`plain`, :meth:`from_plain`), which
+    the driver reads with ``weights_only=True``.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    result: FitResult
+
+    def plain(self) -> dict[str, Any]:
+        """This result as plain data (the bytes' layout)."""
+        return {
+            "state_dict": self.state_dict,
+            "history": [dataclasses.asdict(record) for record in self.result.history],
+            "best_epoch": self.result.best_epoch,
+            "stopped_early": self.result.stopped_early,
+            "resumed_from_epoch": self.result.resumed_from_epoch,
+            "devices": self.result.devices,
+        }
+
+    @classmethod
+    def from_plain(cls, output: Any) -> WorkerResult:
+        """The result :meth:`plain` wrote.
+
+        Raises
+        ------
+        RuntimeError
+            When ``output`` is not a training result.
+        """
+        if not isinstance(output, dict) or "state_dict" not in output:
+            raise RuntimeError(f"the data-parallel result is not a training result; {_ADVICE}")
+        return cls(
+            state_dict=output["state_dict"],
+            result=FitResult(
+                history=[EpochRecord(**record) for record in output["history"]],
+                best_epoch=output["best_epoch"],
+                stopped_early=output["stopped_early"],
+                resumed_from_epoch=output["resumed_from_epoch"],
+                devices=list(output.get("devices") or []),
+            ),
+        )
+
+
+def _start_process(job: WorkerJob) -> torch.device:
+    """Set up one training process: logging, storage, threads and its device (joined to the
+    process group through :func:`torch.distributed.init_process_group` by the caller)."""
     logging.basicConfig(
         level=logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("recspark").setLevel(logging.INFO)
-    location.configure(job["storage"])
+    location.configure(job.storage)
     # Processes on one machine share its cores: without this each would start one thread per core.
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(job["cpu_threads"] or max(1, (os.cpu_count() or 1) // local_processes))
+    torch.set_num_threads(job.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
     # Decided here, in the process that trains: a CPU-only driver may run GPU executors.
-    device = device_for_work(
-        job["device_setting"], local_rank=int(os.environ.get("LOCAL_RANK", "0"))
-    )
+    device = device_for_work(job.device_setting, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    return device
+
+
+def train_worker(job: WorkerJob) -> bytes:
+    """Body of one training process: returns rank 0's trained weights and history, as bytes.
+
+    ``job`` holds plain values only (:class:`WorkerJob`). TorchDistributor keeps the return value
+    of one process (whichever ends last on the driver's machine, partition 0's on executors), so
+    rank 0 broadcasts its result (``torch.save`` bytes of plain data, :class:`WorkerResult`) and
+    every process returns it.
+    """
+    from recspark.model.registry import build_model
+
+    device = _start_process(job)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        model = build_model(**job["spec"])
+        model = build_model(**job.spec)
         model.load_state_dict(
-            load_plain(job["initial_state"], "the initial weights", "state dict", _ADVICE)
+            load_plain(job.initial_state, "the initial weights", "state dict", _ADVICE)
         )
         group = TorchProcessGroup(device)
         devices: list[str | None] = [None] * group.world_size
         dist.all_gather_object(devices, str(device))
         result = fit(
             model,
-            job["train_path"],
-            job["validation_path"],
-            TrainSettings(**job["settings"]),
+            job.train_path,
+            job.validation_path,
+            job.settings,
             device,
-            objective=job["objective"],
-            checkpoint_dir=job["checkpoint_dir"],
-            resume=job["resume"],
-            fingerprint=job["fingerprint"],
+            objective=job.objective,
+            checkpoint_dir=job.checkpoint_dir,
+            resume=job.resume,
+            fingerprint=job.fingerprint,
             parallel=group,
         )
         payload = None
         if group.rank == 0:
-            output = {
-                "state_dict": model.state_dict(),
-                "history": [dataclasses.asdict(record) for record in result.history],
-                "best_epoch": result.best_epoch,
-                "stopped_early": result.stopped_early,
-                "resumed_from_epoch": result.resumed_from_epoch,
-                "devices": devices,
-            }
+            result.devices = [str(name) for name in devices]
+            output = WorkerResult(model.state_dict(), result).plain()
             payload = _plain_bytes(output, "the training result")
         return rank0_result(payload, group)
     finally:
         dist.destroy_process_group()
+
+
+def _uses_gpu(
+    device: torch.device, *, local_mode: bool, device_setting: str, executor_gpus: bool
+) -> bool:
+    """Whether the processes train on GPUs (and so ask Spark for one each, and use nccl).
+
+    On the driver's machine the driver's device says whether there are GPUs; on executors the
+    setting and Spark's GPU scheduling do (``train.device: auto`` with
+    ``spark.task.resource.gpu.amount``).
+    """
+    if local_mode:
+        return device.type == "cuda"
+    return device_setting == "cuda" or (device_setting == "auto" and executor_gpus)
+
+
+def _run_distributor(distributor: Any, job: WorkerJob) -> bytes:
+    """``distributor.run(train_worker, job)``, its echo kept off stdout and its failure told."""
+    # TorchDistributor echoes the workers' output on stdout, which must hold only the summary line.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            returned = distributor.run(train_worker, job)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"data-parallel training failed ({str(exc).splitlines()[0][:200]}); the workers' "
+                "traceback is in the log above, prefixed by their rank"
+            ) from exc
+    if not isinstance(returned, bytes):
+        raise RuntimeError("data-parallel training returned no result: see the workers' log above")
+    return returned
 
 
 def fit_distributed(
@@ -218,27 +341,22 @@ def fit_distributed(
     """
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    job = {
-        "spec": spec,
-        "initial_state": _state_bytes(model.state_dict()),
-        "train_path": str(train_path),
-        "validation_path": str(validation_path),
-        "settings": dataclasses.asdict(settings),
-        "device_setting": device_setting,
-        "cpu_threads": cpu_threads,
-        "objective": objective,
-        "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
-        "resume": resume,
-        "fingerprint": fingerprint,
-        # The processes reach paths.root (feed, checkpoints) with the driver's storage settings.
-        "storage": location.settings(),
-    }
-    # On the driver's machine the driver's device says whether there are GPUs; on executors the
-    # setting and Spark's GPU scheduling do (train.device: auto with spark.task.resource.gpu.amount).
-    use_gpu = (
-        device.type == "cuda"
-        if local_mode
-        else device_setting == "cuda" or (device_setting == "auto" and executor_gpus)
+    job = WorkerJob(
+        spec=spec,
+        initial_state=_state_bytes(model.state_dict()),
+        train_path=str(train_path),
+        validation_path=str(validation_path),
+        settings=settings,
+        device_setting=device_setting,
+        cpu_threads=cpu_threads,
+        objective=objective,
+        checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+        resume=resume,
+        fingerprint=fingerprint,
+        storage=location.settings(),
+    )
+    use_gpu = _uses_gpu(
+        device, local_mode=local_mode, device_setting=device_setting, executor_gpus=executor_gpus
     )
     distributor = TorchDistributor(
         num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu
@@ -249,25 +367,8 @@ def fit_distributed(
         "on the driver" if local_mode else "on executors",
         "nccl" if use_gpu else "gloo",
     )
-    # TorchDistributor echoes the workers' output on stdout, which must hold only the summary line.
-    with contextlib.redirect_stdout(sys.stderr):
-        try:
-            returned = distributor.run(train_worker, job)
-        except RuntimeError as exc:
-            raise RuntimeError(
-                f"data-parallel training failed ({str(exc).splitlines()[0][:200]}); the workers' "
-                "traceback is in the log above, prefixed by their rank"
-            ) from exc
-    if not isinstance(returned, bytes):
-        raise RuntimeError("data-parallel training returned no result: see the workers' log above")
+    returned = _run_distributor(distributor, job)
     output = load_plain(returned, "the data-parallel result", "training result", _ADVICE)
-    if not isinstance(output, dict) or "state_dict" not in output:
-        raise RuntimeError(f"the data-parallel result is not a training result; {_ADVICE}")
-    model.load_state_dict(output["state_dict"])
-    return FitResult(
-        history=[EpochRecord(**record) for record in output["history"]],
-        best_epoch=output["best_epoch"],
-        stopped_early=output["stopped_early"],
-        resumed_from_epoch=output["resumed_from_epoch"],
-        devices=list(output.get("devices") or []),
-    )
+    trained = WorkerResult.from_plain(output)
+    model.load_state_dict(trained.state_dict)
+    return trained.result

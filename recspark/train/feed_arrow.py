@@ -18,7 +18,7 @@ filesystem of the path, so any store recspark reaches works.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -27,12 +27,13 @@ import torch
 
 from recspark.core.location import Location
 from recspark.core.storage import parquet_files
+from recspark.train.feed_spec import FeedSpec
 
 
 def row_group_pieces(path: str) -> list[tuple[Location, int]]:
     """``(file, row group)`` of every row group under a Parquet folder, in petastorm's piece
     order (files sorted by path, row groups in file order)."""
-    pieces = []
+    pieces: list[tuple[Location, int]] = []
     for file in parquet_files(path):
         with file.open("rb") as handle:
             groups = pq.ParquetFile(handle).metadata.num_row_groups
@@ -51,7 +52,7 @@ def _batches_of(
     count = len(next(iter(rows.values())))
     whole = count - count % batch_size if keep_tail else count
     batches = [
-        {name: column[start:start + batch_size] for name, column in rows.items()}
+        {name: column[start : start + batch_size] for name, column in rows.items()}
         for start in range(0, whole, batch_size)
     ]
     return batches, {name: column[whole:] for name, column in rows.items()}
@@ -59,24 +60,24 @@ def _batches_of(
 
 def arrow_batches(
     path: str,
-    batch_size: int,
+    spec: FeedSpec,
+    *,
     order: list[int],
     generator: torch.Generator | None,
-    shuffle_buffer: int,
-    fields: tuple[str, ...],
-) -> Iterator[dict[str, np.ndarray]]:
+) -> Generator[dict[str, np.ndarray], None, None]:
     """One epoch of dict batches (column -> NumPy array) from the row groups ``order`` names.
 
     Parameters
     ----------
+    spec
+        The feed's batch size, shuffle buffer and columns (its shard and order are ``order``'s).
     order
         Indices into :func:`row_group_pieces`, in the order to read them: one shard's, shuffled
         or not (:func:`~recspark.train.feeding.epoch_row_groups`).
     generator
         The row shuffle's generator; None reads rows in order.
-    shuffle_buffer
-        Rows shuffled together at least (see the module's docstring).
     """
+    batch_size, shuffle_buffer, fields = spec.batch_size, spec.shuffle_buffer, spec.fields
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     pieces = row_group_pieces(path)

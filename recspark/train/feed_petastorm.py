@@ -38,18 +38,12 @@ import torch
 from pyarrow import filesystem as legacy
 
 from recspark.core.location import Location
+from recspark.train.feed_spec import FeedSpec
 
 
-def open_reader(
-    location: Location,
-    fields: tuple[str, ...],
-    shuffle: bool,
-    seed: int,
-    shard: int | None,
-    shard_count: int | None,
-    workers: int,
-) -> Any:
-    """Petastorm's batch reader of one epoch over the prepared folder at ``location``."""
+def open_reader(location: Location, spec: FeedSpec) -> Any:
+    """Petastorm's batch reader of one epoch over the prepared folder at ``location``, reading
+    the row groups, columns and order ``spec`` asks for with ``spec.workers`` threads."""
     from petastorm import make_batch_reader
 
     if not location.is_local:
@@ -61,13 +55,13 @@ def open_reader(
         reader = make_batch_reader(
             feed_url(location),
             filesystem=LegacyFilesystem(location.filesystem),
-            schema_fields=list(fields),
+            schema_fields=list(spec.fields),
             num_epochs=1,
-            workers_count=workers,
-            shuffle_row_groups=shuffle,
-            seed=seed,
-            cur_shard=shard,
-            shard_count=shard_count,
+            workers_count=spec.workers,
+            shuffle_row_groups=spec.shuffle,
+            seed=spec.seed,
+            cur_shard=spec.shard,
+            shard_count=spec.shard_count,
         )
     end_after_ventilation(reader)
     return reader
@@ -94,9 +88,9 @@ def end_after_ventilation(reader: Any) -> None:
     what it was given *and then* the ventilator (the thread handing out row groups) has finished.
     Read in that order, a ventilator that hands out everything between the two reads looks
     finished with nothing processed, and the epoch yields no rows at all (seen in 5-15% of the
-    feeds here). The pool of :func:`ventilated_first_pool_class` reads the ventilator first. The pool has not been
-    asked for a result yet when the reader is returned, so its class is swapped here; another
-    pool (a later petastorm's) is left alone.
+    feeds here). The pool of :func:`ventilated_first_pool_class` reads the ventilator first.
+    The pool has not been asked for a result yet when the reader is returned, so its class is
+    swapped here; another pool (a later petastorm's) is left alone.
     """
     from petastorm.workers_pool.thread_pool import ThreadPool
 
@@ -126,11 +120,11 @@ def ventilated_first_pool_class() -> type:
 def seeded_loader_class() -> type:
     """Petastorm's ``BatchedDataLoader``, its row shuffle drawn from a ``generator`` of its own.
 
-    Petastorm 0.13.1's ``BatchedRandomShufflingBuffer`` (as 0.12.1's) draws a ``torch.randperm`` of its rows
-    from torch's global generator at its first retrieval after rows were added. This loader draws
-    that permutation from its own generator just before, at the same point, so the buffer finds
-    it and draws nothing. Built on first use: this module is imported where petastorm is not
-    installed (:mod:`recspark.train.loop` on a bare GPU machine).
+    Petastorm 0.13.1's ``BatchedRandomShufflingBuffer`` (as 0.12.1's) draws a ``torch.randperm``
+    of its rows from torch's global generator at its first retrieval after rows were added. This
+    loader draws that permutation from its own generator just before, at the same point, so the
+    buffer finds it and draws nothing. Built on first use: this module is imported where
+    petastorm is not installed (:mod:`recspark.train.loop` on a bare GPU machine).
     """
     from petastorm.pytorch import BatchedDataLoader
     from petastorm.reader_impl.pytorch_shuffling_buffer import BatchedRandomShufflingBuffer

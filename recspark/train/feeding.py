@@ -3,7 +3,9 @@
 ``train.feed`` picks how the prepared splits are read: ``petastorm`` (``make_batch_reader`` +
 ``BatchedDataLoader``, :mod:`recspark.train.feed_petastorm`), ``arrow`` (pyarrow alone,
 :mod:`recspark.train.feed_arrow`, for stacks petastorm cannot import on: pyarrow 15 and later),
-or ``auto``: petastorm wherever it imports. Both keep one contract, tested against both:
+or ``auto``: petastorm wherever it imports. Both read as a
+:class:`~recspark.train.feed_spec.FeedSpec` says (:func:`read_feed`; :func:`open_feed` spells it
+out as keywords) and keep one contract, tested against both:
 
 - each epoch yields every row of the split exactly once across the processes of a run;
 - shards are disjoint: row group ``i`` (files sorted by path, row groups in file order) belongs
@@ -36,13 +38,26 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
 from recspark.core.errors import ConfigError
 from recspark.core.location import Location
 from recspark.core.storage import parquet_files
+from recspark.train.feed_spec import FEED_FIELDS, FeedSpec
 from recspark.train.prefetch import Prefetcher, host_batch
 
-FEED_FIELDS = (USER_IDX, ITEM_IDX, RATING)
+__all__ = [
+    "FEEDS",
+    "FEED_FIELDS",
+    "FeedSpec",
+    "epoch_row_groups",
+    "open_feed",
+    "petastorm_available",
+    "read_feed",
+    "resolve_feed",
+    "row_groups",
+    "shard_row_groups",
+    "shuffle_generator",
+]
+
 FEEDS = ("auto", "petastorm", "arrow")
 
 
@@ -77,8 +92,9 @@ def resolve_feed(feed: str) -> str:
     return feed
 
 
-def shard_row_groups(count: int, seed: int | None, shard: int | None,
-                     shard_count: int | None) -> list[int]:
+def shard_row_groups(
+    count: int, seed: int | None, shard: int | None, shard_count: int | None
+) -> list[int]:
     """The row groups (indices in piece order) of one shard, as petastorm 0.13.1 picks them.
 
     Petastorm shuffles the indices with ``random.Random(seed)`` and keeps those whose index is
@@ -96,8 +112,9 @@ def shard_row_groups(count: int, seed: int | None, shard: int | None,
     return [index for index in indices if index % shard_count == shard]
 
 
-def epoch_row_groups(count: int, shuffle: bool, seed: int, shard: int | None,
-                     shard_count: int | None) -> list[int]:
+def epoch_row_groups(
+    count: int, shuffle: bool, seed: int, shard: int | None, shard_count: int | None
+) -> list[int]:
     """The row groups one epoch of one shard reads, in the order petastorm's ventilator hands
     them out: the shard's own order, permuted by ``numpy.random.default_rng(seed)`` when shuffled.
     """
@@ -108,9 +125,58 @@ def epoch_row_groups(count: int, shuffle: bool, seed: int, shard: int | None,
 
 
 @contextlib.contextmanager
+def read_feed(
+    path: str, spec: FeedSpec, device: torch.device | str = "cpu"
+) -> Iterator[Iterable[dict[str, Any]]]:
+    """A one-epoch feed of dict batches ``{user_idx, item_idx, rating}`` of the prepared Parquet
+    folder ``path`` (``prepared/D/train``), read as ``spec`` says, ahead in a thread.
+
+    Batches hold tensors of the training dtypes (indices ``int64``, ratings ``float32``), on
+    ``device`` when it is a GPU (there they are pinned and copied one batch ahead). Leaving the
+    ``with`` block early (``max_steps``, an error) stops the read-ahead thread first, then the
+    reader it pulls from.
+    """
+    if spec.prefetch < 0:
+        raise ValueError(f"prefetch must be 0 or more batches, got {spec.prefetch}")
+    generator = shuffle_generator(spec.seed, spec.shard)
+    with contextlib.ExitStack() as stack:
+        loader: Iterable[Any]
+        if resolve_feed(spec.feed) == "petastorm":
+            from recspark.train import feed_petastorm
+
+            reader = stack.enter_context(
+                feed_petastorm.closing(feed_petastorm.open_reader(Location(path), spec))
+            )
+            loader = feed_petastorm.seeded_loader_class()(
+                reader,
+                batch_size=spec.batch_size,
+                shuffling_queue_capacity=spec.shuffle_buffer if spec.shuffle else 0,
+                generator=generator,
+            )
+        else:
+            from recspark.train.feed_arrow import arrow_batches
+
+            order = epoch_row_groups(
+                len(row_groups(path)), spec.shuffle, spec.seed, spec.shard, spec.shard_count
+            )
+            batches = arrow_batches(
+                path, spec, order=order, generator=generator if spec.shuffle else None
+            )
+            stack.callback(batches.close)
+            loader = batches
+        if spec.prefetch == 0:
+            yield (host_batch(batch, pin=False) for batch in loader)
+            return
+        # Inside the reader's block: the thread is stopped before the reader it pulls from.
+        with Prefetcher(loader, torch.device(device), depth=spec.prefetch) as prefetched:
+            yield prefetched
+
+
+@contextlib.contextmanager
 def open_feed(
     path: str,
     batch_size: int,
+    *,
     shuffle: bool,
     seed: int,
     shard: int | None = None,
@@ -122,61 +188,21 @@ def open_feed(
     prefetch: int = 2,
     feed: str = "auto",
 ) -> Iterator[Iterable[dict[str, Any]]]:
-    """A one-epoch feed of dict batches ``{user_idx, item_idx, rating}``, read ahead in a thread.
-
-    Batches hold tensors of the training dtypes (indices ``int64``, ratings ``float32``), on
-    ``device`` when it is a GPU. Leaving the ``with`` block early (``max_steps``, an error) stops
-    the read-ahead thread first, then the reader it pulls from.
-
-    Parameters
-    ----------
-    path
-        A prepared Parquet folder (``prepared/D/train``).
-    shuffle
-        Shuffle row groups (by ``seed``) and rows within a buffer of ``shuffle_buffer`` rows (by a
-        generator of the feed's own, seeded from ``seed`` and ``shard``).
-    shard, shard_count
-        This process's share of the row groups, for data-parallel training.
-    workers
-        Petastorm's reader threads (the arrow feed reads in the read-ahead thread).
-    device
-        Where the batches are used: on a GPU they are pinned and copied one batch ahead.
-    prefetch
-        Batches read ahead by a background thread; 0 reads each batch in the caller's thread when
-        it asks (the same batches, in the same order).
-    feed
-        ``train.feed`` (:func:`resolve_feed`).
-    """
-    if prefetch < 0:
-        raise ValueError(f"prefetch must be 0 or more batches, got {prefetch}")
-    location = Location(path)
-    generator = shuffle_generator(seed, shard)
-    with contextlib.ExitStack() as stack:
-        if resolve_feed(feed) == "petastorm":
-            from recspark.train import feed_petastorm
-
-            reader = stack.enter_context(feed_petastorm.closing(feed_petastorm.open_reader(
-                location, fields, shuffle, seed, shard, shard_count, workers)))
-            loader = feed_petastorm.seeded_loader_class()(
-                reader,
-                batch_size=batch_size,
-                shuffling_queue_capacity=shuffle_buffer if shuffle else 0,
-                generator=generator,
-            )
-        else:
-            from recspark.train.feed_arrow import arrow_batches
-
-            order = epoch_row_groups(len(row_groups(path)), shuffle, seed, shard, shard_count)
-            loader = arrow_batches(
-                path, batch_size, order, generator if shuffle else None, shuffle_buffer, fields
-            )
-            stack.callback(getattr(loader, "close", lambda: None))
-        if prefetch == 0:
-            yield (host_batch(batch, pin=False) for batch in loader)
-            return
-        # Inside the reader's block: the thread is stopped before the reader it pulls from.
-        with Prefetcher(loader, device, depth=prefetch) as batches:
-            yield batches
+    """:func:`read_feed` with the :class:`FeedSpec` spelled out as keywords (see both)."""
+    spec = FeedSpec(
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        shard=shard,
+        shard_count=shard_count,
+        workers=workers,
+        shuffle_buffer=shuffle_buffer,
+        fields=fields,
+        prefetch=prefetch,
+        feed=feed,
+    )
+    with read_feed(path, spec, device) as batches:
+        yield batches
 
 
 def shuffle_generator(seed: int, shard: int | None) -> torch.Generator:
@@ -187,7 +213,7 @@ def shuffle_generator(seed: int, shard: int | None) -> torch.Generator:
 
 def row_groups(path: str) -> list[int]:
     """Row counts of every row group under a Parquet folder, in petastorm's piece order."""
-    counts = []
+    counts: list[int] = []
     for file in parquet_files(path):
         with file.open("rb") as handle:
             metadata = pq.ParquetFile(handle).metadata

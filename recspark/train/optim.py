@@ -76,6 +76,7 @@ def make_optimizer(
     model: nn.Module,
     name: str,
     lr: float,
+    *,
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     head_lr_scale: float = 1.0,
@@ -146,6 +147,7 @@ class Schedule:
         lr: float,
         epochs: int,
         steps_per_epoch: int,
+        *,
         restart_epochs: int = 1,
         restart_mult: int = 1,
     ):

@@ -1,4 +1,4 @@
-"""Feed and step in parallel: the next batch is read, converted, pinned and copied while this one trains.
+"""Feed and step in parallel: the next batch is read, cast, pinned and copied while one trains.
 
 A batch iterator (petastorm's ``BatchedDataLoader``, or any iterator of dict batches) is drained
 by a background thread into a small bounded queue. The thread does what would otherwise run in

@@ -24,14 +24,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import ClassVar, Protocol, cast
 
 import torch
 from torch import nn
 
 from recspark.core.constants import USER_IDX
 from recspark.core.torch_utils import unwrap
-from recspark.model.embedding import Ensemble, HeadView
+from recspark.model.embedding import EmbeddingModel, Ensemble, HeadView
 from recspark.train.objectives.base import (
     BatchLoss,
     Objective,
@@ -74,7 +74,21 @@ def head_views(model: nn.Module) -> list[HeadView]:
     """
     core = unwrap(model)
     members = core.members if isinstance(core, Ensemble) else [core]
-    return [HeadView(member) for member in members]
+    return [HeadView(cast(EmbeddingModel, member)) for member in members]
+
+
+class JointScorer(Protocol):
+    """A member that scores both heads in one pass
+    (:meth:`~recspark.model.embedding.DotProduct.joint_scores`)."""
+
+    def joint_scores(
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        negatives: torch.Tensor,
+        negative_bias: torch.Tensor | None,
+        head_rows: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 class JointObjective(Objective):
@@ -146,10 +160,12 @@ class JointObjective(Objective):
         core = unwrap(model)
         members = core.members if isinstance(core, Ensemble) else [core]
         settings, sampler = self.ranking.settings, self.ranking.sampler
+        generator = self.ranking.generator
         if (
             core is not model
             or settings.loss != "softmax"
             or sampler is None
+            or generator is None
             or not all(hasattr(member, "joint_scores") for member in members)
         ):
             return None
@@ -169,10 +185,10 @@ class JointObjective(Objective):
             if exact:
                 negatives = torch.arange(sampler.n_items, device=items.device)
             else:
-                negatives = sampler.sample((settings.negatives,), self.ranking.generator)
+                negatives = sampler.sample((settings.negatives,), generator)
                 if not sampler.uniform:
                     negative_bias = -sampler.log_expected_count(negatives, settings.negatives)
-            predicted, positive, negative = member.joint_scores(
+            predicted, positive, negative = cast(JointScorer, member).joint_scores(
                 users, items, negatives, negative_bias, head_rows
             )
             mse.append(nn.functional.mse_loss(predicted.float(), ratings))
@@ -195,7 +211,10 @@ class JointObjective(Objective):
         batches = batches if isinstance(batches, list) else list(batches)
         rating = self.rating.validation(model, batches, device, context)
         sample = head_validation_sample(batches)
-        heads = [self.ranking.validation(view, sample, device, context) for view in head_views(model)]
+        heads = [
+            self.ranking.validation(view, sample, device, context) for view in head_views(model)
+        ]
         head_loss = sum(figures.loss for figures in heads) / len(heads)
-        auc = sum(figures.auc for figures in heads) / len(heads)
+        # The ranking objective's validation always sets its AUC.
+        auc = sum(cast(float, figures.auc) for figures in heads) / len(heads)
         return dataclasses.replace(rating, loss=rating.loss + self.head_weight * head_loss, auc=auc)
