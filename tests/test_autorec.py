@@ -16,7 +16,7 @@ from recspark.core.location import Location
 from recspark.core.storage import Layout
 from recspark.data.prepared import read_manifest
 from recspark.model.autorec import AutoRec, Blend
-from recspark.model.embedding import has_lists_head, lists_model
+from recspark.model.lists import has_lists_head, lists_model
 from recspark.model.published import load_published_model
 from recspark.model.saving import load_model, model_bytes, model_from_bytes
 from recspark.train.job import model_spec, warm_start

@@ -20,7 +20,8 @@ from torch import nn
 
 from recspark.core.choices import MODEL_KINDS
 from recspark.core.errors import BadInputError
-from recspark.model.embedding import Ensemble, FeaturedTable, embedding_size
+from recspark.model.ensemble import Ensemble
+from recspark.model.tables import FeaturedTable, embedding_size
 from recspark.model.registry import build_model
 from recspark.model.saving import model_from_bytes
 from recspark.serve.scoring import item_side_payload

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from recspark.model.embedding import EmbeddingModel, Ensemble
+from recspark.model.base import EmbeddingModel
+from recspark.model.ensemble import Ensemble
 
 
 class _Codes:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from recspark.core.errors import BadInputError
-from recspark.model.embedding import DotProduct
+from recspark.model.mf import DotProduct
 
 #: Most items EASE takes: its solve inverts an items x items matrix (``benchmark.ease_max_items``'s
 #: default).

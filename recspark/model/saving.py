@@ -34,8 +34,9 @@ from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location
 from recspark.core.storage import parquet_files, read_parquet
-from recspark.model.embedding import EmbeddingModel
+from recspark.model.base import EmbeddingModel
 from recspark.model.registry import build_model
+from recspark.model.spec import spec_from_dict
 
 MODEL_FILE = "model.pt"
 
@@ -174,7 +175,7 @@ def model_from_bytes(
     size = sum(tensor.numel() for tensor in payload["state_dict"].values())
     building = torch.device("meta" if size > META_BUILD_PARAMETERS else "cpu")
     with torch.random.fork_rng(devices=[]), building:
-        model = build_model(**payload["spec"])
+        model = build_model(spec_from_dict(payload["spec"]))
     model.load_state_dict(payload["state_dict"], assign=True)
     model.to(device).eval()
     return model, payload["spec"], payload["meta"]

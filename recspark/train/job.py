@@ -46,7 +46,8 @@ from recspark.core.torch_utils import resolve_device
 from recspark.data.prepared import PreparedRun
 from recspark.data.side_info import SideFeatures, load_side_features
 from recspark.model.autorec import Blend
-from recspark.model.embedding import EmbeddingModel, lists_model
+from recspark.model.base import EmbeddingModel
+from recspark.model.lists import lists_model
 from recspark.model.published import (
     LISTS_FOLDER,
     check_id_maps,

@@ -31,7 +31,8 @@ from torch import nn
 
 from recspark.core.constants import USER_IDX
 from recspark.core.torch_utils import unwrap
-from recspark.model.embedding import Ensemble, HeadView
+from recspark.model.ensemble import Ensemble
+from recspark.model.lists import HeadView
 from recspark.train.objectives.base import (
     BatchLoss,
     Objective,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from recspark.core.torch_utils import unwrap
-from recspark.model.embedding import Ensemble
+from recspark.model.ensemble import Ensemble
 from recspark.train.objectives.base import (
     BatchLoss,
     Objective,
