@@ -93,7 +93,10 @@ class AutoRec(EmbeddingModel):
             self.encoder.weight.uniform_(-(n_users**-0.5), n_users**-0.5)
             self.user_factors.weight.uniform_(-(hidden**-0.5), hidden**-0.5)
             self.user_bias.weight.fill_(mean)
-        self.register_buffer("item_codes", torch.sigmoid(self.encoder_bias).repeat(n_items, 1))
+        # Detached: a buffer that kept the sigmoid's graph would tie every later use of the codes
+        # (a fold-in's repeated backward passes) to this one.
+        codes = torch.sigmoid(self.encoder_bias.detach()).repeat(n_items, 1)
+        self.register_buffer("item_codes", codes)
         self.register_buffer("rating_offsets", torch.zeros(n_items + 1, dtype=torch.long), False)
         self.register_buffer("rating_users", torch.zeros(0, dtype=torch.long), False)
         self.register_buffer("rating_values", torch.zeros(0), False)
