@@ -155,7 +155,9 @@ class AutoRec(EmbeddingModel):
     def store_codes(self, block: int = 4096) -> None:
         """Store every item's code under the current weights in ``item_codes``."""
         for start in range(0, self.n_items, block):
-            items = torch.arange(start, min(start + block, self.n_items), device=self.item_codes.device)
+            items = torch.arange(
+                start, min(start + block, self.n_items), device=self.item_codes.device
+            )
             self.item_codes[items] = self.encode(items)
 
     def train(self, mode: bool = True) -> AutoRec:

@@ -33,6 +33,7 @@ def scale_to_range(raw: torch.Tensor, y_range: tuple[float, float] | None) -> to
     low, high = y_range
     return torch.sigmoid(raw) * (high - low) + low
 
+
 class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
     """Base class: table sizes, the index check, the L2 penalty and the side-feature hook.
 
@@ -199,7 +200,9 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
         if hasattr(self, "user_bias"):
             self.user_bias = nn.Embedding(1, 1)
         if self.lists_head is not None:
-            self.lists_head.user_factors = nn.Embedding(1, self.lists_head.user_factors.embedding_dim)
+            self.lists_head.user_factors = nn.Embedding(
+                1, self.lists_head.user_factors.embedding_dim
+            )
         self.n_users = 1
 
     def score_items(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,6 @@ models trained side by side from different initialisations, whose tables read as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from torch import nn

@@ -235,9 +235,7 @@ def check_id_maps(layout: Layout, published: PublishedModel, advice: str | None 
         manifest = read_manifest(layout, index_date)
         recorded = published.meta.index_fingerprint
         if recorded is not None and recorded != index_fingerprint(manifest):
-            raise BadInputError(
-                f"{stale} (prepare was re-run for {index_date} since): {advice}"
-            )
+            raise BadInputError(f"{stale} (prepare was re-run for {index_date} since): {advice}")
         sizes = (manifest.users, manifest.items)
     elif (prepared / "user_index").is_dir() and (prepared / "item_index").is_dir():
         sizes = (parquet_rows(prepared / "user_index"), parquet_rows(prepared / "item_index"))

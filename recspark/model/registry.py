@@ -106,7 +106,9 @@ BUILDERS: dict[str, Callable[[ModelSpec], EmbeddingModel]] = {
 assert set(BUILDERS) == set(BUILT_MODEL_KINDS), "the registry builds what choices names"
 
 
-def build_model(spec: ModelSpec | str | None = None, *args: Any, **arguments: Any) -> EmbeddingModel:
+def build_model(
+    spec: ModelSpec | str | None = None, *args: Any, **arguments: Any
+) -> EmbeddingModel:
     """Build the model ``spec`` describes; table sizes come from the id maps, never the batches.
 
     Parameters

@@ -85,7 +85,11 @@ def plain_data(value: Any, where: str = "value") -> Any:
 
 
 def load_plain(
-    source: bytes | str | Path | Location, name: str, kind: str, advice: str, map_location: Any = "cpu"
+    source: bytes | str | Path | Location,
+    name: str,
+    kind: str,
+    advice: str,
+    map_location: Any = "cpu",
 ) -> Any:
     """What ``torch.save`` wrote to ``source`` (bytes or a file), read with ``weights_only=True``.
 
@@ -136,8 +140,6 @@ def model_bytes(model: EmbeddingModel, spec: dict[str, Any], meta: dict[str, Any
     payload = {"spec": spec, "meta": meta, "state_dict": dict(model.state_dict())}
     torch.save(plain_data(payload, "the model file"), buffer)
     return buffer.getvalue()
-
-
 
 
 #: Parameters above which :func:`model_from_bytes` builds the model on the meta device.
@@ -207,17 +209,19 @@ def _factor_table(
                 "model's; re-run `recspark train` on this prepared run"
             )
         columns[id_name] = ids
-    columns.update({
-        "bias": pa.array(
-            bias.detach().cpu().numpy().reshape(-1).astype(np.float32)
-            if bias is not None
-            else np.zeros(len(matrix), dtype=np.float32)
-        ),
-        "factors": pa.ListArray.from_arrays(
-            pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)),
-            pa.array(matrix.reshape(-1)),
-        ),
-    })
+    columns.update(
+        {
+            "bias": pa.array(
+                bias.detach().cpu().numpy().reshape(-1).astype(np.float32)
+                if bias is not None
+                else np.zeros(len(matrix), dtype=np.float32)
+            ),
+            "factors": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)),
+                pa.array(matrix.reshape(-1)),
+            ),
+        }
+    )
     return pa.table(columns)
 
 
@@ -235,10 +239,22 @@ def write_factor_tables(
     base = Location(folder)
     outputs = {}
     for name, index_name, id_name, ids, factors, bias in (
-        ("user_factors", USER_IDX, USER_ID, user_ids, model.user_factors.weight,
-         getattr(model, "user_bias", None)),
-        ("item_factors", ITEM_IDX, ITEM_ID, item_ids, model.item_factors.weight,
-         getattr(model, "item_bias", None)),
+        (
+            "user_factors",
+            USER_IDX,
+            USER_ID,
+            user_ids,
+            model.user_factors.weight,
+            getattr(model, "user_bias", None),
+        ),
+        (
+            "item_factors",
+            ITEM_IDX,
+            ITEM_ID,
+            item_ids,
+            model.item_factors.weight,
+            getattr(model, "item_bias", None),
+        ),
     ):
         target = base / name
         table = _factor_table(

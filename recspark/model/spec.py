@@ -1,8 +1,9 @@
 """The one typed description of a model: :class:`ModelSpec`, one dataclass per kind, defaults once.
 
 A spec says what :func:`recspark.model.registry.build_model` builds: the kind, the table sizes
-(from the id maps) and the kind's shape. The config's ``model.*`` section (its YAML face) takes
-its defaults from here, the trainer writes one (:func:`recspark.train.spec.model_spec`), the
+(from the id maps) and the kind's shape. The embedding kinds' shape is
+:class:`~recspark.core.model_shape.ModelShape`, whose defaults the config's ``model.*`` section (its
+YAML face) reads too (``core`` may not import this room); the trainer writes one (:func:`recspark.train.spec.model_spec`), the
 published model reads one back, and the registry builds from one. ``model.pt`` stores a spec as
 the plain dict of the arguments that were given (:meth:`ModelSpec.as_dict`), as older versions
 did, so a model saved before these types existed loads (:meth:`ModelSpec.from_stored`) and what
@@ -17,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-#: The output range of the sigmoid-scaled kinds when none is given (fastai's for 1-5 ratings).
-DEFAULT_Y_RANGE: tuple[float, float] = (1.0, 5.5)
+from recspark.core.model_shape import DEFAULT_Y_RANGE, ModelShape
+
 #: Kinds an ensemble (``members > 1``) may average: their scores are one matrix product each.
 ENSEMBLE_KINDS: tuple[str, ...] = ("dot", "dot_bias")
 #: Fields whose stored form is a list (``model.pt`` and ``metrics.json`` hold lists, not tuples).
@@ -65,7 +66,11 @@ class ModelSpec:
             if name == "given":
                 continue
             value = getattr(self, name)
-            if name in ("n_users", "n_items") or name in self.given or value != _default(spec_field):
+            if (
+                name in ("n_users", "n_items")
+                or name in self.given
+                or value != _default(spec_field)
+            ):
                 stored[name] = _stored_value(value)
         return stored
 
@@ -106,52 +111,19 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FactorSpec(ModelSpec):
-    """The embedding kinds (``dot``, ``dot_bias``, ``mlp``): what ``model.*`` configures.
+class FactorSpec(ModelShape, ModelSpec):
+    """The embedding kinds (``dot``, ``dot_bias``, ``mlp``): table sizes and a
+    :class:`~recspark.core.model_shape.ModelShape`, whose fields and defaults ``model.*`` shares.
 
-    They share their arguments, as ``model.*`` gives every one whatever the kind: a kind reads
-    the ones it uses (``dot`` no ``y_range``, only ``mlp`` the layers).
-
-    Parameters
-    ----------
-    factors
-        Embedding width of the dot kinds.
-    y_range
-        ``(low, high)`` of the sigmoid-scaled output (``dot_bias``, ``mlp``); None: raw scores.
-    hidden, dropouts, embedding_dropout
-        The ``mlp``'s layers, the dropout after each (None: none), and dropout on the
-        concatenated embeddings.
-    user_factors, item_factors
-        The ``mlp``'s embedding widths; None: fastai's rule of thumb (``embedding_size``).
-    user_features, item_features
-        Side features per user / item (0: none).
-    bias_penalty
-        Multiplier of ``train.weight_decay`` for bias rows.
-    members
-        Above 1: an ensemble of that many models (``dot`` and ``dot_bias`` only).
-    lists_head
-        Give the model (every member) a ranking head, which its published lists come from.
+    The kinds share their arguments, as ``model.*`` gives every one whatever the kind: a kind
+    reads the ones it uses (``dot`` no ``y_range``, only ``mlp`` the layers).
     """
-
-    factors: int = 32
-    y_range: tuple[float, float] | None = DEFAULT_Y_RANGE
-    hidden: tuple[int, ...] = (64,)
-    dropouts: tuple[float, ...] | None = None
-    embedding_dropout: float = 0.0
-    user_factors: int | None = None
-    item_factors: int | None = None
-    user_features: int = 0
-    item_features: int = 0
-    bias_penalty: float = 1.0
-    members: int = 1
-    lists_head: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.user_features < 0 or self.item_features < 0:
-            raise ValueError(
-                "user_features and item_features count features: they cannot be negative"
-            )
+        problem = self.shape_problem()
+        if problem is not None:
+            raise ValueError(problem)
         if self.members > 1 and self.kind not in ENSEMBLE_KINDS:
             raise ValueError(f"an ensemble averages {ENSEMBLE_KINDS} models, not {self.kind!r}")
 

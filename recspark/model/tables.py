@@ -12,8 +12,6 @@ hold what the model actually multiplies.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
@@ -35,6 +33,7 @@ def zeromake_table(count: int, sparse: bool, width: int = 1) -> nn.Embedding:
     table = nn.Embedding(count, width, sparse=sparse)
     nn.init.zeros_(table.weight)
     return table
+
 
 class FeaturedTable(nn.Module):
     """An embedding table whose rows add embeddings of fixed side features.
@@ -61,11 +60,15 @@ class FeaturedTable(nn.Module):
         Start the own rows at zero (bias tables) instead of a small truncated normal.
     """
 
-    def __init__(self, rows: int, width: int, features: int, sparse: bool = False, zero: bool = False):
+    def __init__(
+        self, rows: int, width: int, features: int, sparse: bool = False, zero: bool = False
+    ):
         super().__init__()
         if features <= 0:
             raise ValueError(f"a featured table needs at least one feature, got {features}")
-        self.own = zeromake_table(rows, sparse, width) if zero else randommake_table(rows, width, sparse)
+        self.own = (
+            zeromake_table(rows, sparse, width) if zero else randommake_table(rows, width, sparse)
+        )
         self.feature_table = zeromake_table(features, False, width)
         self.register_buffer("feature_weights", torch.zeros(rows, features))
 

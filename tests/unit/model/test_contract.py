@@ -11,7 +11,6 @@ the kind has one, gives a user row whose scores fit as it reports. The cases are
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -69,17 +68,34 @@ VARIANTS: dict[str, list[tuple[str, ModelSpec]]] = {
         ("members_lists_head", DotBiasSpec(**_sizes(), factors=2, members=2, lists_head=True)),
     ],
     "mlp": [
-        ("plain", MlpSpec(**_sizes(), hidden=(5, 4), dropouts=(0.0, 0.0), user_factors=3,
-                          item_factors=2)),
+        (
+            "plain",
+            MlpSpec(**_sizes(), hidden=(5, 4), dropouts=(0.0, 0.0), user_factors=3, item_factors=2),
+        ),
         ("lists_head", MlpSpec(**_sizes(), hidden=(4,), lists_head=True, item_factors=3)),
     ],
     "autorec": [("plain", AutoRecSpec(**_sizes(), factors=4, rating_mean=3.0))],
     "ease": [("plain", EaseSpec(**_sizes()))],
     "blend": [
-        ("autorec", BlendSpec(**_sizes(), factors=3, weights=(0.7, 0.3),
-                              parts=(_main(), AutoRecSpec(**_sizes(), factors=4)))),
-        ("ease", BlendSpec(**_sizes(), factors=3, weights=(0.4, 0.6), lists_head=True,
-                           parts=(_main(lists_head=True), EaseSpec(**_sizes())))),
+        (
+            "autorec",
+            BlendSpec(
+                **_sizes(),
+                factors=3,
+                weights=(0.7, 0.3),
+                parts=(_main(), AutoRecSpec(**_sizes(), factors=4)),
+            ),
+        ),
+        (
+            "ease",
+            BlendSpec(
+                **_sizes(),
+                factors=3,
+                weights=(0.4, 0.6),
+                lists_head=True,
+                parts=(_main(lists_head=True), EaseSpec(**_sizes())),
+            ),
+        ),
     ],
 }
 CASES = [
