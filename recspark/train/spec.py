@@ -26,7 +26,6 @@ _STORED = (
     "embedding_dropout",
     "user_factors",
     "item_factors",
-    "sparse",
     "bias_penalty",
     "members",
 )
