@@ -170,7 +170,7 @@ def load_published_model(
     return model, published
 
 
-def published_version(folder: str | Path) -> str | None:
+def published_version(folder: str | Path | Location) -> str | None:
     """The ``model_version`` of the model published in ``folder``; None when there is none."""
     path = Location(folder) / METRICS_FILE
     if not path.exists():
@@ -253,7 +253,7 @@ def check_id_maps(layout: Layout, published: PublishedModel, advice: str | None 
 
 
 def save_model(
-    path: str | Path,
+    path: str | Path | Location,
     model: EmbeddingModel,
     spec: ModelSpec | dict[str, Any],
     meta: ModelMeta | dict[str, Any],

@@ -184,7 +184,7 @@ def model_from_bytes(
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path | Location, device: str | torch.device = "cpu"
 ) -> tuple[EmbeddingModel, dict, dict]:
     """(model in eval mode, spec, meta) from a ``model.pt`` file or the folder holding it."""
     target = Location(path)
@@ -227,7 +227,7 @@ def _factor_table(
 
 def write_factor_tables(
     model: EmbeddingModel,
-    folder: str | Path,
+    folder: str | Path | Location,
     user_ids: pa.Array | None = None,
     item_ids: pa.Array | None = None,
 ) -> dict[str, str]:
@@ -266,7 +266,9 @@ def write_factor_tables(
     return outputs
 
 
-def raw_ids(index_folder: str | Path, id_name: str, index_name: str, size: int) -> pa.Array:
+def raw_ids(
+    index_folder: str | Path | Location, id_name: str, index_name: str, size: int
+) -> pa.Array:
     """The raw ids of an id map (``prepared/D/user_index``), ordered by their dense index.
 
     Read with pyarrow: the map has one row per id, the size of the model's own table.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from recspark.core.config import BlendConfig, RankingConfig, TrainConfig
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
+from recspark.core.location import Location
 from recspark.core.storage import read_parquet
 from recspark.core.torch_utils import resolve_device
 from recspark.data.prepared import PreparedRun
@@ -56,7 +56,7 @@ def fit_blend(
     main: EmbeddingModel,
     main_spec: ModelSpec,
     manifest: PreparedRun,
-    prepared: Path,
+    prepared: Location,
     best: ValidationScores,
 ) -> BlendFit:
     """Fit ``model.blend``'s partner and average it into ``main`` (trained, on the CPU).
@@ -139,19 +139,20 @@ def _fit_autorec(
     blend: BlendConfig,
     train: TrainConfig,
     manifest: PreparedRun,
-    prepared: Path,
+    prepared: Location,
     columns: list[np.ndarray],
     device: torch.device,
 ) -> _Partner:
     """``model.blend.kind: autorec``: the autoencoder trained on ``columns`` (users, items and
     ratings of the train split); its spec and what its training measured."""
     mean = manifest.rating.mean
+    low, high = manifest.rating_range
     spec = AutoRecSpec(
         n_users=manifest.users,
         n_items=manifest.items,
         factors=blend.hidden,
         rating_mean=mean if mean is not None else sum(manifest.rating_range) / 2,
-        y_range=tuple(manifest.rating_range),
+        y_range=(low, high),
         given=frozenset({"factors", "rating_mean", "y_range"}),
     )
     partner = init_model(spec.as_dict(), train.seed)

@@ -51,7 +51,7 @@ def _batches_of(
     count = len(next(iter(rows.values())))
     whole = count - count % batch_size if keep_tail else count
     batches = [
-        {name: column[start:start + batch_size] for name, column in rows.items()}
+        {name: column[start : start + batch_size] for name, column in rows.items()}
         for start in range(0, whole, batch_size)
     ]
     return batches, {name: column[whole:] for name, column in rows.items()}

@@ -77,8 +77,9 @@ def resolve_feed(feed: str) -> str:
     return feed
 
 
-def shard_row_groups(count: int, seed: int | None, shard: int | None,
-                     shard_count: int | None) -> list[int]:
+def shard_row_groups(
+    count: int, seed: int | None, shard: int | None, shard_count: int | None
+) -> list[int]:
     """The row groups (indices in piece order) of one shard, as petastorm 0.13.1 picks them.
 
     Petastorm shuffles the indices with ``random.Random(seed)`` and keeps those whose index is
@@ -96,8 +97,9 @@ def shard_row_groups(count: int, seed: int | None, shard: int | None,
     return [index for index in indices if index % shard_count == shard]
 
 
-def epoch_row_groups(count: int, shuffle: bool, seed: int, shard: int | None,
-                     shard_count: int | None) -> list[int]:
+def epoch_row_groups(
+    count: int, shuffle: bool, seed: int, shard: int | None, shard_count: int | None
+) -> list[int]:
     """The row groups one epoch of one shard reads, in the order petastorm's ventilator hands
     them out: the shard's own order, permuted by ``numpy.random.default_rng(seed)`` when shuffled.
     """
@@ -155,8 +157,13 @@ def open_feed(
         if resolve_feed(feed) == "petastorm":
             from recspark.train import feed_petastorm
 
-            reader = stack.enter_context(feed_petastorm.closing(feed_petastorm.open_reader(
-                location, fields, shuffle, seed, shard, shard_count, workers)))
+            reader = stack.enter_context(
+                feed_petastorm.closing(
+                    feed_petastorm.open_reader(
+                        location, fields, shuffle, seed, shard, shard_count, workers
+                    )
+                )
+            )
             loader = feed_petastorm.seeded_loader_class()(
                 reader,
                 batch_size=batch_size,

@@ -17,13 +17,13 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from recspark.core.config import Config, ListsConfig, ModelConfig, RankingConfig, TrainConfig
 from recspark.core.errors import BadInputError, TrainingRejectedError
+from recspark.core.location import Location
 from recspark.core.storage import Layout
 from recspark.core.torch_utils import resolve_device
 from recspark.data.prepared import PreparedRun, check_tables, read_manifest
@@ -37,7 +37,7 @@ from recspark.train.loop import FitResult, fit, init_model, settings_fingerprint
 from recspark.train.objectives import for_name
 from recspark.train.objectives.base import Objective
 from recspark.train.objectives.joint import JointObjective
-from recspark.train.objectives.ranking import RankingSettings, item_popularity
+from recspark.train.objectives.ranking import RankingObjective, RankingSettings, item_popularity
 from recspark.train.publication_gate import (
     ValidationScores,
     best_figures,
@@ -74,7 +74,7 @@ def build_objective(
     lists: ListsConfig,
     *,
     manifest: PreparedRun,
-    prepared: Path | None = None,
+    prepared: Location | None = None,
     spark: SparkSession | None = None,
 ) -> Objective:
     """The objective ``model.objective`` names, with its settings.
@@ -96,11 +96,12 @@ def build_objective(
         counts = item_popularity(train, manifest.items, settings.positive_threshold)
     objective = for_name("ranking", ranking=settings, item_counts=counts)
     if head:
+        assert isinstance(objective, RankingObjective)
         return JointObjective(objective, lists.head_weight, lists.head_rows)
     return objective
 
 
-def train_rows(prepared: Path) -> int:
+def train_rows(prepared: Location) -> int:
     """Rows of the prepared train split; an empty one is an error that says what to do."""
     rows = sum(row_groups(str(prepared / "train")))
     if rows == 0:
@@ -137,9 +138,9 @@ def run_fit(
     *,
     model: EmbeddingModel,
     spec: ModelSpec,
-    prepared: Path,
+    prepared: Location,
     objective: Objective,
-    checkpoint_dir: Path,
+    checkpoint_dir: Location,
     fingerprint: str,
     head_lr_scale: float | None = None,
 ) -> FitResult:
@@ -149,18 +150,22 @@ def run_fit(
     """
     settings = train_settings(train, head_lr_scale)
     device = resolve_device(train.device)
-    arguments = {
-        "objective": objective,
-        "checkpoint_dir": str(checkpoint_dir),
-        "resume": train.resume,
-        "fingerprint": fingerprint,
-    }
     train_path, validation_path = str(prepared / "train"), str(prepared / "validation")
     if train.cpu_threads:
         # On cores shared with Spark tasks (or other jobs) fewer threads than cores run faster.
         torch.set_num_threads(train.cpu_threads)
     if train.num_processes <= 1:
-        return fit(model, train_path, validation_path, settings, device, **arguments)
+        return fit(
+            model,
+            train_path,
+            validation_path,
+            settings,
+            device,
+            objective=objective,
+            checkpoint_dir=str(checkpoint_dir),
+            resume=train.resume,
+            fingerprint=fingerprint,
+        )
     from recspark.train.distributed import fit_distributed
 
     groups = len(row_groups(train_path))
@@ -178,11 +183,14 @@ def run_fit(
         settings,
         device,
         train.num_processes,
-        local_mode=spark.sparkContext.master.startswith("local"),
+        local_mode=(spark.sparkContext.master or "").startswith("local"),
         cpu_threads=train.cpu_threads,
         device_setting=train.device,
         executor_gpus=float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0,
-        **arguments,
+        objective=objective,
+        checkpoint_dir=str(checkpoint_dir),
+        resume=train.resume,
+        fingerprint=fingerprint,
     )
 
 
@@ -201,10 +209,13 @@ def train_and_publish(config: Config, spark: SparkSession) -> TrainRun:
     layout = Layout(config.paths.root)
     manifest = read_manifest(layout, config.run_date)
     prepared = layout.prepared(config.run_date)
-    check_tables(prepared)  # pyarrow and petastorm read them: no file that could run code
+    # pyarrow and petastorm read them: no file that could run code. (Its annotation says Path;
+    # it reads a Location, as it always has.)
+    check_tables(prepared)  # type: ignore[arg-type]
     spec = model_spec(config.model, config.train, config.lists, manifest, prepared)
     rows = train_rows(prepared)
     model = init_model(spec.as_dict(), config.train.seed)
+    assert isinstance(model, EmbeddingModel)
     carried = Carried()
     if config.train.warm_start:
         carried = warm_start(layout, config.run_date, model, spec)
@@ -329,7 +340,7 @@ def _gate(
     best: ValidationScores,
     start: ValidationScores,
     manifest: PreparedRun,
-    prepared: Path,
+    prepared: Location,
     run_date: dt.date,
 ) -> None:
     """Refuse a run that did not learn, unless ``train.allow_worse`` (then only warn)."""

@@ -338,9 +338,7 @@ def auto_epochs(setting: int | str, rows: int) -> int:
     return min(high, max(low, math.floor(AUTO_EPOCH_ROWS / max(1, rows) + 0.5)))
 
 
-def plan_feed(
-    row_counts: list[int], batch_size: int | str, rank: int, world_size: int
-) -> FeedPlan:
+def plan_feed(row_counts: list[int], batch_size: int | str, rank: int, world_size: int) -> FeedPlan:
     """Split an epoch over processes so that each does the same number of steps.
 
     Petastorm gives row group ``i`` to shard ``i % world_size``, so shards can hold different row

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import pyarrow.dataset as pads
 import torch
@@ -57,7 +56,7 @@ class ValidationScores:
 
 def starting_figures(
     model: nn.Module,
-    prepared: Path,
+    prepared: Location,
     device: torch.device,
     objective: Objective,
     seed: int,
@@ -93,7 +92,7 @@ def best_figures(result: FitResult, start: ValidationScores) -> ValidationScores
     return start
 
 
-def global_mean_rmse(prepared: Path, mean: float | None = None) -> float:
+def global_mean_rmse(prepared: Location | str, mean: float | None = None) -> float:
     """The validation RMSE of predicting one rating for every row: ``mean``, else the mean rating
     of the train split (the ``global_mean`` baseline of ``evaluate``). Read with pyarrow, one
     batch at a time."""
@@ -139,8 +138,12 @@ def publication_refusal(
     apply to it.
     """
     best_loss, start_loss = best.validation_loss, start.validation_loss
-    improved = best_loss is not None and math.isfinite(best_loss)
-    if not (improved and start_loss is not None and best_loss < start_loss - IMPROVEMENT):
+    if not (
+        best_loss is not None
+        and math.isfinite(best_loss)
+        and start_loss is not None
+        and best_loss < start_loss - IMPROVEMENT
+    ):
         shown = best_loss if best_loss is None else format(best_loss, ".6g")
         return (
             f"no epoch improved on the validation loss of its starting weights ({start_loss:.6g}; "

@@ -8,9 +8,9 @@ Table sizes come from the prepared manifest (the id maps), never from the batche
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from recspark.core.config import ListsConfig, ModelConfig, TrainConfig
+from recspark.core.location import Location
 from recspark.data.prepared import PreparedRun
 from recspark.data.side_info import SideFeatures, load_side_features
 from recspark.model.spec import ModelSpec
@@ -41,7 +41,7 @@ def model_spec(
     train: TrainConfig,
     lists: ListsConfig,
     manifest: PreparedRun,
-    prepared: Path | None = None,
+    prepared: Location | None = None,
 ) -> ModelSpec:
     """The spec of the model ``model.*`` describes for these tables (``train.optimizer`` decides
     sparse gradients, ``lists.source`` a ranking head).
@@ -50,7 +50,7 @@ def model_spec(
     add their arguments; the spec is stored in ``model.pt`` and rebuilds the model on its own.
     """
     low, high = manifest.rating_range
-    y_range = list(model.y_range) if model.y_range else [low, high + 0.5]
+    y_range: list[float] | None = list(model.y_range) if model.y_range else [low, high + 0.5]
     if model.objective == "ranking":
         y_range = None  # ranking models train and score on raw, unbounded scores
     shape = model.shape()
@@ -67,7 +67,9 @@ def model_spec(
     return ModelSpec.from_stored(arguments)
 
 
-def side_features(model: ModelConfig, manifest: PreparedRun, prepared: Path | None) -> SideFeatures:
+def side_features(
+    model: ModelConfig, manifest: PreparedRun, prepared: Location | None
+) -> SideFeatures:
     """``model.side_info``'s features aligned with the prepared id maps (none when unset)."""
     side = model.side_info
     if side is None:
@@ -77,7 +79,7 @@ def side_features(model: ModelConfig, manifest: PreparedRun, prepared: Path | No
     return load_side_features(
         side.format,
         side.path,
-        prepared,
+        prepared,  # type: ignore[arg-type]  # annotated str | Path; it reads Locations too
         manifest.users,
         manifest.items,
         side.users,

@@ -196,7 +196,9 @@ class JointObjective(Objective):
         batches = batches if isinstance(batches, list) else list(batches)
         rating = self.rating.validation(model, batches, device, context)
         sample = head_validation_sample(batches)
-        heads = [self.ranking.validation(view, sample, device, context) for view in head_views(model)]
+        heads = [
+            self.ranking.validation(view, sample, device, context) for view in head_views(model)
+        ]
         head_loss = sum(figures.loss for figures in heads) / len(heads)
         auc = sum(figures.auc for figures in heads) / len(heads)
         return dataclasses.replace(rating, loss=rating.loss + self.head_weight * head_loss, auc=auc)
