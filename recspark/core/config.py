@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -37,6 +37,9 @@ from recspark.core.errors import ConfigError
 from recspark.core.model_shape import DEFAULT_SHAPE, ModelShape
 
 log = logging.getLogger(__name__)
+
+
+BenchmarkDataset = Literal["ml100k-u1", "ml100k-ranking", "synthetic"]
 
 
 class _Section(BaseModel):
@@ -63,7 +66,7 @@ class ColumnsConfig(_Section):
 class InputConfig(_Section):
     path: str | None = None
     format: Literal["auto"] | InputFormat = "synthetic"
-    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    columns: ColumnsConfig = Field(default_factory=lambda: ColumnsConfig.model_validate({}))
     validation_path: str | None = None
     rating_min: float = 1.0
     rating_max: float = 5.0
@@ -294,7 +297,9 @@ class ScoreConfig(_Section):
 class EvaluateConfig(_Section):
     k: int = Field(10, gt=0)
     relevance_threshold: float = Field(4.0, ge=0.0)
-    baselines: list[BaselineName] = Field(default_factory=lambda: list(BASELINE_NAMES))
+    baselines: list[BaselineName] = Field(
+        default_factory=lambda: cast(list[BaselineName], list(BASELINE_NAMES))
+    )
     bias_reg: float = Field(10.0, ge=0.0)  # shrinkage of the user+item bias baseline
     bias_iterations: int = Field(3, gt=0)
     als_ranks: list[int] = Field(default_factory=lambda: [10, 20])  # ALS grid, tuned on a
@@ -311,8 +316,8 @@ class EvaluateConfig(_Section):
 class BenchmarkConfig(_Section):
     """``recspark benchmark``: which data sets and contenders, side by side in one run."""
 
-    datasets: list[Literal["ml100k-u1", "ml100k-ranking", "synthetic"]] = Field(
-        default_factory=lambda: ["ml100k-u1", "ml100k-ranking", "synthetic"]
+    datasets: list[BenchmarkDataset] = Field(
+        default_factory=lambda: list(get_args(BenchmarkDataset))
     )
     synthetic_sizes: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000])
     ratings_per_user: int = Field(100, gt=0)  # synthetic shape: users = size / ratings_per_user
@@ -433,22 +438,22 @@ class Config(_Section):
         """Whether the trained model carries a ranking head its lists come from."""
         return self.model.objective == "rating" and self.lists.source == "head"
 
-    paths: PathsConfig = Field(default_factory=PathsConfig)
+    paths: PathsConfig = Field(default_factory=lambda: PathsConfig.model_validate({}))
     run_date: dt.date = Field(default_factory=dt.date.today)
-    spark: SparkConfig = Field(default_factory=SparkConfig)
-    input: InputConfig = Field(default_factory=InputConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    ranking: RankingConfig = Field(default_factory=RankingConfig)
-    lists: ListsConfig = Field(default_factory=ListsConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    score: ScoreConfig = Field(default_factory=ScoreConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
-    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
-    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
-    nightly: NightlyConfig = Field(default_factory=NightlyConfig)
+    spark: SparkConfig = Field(default_factory=lambda: SparkConfig.model_validate({}))
+    input: InputConfig = Field(default_factory=lambda: InputConfig.model_validate({}))
+    split: SplitConfig = Field(default_factory=lambda: SplitConfig.model_validate({}))
+    prepare: PrepareConfig = Field(default_factory=lambda: PrepareConfig.model_validate({}))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate({}))
+    ranking: RankingConfig = Field(default_factory=lambda: RankingConfig.model_validate({}))
+    lists: ListsConfig = Field(default_factory=lambda: ListsConfig.model_validate({}))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
+    score: ScoreConfig = Field(default_factory=lambda: ScoreConfig.model_validate({}))
+    evaluate: EvaluateConfig = Field(default_factory=lambda: EvaluateConfig.model_validate({}))
+    recommend: RecommendConfig = Field(default_factory=lambda: RecommendConfig.model_validate({}))
+    synthetic: SyntheticConfig = Field(default_factory=lambda: SyntheticConfig.model_validate({}))
+    benchmark: BenchmarkConfig = Field(default_factory=lambda: BenchmarkConfig.model_validate({}))
+    nightly: NightlyConfig = Field(default_factory=lambda: NightlyConfig.model_validate({}))
 
     @model_validator(mode="after")
     def _move_min_item_ratings(self) -> Config:
@@ -460,8 +465,9 @@ class Config(_Section):
         if "min_item_ratings" in self.score.model_fields_set and self.score.min_item_ratings != old:
             raise ConfigError(
                 f"invalid config: recommend.min_item_ratings={old} and score.min_item_ratings="
-                f"{self.score.min_item_ratings} disagree: recommend.min_item_ratings is deprecated, "
-                "set only score.min_item_ratings (it applies to score, evaluate and recommend)"
+                f"{self.score.min_item_ratings} disagree: recommend.min_item_ratings is "
+                "deprecated, set only score.min_item_ratings (it applies to score, evaluate and "
+                "recommend)"
             )
         log.warning(
             "recommend.min_item_ratings is deprecated: it moved to score.min_item_ratings, which "

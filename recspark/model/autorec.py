@@ -76,6 +76,12 @@ class AutoRec(EmbeddingModel):
     ``weight_decay * (|V|^2 + |W|^2)`` beside the summed squared errors.
     """
 
+    # Buffers: the stored codes, and the train ratings by item (offsets into users and values).
+    item_codes: torch.Tensor
+    rating_offsets: torch.Tensor
+    rating_users: torch.Tensor
+    rating_values: torch.Tensor
+
     def __init__(
         self,
         n_users: int,
@@ -100,10 +106,10 @@ class AutoRec(EmbeddingModel):
         self.register_buffer("rating_offsets", torch.zeros(n_items + 1, dtype=torch.long), False)
         self.register_buffer("rating_users", torch.zeros(0, dtype=torch.long), False)
         self.register_buffer("rating_values", torch.zeros(0), False)
-        self.y_range = tuple(y_range) if y_range is not None else None
+        self.y_range = (y_range[0], y_range[1]) if y_range is not None else None
 
     @property
-    def item_factors(self) -> _Codes:
+    def item_factors(self) -> _Codes:  # type: ignore[override]  # a read-only view of the codes
         return _Codes(self)
 
     @property
@@ -207,6 +213,8 @@ class Blend(Ensemble):
     clamped autoencoder) before they are averaged with ``weights``.
     """
 
+    weights: torch.Tensor  # a buffer: each part's weight in the prediction
+
     def __init__(self, parts: list[EmbeddingModel], weights: list[float]):
         if len(weights) != len(parts):
             raise ValueError(f"a blend of {len(parts)} parts needs as many weights, got {weights}")
@@ -218,7 +226,7 @@ class Blend(Ensemble):
 
     @property
     def main(self) -> EmbeddingModel:
-        return self.members[0]
+        return self.models[0]
 
     @property
     def lists_members(self) -> list[EmbeddingModel]:

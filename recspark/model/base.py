@@ -13,13 +13,14 @@ registry (:mod:`recspark.model.registry`) builds them; this module imports none 
 from __future__ import annotations
 
 import abc
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from recspark.model.head import ListHead
-from recspark.model.tables import FeaturedTable, row_penalty
+from recspark.model.tables import FeaturedTable, Table, row_penalty
 
 
 def scale_to_range(raw: torch.Tensor, y_range: tuple[float, float] | None) -> torch.Tensor:
@@ -45,6 +46,13 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
         Multiplier of the L2 penalty on bias rows relative to factor rows (0 leaves biases free).
     """
 
+    # Every kind sets these (an ensemble and an autoencoder as read-only views).
+    user_factors: Table
+    item_factors: Table
+    # Only the kinds with biases set these (``hasattr`` tells).
+    user_bias: Table
+    item_bias: Table
+
     def __init__(self, n_users: int, n_items: int, bias_penalty: float = 1.0):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
@@ -62,6 +70,18 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
             item_features,
             sparse,
         )
+
+    def required_head(self) -> ListHead:
+        """The model's :class:`ListHead`.
+
+        Raises
+        ------
+        ValueError
+            When the model has none (it was built without ``lists_head``).
+        """
+        if self.lists_head is None:
+            raise ValueError("this model has no ranking head: build it with lists_head=True")
+        return self.lists_head
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The :class:`ListHead`'s weights (none without one): the optimizer may step them at
@@ -91,15 +111,19 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
         The :class:`ListHead`'s rows count for the pairs the head trained on, the first
         ``head_rows`` (all when None), as a mean over those.
         """
-        return sum(
+        total = sum(
             multiplier * row_penalty(table, index).mean()
             for table, index, multiplier in self._penalised_rows(user_idx, item_idx, head_rows)
         )
+        return cast(torch.Tensor, total)
 
-    def _penalised_tables(self) -> list[tuple[nn.Module, str, float, bool]]:
+    def _penalised_tables(self) -> list[tuple[Table, str, float, bool]]:
         """``(table, "user" | "item", weight, of the head)`` for every table :meth:`penalty`
         counts."""
-        tables = [(self.user_factors, "user", 1.0, False), (self.item_factors, "item", 1.0, False)]
+        tables: list[tuple[Table, str, float, bool]] = [
+            (self.user_factors, "user", 1.0, False),
+            (self.item_factors, "item", 1.0, False),
+        ]
         if self.lists_head is not None:
             tables.append((self.lists_head.user_factors, "user", 1.0, True))
         if self.bias_penalty:
@@ -112,7 +136,7 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
 
     def _penalised_rows(
         self, user_idx: torch.Tensor, item_idx: torch.Tensor, head_rows: int | None
-    ) -> list[tuple[nn.Module, torch.Tensor, float]]:
+    ) -> list[tuple[Table, torch.Tensor, float]]:
         """``(table, the indices it is penalised for, weight)`` for every penalised table."""
         rows = []
         for table, side, multiplier, of_head in self._penalised_tables():
@@ -143,7 +167,8 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
         added into a dense one. Call it after ``backward``; only when :meth:`penalty_by_rows`
         holds.
         """
-        for table, index, multiplier in self._penalised_rows(user_idx, item_idx, head_rows):
+        for penalised, index, multiplier in self._penalised_rows(user_idx, item_idx, head_rows):
+            table = cast(nn.Embedding, penalised)  # penalty_by_rows: plain tables only
             rows = table.weight.index_select(0, index).mul_(2.0 * weight * multiplier / len(index))
             grad = table.weight.grad
             if grad is None and table.sparse:

@@ -5,11 +5,15 @@ models trained side by side from different initialisations, whose tables read as
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
 
 from recspark.model.base import EmbeddingModel
+from recspark.model.tables import Table
 
 
 class SideBySide:
@@ -20,7 +24,7 @@ class SideBySide:
     factor tables handle it like any other table. Not a module: the members own the weights.
     """
 
-    def __init__(self, parts: list[nn.Module]):
+    def __init__(self, parts: list[Table]):
         self.parts = parts
 
     @property
@@ -60,37 +64,43 @@ class Ensemble(EmbeddingModel):
         self.members = nn.ModuleList(members)
         self.y_range = getattr(first, "y_range", None)
 
-    def _side(self, side: str) -> list[nn.Module]:
+    @property
+    def models(self) -> list[EmbeddingModel]:
+        """The members, typed (``members`` is their ``nn.ModuleList``)."""
+        return cast(list[EmbeddingModel], list(self.members))
+
+    def _side(self, side: str) -> list[Table]:
         parts = []
-        for member in self.members:
+        for member in self.models:
             parts.append(getattr(member, f"{side}_factors"))
             if hasattr(member, f"{side}_bias"):
                 parts.append(getattr(member, f"{side}_bias"))
         return parts
 
+    # Read-only views where a single model has tables (the members own the weights).
     @property
-    def user_factors(self) -> SideBySide:
+    def user_factors(self) -> SideBySide:  # type: ignore[override]
         return SideBySide(self._side("user"))
 
     @property
-    def item_factors(self) -> SideBySide:
+    def item_factors(self) -> SideBySide:  # type: ignore[override]
         return SideBySide(self._side("item"))
 
     def forward(
         self, user_idx: torch.Tensor, item_idx: torch.Tensor, *, members: bool = False
     ) -> torch.Tensor:
         """The mean prediction; ``members=True``: every member's, ``members x batch``."""
-        each = torch.stack([member(user_idx, item_idx) for member in self.members])
+        each = torch.stack([member(user_idx, item_idx) for member in self.models])
         return each if members else each.mean(dim=0)
 
     def penalty(
         self, user_idx: torch.Tensor, item_idx: torch.Tensor, head_rows: int | None = None
     ) -> torch.Tensor:
         """The sum of the members' penalties, as training sums their losses."""
-        return torch.stack([m.penalty(user_idx, item_idx, head_rows) for m in self.members]).sum()
+        return torch.stack([m.penalty(user_idx, item_idx, head_rows) for m in self.models]).sum()
 
     def penalty_by_rows(self) -> bool:
-        return all(member.penalty_by_rows() for member in self.members)
+        return all(member.penalty_by_rows() for member in self.models)
 
     def add_penalty_gradient(
         self,
@@ -99,27 +109,31 @@ class Ensemble(EmbeddingModel):
         weight: float,
         head_rows: int | None = None,
     ) -> None:
-        for member in self.members:
+        for member in self.models:
             member.add_penalty_gradient(user_idx, item_idx, weight, head_rows)
 
     def set_side_features(
         self, user: np.ndarray | None = None, item: np.ndarray | None = None
     ) -> None:
-        for member in self.members:
+        for member in self.models:
             member.set_side_features(user, item)
 
     def cut_users(self) -> None:
-        for member in self.members:
+        for member in self.models:
             member.cut_users()
         self.n_users = 1
 
-    def score_vectors(self, user_vectors, user_bias, item_idx):
+    def score_vectors(
+        self, user_vectors: torch.Tensor, user_bias: torch.Tensor | None, item_idx: torch.Tensor
+    ) -> torch.Tensor:
         return torch.stack(list(self._member_scores(user_vectors, item_idx))).mean(dim=0)
 
-    def _member_scores(self, user_vectors: torch.Tensor, item_idx: torch.Tensor):
+    def _member_scores(
+        self, user_vectors: torch.Tensor, item_idx: torch.Tensor
+    ) -> Iterator[torch.Tensor]:
         """Each member's scores, its columns of ``user_vectors`` (factors, then its bias)."""
         offset = 0
-        for member in self.members:
+        for member in self.models:
             width = member.user_factors.embedding_dim
             vectors = user_vectors[:, offset : offset + width]
             offset += width
@@ -132,7 +146,7 @@ class Ensemble(EmbeddingModel):
     @property
     def lists_members(self) -> list[EmbeddingModel]:
         """The members whose ranking heads give the published lists (all of an ensemble's)."""
-        return list(self.members)
+        return self.models
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [p for member in self.members for p in member.head_parameters()]
+        return [p for member in self.models for p in member.head_parameters()]

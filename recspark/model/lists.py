@@ -29,12 +29,12 @@ class HeadView(nn.Module):
         self.n_users, self.n_items = model.n_users, model.n_items
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
-        head = self.model.lists_head
+        head = self.model.required_head()
         users, items = head.user_factors(user_idx), self.model.item_factors(item_idx)
         return (users * items).sum(dim=1) + head.item_bias(item_idx).squeeze(1)
 
     def score_items(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
-        head = self.model.lists_head
+        head = self.model.required_head()
         scores = head.user_factors(user_idx) @ self.model.item_factors(item_idx).T
         return scores + head.item_bias(item_idx).T
 
@@ -48,7 +48,7 @@ def has_lists_head(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def _member_lists_model(model: EmbeddingModel, rating_weight: float) -> DotBias:
-    head = model.lists_head
+    head = model.required_head()
     users = head.user_factors.weight.detach().clone()
     items = model.item_factors.weight.detach().clone()
     bias = head.item_bias.weight.detach().clone()
@@ -82,11 +82,13 @@ def lists_model(
     if isinstance(model, Ensemble) and len(model.lists_members) == 1:
         model = model.lists_members[0]  # a blend's: its main model's head
     if isinstance(model, Ensemble):
-        members = [_member_lists_model(member, rating_weight) for member in model.lists_members]
+        members: list[EmbeddingModel] = [
+            _member_lists_model(member, rating_weight) for member in model.lists_members
+        ]
         lists: EmbeddingModel = Ensemble(members).eval()
     else:
         lists = _member_lists_model(model, rating_weight)
-    first = lists.members[0] if isinstance(lists, Ensemble) else lists
+    first = lists.models[0] if isinstance(lists, Ensemble) else lists
     spec = DotBiasSpec(
         n_users=model.n_users,
         n_items=model.n_items,

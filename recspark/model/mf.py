@@ -1,7 +1,7 @@
 """The matrix-factorisation kinds: ``dot`` (:class:`DotProduct`, ``p_u . q_i``) and ``dot_bias``
 (:class:`DotBias`: plus user and item biases, squashed by a sigmoid into ``y_range``, fastai's
-``collab_learner`` default). Their scores are one matrix product, and :meth:`DotProduct.joint_scores`
-gives what the joint objective trains a ranking head on in one pass.
+``collab_learner`` default). Their scores are one matrix product, and
+:meth:`DotProduct.joint_scores` gives what the joint objective trains a ranking head on in one pass.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class DotProduct(EmbeddingModel):
         rows = len(item_idx)
         head_rows = rows if head_rows is None else min(rows, head_rows)
         item_rows = self.item_factors(torch.cat([item_idx, negatives]))
-        head = self.lists_head
+        head = self.required_head()
         head_users = head.user_factors(user_idx[:head_rows])
         head_bias = head.item_bias(torch.cat([item_idx[:head_rows], negatives])).squeeze(1)
         negative_bias_all = head_bias[head_rows:]
@@ -96,7 +96,7 @@ class DotBias(DotProduct):
         )
         self.user_bias = make_table(n_users, 1, user_features, sparse, zero=True)
         self.item_bias = make_table(n_items, 1, item_features, sparse, zero=True)
-        self.y_range = tuple(y_range) if y_range is not None else None
+        self.y_range = (y_range[0], y_range[1]) if y_range is not None else None
 
     def _predict(
         self, user_idx: torch.Tensor, item_idx: torch.Tensor, item_rows: torch.Tensor

@@ -41,7 +41,7 @@ class EmbeddingNet(EmbeddingModel):
             width = size
         layers.append(nn.Linear(width, 1))
         self.layers = nn.Sequential(*layers)
-        self.y_range = tuple(y_range) if y_range is not None else None
+        self.y_range = (y_range[0], y_range[1]) if y_range is not None else None
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         joined = torch.cat([self.user_factors(user_idx), self.item_factors(item_idx)], dim=1)

@@ -3,8 +3,9 @@
 ``model.pt`` stores its ``spec`` (:class:`~recspark.model.spec.ModelSpec`, the one typed
 description of a model) and ``meta`` as plain dicts (:mod:`recspark.model.saving`), so models saved
 before these types existed load unchanged; the spec and :class:`ModelMeta` are built from those
-dicts on load and give them back with ``as_dict()`` for saving. :class:`PublishedModel` adds the folder and what the
-trainer's ``metrics.json`` says (``model_version``, the per-epoch history, the settings it ran with).
+dicts on load and give them back with ``as_dict()`` for saving. :class:`PublishedModel` adds the
+folder and what the trainer's ``metrics.json`` says (``model_version``, the per-epoch history, the
+settings it ran with).
 
 A model's rows follow the id maps of one prepared run (``meta.index_date``); ``prepare`` re-run for
 that date with other data writes other maps, and the model's row ``i`` is then somebody else.
@@ -120,6 +121,7 @@ class PublishedModel(BaseModel):
             return Lists(model, self.spec.as_dict(), self.meta.as_dict(), self.folder)
         weight = self.meta.lists_rating_weight or 0.0
         lists, spec = lists_model(model, weight)
+        assert spec is not None  # a model with a ranking head has a lists model of its own
         meta = {**self.meta.as_dict(), "objective": "ranking"}
         return Lists(lists, spec, meta, self.lists_folder)
 
@@ -148,17 +150,22 @@ def load_published_model(
     folder = layout.model(run_date)
     if not (folder / MODEL_FILE).exists() or not (folder / METRICS_FILE).exists():
         raise MissingInputError(
-            f"no trained model for run_date {run_date} under {layout.root}: run `recspark train` first"
+            f"no trained model for run_date {run_date} under {layout.root}: "
+            "run `recspark train` first"
         )
     model, spec, meta = load_model(folder, device)
     metrics = read_json(folder / METRICS_FILE)
     try:
-        published = PublishedModel(
-            folder=folder,
-            spec=spec,
-            meta=meta,
-            model_version=metrics.get("model_version") if isinstance(metrics, dict) else None,
-            metrics=metrics,
+        published = PublishedModel.model_validate(
+            {
+                "folder": folder,
+                "spec": spec,
+                "meta": meta,
+                "model_version": metrics.get("model_version")
+                if isinstance(metrics, dict)
+                else None,
+                "metrics": metrics,
+            }
         )
     except ValidationError as error:
         problem = error.errors()[0]

@@ -4,14 +4,14 @@
 (``meta``: which prepared run's id maps its rows refer to, ``meta.index_date``, and its objective),
 as plain dicts; :func:`load_model` rebuilds the model from that alone. Saving goes through
 :func:`recspark.model.published.save_model`, which checks them against their typed form (what the
-later stages read of a published model); this module itself needs no pydantic, so the scoring kernel loads
-models on a machine with torch alone. A model file holds tensors and plain data only
+later stages read of a published model); this module itself needs no pydantic, so the scoring
+kernel loads models on a machine with torch alone. A model file holds tensors and plain data only
 (:func:`plain_data`), and is read back with ``torch.load(weights_only=True)`` (:func:`load_plain`):
 a file that holds anything else (a pickled object whose ``__reduce__`` would run code) is refused
-before any of it runs. Checkpoints are written and read the same way. The factor tables (``user_idx``, ``bias``, ``factors``) are
-for downstream use and for scoring. :func:`carry_weights` starts a new model from an older one: because id maps are stable
-(a known id keeps its index, new ids are appended), row ``i`` of an old user or item table is row
-``i`` of the new one.
+before any of it runs. Checkpoints are written and read the same way. The factor tables
+(``user_idx``, ``bias``, ``factors``) are for downstream use and for scoring. :func:`carry_weights`
+starts a new model from an older one: because id maps are stable (a known id keeps its index, new
+ids are appended), row ``i`` of an old user or item table is row ``i`` of the new one.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
 def plain_data(value: Any, where: str = "value") -> Any:
-    """``value`` as a model or checkpoint file may hold it: tensors (moved to the CPU), dicts, lists,
-    tuples, str, int, float, bool and None; numpy scalars become Python numbers.
+    """``value`` as a model or checkpoint file may hold it: tensors (moved to the CPU), dicts,
+    lists, tuples, str, int, float, bool and None; numpy scalars become Python numbers.
 
     Such a file loads with ``torch.load(weights_only=True)``, which runs no code.
 
@@ -352,10 +352,10 @@ def carry_weights(
                     tuple(new.shape),
                 )
             continue
-        side = _table_side(key, old, new, old_sizes, new_sizes) if new.dim() >= 1 else None
-        if side is not None:
+        table_side = _table_side(key, old, new, old_sizes, new_sizes) if new.dim() >= 1 else None
+        if table_side is not None:
             new[: old.shape[0]] = old.to(new.device)
-            carried[side] = old.shape[0]
+            carried[table_side] = old.shape[0]
         elif old.shape == new.shape:
             new.copy_(old.to(new.device))
     return carried

@@ -2,9 +2,10 @@
 
 A spec says what :func:`recspark.model.registry.build_model` builds: the kind, the table sizes
 (from the id maps) and the kind's shape. The embedding kinds' shape is
-:class:`~recspark.core.model_shape.ModelShape`, whose defaults the config's ``model.*`` section (its
-YAML face) reads too (``core`` may not import this room); the trainer writes one (:func:`recspark.train.spec.model_spec`), the
-published model reads one back, and the registry builds from one. ``model.pt`` stores a spec as
+:class:`~recspark.core.model_shape.ModelShape`, whose defaults the config's ``model.*`` section
+(its YAML face) reads too (``core`` may not import this room); the trainer writes one
+(:func:`recspark.train.spec.model_spec`), the published model reads one back, and the registry
+builds from one. ``model.pt`` stores a spec as
 the plain dict of the arguments that were given (:meth:`ModelSpec.as_dict`), as older versions
 did, so a model saved before these types existed loads (:meth:`ModelSpec.from_stored`) and what
 is saved now loads in older code. The cases are plain dataclasses, not pydantic models: the

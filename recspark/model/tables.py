@@ -12,9 +12,27 @@ hold what the model actually multiplies.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 from torch import nn
+
+
+class Table(Protocol):
+    """What a model, scoring and the factor tables read of a table: an ``nn.Embedding``, a
+    :class:`FeaturedTable`, an ensemble's side-by-side view or an autoencoder's codes."""
+
+    @property
+    def weight(self) -> torch.Tensor: ...
+
+    @property
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def num_embeddings(self) -> int: ...
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor: ...
 
 
 def embedding_size(count: int) -> int:
@@ -22,13 +40,13 @@ def embedding_size(count: int) -> int:
     return min(600, round(1.6 * count**0.56))
 
 
-def randommake_table(count: int, width: int, sparse: bool, std: float = 0.01) -> nn.Embedding:
+def random_table(count: int, width: int, sparse: bool, std: float = 0.01) -> nn.Embedding:
     table = nn.Embedding(count, width, sparse=sparse)
     nn.init.trunc_normal_(table.weight, std=std, a=-2 * std, b=2 * std)
     return table
 
 
-def zeromake_table(count: int, sparse: bool, width: int = 1) -> nn.Embedding:
+def zero_table(count: int, sparse: bool, width: int = 1) -> nn.Embedding:
     # Biases start at zero so the first predictions sit at the middle of y_range (spotlight).
     table = nn.Embedding(count, width, sparse=sparse)
     nn.init.zeros_(table.weight)
@@ -60,16 +78,16 @@ class FeaturedTable(nn.Module):
         Start the own rows at zero (bias tables) instead of a small truncated normal.
     """
 
+    feature_weights: torch.Tensor  # a buffer, rows x features
+
     def __init__(
         self, rows: int, width: int, features: int, sparse: bool = False, zero: bool = False
     ):
         super().__init__()
         if features <= 0:
             raise ValueError(f"a featured table needs at least one feature, got {features}")
-        self.own = (
-            zeromake_table(rows, sparse, width) if zero else randommake_table(rows, width, sparse)
-        )
-        self.feature_table = zeromake_table(features, False, width)
+        self.own = zero_table(rows, sparse, width) if zero else random_table(rows, width, sparse)
+        self.feature_table = zero_table(features, False, width)
         self.register_buffer("feature_weights", torch.zeros(rows, features))
 
     @property
@@ -130,14 +148,16 @@ class FeaturedTable(nn.Module):
         )
 
 
-def make_table(rows: int, width: int, features: int, sparse: bool, zero: bool = False) -> nn.Module:
+def make_table(
+    rows: int, width: int, features: int, sparse: bool, zero: bool = False
+) -> nn.Embedding | FeaturedTable:
     """A plain embedding table, or a :class:`FeaturedTable` when there are side features."""
     if features:
         return FeaturedTable(rows, width, features, sparse, zero)
-    return zeromake_table(rows, sparse, width) if zero else randommake_table(rows, width, sparse)
+    return zero_table(rows, sparse, width) if zero else random_table(rows, width, sparse)
 
 
-def row_penalty(table: nn.Module, index: torch.Tensor) -> torch.Tensor:
+def row_penalty(table: Table, index: torch.Tensor) -> torch.Tensor:
     if isinstance(table, FeaturedTable):
         return table.row_penalty(index)
     return table(index).pow(2).sum(1)
