@@ -430,13 +430,19 @@ class NightlyConfig(_Section):
     lock: Literal["auto", "scheduler"] = "auto"
 
 
+def carries_lists_head(model: ModelConfig, lists: ListsConfig) -> bool:
+    """Whether the model ``model.*`` and ``lists.*`` describe carries a ranking head its lists
+    come from: a rating model whose lists come from a head (``lists.source: head``)."""
+    return model.objective == "rating" and lists.source == "head"
+
+
 class Config(_Section):
     """The whole run description; every section has defaults so a config may be sparse."""
 
     @property
     def lists_head(self) -> bool:
         """Whether the trained model carries a ranking head its lists come from."""
-        return self.model.objective == "rating" and self.lists.source == "head"
+        return carries_lists_head(self.model, self.lists)
 
     paths: PathsConfig = Field(default_factory=lambda: PathsConfig.model_validate({}))
     run_date: dt.date = Field(default_factory=dt.date.today)

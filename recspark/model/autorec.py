@@ -206,8 +206,8 @@ class AutoRec(EmbeddingModel):
 class Blend(Ensemble):
     """The weighted mean of models of different kinds trained apart (``model.blend``).
 
-    ``parts[0]`` is the main model (its :class:`~recspark.model.embedding.ListHead`, when it has
-    one, gives the published lists: :func:`~recspark.model.embedding.lists_model`), the others
+    ``parts[0]`` is the main model (its :class:`~recspark.model.head.ListHead`, when it has
+    one, gives the published lists: :func:`~recspark.model.lists.lists_model`), the others
     its partners. The parts' rows sit side by side as an ensemble's, so the blend scores through
     the same kernel, and each part keeps its own prediction (a sigmoid-scaled ``dot_bias``, a
     clamped autoencoder) before they are averaged with ``weights``.

@@ -66,9 +66,9 @@ class EmbeddingModel(nn.Module, metaclass=abc.ABCMeta):
             self.n_users,
             self.n_items,
             self.item_factors.embedding_dim,
-            user_features,
-            item_features,
-            sparse,
+            user_features=user_features,
+            item_features=item_features,
+            sparse=sparse,
         )
 
     def required_head(self) -> ListHead:

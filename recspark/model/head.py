@@ -26,6 +26,7 @@ class ListHead(nn.Module):
         n_users: int,
         n_items: int,
         width: int,
+        *,
         user_features: int = 0,
         item_features: int = 0,
         sparse: bool = False,

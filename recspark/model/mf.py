@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from recspark.core.model_shape import DEFAULT_Y_RANGE
 from recspark.model.base import EmbeddingModel, scale_to_range
 from recspark.model.tables import make_table
 
@@ -20,6 +21,7 @@ class DotProduct(EmbeddingModel):
         n_users: int,
         n_items: int,
         factors: int,
+        *,
         sparse: bool = False,
         user_features: int = 0,
         item_features: int = 0,
@@ -85,14 +87,21 @@ class DotBias(DotProduct):
         n_users: int,
         n_items: int,
         factors: int,
-        y_range: tuple[float, float] | None = (1.0, 5.5),
+        y_range: tuple[float, float] | None = DEFAULT_Y_RANGE,
+        *,
         sparse: bool = False,
         user_features: int = 0,
         item_features: int = 0,
         bias_penalty: float = 1.0,
     ):
         super().__init__(
-            n_users, n_items, factors, sparse, user_features, item_features, bias_penalty
+            n_users,
+            n_items,
+            factors,
+            sparse=sparse,
+            user_features=user_features,
+            item_features=item_features,
+            bias_penalty=bias_penalty,
         )
         self.user_bias = make_table(n_users, 1, user_features, sparse, zero=True)
         self.item_bias = make_table(n_items, 1, item_features, sparse, zero=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recspark.core.model_shape import DEFAULT_Y_RANGE
 from recspark.model.base import EmbeddingModel, scale_to_range
 from recspark.model.tables import make_table
 
@@ -23,8 +24,9 @@ class EmbeddingNet(EmbeddingModel):
         item_factors: int,
         hidden: list[int],
         dropouts: list[float],
+        *,
         embedding_dropout: float = 0.0,
-        y_range: tuple[float, float] | None = (1.0, 5.5),
+        y_range: tuple[float, float] | None = DEFAULT_Y_RANGE,
         sparse: bool = False,
         user_features: int = 0,
         item_features: int = 0,

@@ -54,13 +54,20 @@ def _features(spec: FactorSpec) -> dict[str, Any]:
 
 def _dot(spec: ModelSpec) -> EmbeddingModel:
     assert isinstance(spec, FactorSpec)
-    return DotProduct(spec.n_users, spec.n_items, spec.factors, spec.sparse, **_features(spec))
+    return DotProduct(
+        spec.n_users, spec.n_items, spec.factors, sparse=spec.sparse, **_features(spec)
+    )
 
 
 def _dot_bias(spec: ModelSpec) -> EmbeddingModel:
     assert isinstance(spec, FactorSpec)
     return DotBias(
-        spec.n_users, spec.n_items, spec.factors, spec.y_range, spec.sparse, **_features(spec)
+        spec.n_users,
+        spec.n_items,
+        spec.factors,
+        spec.y_range,
+        sparse=spec.sparse,
+        **_features(spec),
     )
 
 
@@ -73,9 +80,9 @@ def _mlp(spec: ModelSpec) -> EmbeddingModel:
         spec.item_factors or embedding_size(spec.n_items),
         list(spec.hidden),
         list(spec.layer_dropouts),
-        spec.embedding_dropout,
-        spec.y_range,
-        spec.sparse,
+        embedding_dropout=spec.embedding_dropout,
+        y_range=spec.y_range,
+        sparse=spec.sparse,
         **_features(spec),
     )
 

@@ -78,7 +78,9 @@ def fit_blend(
             item_counts=partner.figures.pop("item_counts"),
         )
     else:
-        partner = _fit_autorec(blend, train, manifest, prepared, columns, device)
+        partner = _fit_autorec(
+            blend, train, manifest=manifest, prepared=prepared, columns=columns, device=device
+        )
         objective = for_name("rating")
     del columns
     weight = blend.share
@@ -138,6 +140,7 @@ def _fit_ease(
 def _fit_autorec(
     blend: BlendConfig,
     train: TrainConfig,
+    *,
     manifest: PreparedRun,
     prepared: Location,
     columns: list[np.ndarray],

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from recspark.core.config import Config, ListsConfig, ModelConfig, RankingConfig, TrainConfig
+from recspark.core.config import (
+    Config,
+    ListsConfig,
+    ModelConfig,
+    RankingConfig,
+    TrainConfig,
+    carries_lists_head,
+)
 from recspark.core.errors import BadInputError, TrainingRejectedError
 from recspark.core.location import Location
 from recspark.core.storage import Layout
@@ -45,7 +52,7 @@ from recspark.train.publication_gate import (
     publication_refusal,
     starting_figures,
 )
-from recspark.train.spec import carries_lists_head, model_spec, side_features, train_settings
+from recspark.train.spec import model_spec, side_features, train_settings
 from recspark.train.warm import Carried, warm_start
 
 if TYPE_CHECKING:

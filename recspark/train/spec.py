@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from recspark.core.config import ListsConfig, ModelConfig, TrainConfig
+from recspark.core.config import ListsConfig, ModelConfig, TrainConfig, carries_lists_head
 from recspark.core.location import Location
 from recspark.data.prepared import PreparedRun
 from recspark.data.side_info import SideFeatures, load_side_features
@@ -29,11 +29,6 @@ _STORED = (
     "bias_penalty",
     "members",
 )
-
-
-def carries_lists_head(model: ModelConfig, lists: ListsConfig) -> bool:
-    """Whether the trained model carries a ranking head its lists come from."""
-    return model.objective == "rating" and lists.source == "head"
 
 
 def model_spec(
