@@ -92,14 +92,10 @@ def train_once(name: str, seed: int, root: str, data: str, extra: list[str]) -> 
     from recspark.core.storage import Layout
     from recspark.core.torch_utils import resolve_device
     from recspark.data.prepared import read_manifest
-    from recspark.train.job import (
-        best_figures,
-        build_objective,
-        fit_blend,
-        model_spec,
-        side_features,
-        train_settings,
-    )
+    from recspark.train.blend import fit_blend
+    from recspark.train.job import build_objective
+    from recspark.train.publication_gate import best_figures
+    from recspark.train.spec import model_spec, side_features, train_settings
     from recspark.train.loop import fit, init_model
 
     torch.set_num_threads(1)
@@ -182,7 +178,7 @@ def train_ranking_once(
     from recspark.core.torch_utils import resolve_device
     from recspark.data.prepared import read_manifest
     from recspark.serve.kernel import top_k
-    from recspark.train.job import model_spec, side_features, train_settings
+    from recspark.train.spec import model_spec, side_features, train_settings
     from recspark.train.loop import fit, init_model
     from recspark.train.objectives import for_name
     from recspark.train.objectives.ranking import RankingSettings
@@ -216,7 +212,8 @@ def train_ranking_once(
         objective=objective,
     )
     if config.model.blend is not None:  # EASE fitted and averaged in, as `recspark train` does
-        from recspark.train.job import best_figures, fit_blend
+        from recspark.train.blend import fit_blend
+        from recspark.train.publication_gate import best_figures
 
         model = fit_blend(
             config, model, spec, manifest, prepared, best_figures(result, {})

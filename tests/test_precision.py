@@ -14,7 +14,9 @@ import torch
 from recspark.core.config import load_config
 from recspark.core.errors import ConfigError
 from recspark.model.registry import build_model
-from recspark.train.job import SUMMARY_METRICS, not_carried, train_settings, training_metrics
+from recspark.train.artifacts import SUMMARY_METRICS, training_metrics
+from recspark.train.spec import train_settings
+from recspark.train.warm import Carried
 from recspark.train.loop import FitResult, fit, init_model, train_epoch
 from recspark.train.objectives.base import RunContext
 from recspark.train.objectives.ranking import (
