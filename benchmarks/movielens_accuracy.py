@@ -24,6 +24,7 @@ Not a test: it takes minutes.
 
 The data is read from ``--data`` (default ``../shared/data/ml-100k``); it is never copied.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,15 +93,10 @@ def train_once(name: str, seed: int, root: str, data: str, extra: list[str]) -> 
     from recspark.core.storage import Layout
     from recspark.core.torch_utils import resolve_device
     from recspark.data.prepared import read_manifest
-    from recspark.train.job import (
-        best_figures,
-        build_objective,
-        fit_blend,
-        model_spec,
-        side_features,
-        train_settings,
-    )
+    from recspark.train.job import build_objective
     from recspark.train.loop import fit, init_model
+    from recspark.train.publication_gate import ValidationScores, best_figures
+    from recspark.train.spec import model_spec, side_features, train_settings
 
     torch.set_num_threads(1)
     path, overrides = CONFIGS[name]
@@ -110,31 +106,49 @@ def train_once(name: str, seed: int, root: str, data: str, extra: list[str]) -> 
     layout = Layout(config.paths.root)
     manifest = read_manifest(layout, config.run_date)
     prepared = layout.prepared(config.run_date)
-    spec = model_spec(config, manifest, prepared)
-    model = init_model(spec, config.train.seed)
+    spec = model_spec(config.model, config.train, config.lists, manifest, prepared)
+    model = init_model(spec.as_dict(), config.train.seed)
     if config.model.side_info is not None:
-        features = side_features(config, manifest, prepared)
+        features = side_features(config.model, manifest, prepared)
         model.set_side_features(features.user, features.item)
     started = time.perf_counter()
     result = fit(
         model,
         str(prepared / "train"),
         str(prepared / "validation"),
-        train_settings(config),
+        train_settings(config.train, config.lists.head_lr_scale if config.lists_head else None),
         resolve_device("cpu"),
-        objective=build_objective(config, manifest),  # with lists.source: head, the joint one
+        objective=build_objective(
+            config.model, config.ranking, config.lists, manifest=manifest
+        ),  # with lists.source: head, the joint one
     )
-    best = best_figures(result, {})
+    best = best_figures(result, ValidationScores())
     if config.model.blend is not None:  # as `recspark train` does: the autoencoder, then the mean
-        best = fit_blend(config, model, spec, manifest, prepared, best).best
+        best = blend(config, model, spec, manifest, prepared, best).best
     return {
         "model": name,
         "seed": seed,
-        "rmse": best["validation_rmse"],
-        "mae": best["validation_mae"],
+        "rmse": best.validation_rmse,
+        "mae": best.validation_mae,
         "best_epoch": result.best_epoch,
         "seconds": time.perf_counter() - started,
     }
+
+
+def blend(config, main, spec, manifest, prepared, best):
+    """``model.blend`` fitted and averaged into ``main``, as ``recspark train`` does."""
+    from recspark.train.blend import fit_blend
+
+    return fit_blend(
+        config.model.blend,
+        config.train,
+        config.ranking,
+        main=main,
+        main_spec=spec,
+        manifest=manifest,
+        prepared=prepared,
+        best=best,
+    )
 
 
 def ranking_overrides(root: Path, data: Path) -> list[str]:
@@ -165,9 +179,7 @@ def prepare_ranking(root: Path, data: Path, config_path: Path) -> None:
     print(f"prepared: {summary}", file=sys.stderr)
 
 
-def train_ranking_once(
-    seed: int, root: str, data: str, config_path: str, extra: list[str]
-) -> dict:
+def train_ranking_once(seed: int, root: str, data: str, config_path: str, extra: list[str]) -> dict:
     """Train the ranking config under one seed and rank every item for every user.
 
     Returns the best epoch's figures and the top-k lists (training items excluded, ties to the
@@ -182,10 +194,10 @@ def train_ranking_once(
     from recspark.core.torch_utils import resolve_device
     from recspark.data.prepared import read_manifest
     from recspark.serve.kernel import top_k
-    from recspark.train.job import model_spec, side_features, train_settings
     from recspark.train.loop import fit, init_model
     from recspark.train.objectives import for_name
     from recspark.train.objectives.ranking import RankingSettings
+    from recspark.train.spec import model_spec, side_features, train_settings
 
     torch.set_num_threads(1)
     overrides = [*ranking_overrides(Path(root), Path(data)), f"train.seed={seed}", *extra]
@@ -195,10 +207,10 @@ def train_ranking_once(
     layout = Layout(config.paths.root)
     manifest = read_manifest(layout, config.run_date)
     prepared = layout.prepared(config.run_date)
-    spec = model_spec(config, manifest, prepared)
-    model = init_model(spec, config.train.seed)
+    spec = model_spec(config.model, config.train, config.lists, manifest, prepared)
+    model = init_model(spec.as_dict(), config.train.seed)
     if config.model.side_info is not None:
-        features = side_features(config, manifest, prepared)
+        features = side_features(config.model, manifest, prepared)
         model.set_side_features(features.user, features.item)
     settings = RankingSettings(**config.ranking.model_dump())
     train = pd.read_parquet(prepared / "train", columns=["user_idx", "item_idx", "rating"])
@@ -211,15 +223,15 @@ def train_ranking_once(
         model,
         str(prepared / "train"),
         str(prepared / "validation"),
-        train_settings(config),
+        train_settings(config.train, config.lists.head_lr_scale if config.lists_head else None),
         resolve_device("cpu"),
         objective=objective,
     )
     if config.model.blend is not None:  # EASE fitted and averaged in, as `recspark train` does
-        from recspark.train.job import best_figures, fit_blend
+        from recspark.train.publication_gate import ValidationScores, best_figures
 
-        model = fit_blend(
-            config, model, spec, manifest, prepared, best_figures(result, {})
+        model = blend(
+            config, model, spec, manifest, prepared, best_figures(result, ValidationScores())
         ).model
     seconds = time.perf_counter() - started
     model.eval()
@@ -260,8 +272,13 @@ def ranking_figures(spark, lists, relevant, k: int) -> dict:
 
     users, items, ranks = lists
     frame = spark.createDataFrame(
-        pd.DataFrame({"user_idx": users.astype("int32"), "item_idx": items.astype("int32"),
-                      "rank": ranks.astype("int32")}),
+        pd.DataFrame(
+            {
+                "user_idx": users.astype("int32"),
+                "item_idx": items.astype("int32"),
+                "rank": ranks.astype("int32"),
+            }
+        ),
         "user_idx int, item_idx int, rank int",
     )
     return ranking_metrics(frame, relevant, k)
@@ -319,8 +336,9 @@ def run_ranking(args) -> None:
         prepare_ranking(root, data, config_path)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = [
-                pool.submit(train_ranking_once, s, str(root), str(data), str(config_path),
-                            args.extra)
+                pool.submit(
+                    train_ranking_once, s, str(root), str(data), str(config_path), args.extra
+                )
                 for s in args.seeds
             ]
             runs = []
@@ -392,7 +410,9 @@ def main(argv: list[str] | None = None) -> None:
         help="u1 validation RMSE (default), or the benchmark's top-k ranking protocol on u.data",
     )
     parser.add_argument(
-        "--ranking-config", type=Path, default=RANKING_CONFIG,
+        "--ranking-config",
+        type=Path,
+        default=RANKING_CONFIG,
         help="the config trained under --protocol ml100k-ranking (--models does not apply)",
     )
     args = parser.parse_args(argv)

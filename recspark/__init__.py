@@ -2,7 +2,7 @@
 
 Stages (one module per concern): :mod:`recspark.data.synthetic` (the embedded data set),
 :mod:`recspark.data.sources` (reading and checking), :mod:`recspark.data.indexing` (stable id maps),
-:mod:`recspark.data.splitting`, :mod:`recspark.train.feeding` (Petastorm), :mod:`recspark.model.embedding`,
+:mod:`recspark.data.splitting`, :mod:`recspark.train.feeding` (Petastorm), :mod:`recspark.model.base`,
 :mod:`recspark.train.loop`, :mod:`recspark.serve.scoring`, :mod:`recspark.evaluate.metrics`,
 :mod:`recspark.core.storage` (layout and safe publishing) and :mod:`recspark.core.config`. The commands in
 :mod:`recspark.commands` wire them together; :mod:`recspark.cli` runs them.

@@ -16,11 +16,12 @@ from recspark.core.location import Location
 from recspark.core.storage import Layout
 from recspark.data.prepared import read_manifest
 from recspark.model.autorec import AutoRec, Blend
-from recspark.model.embedding import has_lists_head, lists_model
+from recspark.model.lists import has_lists_head, lists_model
 from recspark.model.published import load_published_model
 from recspark.model.saving import load_model, model_bytes, model_from_bytes
-from recspark.train.job import model_spec, warm_start
 from recspark.train.loop import init_model
+from recspark.train.spec import model_spec
+from recspark.train.warm import warm_start
 from tests.test_train_job import train
 from tests.test_training import planted_ratings, write_prepared
 
@@ -80,8 +81,17 @@ def test_eval_mode_stores_the_codes_and_scores_through_the_kernel_contract(ratin
 
     # A saved model keeps the codes, not the ratings, and predicts the same without them.
     loaded, _, _ = model_from_bytes(
-        model_bytes(model, {"kind": "autorec", "n_users": USERS, "n_items": ITEMS, "factors": 6,
-                            "y_range": [1.0, 5.0]}, {"index_date": "2026-01-01"})
+        model_bytes(
+            model,
+            {
+                "kind": "autorec",
+                "n_users": USERS,
+                "n_items": ITEMS,
+                "factors": 6,
+                "y_range": [1.0, 5.0],
+            },
+            {"index_date": "2026-01-01"},
+        )
     )
     assert isinstance(loaded, AutoRec) and not loaded.has_ratings
     torch.testing.assert_close(loaded(pairs[:, 0], pairs[:, 1]), model(pairs[:, 0], pairs[:, 1]))
@@ -119,12 +129,30 @@ def test_the_autoencoder_learns_planted_ratings_better_than_the_user_means():
 
 
 def test_a_blend_is_the_weighted_mean_of_its_parts_and_lists_by_its_main_models_head(ratings):
-    main_spec = {"kind": "dot_bias", "n_users": USERS, "n_items": ITEMS, "factors": 4,
-                 "y_range": [0.5, 5.5], "lists_head": True}
-    part_spec = {"kind": "autorec", "n_users": USERS, "n_items": ITEMS, "factors": 6,
-                 "rating_mean": 3.0, "y_range": [1.0, 5.0]}
-    spec = {"kind": "blend", "n_users": USERS, "n_items": ITEMS, "parts": [main_spec, part_spec],
-            "weights": [0.7, 0.3], "lists_head": True}
+    main_spec = {
+        "kind": "dot_bias",
+        "n_users": USERS,
+        "n_items": ITEMS,
+        "factors": 4,
+        "y_range": [0.5, 5.5],
+        "lists_head": True,
+    }
+    part_spec = {
+        "kind": "autorec",
+        "n_users": USERS,
+        "n_items": ITEMS,
+        "factors": 6,
+        "rating_mean": 3.0,
+        "y_range": [1.0, 5.0],
+    }
+    spec = {
+        "kind": "blend",
+        "n_users": USERS,
+        "n_items": ITEMS,
+        "parts": [main_spec, part_spec],
+        "weights": [0.7, 0.3],
+        "lists_head": True,
+    }
     blend = init_model(spec, seed=1)
     assert isinstance(blend, Blend)
     main, partner = blend.members
@@ -142,9 +170,7 @@ def test_a_blend_is_the_weighted_mean_of_its_parts_and_lists_by_its_main_models_
     lists, lists_spec = lists_model(blend, 0.5)
     alone, alone_spec = lists_model(main, 0.5)
     assert lists_spec == alone_spec
-    torch.testing.assert_close(
-        lists.score_items(users, items), alone.score_items(users, items)
-    )
+    torch.testing.assert_close(lists.score_items(users, items), alone.score_items(users, items))
     # Saved and loaded from its spec alone.
     loaded, _, _ = model_from_bytes(model_bytes(blend, spec, {"index_date": "2026-01-01"}))
     torch.testing.assert_close(loaded(pairs[:, 0], pairs[:, 1]), mean)
@@ -160,8 +186,14 @@ def test_a_blend_needs_a_rating_model():
 def test_train_publishes_the_blend_and_the_next_run_warm_starts_its_main_model(spark, tmp_path):
     root = tmp_path / "root"
     write_prepared(root / "prepared" / "2026-01-15", users=300, items=120, count=6000)
-    blend = {"model.blend.kind": "autorec", "model.blend.hidden": 24, "model.blend.epochs": 6,
-             "model.blend.lr": 0.01, "model.blend.weight_decay": 2.0, "model.blend.weight": 0.4}
+    blend = {
+        "model.blend.kind": "autorec",
+        "model.blend.hidden": 24,
+        "model.blend.epochs": 6,
+        "model.blend.lr": 0.01,
+        "model.blend.weight_decay": 2.0,
+        "model.blend.weight": 0.4,
+    }
     status, summary = train(root, **{**blend, "train.warm_start": "true"})
     assert status == 0, summary
     model, published = load_published_model(Layout(root), "2026-01-15")
@@ -174,8 +206,10 @@ def test_train_publishes_the_blend_and_the_next_run_warm_starts_its_main_model(s
     # The summary's RMSE is the published blend's on the validation split, recomputed here.
     validation = pd.read_parquet(root / "prepared" / "2026-01-15" / "validation")
     with torch.no_grad():
-        predicted = model(torch.as_tensor(validation.user_idx.to_numpy(), dtype=torch.long),
-                          torch.as_tensor(validation.item_idx.to_numpy(), dtype=torch.long))
+        predicted = model(
+            torch.as_tensor(validation.user_idx.to_numpy(), dtype=torch.long),
+            torch.as_tensor(validation.item_idx.to_numpy(), dtype=torch.long),
+        )
     rmse = float(np.sqrt(np.mean((predicted.numpy() - validation.rating.to_numpy()) ** 2)))
     assert summary["metrics"]["validation_rmse"] == pytest.approx(rmse, abs=1e-5)
     assert rmse != pytest.approx(figures["main_validation_rmse"], abs=1e-6)
@@ -183,9 +217,9 @@ def test_train_publishes_the_blend_and_the_next_run_warm_starts_its_main_model(s
     # The next run carries the main model's rows; the autoencoder trains afresh.
     write_prepared(root / "prepared" / "2026-01-16", users=340, items=130, count=6500, seed=1)
     config = load_config(None, [f"paths.root={root}", "run_date=2026-01-16", "model.factors=6"])
-    spec = model_spec(config, read_manifest(Layout(root), "2026-01-16"))
-    fresh = init_model(spec, seed=3)
-    assert warm_start(Layout(root), "2026-01-16", fresh, spec)["users"] == 300
+    manifest = read_manifest(Layout(root), "2026-01-16")
+    spec = model_spec(config.model, config.train, config.lists, manifest)
+    fresh = init_model(spec.as_dict(), seed=3)
+    assert warm_start(Layout(root), "2026-01-16", fresh, spec).users == 300
     old, _, _ = load_model(Location(summary["outputs"]["model"]))
     assert torch.equal(fresh.user_factors.weight[:300], old.main.user_factors.weight)
-

@@ -20,8 +20,16 @@ def test_default_config_is_the_synthetic_data_set():
 
 
 def test_overrides_are_typed_and_nested():
-    config = load_config(None, ["train.lr=0.05", "model.hidden=[32, 16]", "model.dropouts=[0.1, 0.1]",
-                                "run_date=2026-02-03", "score.exclude_seen=false"])
+    config = load_config(
+        None,
+        [
+            "train.lr=0.05",
+            "model.hidden=[32, 16]",
+            "model.dropouts=[0.1, 0.1]",
+            "run_date=2026-02-03",
+            "score.exclude_seen=false",
+        ],
+    )
     assert config.train.lr == pytest.approx(0.05)
     assert config.model.hidden == [32, 16]
     assert config.run_date == dt.date(2026, 2, 3)
@@ -40,8 +48,6 @@ def test_overrides_are_typed_and_nested():
         ("run_date=yesterday", "run_date"),
     ],
 )
-
-
 def test_bad_keys_and_values_are_rejected_by_name(override, key):
     with pytest.raises(ConfigError) as error:
         load_config(None, [override])

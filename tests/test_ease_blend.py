@@ -13,7 +13,7 @@ from recspark.core.config import load_config
 from recspark.core.errors import BadInputError, ConfigError
 from recspark.model.autorec import Blend
 from recspark.model.ease import MAX_ITEMS, EaseModel, ease_weights
-from recspark.model.embedding import lists_model
+from recspark.model.lists import lists_model
 from recspark.model.registry import build_model
 from recspark.serve.foldin import RankingFoldIn, fold_in
 from recspark.serve.kernel import ScoringKernel

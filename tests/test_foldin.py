@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from recspark.core.errors import BadInputError
-from recspark.model.embedding import DotBias, DotProduct, EmbeddingNet
+from recspark.model.mf import DotBias, DotProduct
+from recspark.model.mlp import EmbeddingNet
 from recspark.model.registry import build_model
 from recspark.serve.foldin import (
     RankingFoldIn,

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from recspark.core.config import Config
-from recspark.model.embedding import Ensemble, FeaturedTable, HeadView, has_lists_head, lists_model
+from recspark.model.ensemble import Ensemble
+from recspark.model.lists import HeadView, has_lists_head, lists_model
 from recspark.model.registry import build_model
 from recspark.model.saving import model_from_bytes
+from recspark.model.tables import FeaturedTable
 from recspark.serve.scoring import item_side_payload
 from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingObjective, RankingSettings

@@ -153,8 +153,7 @@ def test_every_optimizer_and_schedule_checkpoints_as_plain_data(tmp_path, optimi
     """What a checkpoint keeps (model, optimizer and schedule state, history) loads back with
     weights_only=True, equal to what was saved."""
     sparse = optimizer.startswith("sparse")
-    model = build_model(kind="mlp", n_users=6, n_items=5, hidden=[4], dropouts=[0.0],
-                        sparse=sparse)
+    model = build_model(kind="mlp", n_users=6, n_items=5, hidden=[4], dropouts=[0.0], sparse=sparse)
     optimizers = make_optimizer(model, optimizer, 0.01)
     steps = Schedule(optimizers, schedule, 0.01, epochs=2, steps_per_epoch=3)
     for _ in range(2):
@@ -165,8 +164,13 @@ def test_every_optimizer_and_schedule_checkpoints_as_plain_data(tmp_path, optimi
         steps.step()
     history = [{"epoch": 1, "train_loss": np.float64(0.5), "validation_auc": None}]
     saved = Checkpoint(
-        fingerprint="f", epoch=1, model=model.state_dict(), optimizer=optimizers.state_dict(),
-        schedule=steps.state_dict(), best_state=model.state_dict(), history=history,
+        fingerprint="f",
+        epoch=1,
+        model=model.state_dict(),
+        optimizer=optimizers.state_dict(),
+        schedule=steps.state_dict(),
+        best_state=model.state_dict(),
+        history=history,
     )
     save_checkpoint(tmp_path, saved)
     loaded = load_checkpoint(tmp_path, "f")
@@ -190,7 +194,9 @@ def test_saving_refuses_what_is_not_plain_data(tmp_path):
         save_model(tmp_path / "model.pt", model, spec, {"index_date": RUN_DATE, "note": {1, 2}})
     assert not (tmp_path / "model.pt").exists()
     # Numpy numbers are plain numbers once saved.
-    save_model(tmp_path / "model.pt", model, spec, {"index_date": RUN_DATE, "best_epoch": np.int64(2)})
+    save_model(
+        tmp_path / "model.pt", model, spec, {"index_date": RUN_DATE, "best_epoch": np.int64(2)}
+    )
     _, _, meta = load_model(tmp_path / "model.pt")
     assert meta["best_epoch"] == 2 and type(meta["best_epoch"]) is int
 
@@ -223,14 +229,11 @@ COMMANDS = {
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_every_command_that_uses_a_model_refuses_id_maps_prepared_again(
-    spark, tmp_path, command
-):
+def test_every_command_that_uses_a_model_refuses_id_maps_prepared_again(spark, tmp_path, command):
     """prepare re-run for the model's date on other data (same sizes here): exit 1 with what to
     do, before any Spark job; the same model with its own id maps back runs."""
     root = plant(tmp_path / "root", input_fingerprint="day-one")
-    settings = [f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}",
-                *COMMANDS[command]]
+    settings = [f"paths.root={root}", f"run_date={RUN_DATE}", "spark.conf={}", *COMMANDS[command]]
     write_hand_made_manifest(root, 5, 6, "other-data")
     before = spark_jobs(spark)
     status, summary = _run(command, settings)

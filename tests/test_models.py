@@ -20,9 +20,10 @@ from torch import nn
 
 from recspark.core.choices import MODEL_KINDS
 from recspark.core.errors import BadInputError
-from recspark.model.embedding import Ensemble, FeaturedTable, embedding_size
+from recspark.model.ensemble import Ensemble
 from recspark.model.registry import build_model
 from recspark.model.saving import model_from_bytes
+from recspark.model.tables import FeaturedTable, embedding_size
 from recspark.serve.scoring import item_side_payload
 
 N_USERS, N_ITEMS, USER_FEATURES, ITEM_FEATURES = 7, 5, 3, 4
@@ -167,8 +168,9 @@ def test_a_saved_state_rebuilds_the_same_model_from_its_spec(kind, featured):
 
 @SUITE
 @pytest.mark.parametrize("build_on", ["cpu", "meta"])
-def test_model_bytes_load_back_exactly_whichever_device_builds_them(kind, featured, build_on,
-                                                                  monkeypatch):
+def test_model_bytes_load_back_exactly_whichever_device_builds_them(
+    kind, featured, build_on, monkeypatch
+):
     """Small models are built on the CPU before their state is loaded, large ones on the meta
     device (``META_BUILD_PARAMETERS``): either way every tensor comes back as saved."""
     from recspark.model import saving as model_io
@@ -183,8 +185,10 @@ def test_model_bytes_load_back_exactly_whichever_device_builds_them(kind, featur
     assert torch.equal(after_loading, torch.rand(3))  # loading left the random stream as it was
     assert spec == _spec(kind, featured) and meta == {"a": 1} and not loaded.training
     state = loaded.state_dict()
-    assert all(torch.equal(state[k], v) and state[k].device.type == "cpu"
-               for k, v in model.state_dict().items())
+    assert all(
+        torch.equal(state[k], v) and state[k].device.type == "cpu"
+        for k, v in model.state_dict().items()
+    )
 
 
 @SUITE
@@ -207,35 +211,53 @@ def test_penalty_is_the_mean_squared_norm_of_the_rows_a_batch_uses(kind, feature
     expected = user_rows + item_rows
     if featured:
         user_weights, item_weights = _features()
-        expected = expected + torch.as_tensor(user_weights)[users] @ model.user_factors.feature_table.weight.pow(2).sum(1)
-        expected = expected + torch.as_tensor(item_weights)[items] @ model.item_factors.feature_table.weight.pow(2).sum(1)
+        expected = expected + torch.as_tensor(user_weights)[
+            users
+        ] @ model.user_factors.feature_table.weight.pow(2).sum(1)
+        expected = expected + torch.as_tensor(item_weights)[
+            items
+        ] @ model.item_factors.feature_table.weight.pow(2).sum(1)
     if kind == "dot_bias":
         model.bias_penalty = 0.5
         for table, index in ((model.user_bias, users), (model.item_bias, items)):
             rows = _own(table)[index].pow(2).sum(1)
             if featured:
                 weights = _features()[0 if table is model.user_bias else 1]
-                rows = rows + torch.as_tensor(weights)[index] @ table.feature_table.weight.pow(2).sum(1)
+                rows = rows + torch.as_tensor(weights)[index] @ table.feature_table.weight.pow(
+                    2
+                ).sum(1)
             expected = expected + 0.5 * rows
     with torch.no_grad():
         torch.testing.assert_close(model.penalty(users, items), expected.mean())
 
 
-
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-@pytest.mark.parametrize("kind,extra", [("dot_bias", {}), ("mlp", {}), ("dot_bias", {"members": 3})],
-                         ids=["dot_bias", "mlp", "ensemble"])
+@pytest.mark.parametrize(
+    "kind,extra",
+    [("dot_bias", {}), ("mlp", {}), ("dot_bias", {"members": 3})],
+    ids=["dot_bias", "mlp", "ensemble"],
+)
 def test_the_penalty_gradient_by_rows_is_the_autograd_one(kind, extra, sparse):
     """add_penalty_gradient (the loop's shortcut for one process) adds exactly what backward of
     ``weight * penalty`` would, for dense and sparse tables, rows used several times included."""
     torch.manual_seed(0)
-    spec = {"kind": kind, "n_users": 50, "n_items": 30, "factors": 4, "y_range": (1.0, 5.5),
-            "sparse": sparse, "bias_penalty": 0.5, **extra}
+    spec = {
+        "kind": kind,
+        "n_users": 50,
+        "n_items": 30,
+        "factors": 4,
+        "y_range": (1.0, 5.5),
+        "sparse": sparse,
+        "bias_penalty": 0.5,
+        **extra,
+    }
     graph, by_rows = build_model(**spec), build_model(**spec)
     by_rows.load_state_dict(graph.state_dict())
     users, items = torch.randint(0, 50, (64,)), torch.randint(0, 30, (64,))
     ratings = torch.rand(64) * 4 + 1
-    (nn.functional.mse_loss(graph(users, items), ratings) + 0.07 * graph.penalty(users, items)).backward()
+    (
+        nn.functional.mse_loss(graph(users, items), ratings) + 0.07 * graph.penalty(users, items)
+    ).backward()
     nn.functional.mse_loss(by_rows(users, items), ratings).backward()
     assert by_rows.penalty_by_rows()
     by_rows.add_penalty_gradient(users, items, 0.07)
@@ -247,6 +269,7 @@ def test_the_penalty_gradient_by_rows_is_the_autograd_one(kind, extra, sparse):
 def test_side_feature_tables_keep_the_autograd_penalty():
     assert not _model("dot_bias", True).penalty_by_rows()
     assert _model("dot_bias", False).penalty_by_rows()
+
 
 def _own(table) -> torch.Tensor:
     return table.own.weight if isinstance(table, FeaturedTable) else table.weight
@@ -347,7 +370,11 @@ def test_side_features_predict_films_nobody_rated_from_their_genre():
     for featured in (False, True):
         torch.manual_seed(0)
         model = build_model(
-            "dot_bias", n_users, n_items, factors=2, y_range=(0.5, 5.5),
+            "dot_bias",
+            n_users,
+            n_items,
+            factors=2,
+            y_range=(0.5, 5.5),
             item_features=2 if featured else 0,
         )
         if featured:
@@ -409,17 +436,31 @@ def test_ensemble_members_learn_as_if_each_were_trained_alone():
         for _ in range(5)
     ]
     cpu = torch.device("cpu")
-    train_epoch(ensemble, batches, Optimizers([torch.optim.Adam(ensemble.parameters(), lr=0.05)]),
-                None, cpu, weight_decay=0.1)
+    train_epoch(
+        ensemble,
+        batches,
+        Optimizers([torch.optim.Adam(ensemble.parameters(), lr=0.05)]),
+        None,
+        cpu,
+        weight_decay=0.1,
+    )
     for member in alone:
-        train_epoch(member, batches, Optimizers([torch.optim.Adam(member.parameters(), lr=0.05)]),
-                    None, cpu, weight_decay=0.1)
+        train_epoch(
+            member,
+            batches,
+            Optimizers([torch.optim.Adam(member.parameters(), lr=0.05)]),
+            None,
+            cpu,
+            weight_decay=0.1,
+        )
     for trained, reference in zip(ensemble.members, alone, strict=True):
-        for (name, got), expected in zip(trained.state_dict().items(),
-                                         reference.state_dict().values(), strict=True):
+        for (name, got), expected in zip(
+            trained.state_dict().items(), reference.state_dict().values(), strict=True
+        ):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
-    assert not torch.equal(ensemble.members[0].user_factors.weight,
-                           ensemble.members[1].user_factors.weight)
+    assert not torch.equal(
+        ensemble.members[0].user_factors.weight, ensemble.members[1].user_factors.weight
+    )
 
 
 def test_an_ensemble_of_mlps_is_refused():

@@ -112,7 +112,7 @@ def test_score_matches_a_brute_force_ranking(pipeline):
     from recspark.model.saving import load_model
 
     _, summaries = pipeline
-    from recspark.model.embedding import lists_model
+    from recspark.model.lists import lists_model
 
     model, _, meta = load_model(Location(summaries["train"]["outputs"]["model"]))
     # The lists rank by the ranking head's model (the default lists.source: head).

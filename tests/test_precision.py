@@ -14,7 +14,8 @@ import torch
 from recspark.core.config import load_config
 from recspark.core.errors import ConfigError
 from recspark.model.registry import build_model
-from recspark.train.job import SUMMARY_METRICS, not_carried, train_settings, training_metrics
+from recspark.model.spec import DotSpec
+from recspark.train.artifacts import SUMMARY_METRICS, TrainedModel, training_metrics
 from recspark.train.loop import FitResult, fit, init_model, train_epoch
 from recspark.train.objectives.base import RunContext
 from recspark.train.objectives.ranking import (
@@ -28,6 +29,9 @@ from recspark.train.objectives.ranking import (
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.optim import Optimizers
 from recspark.train.precision import autocast, matmul_precision, resolve_precision
+from recspark.train.publication_gate import ValidationScores
+from recspark.train.spec import train_settings
+from recspark.train.warm import Carried
 from tests.test_training import SPEC, planted_ratings, quick, write_prepared
 
 CPU = torch.device("cpu")
@@ -56,7 +60,7 @@ def test_the_key_defaults_to_auto_reaches_the_loop_and_rejects_other_values():
     assert load_config().train.precision == "auto"
     config = load_config(None, ["train.precision=bf16"])
     assert config.train.precision == "bf16"
-    assert train_settings(config).precision == "bf16"
+    assert train_settings(config.train).precision == "bf16"
     with pytest.raises(ConfigError, match=r"train\.precision"):
         load_config(None, ["train.precision=fp16"])
 
@@ -67,17 +71,18 @@ def test_the_key_defaults_to_auto_reaches_the_loop_and_rejects_other_values():
 )
 def test_the_summary_says_which_precision_the_training_processes_used(setting, devices, used):
     config = load_config(None, [f"train.precision={setting}"])
-    best = dict.fromkeys(("validation_rmse", "validation_mae", "validation_auc"), None)
-    metrics = training_metrics(
-        config,
-        FitResult(devices=devices),
-        {**best, "validation_loss": 1.0},
-        {},
-        not_carried(),
-        CPU,
-        1.0,
-        "v1",
+    spec = DotSpec(n_users=1, n_items=1)
+    trained = TrainedModel(
+        model=build_model(spec),
+        spec=spec,
+        result=FitResult(devices=devices),
+        best=ValidationScores(validation_loss=1.0),
+        carried=Carried(),
+        device=CPU,
+        seconds=1.0,
+        loss_name="mse",
     )
+    metrics = training_metrics(config.train, trained, "v1")
     assert "precision" in SUMMARY_METRICS
     assert metrics["precision"] == used
 

@@ -18,7 +18,7 @@ from recspark.core.errors import BadInputError, MissingInputError
 from recspark.core.location import Location
 from recspark.data.synthetic import BIAS_SD, GLOBAL_MEAN, SyntheticSpec
 from recspark.data.titles import read_titles
-from recspark.model.embedding import lists_model
+from recspark.model.lists import lists_model
 from recspark.model.saving import load_model
 from recspark.serve.foldin import RankingFoldIn, fold_in, score_user
 from recspark.serve.recommend import fold_in_regularization

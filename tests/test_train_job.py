@@ -26,19 +26,18 @@ from recspark.core.storage import Layout
 from recspark.data.prepared import PreparedRun, read_manifest
 from recspark.model.published import index_fingerprint
 from recspark.model.saving import load_model
-from recspark.train.job import (
-    build_objective,
-    global_mean_rmse,
-    model_spec,
-    publication_refusal,
-    run_fingerprint,
-    train_settings,
-    warm_start,
-)
+from recspark.train.job import build_objective, run_fingerprint
 from recspark.train.loop import init_model
 from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingObjective
 from recspark.train.objectives.rating import RatingObjective
+from recspark.train.publication_gate import (
+    ValidationScores,
+    global_mean_rmse,
+    publication_refusal,
+)
+from recspark.train.spec import model_spec, train_settings
+from recspark.train.warm import Carried, warm_start
 from tests.test_training import write_prepared
 
 BASE = {
@@ -138,10 +137,10 @@ def test_warm_start_carries_the_last_published_model(spark, tmp_path):
     # The next day's id maps extend the first's: 40 new users and 10 new items at the end.
     write_prepared(root / "prepared" / "2026-01-16", users=340, items=130, count=6500, seed=1)
     config = load_config(None, [f"paths.root={root}", "run_date=2026-01-16", "model.factors=6"])
-    spec = model_spec(config, read_manifest(Layout(root), "2026-01-16"))
-    new = init_model(spec, seed=3)
+    spec = _spec(config, read_manifest(Layout(root), "2026-01-16"))
+    new = init_model(spec.as_dict(), seed=3)
     carried = warm_start(Layout(root), "2026-01-16", new, spec)
-    assert carried == {"from": "2026-01-15", "users": 300, "items": 120}
+    assert carried == Carried(source="2026-01-15", users=300, items=120)
     old, _, _ = load_model(Location(first["outputs"]["model"]))
     assert torch.equal(new.user_factors.weight[:300], old.user_factors.weight)
     assert torch.equal(new.item_bias.weight[:120], old.item_bias.weight)
@@ -151,7 +150,8 @@ def test_warm_start_carries_the_last_published_model(spark, tmp_path):
     # another planted matrix, which one epoch from the carried rows does not learn well enough to
     # beat the mean rating: that rule is not what this test is about.)
     status, second = train(
-        root, "2026-01-16",
+        root,
+        "2026-01-16",
         **{"train.warm_start": "true", "train.epochs": 1, "train.allow_worse": "true"},
     )
     assert status == 0, second
@@ -224,8 +224,7 @@ def test_the_mean_rating_baseline_and_the_publication_rules(tmp_path):
     )
 
     def figures(loss, rmse=None, auc=None):
-        return {"validation_loss": loss, "validation_rmse": rmse, "validation_mae": None,
-                "validation_auc": auc}
+        return ValidationScores(validation_loss=loss, validation_rmse=rmse, validation_auc=auc)
 
     start = figures(1.0, 1.0)
     assert publication_refusal("rating", figures(0.64, 0.8), start, 0.9) is None
@@ -243,35 +242,46 @@ def test_the_mean_rating_baseline_and_the_publication_rules(tmp_path):
 
 def test_the_job_picks_spec_objective_settings_and_fingerprint_from_the_config():
     manifest = PreparedRun.model_validate(
-        {"run_date": "2026-01-15", "users": 7, "items": 5, "rating_range": [1.0, 5.0],
-         "input": {"fingerprint": "x"}}
+        {
+            "run_date": "2026-01-15",
+            "users": 7,
+            "items": 5,
+            "rating_range": [1.0, 5.0],
+            "input": {"fingerprint": "x"},
+        }
     )
     ranking = load_config(
         None,
-        ["model.objective=ranking", "ranking.loss=bpr", "train.optimizer=sparse_adam",
-         "train.lr=0.5"],
+        [
+            "model.objective=ranking",
+            "ranking.loss=bpr",
+            "train.optimizer=sparse_adam",
+            "train.lr=0.5",
+        ],
     )
-    spec = model_spec(ranking, manifest)
-    assert spec["y_range"] is None and spec["sparse"] and (spec["n_users"], spec["n_items"]) == (7, 5)
-    objective = build_objective(ranking, manifest)  # uniform negatives: no Spark aggregate needed
+    spec = _spec(ranking, manifest).as_dict()
+    assert (
+        spec["y_range"] is None and spec["sparse"] and (spec["n_users"], spec["n_items"]) == (7, 5)
+    )
+    objective = _objective(ranking, manifest)  # uniform negatives: no Spark aggregate needed
     assert isinstance(objective, RankingObjective) and objective.settings.loss == "bpr"
-    assert train_settings(ranking).lr == 0.5 and train_settings(ranking).optimizer == "sparse_adam"
+    assert _settings(ranking).lr == 0.5 and _settings(ranking).optimizer == "sparse_adam"
     rating = load_config(None, [])
-    assert model_spec(rating, manifest)["y_range"] == [1.0, 5.5]
+    assert _spec(rating, manifest).as_dict()["y_range"] == [1.0, 5.5]
     # By default a rating model trains a ranking head beside its rating head (lists.source: head):
     # its loss adds the head's softmax, whose every train row is a positive.
-    joint = build_objective(rating, manifest)
-    assert isinstance(joint, JointObjective) and model_spec(rating, manifest)["lists_head"]
+    joint = _objective(rating, manifest)
+    assert isinstance(joint, JointObjective) and _spec(rating, manifest).as_dict()["lists_head"]
     assert joint.head_weight == rating.lists.head_weight
     assert joint.ranking.settings.positive_threshold == 0.0
-    assert train_settings(rating).head_lr_scale == rating.lists.head_lr_scale
+    assert _settings(rating).head_lr_scale == rating.lists.head_lr_scale
     plain = load_config(None, ["lists.source=ratings"])
-    assert isinstance(build_objective(plain, manifest), RatingObjective)
-    assert "lists_head" not in model_spec(plain, manifest)
-    assert train_settings(plain).head_lr_scale == 1.0
-    assert "lists_head" not in model_spec(ranking, manifest)
+    assert isinstance(_objective(plain, manifest), RatingObjective)
+    assert "lists_head" not in _spec(plain, manifest).as_dict()
+    assert _settings(plain).head_lr_scale == 1.0
+    assert "lists_head" not in _spec(ranking, manifest).as_dict()
     # A resume may change where and how fast it runs, not what it computes.
-    spec = model_spec(rating, manifest)
+    spec = _spec(rating, manifest)
     same = load_config(None, ["train.device=cpu", "train.reader_workers=3", "train.resume=true"])
     other = load_config(None, ["train.lr=0.123"])
     fingerprint = run_fingerprint(rating, spec, 100, manifest, None)
@@ -280,3 +290,15 @@ def test_the_job_picks_spec_objective_settings_and_fingerprint_from_the_config()
     head = load_config(None, ["lists.head_weight=0.9"])
     assert run_fingerprint(head, spec, 100, manifest, None) != fingerprint
     assert run_fingerprint(rating, spec, 101, manifest, None) != fingerprint
+
+
+def _spec(config, manifest):
+    return model_spec(config.model, config.train, config.lists, manifest)
+
+
+def _objective(config, manifest):
+    return build_objective(config.model, config.ranking, config.lists, manifest=manifest)
+
+
+def _settings(config):
+    return train_settings(config.train, config.lists.head_lr_scale if config.lists_head else None)

@@ -4,75 +4,57 @@ A run is described by one YAML file (``conf/default.yaml`` unless ``--config`` n
 ``--set dotted.key=value`` overrides. Both are validated here, by pydantic models that forbid
 unknown keys, before any Spark session starts: a typo or a bad value stops the command with a
 message that names the key. Jobs pick the values they need out of :class:`Config` and pass plain
-values down; no transform receives the whole config.
+values down; no transform receives the whole config. Reading the YAML (the parser, its size
+check, ``--set`` overrides, path resolution, error messages) is the job of
+:mod:`recspark.core.config_loading`; this module holds the sections and :func:`load_config`, which
+validates what that read. ``DEFAULT_CONFIG`` is re-exported from there (tests import it here).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import re
-import reprlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from recspark.core.choices import (
     BASELINE_NAMES,
     BaselineName,
-    Confidence,
     InputFormat,
-    ModelKind,
     Optimizer,
-    RankingLoss,
     ScheduleName,
-    SideInfoFormat,
     TableFormat,
+)
+from recspark.core.config_loading import CONF_DIR, REPO, format_errors, read_config_data
+from recspark.core.config_loading import DEFAULT_CONFIG as DEFAULT_CONFIG  # re-exported
+
+# The sections of what is trained live in config_model; imported here for Config and re-exported.
+from recspark.core.config_model import (
+    BlendConfig as BlendConfig,
+)
+from recspark.core.config_model import (
+    ListsConfig,
+    ModelConfig,
+    RankingConfig,
+    Section,
+)
+from recspark.core.config_model import (
+    SideInfoConfig as SideInfoConfig,
+)
+from recspark.core.config_model import (
+    carries_lists_head as carries_lists_head,
 )
 from recspark.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO / "conf"
-DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 
-#: Keys that hold a path. In a config file a relative local path is resolved against the file's
-#: folder, so a config means the same from any working directory; ``--set`` values are resolved
-#: against the working directory, as a shell user expects; a leading ``~`` is expanded in both.
-#: URIs (``s3a://``, ``hdfs://``, ``file://``...) are left as they are. ``*`` stands for every key
-#: of a mapping.
-PATH_KEYS = (
-    ("paths", "root"),
-    ("input", "path"),
-    ("input", "validation_path"),
-    ("model", "side_info", "path"),
-    ("recommend", "titles_path"),
-    ("benchmark", "movielens_path"),
-    ("benchmark", "ranking_config"),
-    ("benchmark", "model_configs", "*"),
-)
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+BenchmarkDataset = Literal["ml100k-u1", "ml100k-ranking", "synthetic"]
 
 
-def default_config_path() -> Path:
-    """``conf/default.yaml`` of the source tree, else of the working directory.
-
-    The second covers an installed package or a ``--py-files`` zip, where the package no longer
-    sits next to ``conf/``: run from the repository, or pass ``--config``.
-    """
-    for candidate in (DEFAULT_CONFIG, Path.cwd() / "conf" / "default.yaml"):
-        if candidate.is_file():
-            return candidate
-    return DEFAULT_CONFIG
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Section = Section
 
 
 class PathsConfig(_Section):
@@ -95,7 +77,7 @@ class ColumnsConfig(_Section):
 class InputConfig(_Section):
     path: str | None = None
     format: Literal["auto"] | InputFormat = "synthetic"
-    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    columns: ColumnsConfig = Field(default_factory=lambda: ColumnsConfig.model_validate({}))
     validation_path: str | None = None
     rating_min: float = 1.0
     rating_max: float = 5.0
@@ -123,135 +105,6 @@ class SplitConfig(_Section):
 class PrepareConfig(_Section):
     rows_per_file: int = Field(2_000_000, gt=0)
     row_group_mb: int = Field(8, gt=0)
-
-
-class SideInfoConfig(_Section):
-    """``model.side_info``: user and item features read from a MovieLens folder."""
-
-    format: SideInfoFormat = "movielens-100k"
-    path: str  # the folder holding u.user/u.item (100K) or users.dat/movies.dat (1M)
-    users: bool = True  # age band, gender, occupation
-    items: bool = True  # genres
-
-
-class BlendConfig(_Section):
-    """``model.blend``: a second model fitted after the main one, with settings of its own, whose
-    scores are averaged into the main model's.
-
-    ``kind: autorec`` (a rating model's partner): an I-AutoRec (:mod:`recspark.model.autorec`);
-    the published model predicts ``(1 - weight) * main + weight * autorec`` and its lists still
-    come from the main model (its ranking head, with ``lists.source: head``). The autoencoder reads
-    the train ratings into the trainer's memory (12 bytes a rating) and trains in that one process.
-
-    ``kind: ease`` (a ranking model's partner): EASE (:mod:`recspark.model.ease`), fitted in closed
-    form on the train positives; the lists rank by ``(1 - weight) * main + weight * ease`` on raw
-    scores. Its tables are dense (users x items and items x items): catalogues up to 20,000 items.
-    """
-
-    kind: Literal["autorec", "ease"] = "autorec"
-    # The partner's share: 0.3 for autorec, 2/3 for ease (its scores, about 0-1, are far smaller
-    # than a softmax model's logits: on ML-100K this adds twice EASE's score to the model's).
-    weight: float | None = Field(None, gt=0.0, lt=1.0)
-    hidden: int = Field(500, gt=0)  # autorec: width of its item codes
-    epochs: int = Field(20, gt=0)  # autorec
-    batch_size: int = Field(1024, gt=0)  # autorec
-    lr: float = Field(0.001, gt=0.0)  # autorec
-    # autorec: L2 on the encoder and decoder matrices, per epoch beside the summed squared errors
-    # (the paper's lambda / 2).
-    weight_decay: float = Field(50.0, ge=0.0)
-    patience: int = Field(3, ge=0)  # autorec
-    regularization: float = Field(500.0, gt=0.0)  # ease: its lambda (as benchmark.ease_lambda)
-
-    @property
-    def share(self) -> float:
-        """``weight``, or the kind's default when unset."""
-        if self.weight is not None:
-            return self.weight
-        return 0.3 if self.kind == "autorec" else 2.0 / 3.0
-
-
-class ModelConfig(_Section):
-    kind: ModelKind = "dot_bias"
-    objective: Literal["rating", "ranking"] = "rating"
-    factors: int = Field(32, gt=0)
-    user_factors: int | None = Field(None, gt=0)
-    item_factors: int | None = Field(None, gt=0)
-    y_range: tuple[float, float] | None = None
-    hidden: list[int] = Field(default_factory=lambda: [64])
-    dropouts: list[float] = Field(default_factory=lambda: [0.2])
-    embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    bias_penalty: float = Field(1.0, ge=0.0)  # multiplier of train.weight_decay for bias rows
-    side_info: SideInfoConfig | None = None  # side features added to the embedding tables
-    ensemble: int = Field(1, ge=1, le=16)  # >1: mean of that many dot/dot_bias models
-    blend: BlendConfig | None = None  # a second model averaged into the main one's scores
-
-    @model_validator(mode="after")
-    def _check_shapes(self) -> ModelConfig:
-        if len(self.dropouts) != len(self.hidden):
-            raise ValueError(
-                f"dropouts has {len(self.dropouts)} entries but hidden has {len(self.hidden)}:"
-                " give one dropout per hidden layer"
-            )
-        if any(not 0.0 <= p < 1.0 for p in self.dropouts):
-            raise ValueError("every dropout must be in [0, 1)")
-        if self.y_range is not None and self.y_range[0] >= self.y_range[1]:
-            raise ValueError("y_range must be [low, high] with low < high")
-        if self.ensemble > 1 and (self.kind == "mlp" or self.objective == "ranking"):
-            raise ValueError(
-                "model.ensemble averages rating-trained dot or dot_bias models: set "
-                "model.ensemble=1 for an mlp or a ranking model"
-            )
-        if self.blend is not None and self.blend.kind == "autorec" and self.objective == "ranking":
-            raise ValueError(
-                "model.blend.kind=autorec averages rating predictions; a ranking model predicts "
-                "none: set model.blend.kind=ease (or model.objective=rating)"
-            )
-        if self.blend is not None and self.blend.kind == "ease" and self.objective != "ranking":
-            raise ValueError(
-                "model.blend.kind=ease adds EASE's scores to a ranking model's; a rating model "
-                "takes model.blend.kind=autorec (or set model.objective=ranking)"
-            )
-        if self.y_range is not None and self.objective == "ranking":
-            raise ValueError(
-                "y_range squashes rating predictions; a ranking model scores without one: remove"
-                " model.y_range or set model.objective=rating"
-            )
-        return self
-
-
-class RankingConfig(_Section):
-    """``model.objective: ranking``: which rows are positives, the loss, negative sampling."""
-
-    loss: RankingLoss = "softmax"
-    # Per positive (bpr) or per batch, shared by its rows (softmax); >= items: whole catalogue.
-    negatives: int = Field(100, gt=0)
-    sampling_alpha: float = Field(0.0, ge=0.0)  # negatives drawn as (count + 1)^alpha; 0: uniform
-    positive_threshold: float = Field(0.0, ge=0.0)  # rating at or above it is a positive
-    confidence: Confidence = "none"  # per-row weight 1 + alpha * value
-    confidence_alpha: float = Field(1.0, ge=0.0)
-    validation_items: int = Field(1000, gt=0)  # items each validation positive is ranked against
-
-
-class ListsConfig(_Section):
-    """What the published top-N lists rank by (``score``, ``evaluate``, ``recommend``, ``nightly``).
-
-    ``head`` (default): a rating model (``model.objective: rating``) trains a ranking head beside
-    its rating head on the same batches (:mod:`recspark.train.objectives.joint`): own user rows,
-    the model's item rows, a per-item bias, a softmax over the catalogue (``ranking.loss``,
-    ``ranking.negatives``, ``ranking.sampling_alpha``, ``ranking.validation_items``) with every
-    train row a positive. The lists rank by the head's score plus ``rating_weight`` times the
-    rating head's logit. ``ratings``: rank by predicted rating (rating models before this
-    existed). A ranking model (``model.objective: ranking``) ranks by its own scores either way.
-    """
-
-    source: Literal["head", "ratings"] = "head"
-    head_weight: float = Field(0.3, gt=0.0)  # the head's loss beside the rating MSE
-    head_lr_scale: float = Field(0.2, gt=0.0)  # the head's rows learn at train.lr times this
-    # The head trains on the first this many rows of each (shuffled) batch: its step costs about
-    # as much again as the rating head's, so large batches (65,536 from 8M rows) share it out.
-    head_rows: int = Field(16384, gt=0)
-    # List score = head score + rating_weight x (p_u . q_i + b_i); 0: the head alone. Not for mlp.
-    rating_weight: float = Field(0.5, ge=0.0)
 
 
 class TrainConfig(_Section):
@@ -310,7 +163,9 @@ class ScoreConfig(_Section):
 class EvaluateConfig(_Section):
     k: int = Field(10, gt=0)
     relevance_threshold: float = Field(4.0, ge=0.0)
-    baselines: list[BaselineName] = Field(default_factory=lambda: list(BASELINE_NAMES))
+    baselines: list[BaselineName] = Field(
+        default_factory=lambda: cast(list[BaselineName], list(BASELINE_NAMES))
+    )
     bias_reg: float = Field(10.0, ge=0.0)  # shrinkage of the user+item bias baseline
     bias_iterations: int = Field(3, gt=0)
     als_ranks: list[int] = Field(default_factory=lambda: [10, 20])  # ALS grid, tuned on a
@@ -327,8 +182,8 @@ class EvaluateConfig(_Section):
 class BenchmarkConfig(_Section):
     """``recspark benchmark``: which data sets and contenders, side by side in one run."""
 
-    datasets: list[Literal["ml100k-u1", "ml100k-ranking", "synthetic"]] = Field(
-        default_factory=lambda: ["ml100k-u1", "ml100k-ranking", "synthetic"]
+    datasets: list[BenchmarkDataset] = Field(
+        default_factory=lambda: list(get_args(BenchmarkDataset))
     )
     synthetic_sizes: list[int] = Field(default_factory=lambda: [1_000_000, 10_000_000])
     ratings_per_user: int = Field(100, gt=0)  # synthetic shape: users = size / ratings_per_user
@@ -347,7 +202,13 @@ class BenchmarkConfig(_Section):
     # ml100k-ranking (u.data, user_stratified 25%, every validation item relevant) runs these
     ranking_contenders: list[str] = Field(
         default_factory=lambda: [
-            "recspark", "recspark-ranking", "als", "als-implicit", "most-popular", "biases", "ease",
+            "recspark",
+            "recspark-ranking",
+            "als",
+            "als-implicit",
+            "most-popular",
+            "biases",
+            "ease",
         ]
     )
     ranking_config: str = str(CONF_DIR / "movielens-100k-ranking.yaml")  # recspark-ranking's
@@ -441,24 +302,24 @@ class Config(_Section):
     @property
     def lists_head(self) -> bool:
         """Whether the trained model carries a ranking head its lists come from."""
-        return self.model.objective == "rating" and self.lists.source == "head"
+        return carries_lists_head(self.model, self.lists)
 
-    paths: PathsConfig = Field(default_factory=PathsConfig)
+    paths: PathsConfig = Field(default_factory=lambda: PathsConfig.model_validate({}))
     run_date: dt.date = Field(default_factory=dt.date.today)
-    spark: SparkConfig = Field(default_factory=SparkConfig)
-    input: InputConfig = Field(default_factory=InputConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    ranking: RankingConfig = Field(default_factory=RankingConfig)
-    lists: ListsConfig = Field(default_factory=ListsConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    score: ScoreConfig = Field(default_factory=ScoreConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
-    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
-    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
-    nightly: NightlyConfig = Field(default_factory=NightlyConfig)
+    spark: SparkConfig = Field(default_factory=lambda: SparkConfig.model_validate({}))
+    input: InputConfig = Field(default_factory=lambda: InputConfig.model_validate({}))
+    split: SplitConfig = Field(default_factory=lambda: SplitConfig.model_validate({}))
+    prepare: PrepareConfig = Field(default_factory=lambda: PrepareConfig.model_validate({}))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate({}))
+    ranking: RankingConfig = Field(default_factory=lambda: RankingConfig.model_validate({}))
+    lists: ListsConfig = Field(default_factory=lambda: ListsConfig.model_validate({}))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
+    score: ScoreConfig = Field(default_factory=lambda: ScoreConfig.model_validate({}))
+    evaluate: EvaluateConfig = Field(default_factory=lambda: EvaluateConfig.model_validate({}))
+    recommend: RecommendConfig = Field(default_factory=lambda: RecommendConfig.model_validate({}))
+    synthetic: SyntheticConfig = Field(default_factory=lambda: SyntheticConfig.model_validate({}))
+    benchmark: BenchmarkConfig = Field(default_factory=lambda: BenchmarkConfig.model_validate({}))
+    nightly: NightlyConfig = Field(default_factory=lambda: NightlyConfig.model_validate({}))
 
     @model_validator(mode="after")
     def _move_min_item_ratings(self) -> Config:
@@ -470,209 +331,18 @@ class Config(_Section):
         if "min_item_ratings" in self.score.model_fields_set and self.score.min_item_ratings != old:
             raise ConfigError(
                 f"invalid config: recommend.min_item_ratings={old} and score.min_item_ratings="
-                f"{self.score.min_item_ratings} disagree: recommend.min_item_ratings is deprecated, "
-                "set only score.min_item_ratings (it applies to score, evaluate and recommend)"
+                f"{self.score.min_item_ratings} disagree: recommend.min_item_ratings is "
+                "deprecated, set only score.min_item_ratings (it applies to score, evaluate and "
+                "recommend)"
             )
         log.warning(
             "recommend.min_item_ratings is deprecated: it moved to score.min_item_ratings, which "
-            "applies to score, evaluate and recommend alike; using score.min_item_ratings=%d", old
+            "applies to score, evaluate and recommend alike; using score.min_item_ratings=%d",
+            old,
         )
         self.score.min_item_ratings = old
         self.recommend.min_item_ratings = None
         return self
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML without implicit timestamps: ``2026-02-30`` stays text for the config to judge.
-
-    PyYAML would build a ``date`` itself and raise a bare ``ValueError`` on an impossible one;
-    as text, pydantic parses it and the error names the key (``run_date``).
-    """
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-#: The most YAML nodes a config (or one ``--set`` value) may expand to, its aliases (``*name``)
-#: counted at every place they are used. The shipped configs have a few hundred nodes; a
-#: hand-written one with long lists (``benchmark`` grids, ``spark.conf``) stays in the low
-#: thousands. 100,000 leaves a wide margin above any real config and still refuses an alias bomb
-#: ("billion laughs": nine nested lists of nine aliases expand to 10^9 nodes, gigabytes once
-#: built or printed) before anything expands it; counting the node graph costs a few
-#: milliseconds however far it would expand.
-MAX_YAML_NODES = 100_000
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    """One YAML document through :class:`_Loader`: ``yaml.safe_load`` minus timestamps.
-
-    The document is composed into its node graph first and refused, with a :class:`ConfigError`
-    naming ``source`` (``config file X``, ``--set KEY``), when it expands to more than
-    :data:`MAX_YAML_NODES` nodes; only then are Python values built from it.
-    """
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_size(node, source)
-        return loader.construct_document(node)
-    except RecursionError:
-        raise ConfigError(
-            f"{source} nests YAML lists or mappings too deeply to read: a recspark config is a "
-            "few levels deep"
-        ) from None
-    finally:
-        loader.dispose()
-
-
-def _check_size(root: yaml.Node, source: str) -> None:
-    """Refuse ``root`` when, with its aliases expanded, it holds more than MAX_YAML_NODES nodes.
-
-    Counts each distinct node once (memoized), so the cost is the size of the written text, not
-    of the expansion; an alias that refers to a node holding it (``&a [*a]``) is refused too.
-    """
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in open_nodes:
-            raise ConfigError(
-                f"{source} holds a YAML alias that refers to itself (&name ... *name inside it): "
-                "write the value out without the alias"
-            )
-        open_nodes.add(key)
-        if isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            children = node.value
-        else:
-            children = []
-        total = 1
-        for child in children:
-            total += size(child)
-            if total > MAX_YAML_NODES:
-                raise ConfigError(
-                    f"{source} expands to more than {MAX_YAML_NODES:,} YAML values once its "
-                    "aliases (*name) are expanded; a recspark config holds a few hundred: write "
-                    "the values out instead of nesting aliases"
-                )
-        open_nodes.discard(key)
-        sizes[key] = total
-        return total
-
-    size(root)
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects dotted.key=value, got {_shown(item)}")
-    try:
-        value = _parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def resolve_local(path: str, base: Path) -> str:
-    """``path`` made absolute against ``base`` when it is a relative local path; else as given.
-
-    A leading ``~`` or ``~user`` is expanded first (:func:`expand_home`).
-    """
-    if not isinstance(path, str) or not path or _URI.match(path):
-        return path
-    expanded = expand_home(path)
-    if os.path.isabs(expanded):
-        return expanded
-    return os.path.normpath(os.path.join(base, expanded))
-
-
-def expand_home(path: str) -> str:
-    """``path`` with a leading ``~`` or ``~user`` replaced by that home folder; else as given.
-
-    Only the first component: ``runs/~tmp`` keeps its ``~``. URIs are left as they are.
-    """
-    if not isinstance(path, str) or not path.startswith("~") or _URI.match(path):
-        return path
-    return os.path.expanduser(path)
-
-
-def _resolve_paths(node: Any, keys: tuple[str, ...], fix: Callable[[str], str]) -> None:
-    """Replace the path at ``keys`` inside the nested mapping ``node`` by ``fix(path)``."""
-    if not isinstance(node, dict) or not keys:
-        return
-    head, rest = keys[0], keys[1:]
-    names = list(node) if head == "*" else [head]
-    for name in names:
-        if name not in node:
-            continue
-        if rest:
-            _resolve_paths(node[name], rest, fix)
-        elif isinstance(node[name], str):
-            node[name] = fix(node[name])
-
-
-def _override_paths(key_path: list[str], value: Any) -> Any:
-    """``value`` of ``--set KEY=value`` with a leading ``~`` of its paths expanded.
-
-    ``value`` may be a path key's own value or a section holding some (``--set 'paths={root:
-    ~/x}'``): it is checked at its place in the config, as a config file's values are.
-    """
-    # {k1: {k2: ... {kn: value}}}, so that PATH_KEYS match as they do in a whole config.
-    nested = value
-    for part in reversed(key_path):
-        nested = {part: nested}
-    for keys in PATH_KEYS:
-        _resolve_paths(nested, keys, expand_home)
-    for part in key_path:
-        nested = nested[part]
-    return nested
-
-
-def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
-    node = data
-    for depth, part in enumerate(path[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a section")
-        node = child
-    node[path[-1]] = value
-
-
-#: How much of a bad value a message shows: enough to recognise it, never the whole of a long
-#: list or text (a message is one JSON line, read by people and schedulers alike).
-_SHOWN = reprlib.Repr()  # its keyword arguments are Python 3.12's; 3.11 sets the attributes
-_SHOWN.maxlevel, _SHOWN.maxstring = 2, 80
-_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 5
-_SHOWN_CHARS = 120
-_SHOWN_ERRORS = 10  # errors named in one message
-
-
-def _shown(value: Any) -> str:
-    """A short repr of ``value`` for a message: nested, long or repeated parts elided."""
-    text = _SHOWN.repr(value)
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
-
-
-def _format_errors(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])[:_SHOWN_CHARS] or "(top level)"
-        if item["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key (check its spelling against docs/INTERFACE.md)")
-        else:
-            lines.append(f"{key}: {item['msg']} (got {_shown(item.get('input'))})")
-    if len(lines) > _SHOWN_ERRORS:
-        more = len(lines) - _SHOWN_ERRORS
-        lines = [*lines[:_SHOWN_ERRORS], f"and {more} more (fix these and run again to see them)"]
-    return "invalid config: " + "; ".join(lines)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -682,7 +352,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     ----------
     path
         YAML file; ``conf/default.yaml`` when None. Relative local paths in it (the keys of
-        :data:`PATH_KEYS`) are resolved against its folder.
+        :data:`~recspark.core.config_loading.PATH_KEYS`) are resolved against its folder.
     overrides
         ``dotted.key=value`` strings; values are parsed as YAML scalars or lists. Their relative
         paths stay relative to the working directory.
@@ -693,22 +363,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         When the file is missing or unreadable, or any key is unknown or any value invalid; the
         message names every offending key.
     """
-    config_path = Path(path) if path is not None else default_config_path()
-    if not config_path.is_file():
-        raise ConfigError(f"config file {config_path} not found: pass an existing YAML file to --config")
-    try:
-        data = _parse_yaml(config_path.read_text(), f"config file {config_path}") or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {config_path} must hold a mapping of sections")
-    base = config_path.resolve().parent
-    for keys in PATH_KEYS:
-        _resolve_paths(data, keys, lambda text: resolve_local(text, base))
-    for item in overrides or []:
-        key_path, value = _parse_override(item)
-        _apply_override(data, key_path, _override_paths(key_path, value))
+    data = read_config_data(path, overrides)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(format_errors(exc)) from None

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from recspark.model.embedding import EmbeddingModel, Ensemble
+from recspark.model.base import EmbeddingModel
+from recspark.model.ensemble import Ensemble
 
 
 class _Codes:
@@ -75,6 +76,12 @@ class AutoRec(EmbeddingModel):
     ``weight_decay * (|V|^2 + |W|^2)`` beside the summed squared errors.
     """
 
+    # Buffers: the stored codes, and the train ratings by item (offsets into users and values).
+    item_codes: torch.Tensor
+    rating_offsets: torch.Tensor
+    rating_users: torch.Tensor
+    rating_values: torch.Tensor
+
     def __init__(
         self,
         n_users: int,
@@ -92,14 +99,17 @@ class AutoRec(EmbeddingModel):
             self.encoder.weight.uniform_(-(n_users**-0.5), n_users**-0.5)
             self.user_factors.weight.uniform_(-(hidden**-0.5), hidden**-0.5)
             self.user_bias.weight.fill_(mean)
-        self.register_buffer("item_codes", torch.sigmoid(self.encoder_bias).repeat(n_items, 1))
+        # Detached: a buffer that kept the sigmoid's graph would tie every later use of the codes
+        # (a fold-in's repeated backward passes) to this one.
+        codes = torch.sigmoid(self.encoder_bias.detach()).repeat(n_items, 1)
+        self.register_buffer("item_codes", codes)
         self.register_buffer("rating_offsets", torch.zeros(n_items + 1, dtype=torch.long), False)
         self.register_buffer("rating_users", torch.zeros(0, dtype=torch.long), False)
         self.register_buffer("rating_values", torch.zeros(0), False)
-        self.y_range = tuple(y_range) if y_range is not None else None
+        self.y_range = (y_range[0], y_range[1]) if y_range is not None else None
 
     @property
-    def item_factors(self) -> _Codes:
+    def item_factors(self) -> _Codes:  # type: ignore[override]  # a read-only view of the codes
         return _Codes(self)
 
     @property
@@ -151,7 +161,9 @@ class AutoRec(EmbeddingModel):
     def store_codes(self, block: int = 4096) -> None:
         """Store every item's code under the current weights in ``item_codes``."""
         for start in range(0, self.n_items, block):
-            items = torch.arange(start, min(start + block, self.n_items), device=self.item_codes.device)
+            items = torch.arange(
+                start, min(start + block, self.n_items), device=self.item_codes.device
+            )
             self.item_codes[items] = self.encode(items)
 
     def train(self, mode: bool = True) -> AutoRec:
@@ -194,12 +206,14 @@ class AutoRec(EmbeddingModel):
 class Blend(Ensemble):
     """The weighted mean of models of different kinds trained apart (``model.blend``).
 
-    ``parts[0]`` is the main model (its :class:`~recspark.model.embedding.ListHead`, when it has
-    one, gives the published lists: :func:`~recspark.model.embedding.lists_model`), the others
+    ``parts[0]`` is the main model (its :class:`~recspark.model.head.ListHead`, when it has
+    one, gives the published lists: :func:`~recspark.model.lists.lists_model`), the others
     its partners. The parts' rows sit side by side as an ensemble's, so the blend scores through
     the same kernel, and each part keeps its own prediction (a sigmoid-scaled ``dot_bias``, a
     clamped autoencoder) before they are averaged with ``weights``.
     """
+
+    weights: torch.Tensor  # a buffer: each part's weight in the prediction
 
     def __init__(self, parts: list[EmbeddingModel], weights: list[float]):
         if len(weights) != len(parts):
@@ -212,7 +226,7 @@ class Blend(Ensemble):
 
     @property
     def main(self) -> EmbeddingModel:
-        return self.members[0]
+        return self.models[0]
 
     @property
     def lists_members(self) -> list[EmbeddingModel]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from recspark.core.errors import BadInputError
-from recspark.model.embedding import DotProduct
+from recspark.model.mf import DotProduct
 
 #: Most items EASE takes: its solve inverts an items x items matrix (``benchmark.ease_max_items``'s
 #: default).
@@ -78,8 +78,10 @@ class EaseModel(DotProduct):
         if len(users) != len(items):
             raise ValueError(f"{len(users)} users but {len(items)} items")
         if len(users) and (
-            users.min() < 0 or users.max() >= self.n_users
-            or items.min() < 0 or items.max() >= self.n_items
+            users.min() < 0
+            or users.max() >= self.n_users
+            or items.min() < 0
+            or items.max() >= self.n_items
         ):
             raise IndexError(f"a pair lies outside the {self.n_users} x {self.n_items} tables")
         history = np.zeros((self.n_users, self.n_items), dtype=np.float32)

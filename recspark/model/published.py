@@ -1,10 +1,11 @@
 """What the later stages read of a published model (``models/RUN_DATE``), typed once.
 
-``model.pt`` stores its ``spec`` (the :func:`~recspark.model.registry.build_model` arguments) and
-``meta`` as plain dicts (:mod:`recspark.model.saving`), so models saved before these types existed
-load unchanged; :class:`ModelSpec` and :class:`ModelMeta` are built from those dicts on load and
-give them back with ``as_dict()`` for saving. :class:`PublishedModel` adds the folder and what the
-trainer's ``metrics.json`` says (``model_version``, the per-epoch history, the settings it ran with).
+``model.pt`` stores its ``spec`` (:class:`~recspark.model.spec.ModelSpec`, the one typed
+description of a model) and ``meta`` as plain dicts (:mod:`recspark.model.saving`), so models saved
+before these types existed load unchanged; the spec and :class:`ModelMeta` are built from those
+dicts on load and give them back with ``as_dict()`` for saving. :class:`PublishedModel` adds the
+folder and what the trainer's ``metrics.json`` says (``model_version``, the per-epoch history, the
+settings it ran with).
 
 A model's rows follow the id maps of one prepared run (``meta.index_date``); ``prepare`` re-run for
 that date with other data writes other maps, and the model's row ``i`` is then somebody else.
@@ -18,52 +19,34 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from recspark.core.errors import BadInputError, MissingInputError
 from recspark.core.location import Location
 from recspark.core.storage import Layout, parquet_rows, read_json
 from recspark.data.prepared import MANIFEST, PreparedRun, read_manifest
-from recspark.model.embedding import EmbeddingModel, lists_model
+from recspark.model.base import EmbeddingModel
+from recspark.model.lists import lists_model
 from recspark.model.saving import MODEL_FILE, load_model, model_bytes
+from recspark.model.spec import ModelSpec, spec_from_dict
 
 METRICS_FILE = "metrics.json"
+
+
+def _to_spec(value: Any) -> ModelSpec:
+    """A stored spec dict (or a spec) as a :class:`ModelSpec`; pydantic reports what is wrong."""
+    if not isinstance(value, ModelSpec | dict):
+        raise ValueError(f"a model spec is a dict, not {type(value).__name__}")
+    return spec_from_dict(value)
+
+
+#: A :class:`ModelSpec` field of a pydantic model, validated from its stored dict.
+StoredSpec = Annotated[ModelSpec, PlainValidator(_to_spec)]
 # Beside a ranking head's model: the factor tables of the model its lists rank by.
 LISTS_FOLDER = "lists"
-
-
-class ModelSpec(BaseModel):
-    """:func:`build_model`'s arguments, as ``model.pt`` stores them (``spec``).
-
-    The defaults are :func:`build_model`'s; :meth:`as_dict` gives back only the arguments that were
-    given, so what is saved is what the trainer chose. Unknown keys are kept and passed on.
-    """
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    kind: str
-    n_users: int = Field(ge=0)
-    n_items: int = Field(ge=0)
-    factors: int = 32
-    y_range: list[float] | None = [1.0, 5.5]
-    hidden: list[int] | None = None
-    dropouts: list[float] | None = None
-    embedding_dropout: float = 0.0
-    user_factors: int | None = None
-    item_factors: int | None = None
-    sparse: bool = False
-    bias_penalty: float = 1.0
-    members: int = 1
-    user_features: int = 0
-    item_features: int = 0
-    lists_head: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        """The plain dict ``model.pt`` holds: ``build_model(**spec.as_dict())`` rebuilds the model."""
-        return self.model_dump(exclude_unset=True)
 
 
 class ModelMeta(BaseModel):
@@ -92,7 +75,7 @@ class PublishedModel(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     folder: Location
-    spec: ModelSpec
+    spec: StoredSpec
     meta: ModelMeta
     model_version: str
     # metrics.json as the trainer wrote it: per-epoch ``history``, the ``train`` settings it ran
@@ -111,7 +94,7 @@ class PublishedModel(BaseModel):
     def lists_from_head(self) -> bool:
         """Whether its lists come from a ranking head beside the rating head (``lists.source:
         head``) rather than from the model's own scores."""
-        return self.spec.lists_head
+        return self.spec.carries_lists_head
 
     @property
     def lists_objective(self) -> str:
@@ -138,6 +121,7 @@ class PublishedModel(BaseModel):
             return Lists(model, self.spec.as_dict(), self.meta.as_dict(), self.folder)
         weight = self.meta.lists_rating_weight or 0.0
         lists, spec = lists_model(model, weight)
+        assert spec is not None  # a model with a ranking head has a lists model of its own
         meta = {**self.meta.as_dict(), "objective": "ranking"}
         return Lists(lists, spec, meta, self.lists_folder)
 
@@ -166,17 +150,22 @@ def load_published_model(
     folder = layout.model(run_date)
     if not (folder / MODEL_FILE).exists() or not (folder / METRICS_FILE).exists():
         raise MissingInputError(
-            f"no trained model for run_date {run_date} under {layout.root}: run `recspark train` first"
+            f"no trained model for run_date {run_date} under {layout.root}: "
+            "run `recspark train` first"
         )
     model, spec, meta = load_model(folder, device)
     metrics = read_json(folder / METRICS_FILE)
     try:
-        published = PublishedModel(
-            folder=folder,
-            spec=spec,
-            meta=meta,
-            model_version=metrics.get("model_version") if isinstance(metrics, dict) else None,
-            metrics=metrics,
+        published = PublishedModel.model_validate(
+            {
+                "folder": folder,
+                "spec": spec,
+                "meta": meta,
+                "model_version": metrics.get("model_version")
+                if isinstance(metrics, dict)
+                else None,
+                "metrics": metrics,
+            }
         )
     except ValidationError as error:
         problem = error.errors()[0]
@@ -188,7 +177,7 @@ def load_published_model(
     return model, published
 
 
-def published_version(folder: str | Path) -> str | None:
+def published_version(folder: str | Path | Location) -> str | None:
     """The ``model_version`` of the model published in ``folder``; None when there is none."""
     path = Location(folder) / METRICS_FILE
     if not path.exists():
@@ -253,9 +242,7 @@ def check_id_maps(layout: Layout, published: PublishedModel, advice: str | None 
         manifest = read_manifest(layout, index_date)
         recorded = published.meta.index_fingerprint
         if recorded is not None and recorded != index_fingerprint(manifest):
-            raise BadInputError(
-                f"{stale} (prepare was re-run for {index_date} since): {advice}"
-            )
+            raise BadInputError(f"{stale} (prepare was re-run for {index_date} since): {advice}")
         sizes = (manifest.users, manifest.items)
     elif (prepared / "user_index").is_dir() and (prepared / "item_index").is_dir():
         sizes = (parquet_rows(prepared / "user_index"), parquet_rows(prepared / "item_index"))
@@ -273,13 +260,12 @@ def check_id_maps(layout: Layout, published: PublishedModel, advice: str | None 
 
 
 def save_model(
-    path: str | Path,
+    path: str | Path | Location,
     model: EmbeddingModel,
     spec: ModelSpec | dict[str, Any],
     meta: ModelMeta | dict[str, Any],
 ) -> None:
     """Write ``model.pt``: ``spec`` and ``meta`` are checked against
-    :class:`~recspark.model.published.ModelSpec` and :class:`~recspark.model.published.ModelMeta`
-    and stored as plain dicts."""
-    spec, meta = ModelSpec.model_validate(spec), ModelMeta.model_validate(meta)
-    Location(path).write_bytes(model_bytes(model, spec.as_dict(), meta.as_dict()))
+    :class:`~recspark.model.spec.ModelSpec` and :class:`ModelMeta` and stored as plain dicts."""
+    checked_spec, checked_meta = spec_from_dict(spec), ModelMeta.model_validate(meta)
+    Location(path).write_bytes(model_bytes(model, checked_spec.as_dict(), checked_meta.as_dict()))

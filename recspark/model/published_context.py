@@ -20,7 +20,7 @@ from recspark.core.storage import Layout
 from recspark.model.published import Lists, PublishedModel, check_id_maps, load_published_model
 
 if TYPE_CHECKING:
-    from recspark.model.embedding import EmbeddingModel
+    from recspark.model.base import EmbeddingModel
 
 
 @dataclass(frozen=True)

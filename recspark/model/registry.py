@@ -1,139 +1,152 @@
-"""The model factory: :func:`build_model` builds every kind from its spec, the arguments a
-published model stores (:class:`~recspark.model.published.ModelSpec`).
+"""The model registry: :func:`build_model`, the one factory, builds every kind from its
+:class:`~recspark.model.spec.ModelSpec` through :data:`BUILDERS`, a table of kind -> builder.
 
-It sits above the kinds, not in :mod:`recspark.model.embedding` beside their base classes: the
-kinds of other modules (:mod:`recspark.model.autorec`, :mod:`recspark.model.ease`) build on those
-classes, and the factory builds them, so a factory in the base module would make the two import
-each other.
+Adding a kind is a spec case (:mod:`recspark.model.spec`) and one row here. The registry sits above
+the kinds, never in a base module they import: the kinds (:mod:`recspark.model.mf`,
+:mod:`recspark.model.autorec`, ...) build on the base classes, and the factory builds the kinds, so
+a factory beside the base classes would make the two import each other.
 """
 
 from __future__ import annotations
 
-from recspark.core.choices import MODEL_KINDS
+from collections.abc import Callable
+from typing import Any
+
+from recspark.core.choices import BUILT_MODEL_KINDS
 from recspark.core.errors import BadInputError
 from recspark.model.autorec import AutoRec, Blend
+from recspark.model.base import EmbeddingModel
 from recspark.model.ease import EaseModel
-from recspark.model.embedding import (
-    DotBias,
-    DotProduct,
-    EmbeddingModel,
-    EmbeddingNet,
-    Ensemble,
-    embedding_size,
+from recspark.model.ensemble import Ensemble
+from recspark.model.mf import DotBias, DotProduct
+from recspark.model.mlp import EmbeddingNet
+from recspark.model.spec import (
+    AutoRecSpec,
+    BlendSpec,
+    FactorSpec,
+    ModelSpec,
+    spec_from_dict,
+)
+from recspark.model.tables import embedding_size
+
+#: The order of :func:`build_model`'s positional arguments in its keyword form (older callers).
+POSITIONAL = (
+    "n_users",
+    "n_items",
+    "factors",
+    "y_range",
+    "hidden",
+    "dropouts",
+    "embedding_dropout",
+    "user_factors",
+    "item_factors",
+    "sparse",
 )
 
-#: Kinds an ensemble may average: their scores are one matrix product per member.
-ENSEMBLE_KINDS = ("dot", "dot_bias")
+
+def _features(spec: FactorSpec) -> dict[str, Any]:
+    return {
+        "user_features": spec.user_features,
+        "item_features": spec.item_features,
+        "bias_penalty": spec.bias_penalty,
+    }
+
+
+def _dot(spec: ModelSpec) -> EmbeddingModel:
+    assert isinstance(spec, FactorSpec)
+    return DotProduct(
+        spec.n_users, spec.n_items, spec.factors, sparse=spec.sparse, **_features(spec)
+    )
+
+
+def _dot_bias(spec: ModelSpec) -> EmbeddingModel:
+    assert isinstance(spec, FactorSpec)
+    return DotBias(
+        spec.n_users,
+        spec.n_items,
+        spec.factors,
+        spec.y_range,
+        sparse=spec.sparse,
+        **_features(spec),
+    )
+
+
+def _mlp(spec: ModelSpec) -> EmbeddingModel:
+    assert isinstance(spec, FactorSpec)
+    return EmbeddingNet(
+        spec.n_users,
+        spec.n_items,
+        spec.user_factors or embedding_size(spec.n_users),
+        spec.item_factors or embedding_size(spec.n_items),
+        list(spec.hidden),
+        list(spec.layer_dropouts),
+        embedding_dropout=spec.embedding_dropout,
+        y_range=spec.y_range,
+        sparse=spec.sparse,
+        **_features(spec),
+    )
+
+
+def _autorec(spec: ModelSpec) -> EmbeddingModel:
+    assert isinstance(spec, AutoRecSpec)
+    return AutoRec(spec.n_users, spec.n_items, spec.factors, spec.rating_mean, spec.y_range)
+
+
+def _ease(spec: ModelSpec) -> EmbeddingModel:
+    return EaseModel(spec.n_users, spec.n_items)
+
+
+def _blend(spec: ModelSpec) -> EmbeddingModel:
+    assert isinstance(spec, BlendSpec)
+    return Blend([build_model(part) for part in spec.parts], list(spec.weights))
+
+
+#: Kind -> the function that builds one model of it (ensembles and heads are added around it).
+BUILDERS: dict[str, Callable[[ModelSpec], EmbeddingModel]] = {
+    "dot": _dot,
+    "dot_bias": _dot_bias,
+    "mlp": _mlp,
+    "autorec": _autorec,
+    "ease": _ease,
+    "blend": _blend,
+}
+assert set(BUILDERS) == set(BUILT_MODEL_KINDS), "the registry builds what choices names"
 
 
 def build_model(
-    kind: str,
-    n_users: int,
-    n_items: int,
-    factors: int = 32,
-    y_range: tuple[float, float] | None = (1.0, 5.5),
-    hidden: list[int] | None = None,
-    dropouts: list[float] | None = None,
-    embedding_dropout: float = 0.0,
-    user_factors: int | None = None,
-    item_factors: int | None = None,
-    sparse: bool = False,
-    user_features: int = 0,
-    item_features: int = 0,
-    bias_penalty: float = 1.0,
-    members: int = 1,
-    lists_head: bool = False,
-    rating_mean: float = 0.0,
-    parts: list[dict] | None = None,
-    weights: list[float] | None = None,
+    spec: ModelSpec | str | None = None, *args: Any, **arguments: Any
 ) -> EmbeddingModel:
-    """Build a model by name; table sizes come from the id maps, never from the batches.
+    """Build the model ``spec`` describes; table sizes come from the id maps, never the batches.
 
     Parameters
     ----------
-    kind
-        ``dot``, ``dot_bias`` or ``mlp``; ``autorec``, ``ease`` and ``blend``
-        (:mod:`recspark.model.autorec`, :mod:`recspark.model.ease`) as ``model.blend`` builds them.
-    n_users, n_items
-        Rows of the user and item tables.
-    factors
-        Embedding width of the dot models.
-    y_range
-        ``(low, high)`` of the sigmoid-scaled output (``dot_bias``, ``mlp``); None for raw scores.
-    hidden, dropouts, embedding_dropout
-        The ``mlp``'s layers, their dropout, and dropout on the concatenated embeddings.
-    user_factors, item_factors
-        The ``mlp``'s embedding widths; default to fastai's :func:`embedding_size`.
-    sparse
-        Embedding tables with sparse gradients (for the sparse optimizers).
-    user_features, item_features
-        Number of side features per user / item (0: none); their values are set afterwards with
-        :meth:`EmbeddingModel.set_side_features`, or arrive with a state dict.
-    bias_penalty
-        Multiplier of ``train.weight_decay`` for bias rows.
-    members
-        Above 1: an :class:`Ensemble` of that many models of ``kind`` (``dot`` or ``dot_bias``).
-    lists_head
-        Give the model (every member) a :class:`~recspark.model.embedding.ListHead`, the ranking
-        head its lists come from.
-    rating_mean
-        ``autorec``: where its user biases start.
-    parts, weights
-        ``blend``: the ``build_model`` arguments of each part (the main model first) and their
-        weights in the prediction.
+    spec
+        A :class:`~recspark.model.spec.ModelSpec`. Callers that hold a stored spec's plain dict
+        may pass it as keyword arguments instead (``build_model(**stored)``, what ``model.pt``
+        holds), or the kind followed by its arguments in the order of :data:`POSITIONAL`
+        (``build_model("dot", 3, 4, factors=2)``); both are read by
+        :meth:`~recspark.model.spec.ModelSpec.from_stored`.
+
+    Raises
+    ------
+    BadInputError
+        For empty tables (prepare found no data).
+    ValueError
+        For an unknown kind, an argument its kind does not take, or an impossible shape.
     """
-    if n_users <= 0 or n_items <= 0:
-        raise BadInputError(f"empty tables ({n_users} users, {n_items} items): prepare found no data")
-    if user_features < 0 or item_features < 0:
-        raise ValueError("user_features and item_features count features: they cannot be negative")
-    extra = {
-        "user_features": user_features,
-        "item_features": item_features,
-        "bias_penalty": bias_penalty,
-    }
-    if kind == "ease":
-        return EaseModel(n_users, n_items)
-    if kind in ("autorec", "blend"):
-        if kind == "blend":
-            return Blend([build_model(**part) for part in parts or []], list(weights or []))
-        return AutoRec(n_users, n_items, factors, rating_mean, y_range)
-    if members > 1:
-        if kind not in ENSEMBLE_KINDS:
-            raise ValueError(f"an ensemble averages {ENSEMBLE_KINDS} models, not {kind!r}")
-        return Ensemble(
-            [build_model(kind, n_users, n_items, factors, y_range, sparse=sparse,
-                         lists_head=lists_head, **extra)
-             for _ in range(members)]
+    if not isinstance(spec, ModelSpec):
+        if spec is not None:
+            arguments["kind"] = spec
+        arguments.update(zip(POSITIONAL, args, strict=False))
+        spec = spec_from_dict(arguments)
+    if spec.n_users <= 0 or spec.n_items <= 0:
+        raise BadInputError(
+            f"empty tables ({spec.n_users} users, {spec.n_items} items): prepare found no data"
         )
-    model = _build_one(
-        kind, n_users, n_items, factors, y_range, hidden, dropouts, embedding_dropout,
-        user_factors, item_factors, sparse, extra,
-    )
-    if lists_head:
-        model.add_lists_head(user_features, item_features)
+    if isinstance(spec, FactorSpec) and spec.members > 1:
+        single = spec.replace(members=1)
+        return Ensemble([build_model(single) for _ in range(spec.members)])
+    model = BUILDERS[spec.kind](spec)
+    if isinstance(spec, FactorSpec) and spec.lists_head:
+        model.add_lists_head(spec.user_features, spec.item_features)
     return model
-
-
-def _build_one(
-    kind, n_users, n_items, factors, y_range, hidden, dropouts, embedding_dropout,
-    user_factors, item_factors, sparse, extra,
-) -> EmbeddingModel:
-    if kind == "dot":
-        return DotProduct(n_users, n_items, factors, sparse, **extra)
-    if kind == "dot_bias":
-        return DotBias(n_users, n_items, factors, y_range, sparse, **extra)
-    if kind == "mlp":
-        hidden = list(hidden if hidden is not None else [64])
-        return EmbeddingNet(
-            n_users,
-            n_items,
-            user_factors or embedding_size(n_users),
-            item_factors or embedding_size(n_items),
-            hidden,
-            list(dropouts if dropouts is not None else [0.0] * len(hidden)),
-            embedding_dropout,
-            y_range,
-            sparse,
-            **extra,
-        )
-    raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")

@@ -4,14 +4,14 @@
 (``meta``: which prepared run's id maps its rows refer to, ``meta.index_date``, and its objective),
 as plain dicts; :func:`load_model` rebuilds the model from that alone. Saving goes through
 :func:`recspark.model.published.save_model`, which checks them against their typed form (what the
-later stages read of a published model); this module itself needs no pydantic, so the scoring kernel loads
-models on a machine with torch alone. A model file holds tensors and plain data only
+later stages read of a published model); this module itself needs no pydantic, so the scoring
+kernel loads models on a machine with torch alone. A model file holds tensors and plain data only
 (:func:`plain_data`), and is read back with ``torch.load(weights_only=True)`` (:func:`load_plain`):
 a file that holds anything else (a pickled object whose ``__reduce__`` would run code) is refused
-before any of it runs. Checkpoints are written and read the same way. The factor tables (``user_idx``, ``bias``, ``factors``) are
-for downstream use and for scoring. :func:`carry_weights` starts a new model from an older one: because id maps are stable
-(a known id keeps its index, new ids are appended), row ``i`` of an old user or item table is row
-``i`` of the new one.
+before any of it runs. Checkpoints are written and read the same way. The factor tables
+(``user_idx``, ``bias``, ``factors``) are for downstream use and for scoring. :func:`carry_weights`
+starts a new model from an older one: because id maps are stable (a known id keeps its index, new
+ids are appended), row ``i`` of an old user or item table is row ``i`` of the new one.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location
 from recspark.core.storage import parquet_files, read_parquet
-from recspark.model.embedding import EmbeddingModel
+from recspark.model.base import EmbeddingModel
 from recspark.model.registry import build_model
+from recspark.model.spec import spec_from_dict
 
 MODEL_FILE = "model.pt"
 
@@ -47,8 +48,8 @@ PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
 def plain_data(value: Any, where: str = "value") -> Any:
-    """``value`` as a model or checkpoint file may hold it: tensors (moved to the CPU), dicts, lists,
-    tuples, str, int, float, bool and None; numpy scalars become Python numbers.
+    """``value`` as a model or checkpoint file may hold it: tensors (moved to the CPU), dicts,
+    lists, tuples, str, int, float, bool and None; numpy scalars become Python numbers.
 
     Such a file loads with ``torch.load(weights_only=True)``, which runs no code.
 
@@ -84,7 +85,11 @@ def plain_data(value: Any, where: str = "value") -> Any:
 
 
 def load_plain(
-    source: bytes | str | Path | Location, name: str, kind: str, advice: str, map_location: Any = "cpu"
+    source: bytes | str | Path | Location,
+    name: str,
+    kind: str,
+    advice: str,
+    map_location: Any = "cpu",
 ) -> Any:
     """What ``torch.save`` wrote to ``source`` (bytes or a file), read with ``weights_only=True``.
 
@@ -137,8 +142,6 @@ def model_bytes(model: EmbeddingModel, spec: dict[str, Any], meta: dict[str, Any
     return buffer.getvalue()
 
 
-
-
 #: Parameters above which :func:`model_from_bytes` builds the model on the meta device.
 META_BUILD_PARAMETERS = 1 << 24
 
@@ -174,14 +177,14 @@ def model_from_bytes(
     size = sum(tensor.numel() for tensor in payload["state_dict"].values())
     building = torch.device("meta" if size > META_BUILD_PARAMETERS else "cpu")
     with torch.random.fork_rng(devices=[]), building:
-        model = build_model(**payload["spec"])
+        model = build_model(spec_from_dict(payload["spec"]))
     model.load_state_dict(payload["state_dict"], assign=True)
     model.to(device).eval()
     return model, payload["spec"], payload["meta"]
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path | Location, device: str | torch.device = "cpu"
 ) -> tuple[EmbeddingModel, dict, dict]:
     """(model in eval mode, spec, meta) from a ``model.pt`` file or the folder holding it."""
     target = Location(path)
@@ -206,23 +209,25 @@ def _factor_table(
                 "model's; re-run `recspark train` on this prepared run"
             )
         columns[id_name] = ids
-    columns.update({
-        "bias": pa.array(
-            bias.detach().cpu().numpy().reshape(-1).astype(np.float32)
-            if bias is not None
-            else np.zeros(len(matrix), dtype=np.float32)
-        ),
-        "factors": pa.ListArray.from_arrays(
-            pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)),
-            pa.array(matrix.reshape(-1)),
-        ),
-    })
+    columns.update(
+        {
+            "bias": pa.array(
+                bias.detach().cpu().numpy().reshape(-1).astype(np.float32)
+                if bias is not None
+                else np.zeros(len(matrix), dtype=np.float32)
+            ),
+            "factors": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)),
+                pa.array(matrix.reshape(-1)),
+            ),
+        }
+    )
     return pa.table(columns)
 
 
 def write_factor_tables(
     model: EmbeddingModel,
-    folder: str | Path,
+    folder: str | Path | Location,
     user_ids: pa.Array | None = None,
     item_ids: pa.Array | None = None,
 ) -> dict[str, str]:
@@ -234,10 +239,22 @@ def write_factor_tables(
     base = Location(folder)
     outputs = {}
     for name, index_name, id_name, ids, factors, bias in (
-        ("user_factors", USER_IDX, USER_ID, user_ids, model.user_factors.weight,
-         getattr(model, "user_bias", None)),
-        ("item_factors", ITEM_IDX, ITEM_ID, item_ids, model.item_factors.weight,
-         getattr(model, "item_bias", None)),
+        (
+            "user_factors",
+            USER_IDX,
+            USER_ID,
+            user_ids,
+            model.user_factors.weight,
+            getattr(model, "user_bias", None),
+        ),
+        (
+            "item_factors",
+            ITEM_IDX,
+            ITEM_ID,
+            item_ids,
+            model.item_factors.weight,
+            getattr(model, "item_bias", None),
+        ),
     ):
         target = base / name
         table = _factor_table(
@@ -249,7 +266,9 @@ def write_factor_tables(
     return outputs
 
 
-def raw_ids(index_folder: str | Path, id_name: str, index_name: str, size: int) -> pa.Array:
+def raw_ids(
+    index_folder: str | Path | Location, id_name: str, index_name: str, size: int
+) -> pa.Array:
     """The raw ids of an id map (``prepared/D/user_index``), ordered by their dense index.
 
     Read with pyarrow: the map has one row per id, the size of the model's own table.
@@ -333,10 +352,10 @@ def carry_weights(
                     tuple(new.shape),
                 )
             continue
-        side = _table_side(key, old, new, old_sizes, new_sizes) if new.dim() >= 1 else None
-        if side is not None:
+        table_side = _table_side(key, old, new, old_sizes, new_sizes) if new.dim() >= 1 else None
+        if table_side is not None:
             new[: old.shape[0]] = old.to(new.device)
-            carried[side] = old.shape[0]
+            carried[table_side] = old.shape[0]
         elif old.shape == new.shape:
             new.copy_(old.to(new.device))
     return carried

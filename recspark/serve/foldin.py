@@ -49,8 +49,11 @@ import torch
 
 from recspark.core.errors import BadInputError
 from recspark.model.autorec import Blend
+from recspark.model.base import EmbeddingModel
 from recspark.model.ease import EaseModel
-from recspark.model.embedding import DotBias, DotProduct, EmbeddingModel, EmbeddingNet, Ensemble
+from recspark.model.ensemble import Ensemble
+from recspark.model.mf import DotBias, DotProduct
+from recspark.model.mlp import EmbeddingNet
 
 # Scaled ratings are clipped to [EDGE, 1 - EDGE] before the logit: a rating at the bottom of
 # y_range would otherwise need an infinite logit. Gauss-Newton then refines on the exact loss.
@@ -424,7 +427,7 @@ def fold_in(
     Parameters
     ----------
     model
-        A trained :mod:`recspark.model.embedding` model; it is not changed.
+        A trained :mod:`recspark.model` model; it is not changed.
     item_idx
         Model item indices of the rated items.
     ratings

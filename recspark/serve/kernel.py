@@ -42,7 +42,7 @@ from torch import nn
 from recspark.core.constants import BIAS, FACTORS, ITEM_ID, ITEM_IDX, ITEMS, RANK, SCORE, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.torch_utils import resolve_device
-from recspark.model.embedding import scale_to_range
+from recspark.model.base import scale_to_range
 from recspark.model.saving import model_from_bytes
 
 

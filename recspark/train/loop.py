@@ -349,7 +349,7 @@ def fit(
     Parameters
     ----------
     model
-        An :class:`~recspark.model.embedding.EmbeddingModel` (unwrapped); its weights at entry are
+        An :class:`~recspark.model.base.EmbeddingModel` (unwrapped); its weights at entry are
         the starting point (fresh from :func:`init_model`, or warm-started).
     train_path, validation_path
         Prepared Parquet folders.

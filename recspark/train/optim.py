@@ -87,7 +87,7 @@ def make_optimizer(
     ``sparse_sgd`` runs SGD with momentum over all of them (SGD accepts sparse gradients). Both
     need a model built with ``sparse=True``, and touch only the rows a batch uses, so a step costs
     the batch, not the table. ``weight_decay`` here is the optimizer's decay of every weight. The
-    weights of a ranking head (:meth:`~recspark.model.embedding.EmbeddingModel.head_parameters`)
+    weights of a ranking head (:meth:`~recspark.model.base.EmbeddingModel.head_parameters`)
     learn at ``lr x head_lr_scale`` (``lists.head_lr_scale``).
     """
     core = unwrap(model)

@@ -30,7 +30,7 @@ NAN_CHECK_STEPS = 50
 class PenalisedModel(Protocol):
     """What the loop asks of a model beyond ``forward``: the L2 penalty on the rows a batch used.
 
-    Every trainable kind answers it (:meth:`recspark.model.embedding.EmbeddingModel.penalty`).
+    Every trainable kind answers it (:meth:`recspark.model.base.EmbeddingModel.penalty`).
     """
 
     def penalty(

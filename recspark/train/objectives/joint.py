@@ -2,7 +2,7 @@
 
 A rating model trained by MSE alone learns how a user rates the items they chose, never which
 items they choose, so its top-N lists lose to simple popularity baselines. The model here also
-carries a :class:`~recspark.model.embedding.ListHead` (own user rows ``r_u``, a per-item bias
+carries a :class:`~recspark.model.head.ListHead` (own user rows ``r_u``, a per-item bias
 ``c_i``, the model's item rows ``q_i``), and every batch's loss is::
 
     MSE(rating head) + lists.head_weight * softmax loss(r_u . q_i + c_i)
@@ -31,7 +31,9 @@ from torch import nn
 
 from recspark.core.constants import USER_IDX
 from recspark.core.torch_utils import unwrap
-from recspark.model.embedding import EmbeddingModel, Ensemble, HeadView
+from recspark.model.base import EmbeddingModel
+from recspark.model.ensemble import Ensemble
+from recspark.model.lists import HeadView
 from recspark.train.objectives.base import (
     BatchLoss,
     Objective,
@@ -79,7 +81,7 @@ def head_views(model: nn.Module) -> list[HeadView]:
 
 class JointScorer(Protocol):
     """A member that scores both heads in one pass
-    (:meth:`~recspark.model.embedding.DotProduct.joint_scores`)."""
+    (:meth:`~recspark.model.mf.DotProduct.joint_scores`)."""
 
     def joint_scores(
         self,
@@ -132,7 +134,7 @@ class JointObjective(Objective):
         """The rating batch loss plus the heads' losses; the reported loss is the rating MSE.
 
         The L2 penalty the loop adds covers the head's rows too
-        (:meth:`~recspark.model.embedding.EmbeddingModel.penalty`).
+        (:meth:`~recspark.model.base.EmbeddingModel.penalty`).
         """
         fused = self._fused_loss(model, batch, device)
         if fused is not None:
@@ -152,7 +154,7 @@ class JointObjective(Objective):
 
         The same loss, negatives and gradients as the two objectives' own passes (a test checks
         it), but each member looks its item rows up once for both heads
-        (:meth:`~recspark.model.embedding.DotProduct.joint_scores`). It runs for dot-product
+        (:meth:`~recspark.model.mf.DotProduct.joint_scores`). It runs for dot-product
         members, unwrapped, with the softmax (sampled, or exact while the batch times the
         catalogue fits one block); a data-parallel run, BPR, the chunked catalogue softmax and
         MLP members take the two passes.

@@ -1,7 +1,7 @@
 """The rating objective: fit the predicted ratings by mean squared error.
 
 ``model.objective: rating`` (the default) trains on every prepared row. The loss of a batch is the
-MSE of the model's predictions; for an :class:`~recspark.model.embedding.Ensemble` it is the sum of
+MSE of the model's predictions; for an :class:`~recspark.model.ensemble.Ensemble` it is the sum of
 its members' own MSEs, so that each member gets exactly the gradient it would get trained alone
 and the members learn independently (the reported loss is their mean MSE). The loop adds the L2
 penalty on the embedding rows of the batch's pairs. Validation reports the MSE (the loss early
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from recspark.core.torch_utils import unwrap
-from recspark.model.embedding import Ensemble
+from recspark.model.ensemble import Ensemble
 from recspark.train.objectives.base import (
     BatchLoss,
     Objective,
