@@ -132,7 +132,8 @@ def ranking_settings(
 def best_items(
     scores: np.ndarray, excluded: np.ndarray, top_n: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-N (indices, scores) of one row of scores, ``excluded`` items masked, ties to lower index."""
+    """Top-N (indices, scores) of one row of scores, ``excluded`` items masked, ties to the lower
+    index."""
     masked = torch.as_tensor(np.asarray(scores, dtype=np.float32)).clone()
     masked[torch.as_tensor(excluded)] = -torch.inf
     index, value, valid = top_k(masked[None, :], top_n)
@@ -230,7 +231,9 @@ def known_user_list(
 ) -> UserList:
     """The list of user ``user_idx`` of the model: eligible items it has not rated (``seen``)."""
     vector = model.user_factors.weight[user_idx].detach().cpu().numpy()
-    bias = float(model.user_bias.weight[user_idx, 0].detach()) if hasattr(model, "user_bias") else 0.0
+    bias = (
+        float(model.user_bias.weight[user_idx, 0].detach()) if hasattr(model, "user_bias") else 0.0
+    )
     excluded = ~eligible
     excluded[np.asarray(seen, dtype=np.int64)] = True
     index, scores = best_items(score_user(model, vector, bias), excluded, top_n)

@@ -58,7 +58,9 @@ def read_item_factors(path: str) -> ItemFactors:
         raise BadInputError(f"item factor table {path} is empty")
     order = np.argsort(index, kind="stable")
     if not np.array_equal(index[order], np.arange(len(index))):
-        raise BadInputError(f"item factor table {path} does not hold item_idx 0..{len(index) - 1} once each")
+        raise BadInputError(
+            f"item factor table {path} does not hold item_idx 0..{len(index) - 1} once each"
+        )
     factors = np.stack(table.column("factors").to_pylist()).astype(np.float32)[order]
     bias = table.column("bias").to_numpy().astype(np.float32)[order]
     return ItemFactors(factors, bias)
@@ -115,7 +117,8 @@ def similar_partition(
     top_n: int,
     items_per_block: int,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: rows ``(item_idx)`` in, ``(item_idx, similar_item_idx, rank, similarity)``."""
+    """mapInPandas body: rows ``(item_idx)`` in, ``(item_idx, similar_item_idx, rank,
+    similarity)`` out."""
     for batch in batches:
         for start in range(0, len(batch), items_per_block):
             rows = batch[ITEM_IDX].to_numpy()[start : start + items_per_block].astype(np.int64)
@@ -125,7 +128,9 @@ def similar_partition(
                 {
                     ITEM_IDX: np.repeat(rows, index.shape[1])[keep].astype(np.int32),
                     SIMILAR_ITEM_IDX: index.reshape(-1)[keep].astype(np.int32),
-                    RANK: np.tile(np.arange(1, index.shape[1] + 1, dtype=np.int32), len(rows))[keep],
+                    RANK: np.tile(np.arange(1, index.shape[1] + 1, dtype=np.int32), len(rows))[
+                        keep
+                    ],
                     SIMILARITY: value.reshape(-1)[keep].astype(np.float32),
                 }
             )
@@ -199,7 +204,9 @@ def write_similar_table(
     neighbours = similar_items_table(spark, items, factors, top_n, eligible)
     ids = F.broadcast(item_index.select(ITEM_IDX, ITEM_ID))
     similar_ids = F.broadcast(
-        item_index.select(F.col(ITEM_IDX).alias(SIMILAR_ITEM_IDX), F.col(ITEM_ID).alias(SIMILAR_ITEM_ID))
+        item_index.select(
+            F.col(ITEM_IDX).alias(SIMILAR_ITEM_IDX), F.col(ITEM_ID).alias(SIMILAR_ITEM_ID)
+        )
     )
     table = (
         neighbours.join(ids, ITEM_IDX)
