@@ -96,7 +96,7 @@ def test_recommend_gives_each_user_the_list_score_published(spark, published):
     for user_idx in chosen:
         user_id = raw_user[user_idx]
         config = load_config(None, [*overrides, f"recommend.user={user_id}"])
-        result = recommend.run(config, spark)
+        result = recommend.run(config, spark).summary()
         listed = [row["item_id"] for row in result["recommendations"]]
         assert listed == published_lists[user_id], f"user {user_id}"
         np.testing.assert_allclose(
@@ -114,10 +114,12 @@ def test_a_new_user_and_similar_items_leave_out_the_same_items(spark, published)
     _, overrides, eligible, item_ids, _, _ = published
     rare = item_ids[~eligible]
     pairs = ",".join(f"{item}=5" for item in item_ids[eligible][:5])
-    folded = recommend.run(load_config(None, [*overrides, f"recommend.ratings={pairs}"]), spark)
+    folded = recommend.run(
+        load_config(None, [*overrides, f"recommend.ratings={pairs}"]), spark
+    ).summary()
     neighbours = recommend.run(
         load_config(None, [*overrides, f"recommend.similar_to={item_ids[eligible][0]}"]), spark
-    )
+    ).summary()
     for result in (folded, neighbours):
         listed = [row["item_id"] for row in result["recommendations"]]
         assert len(listed) == TOP_N and not set(listed) & set(rare)

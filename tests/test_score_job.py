@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from recspark.data.prepared import PreparedRun, write_manifest
 from recspark.model.published import index_fingerprint, save_model
 from recspark.model.registry import build_model
 from recspark.model.saving import write_factor_tables
-from recspark.serve.scoring import PAUSE_ENV
 from tests.conftest import ML100K_U1_DATE, REPO, copy_prepared
+from tests.fixtures.paused_score import command as paused_score_command
 
 RUN_DATE = "2026-01-15"
 #: The planted runs' items have at most two training ratings: list them all.
@@ -244,20 +243,23 @@ def test_a_job_killed_while_writing_leaves_the_previous_partition(planted, capsy
     partition = Layout(planted).recommendations_partition(RUN_DATE)
     before = read_partition(planted)
     files_before = sorted(p.name for p in partition.iterdir())
-    # The next run is killed while its tasks are writing: each one sleeps after its first block.
+    # The next run is killed while its tasks are writing: each one sleeps after its first block
+    # (tests/fixtures/paused_score.py patches the scoring task; the marker proves it ran).
     sets = [f"paths.root={planted}", f"run_date={RUN_DATE}", "score.top_n=2", EVERY_ITEM,
             "spark.master=local[2]", 'spark.conf={"spark.ui.enabled": "false"}']
-    env = {**os.environ, PAUSE_ENV: "300", "PYSPARK_PYTHON": sys.executable}
+    marker = tmp_path / "paused"
+    argv, env = paused_score_command(300, marker, set_args(sets))
     log = (tmp_path / "killed.log").open("w")
     job = subprocess.Popen(
-        [sys.executable, "-m", "recspark.cli", "score", *set_args(sets)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     staging = Layout(planted).root / "_staging"
     deadline = time.monotonic() + 240
     try:
         # Spark's committer creates _temporary in the output folder when the write job starts.
-        while not list(staging.glob(f"recommendations-{RUN_DATE}-*/_temporary")):
+        while not (
+            marker.exists() and list(staging.glob(f"recommendations-{RUN_DATE}-*/_temporary"))
+        ):
             assert job.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the job never started writing"
             time.sleep(0.2)

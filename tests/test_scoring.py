@@ -13,13 +13,15 @@ import torch
 from recspark.core.errors import BadInputError
 from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
 from recspark.model.registry import build_model
-from recspark.serve.kernel import ScoringKernel, UserTable, best_columns, recommend_batches, top_k
+from recspark.serve.kernel import ScoringKernel, UserTable, recommend_batches
 from recspark.serve.scoring import (
+    ScoringPlan,
     WorkerWarmup,
     item_side_payload,
     recommend_all,
     recommend_listed,
 )
+from recspark.serve.topk import best_columns, top_k
 
 INF = math.inf
 
@@ -157,7 +159,7 @@ def test_recommend_batches_reads_arrow_lists_and_masks_rated_items():
         {"user_idx": [6], "bias": [0.0], "factors": [[1.0, 1.0]], "items": [[0, 1, 2]],
          "user_id": ["six"]}, schema=schema)
     out = pa.Table.from_batches(
-        list(recommend_batches(iter([first, second]), payload, 2, 2, "cpu", ("user_id",)))
+        list(recommend_batches(iter([first, second]), payload, 2, 2, "cpu", carry=("user_id",)))
     ).to_pandas()
     # user 7: item scores [2, 1, -, 0] -> 0, 1; user 8: [1, 4, 4, 1] -> 1, 2 (tie: lower index);
     # user 6 rated all but item 3: a short list of one.
@@ -191,11 +193,10 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
         spark,
         spark.createDataFrame(users),
         seen_items(spark.createDataFrame(rated)),
-        item_side_payload(model, spec, {}),
-        top_n=5,
-        users_per_block=7,
-        device="cpu",
-        partitions=3,
+        ScoringPlan(
+            item_side_payload(model, spec, {}), top_n=5, users_per_block=7, device="cpu",
+            partitions=3,
+        ),
     )
     got = frame.toPandas().sort_values(["user_idx", "rank"])
     with torch.no_grad():
@@ -214,8 +215,11 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
     )
     grouped = recommend_all(
         spark, spark.createDataFrame(users), rated_lists(spark.createDataFrame(rated)),
-        item_side_payload(model, spec, {}), top_n=5, users_per_block=4, device="cpu",
-        partitions=2, user_columns=names,
+        ScoringPlan(
+            item_side_payload(model, spec, {}), top_n=5, users_per_block=4, device="cpu",
+            partitions=2,
+        ),
+        user_columns=names,
     ).toPandas().sort_values(["user_idx", "rank"])
     assert (grouped["user_id"] == "u" + grouped["user_idx"].astype(str)).all()
     pd.testing.assert_frame_equal(
@@ -225,8 +229,12 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
     # map, the empty ones included): the same lists, with no join.
     listed = rated_by_every_user(names, spark.createDataFrame(rated))
     broadcast = recommend_listed(
-        spark, listed, UserTable.of(model), item_side_payload(model, spec, {}), top_n=5,
-        users_per_block=4, device="cpu", partitions=2, carry=("user_id",),
+        spark, listed, UserTable.of(model),
+        ScoringPlan(
+            item_side_payload(model, spec, {}), top_n=5, users_per_block=4, device="cpu",
+            partitions=2,
+        ),
+        carry=("user_id",),
     ).toPandas().sort_values(["user_idx", "rank"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(broadcast, grouped.reset_index(drop=True))
 

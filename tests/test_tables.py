@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -27,9 +26,9 @@ from recspark.core.errors import BadInputError, ConfigError
 from recspark.core.storage import Layout
 from recspark.ops.journal import NightlyState
 from recspark.ops.nightly import prune
-from recspark.serve.scoring import PAUSE_ENV, PAUSE_MARKER_ENV
 from recspark.serve.tables import OutputTable
 from tests.conftest import REPO
+from tests.fixtures.paused_score import command as paused_score_command
 from tests.test_score_job import EVERY_ITEM, RUN_DATE, plant, score, set_args
 
 DAY2 = "2026-01-16"
@@ -112,13 +111,12 @@ def test_a_delta_write_killed_midway_leaves_the_previous_version(spark, publishe
     version, before = table.identity(RUN_DATE), rows_of(spark, "recspark.recommendations", RUN_DATE)
     sets = [f"paths.root={two_days}", f"run_date={RUN_DATE}", "score.top_n=1", EVERY_ITEM, *DELTA,
             "spark.master=local[2]", 'spark.conf={"spark.ui.enabled": "false"}']
+    # tests/fixtures/paused_score.py patches the scoring task to pause after its first block.
     marker = tmp_path / "paused"
-    env = {**os.environ, PAUSE_ENV: "300", PAUSE_MARKER_ENV: str(marker),
-           "PYSPARK_PYTHON": sys.executable}
+    argv, env = paused_score_command(300, marker, set_args(sets))
     log = (tmp_path / "killed.log").open("w")
     job = subprocess.Popen(
-        [sys.executable, "-m", "recspark.cli", "score", *set_args(sets)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + 240
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +19,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recspark.core.config import Config
+from recspark.core.config import RankingConfig
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.data.titles import read_titles
+from recspark.model.embedding import EmbeddingModel
 from recspark.serve.foldin import RankingFoldIn, fold_in, score_user
-from recspark.serve.kernel import top_k
+from recspark.serve.ranking_keys import table
+from recspark.serve.topk import top_k
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ def lookup_user(user_index: DataFrame, raw_id: Any) -> int:
     return int(rows[0][USER_IDX])
 
 
-def fold_in_regularization(setting: float | None, model_metrics: dict) -> float:
+def fold_in_regularization(setting: float | None, model_metrics: Mapping[str, Any]) -> float:
     """``recommend.regularization``, else the ``train.weight_decay`` the model was trained with."""
     if setting is not None:
         return float(setting)
@@ -96,22 +99,23 @@ def fold_in_regularization(setting: float | None, model_metrics: dict) -> float:
 
 
 def ranking_settings(
-    config: Config,
-    model_metrics: dict,
+    ranking: RankingConfig,
+    model_metrics: Mapping[str, Any],
     objective: str,
     train: DataFrame,
     n_items: int,
+    *,
     every_row_positive: bool = False,
 ) -> RankingFoldIn | None:
     """How the model was ranked in training (None for a rating model).
 
     The settings recorded with the model win; a model that did not record them is assumed to
-    have been trained with this config's ``ranking.*``. ``every_row_positive``: a rating model's
-    ranking head, which took every train row as a positive, unweighted.
+    have been trained with ``ranking`` (this config's ``ranking.*``). ``every_row_positive``: a
+    rating model's ranking head, which took every train row as a positive, unweighted.
     """
     if objective != "ranking":
         return None
-    recorded = model_metrics.get("ranking") or config.ranking.model_dump()
+    recorded = model_metrics.get("ranking") or ranking.model_dump()
     if every_row_positive:
         recorded = {**recorded, "positive_threshold": 0.0, "confidence": "none"}
     settings = RankingFoldIn(
@@ -198,10 +202,11 @@ class UserList:
 
 
 def new_user_list(
-    model,
+    model: EmbeddingModel,
     rated_idx: np.ndarray,
     ratings: np.ndarray,
     eligible: np.ndarray,
+    *,
     top_n: int,
     regularization: float,
     ranking: RankingFoldIn | None,
@@ -227,12 +232,20 @@ def new_user_list(
 
 
 def known_user_list(
-    model, user_idx: int, seen: np.ndarray, eligible: np.ndarray, top_n: int, raw_user: Any
+    model: EmbeddingModel,
+    user_idx: int,
+    seen: np.ndarray,
+    eligible: np.ndarray,
+    *,
+    top_n: int,
+    raw_user: Any,
 ) -> UserList:
     """The list of user ``user_idx`` of the model: eligible items it has not rated (``seen``)."""
-    vector = model.user_factors.weight[user_idx].detach().cpu().numpy()
+    vector = table(model, "user_factors").weight[user_idx].detach().cpu().numpy()
     bias = (
-        float(model.user_bias.weight[user_idx, 0].detach()) if hasattr(model, "user_bias") else 0.0
+        float(table(model, "user_bias").weight[user_idx, 0].detach())
+        if hasattr(model, "user_bias")
+        else 0.0
     )
     excluded = ~eligible
     excluded[np.asarray(seen, dtype=np.int64)] = True

@@ -15,6 +15,7 @@ ties go to the lower item index, so re-running gives identical tables.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pyspark.sql import functions as F
 from recspark.core.constants import ITEM_ID, ITEM_IDX, MODEL_VERSION
 from recspark.core.errors import BadInputError
 from recspark.core.storage import Layout, read_parquet, staged
-from recspark.serve.kernel import top_k
+from recspark.serve.topk import top_k
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ SIMILAR_ITEM_ID = "similar_item_id"
 def write_similar_table(
     spark: SparkSession,
     layout: Layout,
-    run_date,
+    run_date: dt.date | str,
+    *,
     item_factors_path: str,
     factors: np.ndarray,
     eligible: np.ndarray,
