@@ -49,6 +49,7 @@ from recspark.evaluate.explore import write_exploration
 from recspark.model.published_context import PublishedContext
 from recspark.serve.foldin import parse_ratings
 from recspark.serve.recommend import (
+    ListedItem,
     UserList,
     fold_in_regularization,
     format_table,
@@ -104,7 +105,7 @@ def run(config: Config, spark: SparkSession) -> StageResult:
         "model_run_date": model_date,
         "eligible_items": int(catalogue.eligible.sum()),
     }
-    recommendations: list[dict[str, Any]] = []
+    recommendations: list[ListedItem] = []
     heading, score_name = None, "score"
     chosen = None
     if given is not None:
@@ -218,7 +219,7 @@ class _ItemSideResult:
     outputs: dict[str, Any]
     counts: dict[str, Any]
     metrics: dict[str, Any]
-    similar: tuple[list[dict[str, Any]], str, str] | None = None
+    similar: tuple[list[ListedItem], str, str] | None = None
 
 
 def _item_side_outputs(

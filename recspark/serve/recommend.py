@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -145,11 +145,20 @@ def best_items(
     return index[0].numpy()[keep], value[0].numpy()[keep]
 
 
+class ListedItem(TypedDict):
+    """One row of the summary's ``recommendations``: the raw item id, its score (rounded to six
+    places) and its title (None when unknown)."""
+
+    item_id: Any
+    score: float
+    title: str | None
+
+
 def listing(
     index: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, labels: dict[int, str]
-) -> list[dict]:
+) -> list[ListedItem]:
     """The summary's ``recommendations``: ``{item_id, score, title}``, in the given order."""
-    out = []
+    out: list[ListedItem] = []
     for item, score in zip(index, scores, strict=True):
         raw = item_ids[int(item)]
         out.append(
@@ -162,7 +171,7 @@ def listing(
     return out
 
 
-def format_table(rows: list[dict], heading: str, score_name: str = "score") -> str:
+def format_table(rows: list[ListedItem], heading: str, score_name: str = "score") -> str:
     """A fixed-width table of :func:`listing` rows for people (stderr)."""
     lines = [heading, f"{'rank':>4}  {'item_id':>10}  {score_name:>10}  title"]
     for rank, row in enumerate(rows, start=1):
