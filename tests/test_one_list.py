@@ -100,7 +100,8 @@ def test_recommend_gives_each_user_the_list_score_published(spark, published):
         listed = [row["item_id"] for row in result["recommendations"]]
         assert listed == published_lists[user_id], f"user {user_id}"
         np.testing.assert_allclose(
-            [row["score"] for row in result["recommendations"]], published_scores[user_id],
+            [row["score"] for row in result["recommendations"]],
+            published_scores[user_id],
             atol=1e-5,
         )
         assert result["metrics"]["eligible_items"] == int(eligible.sum())
@@ -170,9 +171,17 @@ def test_recommend_batches_apply_the_mask_to_every_user():
     model = build_model("dot", n_users=1, n_items=4, factors=1)
     with torch.no_grad():
         model.item_factors.weight.copy_(torch.tensor([[4.0], [3.0], [2.0], [1.0]]))
-    payload = item_side_payload(model, {"kind": "dot", "n_users": 1, "n_items": 4, "factors": 1}, {})
-    schema = pa.schema([("user_idx", pa.int32()), ("bias", pa.float32()),
-                        ("factors", pa.list_(pa.float32())), ("items", pa.list_(pa.int32()))])
+    payload = item_side_payload(
+        model, {"kind": "dot", "n_users": 1, "n_items": 4, "factors": 1}, {}
+    )
+    schema = pa.schema(
+        [
+            ("user_idx", pa.int32()),
+            ("bias", pa.float32()),
+            ("factors", pa.list_(pa.float32())),
+            ("items", pa.list_(pa.int32())),
+        ]
+    )
     batch = pa.RecordBatch.from_pydict(
         {"user_idx": [0, 1], "bias": [0.0, 0.0], "factors": [[1.0], [1.0]], "items": [None, [2]]},
         schema=schema,
