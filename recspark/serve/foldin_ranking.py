@@ -10,7 +10,7 @@ import torch
 
 from recspark.core.errors import BadInputError
 from recspark.model.embedding import EmbeddingModel, EmbeddingNet
-from recspark.serve.foldin_rating import FoldIn, check_inputs, frozen
+from recspark.serve.foldin_rating import FoldIn, check_inputs, frozen, lbfgs
 
 
 @dataclass(frozen=True)
@@ -110,15 +110,7 @@ def fold_in_ranking(
             start = torch.zeros(1, model.user_factors.embedding_dim)
         vector = start.clone().requires_grad_(True)
         zero_bias = torch.zeros(1)
-        optimizer = torch.optim.LBFGS(
-            [vector],
-            lr=1.0,
-            max_iter=max_steps,
-            tolerance_grad=1e-9,
-            tolerance_change=1e-12,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
+        optimizer = lbfgs(vector, max_steps)
 
         def loss_value() -> torch.Tensor:
             scores = model.score_vectors(vector, zero_bias, items)[0]

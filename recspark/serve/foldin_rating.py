@@ -182,6 +182,20 @@ def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
+def lbfgs(vector: torch.Tensor, max_steps: int) -> torch.optim.LBFGS:
+    """The L-BFGS both iterative fold-ins take, over the user row ``vector`` alone: strong Wolfe
+    line search, tolerances tight enough that a fixed start gives a deterministic answer."""
+    return torch.optim.LBFGS(
+        [vector],
+        lr=1.0,
+        max_iter=max_steps,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+
 def fold_in_network(
     model: EmbeddingModel,
     item_idx: np.ndarray,
@@ -202,15 +216,7 @@ def fold_in_network(
         device = model.user_factors.weight.device
         vector = start.clone().to(device).requires_grad_(True)
         items, target = items.to(device), target.to(device)
-        optimizer = torch.optim.LBFGS(
-            [vector],
-            lr=1.0,
-            max_iter=max_steps,
-            tolerance_grad=1e-9,
-            tolerance_change=1e-12,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
+        optimizer = lbfgs(vector, max_steps)
 
         def objective() -> tuple[torch.Tensor, torch.Tensor]:
             prediction = model.score_vectors(vector, None, items)[0]
