@@ -84,7 +84,9 @@ def test_dot_bias_fold_in_is_a_stationary_point_of_the_exact_loss():
     q = model.item_factors.weight.detach().double()[rated]
     c = model.item_bias.weight.detach().double()[rated, 0]
     prediction = 0.5 + 5.0 * torch.sigmoid(q @ theta[:-1] + theta[-1] + c)
-    loss = torch.mean((torch.tensor(ratings) - prediction) ** 2) + regularization * theta.pow(2).sum()
+    loss = (
+        torch.mean((torch.tensor(ratings) - prediction) ** 2) + regularization * theta.pow(2).sum()
+    )
     loss.backward()
     assert float(theta.grad.abs().max()) < 1e-5
     assert user.objective == pytest.approx(loss.item(), rel=1e-5)
@@ -116,7 +118,13 @@ def test_fold_in_needs_a_positive_regularization_and_known_items():
 def test_mlp_fold_in_predicts_the_planted_users_other_ratings():
     torch.manual_seed(11)
     model = build_model(
-        "mlp", n_users=50, n_items=120, user_factors=6, item_factors=6, hidden=[32], dropouts=[0.0],
+        "mlp",
+        n_users=50,
+        n_items=120,
+        user_factors=6,
+        item_factors=6,
+        hidden=[32],
+        dropouts=[0.0],
         y_range=(0.5, 5.5),
     ).eval()
     assert isinstance(model, EmbeddingNet)

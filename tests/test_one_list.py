@@ -96,11 +96,12 @@ def test_recommend_gives_each_user_the_list_score_published(spark, published):
     for user_idx in chosen:
         user_id = raw_user[user_idx]
         config = load_config(None, [*overrides, f"recommend.user={user_id}"])
-        result = recommend.run(config, spark)
+        result = recommend.run(config, spark).summary()
         listed = [row["item_id"] for row in result["recommendations"]]
         assert listed == published_lists[user_id], f"user {user_id}"
         np.testing.assert_allclose(
-            [row["score"] for row in result["recommendations"]], published_scores[user_id],
+            [row["score"] for row in result["recommendations"]],
+            published_scores[user_id],
             atol=1e-5,
         )
         assert result["metrics"]["eligible_items"] == int(eligible.sum())
@@ -114,10 +115,12 @@ def test_a_new_user_and_similar_items_leave_out_the_same_items(spark, published)
     _, overrides, eligible, item_ids, _, _ = published
     rare = item_ids[~eligible]
     pairs = ",".join(f"{item}=5" for item in item_ids[eligible][:5])
-    folded = recommend.run(load_config(None, [*overrides, f"recommend.ratings={pairs}"]), spark)
+    folded = recommend.run(
+        load_config(None, [*overrides, f"recommend.ratings={pairs}"]), spark
+    ).summary()
     neighbours = recommend.run(
         load_config(None, [*overrides, f"recommend.similar_to={item_ids[eligible][0]}"]), spark
-    )
+    ).summary()
     for result in (folded, neighbours):
         listed = [row["item_id"] for row in result["recommendations"]]
         assert len(listed) == TOP_N and not set(listed) & set(rare)
@@ -168,9 +171,17 @@ def test_recommend_batches_apply_the_mask_to_every_user():
     model = build_model("dot", n_users=1, n_items=4, factors=1)
     with torch.no_grad():
         model.item_factors.weight.copy_(torch.tensor([[4.0], [3.0], [2.0], [1.0]]))
-    payload = item_side_payload(model, {"kind": "dot", "n_users": 1, "n_items": 4, "factors": 1}, {})
-    schema = pa.schema([("user_idx", pa.int32()), ("bias", pa.float32()),
-                        ("factors", pa.list_(pa.float32())), ("items", pa.list_(pa.int32()))])
+    payload = item_side_payload(
+        model, {"kind": "dot", "n_users": 1, "n_items": 4, "factors": 1}, {}
+    )
+    schema = pa.schema(
+        [
+            ("user_idx", pa.int32()),
+            ("bias", pa.float32()),
+            ("factors", pa.list_(pa.float32())),
+            ("items", pa.list_(pa.int32())),
+        ]
+    )
     batch = pa.RecordBatch.from_pydict(
         {"user_idx": [0, 1], "bias": [0.0, 0.0], "factors": [[1.0], [1.0]], "items": [None, [2]]},
         schema=schema,

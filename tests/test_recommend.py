@@ -74,9 +74,13 @@ def _planted_users(root: Path, count: int, seed: int):
         bias = rng.normal(0.0, BIAS_SD)
         preference = item_bias + item_factors @ vector  # the planted ranking of this user
         rated = rng.choice(spec.items, size=RATED_PER_USER, replace=False)
-        noisy = GLOBAL_MEAN + bias + preference[rated] + rng.normal(0.0, spec.noise, size=len(rated))
+        noisy = (
+            GLOBAL_MEAN + bias + preference[rated] + rng.normal(0.0, spec.noise, size=len(rated))
+        )
         ratings = np.clip(np.round(noisy), 1, 5)
-        users.append((items["item_id"].to_numpy()[rated], ratings, items["item_id"].to_numpy(), preference))
+        users.append(
+            (items["item_id"].to_numpy()[rated], ratings, items["item_id"].to_numpy(), preference)
+        )
     return users
 
 
@@ -125,14 +129,18 @@ def test_new_user_through_the_command(trained, capsys):
     model = _lists_model(root)
     raw_rated, ratings, *_ = _planted_users(root, 1, seed=7)[0]
     pairs = ",".join(f"{raw}={rating:g}" for raw, rating in zip(raw_rated, ratings, strict=True))
-    status, summary = _run("recommend", [*overrides, f"recommend.ratings={pairs}", "recommend.min_item_ratings=0"])
+    status, summary = _run(
+        "recommend", [*overrides, f"recommend.ratings={pairs}", "recommend.min_item_ratings=0"]
+    )
     assert status == 0, summary
     listed = summary["recommendations"]
     assert len(listed) == TOP_N
     assert [set(row) for row in listed] == [{"item_id", "score", "title"}] * TOP_N
     assert all(row["title"] is None for row in listed)
     assert not {row["item_id"] for row in listed} & set(raw_rated.tolist())
-    assert [row["score"] for row in listed] == sorted((row["score"] for row in listed), reverse=True)
+    assert [row["score"] for row in listed] == sorted(
+        (row["score"] for row in listed), reverse=True
+    )
     # The same list as the library computes: the user folded into the lists model by the head's
     # softmax, every rated item a positive.
     position = {raw: i for i, raw in enumerate(item_ids)}
@@ -140,7 +148,9 @@ def test_new_user_through_the_command(trained, capsys):
     user = fold_in(model, rated, ratings, summary["metrics"]["regularization"], RankingFoldIn())
     scores = score_user(model, user.vector, user.bias)
     scores[rated] = -np.inf
-    assert [row["item_id"] for row in listed] == item_ids[np.argsort(-scores, kind="stable")[:TOP_N]].tolist()
+    assert [row["item_id"] for row in listed] == item_ids[
+        np.argsort(-scores, kind="stable")[:TOP_N]
+    ].tolist()
     assert summary["metrics"]["mode"] == "new_user" and summary["metrics"]["objective"] == "ranking"
     err = capsys.readouterr().err
     assert "new user folded in from 20 ratings" in err and str(listed[0]["item_id"]) in err
@@ -152,18 +162,25 @@ def test_existing_user_gets_the_scored_list(trained):
     model = _lists_model(root)
     users = pd.read_parquet(root / "prepared" / RUN_DATE / "user_index")
     user_id = int(users.loc[users.user_idx == 17, "user_id"].item())
-    status, summary = _run("recommend", [*overrides, f"recommend.user={user_id}", "recommend.min_item_ratings=0"])
+    status, summary = _run(
+        "recommend", [*overrides, f"recommend.user={user_id}", "recommend.min_item_ratings=0"]
+    )
     assert status == 0, summary
     rated = pd.concat(
-        pd.read_parquet(root / "prepared" / RUN_DATE / name) for name in ("train", "validation", "cold_start")
+        pd.read_parquet(root / "prepared" / RUN_DATE / name)
+        for name in ("train", "validation", "cold_start")
     )
     with torch.no_grad():
-        scores = model.score_items(torch.tensor([17]), torch.arange(model.n_items))[0].numpy().copy()
+        scores = (
+            model.score_items(torch.tensor([17]), torch.arange(model.n_items))[0].numpy().copy()
+        )
     scores[rated.loc[rated.user_idx == 17, "item_idx"].to_numpy()] = -np.inf
     expected = item_ids[np.argsort(-scores, kind="stable")[:TOP_N]].tolist()
     assert [row["item_id"] for row in summary["recommendations"]] == expected
     np.testing.assert_allclose(
-        [row["score"] for row in summary["recommendations"]], np.sort(scores)[::-1][:TOP_N], atol=1e-5
+        [row["score"] for row in summary["recommendations"]],
+        np.sort(scores)[::-1][:TOP_N],
+        atol=1e-5,
     )
 
 
@@ -199,14 +216,22 @@ def test_similar_to_with_titles_and_the_batch_outputs(trained, tmp_path):
     assert partition.name == f"run_date={RUN_DATE}" and (partition / "_SUCCESS").exists()
     table = pd.read_parquet(partition)
     assert len(table) == summary["counts"]["similar_rows"] == 5 * len(item_ids)
-    assert set(table.columns) == {"item_id", "similar_item_id", "rank", "similarity", "model_version"}
+    assert set(table.columns) == {
+        "item_id",
+        "similar_item_id",
+        "rank",
+        "similarity",
+        "model_version",
+    }
     same = table[table.item_id == item_ids[3]].sort_values("rank")
     assert same["similar_item_id"].tolist() == item_ids[index].tolist()
     assert (table.item_id != table.similar_item_id).all()
     # The exploration outputs.
     assert Location(summary["outputs"]["pca_plot"]).size() > 10_000
     pca = json.loads(Location(summary["outputs"]["pca_summary"]).read_text())
-    assert pca["variance_share"][0] == pytest.approx(summary["metrics"]["pca_variance_share"][0], abs=1e-6)
+    assert pca["variance_share"][0] == pytest.approx(
+        summary["metrics"]["pca_variance_share"][0], abs=1e-6
+    )
     assert pca["components"][0]["high"][0]["title"].startswith("Film ")
 
 
@@ -222,8 +247,6 @@ def test_similar_to_with_titles_and_the_batch_outputs(trained, tmp_path):
         ("recommend.top_n=3", 2, "needs a query"),
     ],
 )
-
-
 def test_bad_queries_get_clear_errors(trained, setting, status_code, message):
     _, overrides = trained
     status, summary = _run("recommend", [*overrides, setting])
@@ -275,7 +298,8 @@ def test_titles_tables_of_three_layouts(tmp_path):
     item.write_bytes(
         f"1|Toy Story (1995)|01-Jan-1995||http://x|{flags}\n".encode("latin-1")
         + "2|Caf\u00e9 (1990)|01-Jan-1990||http://y|".encode("latin-1")
-        + "|".join(["0"] * 8 + ["1"] + ["0"] * 10).encode() + b"\n"
+        + "|".join(["0"] * 8 + ["1"] + ["0"] * 10).encode()
+        + b"\n"
     )
     frame = read_titles(str(item))
     assert frame["item_id"].tolist() == [1, 2]
@@ -285,7 +309,9 @@ def test_titles_tables_of_three_layouts(tmp_path):
     dat.write_bytes("10::Heat (1995)::Action|Crime\n".encode("latin-1"))
     assert read_titles(str(dat)).iloc[0].tolist() == [10, "Heat (1995)", "Action|Crime"]
     csv = tmp_path / "movies.csv"
-    csv.write_text('movieId,title,genres\n5,"American President, The (1995)",Comedy|Drama|Romance\n')
+    csv.write_text(
+        'movieId,title,genres\n5,"American President, The (1995)",Comedy|Drama|Romance\n'
+    )
     assert read_titles(str(csv)).iloc[0]["title"] == "American President, The (1995)"
     with pytest.raises(MissingInputError):
         read_titles(str(tmp_path / "absent.csv"))

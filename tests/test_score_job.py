@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from recspark.data.prepared import PreparedRun, write_manifest
 from recspark.model.published import index_fingerprint, save_model
 from recspark.model.registry import build_model
 from recspark.model.saving import write_factor_tables
-from recspark.serve.scoring import PAUSE_ENV
 from tests.conftest import ML100K_U1_DATE, REPO, copy_prepared
+from tests.fixtures.paused_score import command as paused_score_command
 
 RUN_DATE = "2026-01-15"
 #: The planted runs' items have at most two training ratings: list them all.
@@ -50,8 +49,12 @@ def publish_hand_made_run(
     """
     layout = Layout(root)
     prepared = layout.prepared(RUN_DATE)
-    users = pd.DataFrame({"user_id": user_ids, "user_idx": np.arange(len(user_ids), dtype=np.int32)})
-    items = pd.DataFrame({"item_id": item_ids, "item_idx": np.arange(len(item_ids), dtype=np.int32)})
+    users = pd.DataFrame(
+        {"user_id": user_ids, "user_idx": np.arange(len(user_ids), dtype=np.int32)}
+    )
+    items = pd.DataFrame(
+        {"item_id": item_ids, "item_idx": np.arange(len(item_ids), dtype=np.int32)}
+    )
     for name, frame in (("user_index", users), ("item_index", items)):
         (prepared / name).mkdir(parents=True)
         frame.to_parquet(prepared / name / "part-0.parquet", index=False)
@@ -64,11 +67,15 @@ def publish_hand_made_run(
         frame.to_parquet(prepared / split / "part-0.parquet", index=False)
     if listed:
         every = [(r[0], r[1]) for rows in rated.values() for r in rows]
-        table = pd.DataFrame({
-            "user_idx": np.arange(len(user_ids), dtype=np.int32),
-            "user_id": user_ids,
-            "items": [sorted(i for u, i in every if u == user) for user in range(len(user_ids))],
-        })
+        table = pd.DataFrame(
+            {
+                "user_idx": np.arange(len(user_ids), dtype=np.int32),
+                "user_id": user_ids,
+                "items": [
+                    sorted(i for u, i in every if u == user) for user in range(len(user_ids))
+                ],
+            }
+        )
         (prepared / "rated").mkdir(parents=True)
         table.to_parquet(prepared / "rated" / "part-0.parquet", index=False)
         mark_success(prepared / "rated")
@@ -87,10 +94,15 @@ def publish_hand_made_run(
 
 def write_hand_made_manifest(root: Path, users: int, items: int, input_fingerprint: str):
     """The prepared run's ``manifest.json``; returns it as :class:`PreparedRun`."""
-    manifest = PreparedRun.model_validate({
-        "run_date": RUN_DATE, "users": users, "items": items, "rating_range": [1.0, 5.0],
-        "input": {"path": "ratings.csv", "format": "csv", "fingerprint": input_fingerprint},
-    })
+    manifest = PreparedRun.model_validate(
+        {
+            "run_date": RUN_DATE,
+            "users": users,
+            "items": items,
+            "rating_range": [1.0, 5.0],
+            "input": {"path": "ratings.csv", "format": "csv", "fingerprint": input_fingerprint},
+        }
+    )
     write_manifest(Layout(root).prepared(RUN_DATE), manifest)
     return manifest
 
@@ -128,8 +140,16 @@ def plant(root: Path, listed: bool = False, input_fingerprint: str | None = None
         "validation": [(0, 2), (2, 3)],
         "cold_start": [(3, 5)],
     }
-    publish_hand_made_run(root, model, spec, ["a", "b", "c", "d", "e"], [100, 101, 102, 103, 104, 105],
-                          rated, listed, input_fingerprint)
+    publish_hand_made_run(
+        root,
+        model,
+        spec,
+        ["a", "b", "c", "d", "e"],
+        [100, 101, 102, 103, 104, 105],
+        rated,
+        listed,
+        input_fingerprint,
+    )
     return root
 
 
@@ -160,7 +180,11 @@ def test_score_publishes_the_known_lists_with_raw_ids(planted, capsys):
     assert table["user_id"].dtype == object and table["item_id"].dtype == np.int64
     assert table.groupby("user_id")["item_id"].apply(list).to_dict() == KNOWN_LISTS
     assert summary["metrics"]["user_factors"] == "joined"
-    assert table.groupby("user_id")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1))).all()
+    assert (
+        table.groupby("user_id")["rank"]
+        .apply(lambda r: list(r) == list(range(1, len(r) + 1)))
+        .all()
+    )
     assert table.loc[table.user_id == "a", "score"].tolist() == pytest.approx([9.0, 8.0, 6.0])
     assert set(table["model_version"]) == {f"{RUN_DATE}-planted"}
     assert set(table["run_date"].astype(str)) == {RUN_DATE}
@@ -215,8 +239,9 @@ def test_score_refuses_an_older_model_whose_id_maps_grew(spark, tmp_path, capsys
     """A model saved before it recorded its id maps: checked by the sizes of its tables."""
     root = plant(tmp_path / "root")
     item_index = Layout(root).prepared(RUN_DATE) / "item_index" / "part-0.parquet"
-    grown = pd.DataFrame({"item_id": [100, 101, 102, 103, 104, 105, 106],
-                          "item_idx": np.arange(7, dtype=np.int32)})
+    grown = pd.DataFrame(
+        {"item_id": [100, 101, 102, 103, 104, 105, 106], "item_idx": np.arange(7, dtype=np.int32)}
+    )
     grown.to_parquet(item_index, index=False)
     before = spark_jobs(spark)
     status, summary = score_status(root, capsys)
@@ -244,20 +269,34 @@ def test_a_job_killed_while_writing_leaves_the_previous_partition(planted, capsy
     partition = Layout(planted).recommendations_partition(RUN_DATE)
     before = read_partition(planted)
     files_before = sorted(p.name for p in partition.iterdir())
-    # The next run is killed while its tasks are writing: each one sleeps after its first block.
-    sets = [f"paths.root={planted}", f"run_date={RUN_DATE}", "score.top_n=2", EVERY_ITEM,
-            "spark.master=local[2]", 'spark.conf={"spark.ui.enabled": "false"}']
-    env = {**os.environ, PAUSE_ENV: "300", "PYSPARK_PYTHON": sys.executable}
+    # The next run is killed while its tasks are writing: each one sleeps after its first block
+    # (tests/fixtures/paused_score.py patches the scoring task; the marker proves it ran).
+    sets = [
+        f"paths.root={planted}",
+        f"run_date={RUN_DATE}",
+        "score.top_n=2",
+        EVERY_ITEM,
+        "spark.master=local[2]",
+        'spark.conf={"spark.ui.enabled": "false"}',
+    ]
+    marker = tmp_path / "paused"
+    argv, env = paused_score_command(300, marker, set_args(sets))
     log = (tmp_path / "killed.log").open("w")
     job = subprocess.Popen(
-        [sys.executable, "-m", "recspark.cli", "score", *set_args(sets)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        argv,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     staging = Layout(planted).root / "_staging"
     deadline = time.monotonic() + 240
     try:
         # Spark's committer creates _temporary in the output folder when the write job starts.
-        while not list(staging.glob(f"recommendations-{RUN_DATE}-*/_temporary")):
+        while not (
+            marker.exists() and list(staging.glob(f"recommendations-{RUN_DATE}-*/_temporary"))
+        ):
             assert job.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the job never started writing"
             time.sleep(0.2)
@@ -299,10 +338,17 @@ def test_ml100k_every_user_gets_ten_unrated_items_identically_twice(
     # u1 as prepare writes it, prepared once for the session (conftest.py), copied here.
     root = copy_prepared(ml100k_u1[0], tmp_path / "ml100k")
     sets = [
-        f"paths.root={root}", f"run_date={ML100K_U1_DATE}", "spark.conf={}",
-        f"input.path={ml100k / 'u1.base'}", "input.format=movielens-100k",
-        "split.method=given", f"input.validation_path={ml100k / 'u1.test'}",
-        "model.kind=dot_bias", "model.factors=16", "train.epochs=2", "train.batch_size=4096",
+        f"paths.root={root}",
+        f"run_date={ML100K_U1_DATE}",
+        "spark.conf={}",
+        f"input.path={ml100k / 'u1.base'}",
+        "input.format=movielens-100k",
+        "split.method=given",
+        f"input.validation_path={ml100k / 'u1.test'}",
+        "model.kind=dot_bias",
+        "model.factors=16",
+        "train.epochs=2",
+        "train.batch_size=4096",
     ]
     assert main(["train", *set_args(sets)]) == 0, capsys.readouterr().out[-2000:]
     capsys.readouterr()

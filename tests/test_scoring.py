@@ -1,4 +1,4 @@
-"""The scoring kernel: top-k with deterministic ties, seen-item masking, and the MLP's split layer."""
+"""The scoring kernel: top-k with deterministic ties, seen-item masking, the MLP's split layer."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ import torch
 from recspark.core.errors import BadInputError
 from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
 from recspark.model.registry import build_model
-from recspark.serve.kernel import ScoringKernel, UserTable, best_columns, recommend_batches, top_k
+from recspark.serve.kernel import ScoringKernel, UserTable, recommend_batches
 from recspark.serve.scoring import (
+    ScoringPlan,
     WorkerWarmup,
     item_side_payload,
     recommend_all,
     recommend_listed,
 )
+from recspark.serve.topk import best_columns, top_k
 
 INF = math.inf
 
@@ -84,7 +86,9 @@ def test_top_k_refuses_nan_scores():
 @pytest.mark.parametrize("kind", ["dot", "dot_bias", "mlp"])
 def test_kernel_matches_the_model_pair_by_pair(kind):
     torch.manual_seed(0)
-    model = build_model(kind, n_users=30, n_items=90, factors=6, hidden=[16, 8], dropouts=[0.0, 0.0])
+    model = build_model(
+        kind, n_users=30, n_items=90, factors=6, hidden=[16, 8], dropouts=[0.0, 0.0]
+    )
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0, 0.5)
@@ -93,7 +97,9 @@ def test_kernel_matches_the_model_pair_by_pair(kind):
     users = torch.arange(30)
     vectors = model.user_factors(users).detach()
     bias = (
-        model.user_bias(users).squeeze(1).detach() if hasattr(model, "user_bias") else torch.zeros(30)
+        model.user_bias(users).squeeze(1).detach()
+        if hasattr(model, "user_bias")
+        else torch.zeros(30)
     )
     got = kernel.scores(vectors, bias)
     pairs_u, pairs_i = torch.meshgrid(users, torch.arange(90), indexing="ij")
@@ -141,29 +147,56 @@ def test_kernel_masks_seen_items_and_keeps_short_lists():
 def test_recommend_batches_reads_arrow_lists_and_masks_rated_items():
     model = build_model("dot_bias", n_users=1, n_items=4, factors=2, y_range=None)
     with torch.no_grad():
-        model.item_factors.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
+        model.item_factors.weight.copy_(
+            torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+        )
         model.item_bias.weight.zero_()
-    payload = item_side_payload(model, {"kind": "dot_bias", "n_users": 1, "n_items": 4, "factors": 2,
-                                        "y_range": None}, {})
+    payload = item_side_payload(
+        model, {"kind": "dot_bias", "n_users": 1, "n_items": 4, "factors": 2, "y_range": None}, {}
+    )
     # Batches as Spark hands them over: one row per user, its rated items as one list (null:
     # none), and a carried raw id. Users 7 and 8 share a block; 6 comes in a later batch.
-    schema = pa.schema([("user_idx", pa.int32()), ("bias", pa.float32()),
-                        ("factors", pa.list_(pa.float32())), ("items", pa.list_(pa.int32())),
-                        ("user_id", pa.string())])
+    schema = pa.schema(
+        [
+            ("user_idx", pa.int32()),
+            ("bias", pa.float32()),
+            ("factors", pa.list_(pa.float32())),
+            ("items", pa.list_(pa.int32())),
+            ("user_id", pa.string()),
+        ]
+    )
     first = pa.RecordBatch.from_pydict(
-        {"user_idx": [7, 8], "bias": [0.0, 1.0], "factors": [[2.0, 1.0], [0.0, 3.0]],
-         "items": [[2], None], "user_id": ["seven", "eight"]}, schema=schema)
+        {
+            "user_idx": [7, 8],
+            "bias": [0.0, 1.0],
+            "factors": [[2.0, 1.0], [0.0, 3.0]],
+            "items": [[2], None],
+            "user_id": ["seven", "eight"],
+        },
+        schema=schema,
+    )
     second = pa.RecordBatch.from_pydict(
-        {"user_idx": [6], "bias": [0.0], "factors": [[1.0, 1.0]], "items": [[0, 1, 2]],
-         "user_id": ["six"]}, schema=schema)
+        {
+            "user_idx": [6],
+            "bias": [0.0],
+            "factors": [[1.0, 1.0]],
+            "items": [[0, 1, 2]],
+            "user_id": ["six"],
+        },
+        schema=schema,
+    )
     out = pa.Table.from_batches(
-        list(recommend_batches(iter([first, second]), payload, 2, 2, "cpu", ("user_id",)))
+        list(recommend_batches(iter([first, second]), payload, 2, 2, "cpu", carry=("user_id",)))
     ).to_pandas()
     # user 7: item scores [2, 1, -, 0] -> 0, 1; user 8: [1, 4, 4, 1] -> 1, 2 (tie: lower index);
     # user 6 rated all but item 3: a short list of one.
     assert out.columns.tolist() == ["user_idx", "user_id", "item_idx", "rank", "score"]
     assert out[["user_id", "item_idx", "rank"]].values.tolist() == [
-        ["seven", 0, 1], ["seven", 1, 2], ["eight", 1, 1], ["eight", 2, 2], ["six", 3, 1],
+        ["seven", 0, 1],
+        ["seven", 1, 2],
+        ["eight", 1, 1],
+        ["eight", 2, 2],
+        ["six", 3, 1],
     ]
     assert out["score"].tolist() == pytest.approx([2.0, 1.0, 4.0, 4.0, 0.0])
 
@@ -183,7 +216,11 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
     )
     rng = np.random.default_rng(0)
     rated = pd.DataFrame(
-        [(u, i) for u in range(40) for i in rng.choice(25, size=int(rng.integers(0, 24)), replace=False)],
+        [
+            (u, i)
+            for u in range(40)
+            for i in rng.choice(25, size=int(rng.integers(0, 24)), replace=False)
+        ],
         columns=["user_idx", "item_idx"],
     ).astype("int32")
     spec = {"kind": "dot_bias", "n_users": 40, "n_items": 25, "factors": 3, "y_range": [1.0, 5.5]}
@@ -191,11 +228,13 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
         spark,
         spark.createDataFrame(users),
         seen_items(spark.createDataFrame(rated)),
-        item_side_payload(model, spec, {}),
-        top_n=5,
-        users_per_block=7,
-        device="cpu",
-        partitions=3,
+        ScoringPlan(
+            item_side_payload(model, spec, {}),
+            top_n=5,
+            users_per_block=7,
+            device="cpu",
+            partitions=3,
+        ),
     )
     got = frame.toPandas().sort_values(["user_idx", "rank"])
     with torch.no_grad():
@@ -209,14 +248,27 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
         assert mine["rank"].tolist() == list(range(1, len(expected) + 1))
     # The same lists from per-user arrays (prepare's rated/ table), carrying a raw id along.
     names = spark.createDataFrame(
-        pd.DataFrame({"user_idx": np.arange(40, dtype=np.int32),
-                      "user_id": [f"u{i}" for i in range(40)]})
+        pd.DataFrame(
+            {"user_idx": np.arange(40, dtype=np.int32), "user_id": [f"u{i}" for i in range(40)]}
+        )
     )
-    grouped = recommend_all(
-        spark, spark.createDataFrame(users), rated_lists(spark.createDataFrame(rated)),
-        item_side_payload(model, spec, {}), top_n=5, users_per_block=4, device="cpu",
-        partitions=2, user_columns=names,
-    ).toPandas().sort_values(["user_idx", "rank"])
+    grouped = (
+        recommend_all(
+            spark,
+            spark.createDataFrame(users),
+            rated_lists(spark.createDataFrame(rated)),
+            ScoringPlan(
+                item_side_payload(model, spec, {}),
+                top_n=5,
+                users_per_block=4,
+                device="cpu",
+                partitions=2,
+            ),
+            user_columns=names,
+        )
+        .toPandas()
+        .sort_values(["user_idx", "rank"])
+    )
     assert (grouped["user_id"] == "u" + grouped["user_idx"].astype(str)).all()
     pd.testing.assert_frame_equal(
         grouped.drop(columns="user_id").reset_index(drop=True), got.reset_index(drop=True)
@@ -224,18 +276,37 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
     # And from the broadcast user table over rated_by_every_user's rows (one per user of the
     # map, the empty ones included): the same lists, with no join.
     listed = rated_by_every_user(names, spark.createDataFrame(rated))
-    broadcast = recommend_listed(
-        spark, listed, UserTable.of(model), item_side_payload(model, spec, {}), top_n=5,
-        users_per_block=4, device="cpu", partitions=2, carry=("user_id",),
-    ).toPandas().sort_values(["user_idx", "rank"]).reset_index(drop=True)
+    broadcast = (
+        recommend_listed(
+            spark,
+            listed,
+            UserTable.of(model),
+            ScoringPlan(
+                item_side_payload(model, spec, {}),
+                top_n=5,
+                users_per_block=4,
+                device="cpu",
+                partitions=2,
+            ),
+            carry=("user_id",),
+        )
+        .toPandas()
+        .sort_values(["user_idx", "rank"])
+        .reset_index(drop=True)
+    )
     pd.testing.assert_frame_equal(broadcast, grouped.reset_index(drop=True))
 
 
 def test_a_broadcast_user_table_refuses_users_it_does_not_have():
     model = build_model("dot", n_users=3, n_items=4, factors=2).eval()
-    payload = item_side_payload(model, {"kind": "dot", "n_users": 3, "n_items": 4, "factors": 2}, {})
+    payload = item_side_payload(
+        model, {"kind": "dot", "n_users": 3, "n_items": 4, "factors": 2}, {}
+    )
     batch = pa.RecordBatch.from_pydict(
-        {"user_idx": pa.array([1, 3], pa.int32()), "items": pa.array([[0], []], pa.list_(pa.int32()))}
+        {
+            "user_idx": pa.array([1, 3], pa.int32()),
+            "items": pa.array([[0], []], pa.list_(pa.int32())),
+        }
     )
     with pytest.raises(BadInputError, match="user index 3 is outside the model's 3 users"):
         list(recommend_batches(iter([batch]), payload, 2, 2, "cpu", users=UserTable.of(model)))

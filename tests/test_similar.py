@@ -39,7 +39,9 @@ def test_most_similar_finds_the_twin_whatever_its_length():
 
 
 def test_most_similar_skips_ineligible_items_and_breaks_ties_by_index():
-    factors = np.array([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 0.1]], dtype=np.float32)
+    factors = np.array(
+        [[1.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 0.1]], dtype=np.float32
+    )
     index, _ = most_similar(factors, 0, 4)
     assert index.tolist() == [1, 2, 4, 3]  # 1 and 2 tie at cosine 1: lower index first
     eligible = np.array([True, False, True, True, True])

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -27,9 +26,9 @@ from recspark.core.errors import BadInputError, ConfigError
 from recspark.core.storage import Layout
 from recspark.ops.journal import NightlyState
 from recspark.ops.nightly import prune
-from recspark.serve.scoring import PAUSE_ENV, PAUSE_MARKER_ENV
 from recspark.serve.tables import OutputTable
 from tests.conftest import REPO
+from tests.fixtures.paused_score import command as paused_score_command
 from tests.test_score_job import EVERY_ITEM, RUN_DATE, plant, score, set_args
 
 DAY2 = "2026-01-16"
@@ -52,8 +51,10 @@ def two_days(spark, tmp_path_factory):
 def published(two_days):
     """Both dates published to the Delta table once; the tests below share it in file order,
     the last (retention) dropping the first date."""
-    summaries = [score_quietly(two_days, *DELTA, f"run_date={day}", "score.top_n=3")
-                 for day in (RUN_DATE, DAY2)]
+    summaries = [
+        score_quietly(two_days, *DELTA, f"run_date={day}", "score.top_n=3")
+        for day in (RUN_DATE, DAY2)
+    ]
     return two_days, summaries
 
 
@@ -106,19 +107,32 @@ def test_delta_table_holds_both_dates_and_a_rerun_replaces_one_whole(spark, publ
     assert rows_of(spark, "recspark.recommendations", RUN_DATE) == 14
 
 
-def test_a_delta_write_killed_midway_leaves_the_previous_version(spark, published, tmp_path, capsys):
+def test_a_delta_write_killed_midway_leaves_the_previous_version(
+    spark, published, tmp_path, capsys
+):
     two_days, _ = published
     table = OutputTable(Layout(two_days).recommendations, "delta")
     version, before = table.identity(RUN_DATE), rows_of(spark, "recspark.recommendations", RUN_DATE)
-    sets = [f"paths.root={two_days}", f"run_date={RUN_DATE}", "score.top_n=1", EVERY_ITEM, *DELTA,
-            "spark.master=local[2]", 'spark.conf={"spark.ui.enabled": "false"}']
+    sets = [
+        f"paths.root={two_days}",
+        f"run_date={RUN_DATE}",
+        "score.top_n=1",
+        EVERY_ITEM,
+        *DELTA,
+        "spark.master=local[2]",
+        'spark.conf={"spark.ui.enabled": "false"}',
+    ]
+    # tests/fixtures/paused_score.py patches the scoring task to pause after its first block.
     marker = tmp_path / "paused"
-    env = {**os.environ, PAUSE_ENV: "300", PAUSE_MARKER_ENV: str(marker),
-           "PYSPARK_PYTHON": sys.executable}
+    argv, env = paused_score_command(300, marker, set_args(sets))
     log = (tmp_path / "killed.log").open("w")
     job = subprocess.Popen(
-        [sys.executable, "-m", "recspark.cli", "score", *set_args(sets)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        argv,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 240
     try:
@@ -157,7 +171,9 @@ def test_a_date_whose_ids_change_type_is_refused(spark, tmp_path, fmt):
     numbers = spark.createDataFrame([(1, 10, 1)], "user_id long, item_id long, rank int")
     table.publish(spark, layout, numbers, RUN_DATE)
     text = spark.createDataFrame([("u1", 10, 1)], "user_id string, item_id long, rank int")
-    with pytest.raises(BadInputError, match=r"user_id of run_date 2026-01-16 is string but .* bigint"):
+    with pytest.raises(
+        BadInputError, match=r"user_id of run_date 2026-01-16 is string but .* bigint"
+    ):
         table.publish(spark, layout, text, DAY2)
     assert table.dates(spark) == [RUN_DATE]
 

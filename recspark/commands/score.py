@@ -20,59 +20,75 @@ re-running a date replaces it whole. ``score.table`` registers the table in Spar
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recspark.core.config import Config
+from recspark.commands.stage import Stage, StageResult
+from recspark.core.config import Config, ScoreConfig
 from recspark.core.storage import Layout
 from recspark.data.prepared import eligible_items
-from recspark.model.published import check_id_maps, load_published_model
+from recspark.model.published_context import PublishedContext
 from recspark.serve.kernel import UserTable
-from recspark.serve.scoring import (
-    ScoreCounters,
-    WorkerWarmup,
-    item_side_payload,
-    model_users,
-    recommendation_table,
-)
-from recspark.serve.tables import recommendations_table
+from recspark.serve.recommendation_table import model_users, recommendation_table
+from recspark.serve.scoring import ScoreCounters, ScoringPlan, WorkerWarmup, item_side_payload
+from recspark.serve.tables import OutputTable, recommendations_table
 
 log = logging.getLogger(__name__)
 
 
-def run(config: Config, spark: SparkSession) -> dict[str, Any]:
+def run(config: Config, spark: SparkSession) -> StageResult:
+    """Publish the top-N of every user of the model published for ``config.run_date``."""
     layout = Layout(config.paths.root)
-    model, published = load_published_model(layout, config.run_date)
-    check_id_maps(layout, published)  # before any Spark task
+    context = PublishedContext.open(layout, config.run_date)  # id maps checked before any task
+    output = recommendations_table(config, layout)
+    return score(
+        spark, context, output, config.score, device=config.train.device, run_date=config.run_date
+    )
+
+
+def score(
+    spark: SparkSession,
+    context: PublishedContext,
+    output: OutputTable,
+    settings: ScoreConfig,
+    *,
+    device: str,
+    run_date: dt.date | str,
+) -> StageResult:
+    """Score every user of ``context``'s model as ``settings`` say and publish ``run_date``'s
+    rows to ``output``; ``device`` is ``train.device``."""
     # The Python workers start and import torch while the driver plans (after every refusal:
     # a command that refuses runs no Spark job).
     WorkerWarmup(spark)
-    prepared = layout.prepared(published.meta.index_date)
-    output = recommendations_table(config, layout)
+    published, lists, prepared = context.published, context.lists, context.prepared
     eligible = eligible_items(
-        spark.read.parquet(str(prepared / "train")), published.spec.n_items,
-        config.score.min_item_ratings,
+        spark.read.parquet(str(prepared / "train")),
+        published.spec.n_items,
+        settings.min_item_ratings,
     )
     counters = ScoreCounters.create(spark)
-    lists = published.lists(model)  # what the lists rank by (a ranking head's model, or its own)
     user_table = model_users(
-        spark, lists.model, lists.factors, prepared, config.score.broadcast_users_mb
+        spark, lists.model, lists.factors, prepared, settings.broadcast_users_mb
+    )
+    plan = ScoringPlan(
+        item_side_payload(lists.model, lists.spec, lists.meta),
+        settings.top_n,
+        users_per_block=settings.users_per_block,
+        device=device,
+        partitions=settings.partitions,
+        eligible=eligible,
+        counters=counters,
     )
     table = recommendation_table(
         spark,
         user_table,
         prepared,
-        config.score.exclude_seen,
-        item_side_payload(lists.model, lists.spec, lists.meta),
-        published.model_version,
-        config.score.top_n,
-        config.score.users_per_block,
-        config.train.device,
-        config.score.partitions,
-        counters,
-        eligible,
+        plan,
+        exclude_seen=settings.exclude_seen,
+        model_version=context.model_version,
     )
 
     def check(rows: int) -> None:
@@ -84,24 +100,37 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
                 f"to {output.root}: nothing was published"
             )
 
-    written = output.publish(spark, layout, table, config.run_date, check)
+    written = output.publish(spark, context.layout, table, run_date, check)
     users = counters.users.value
     log.info("published %d rows for %d users to %s", written.rows, users, written.location)
-    outputs = {"recommendations": str(layout.recommendations), "partition": written.location}
+    outputs = {
+        "recommendations": str(context.layout.recommendations),
+        "partition": written.location,
+    }
     if output.name:
         outputs["table"] = output.name
-    return {
-        "outputs": outputs,
-        "counts": {"users": users, "rows": written.rows, "model_users": published.spec.n_users},
-        "metrics": {
-            "table_format": output.format,
-            **({"table_version": written.version} if written.version is not None else {}),
-            "model_version": published.model_version,
-            "top_n": config.score.top_n,
-            # Items with at least score.min_item_ratings train ratings: the only ones listed.
-            "eligible_items": int(eligible.sum()),
-            # How the tasks got the users' vectors: "broadcast" (no shuffle) or "joined".
-            "user_factors": "broadcast" if isinstance(user_table, UserTable) else "joined",
-        },
-    }
+    metrics: dict[str, Any] = {"table_format": output.format}
+    if written.version is not None:
+        metrics["table_version"] = written.version
+    metrics.update(
+        model_version=context.model_version,
+        top_n=settings.top_n,
+        # Items with at least score.min_item_ratings train ratings: the only ones listed.
+        eligible_items=int(eligible.sum()),
+        # How the tasks got the users' vectors: "broadcast" (no shuffle) or "joined".
+        user_factors="broadcast" if isinstance(user_table, UserTable) else "joined",
+    )
+    return StageResult(
+        outputs=outputs,
+        counts={"users": users, "rows": written.rows, "model_users": published.spec.n_users},
+        metrics=metrics,
+    )
 
+
+STAGE = Stage(
+    name="score",
+    purpose="Write the top-N recommendations of every user, partitioned by run date.",
+    sections=("paths", "run_date", "score", "train.device", "spark"),
+    example="recspark score --set score.top_n=20",
+    run=run,
+)

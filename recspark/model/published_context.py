@@ -10,6 +10,7 @@ lists rank by (:meth:`~recspark.model.published.PublishedModel.lists`).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,7 @@ class PublishedContext:
     def open(
         cls,
         layout: Layout,
-        run_date: object,
+        run_date: dt.date | str,
         *,
         device: str | torch.device = "cpu",
         check_maps: bool = True,
@@ -75,4 +76,5 @@ class PublishedContext:
 
     @property
     def model_version(self) -> str:
+        """The published model's version (``metrics.json``), as the tables it writes carry it."""
         return self.published.model_version

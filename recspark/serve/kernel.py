@@ -4,24 +4,15 @@ Nothing here imports pyspark: the kernel runs inside Spark's scoring tasks
 (:mod:`recspark.serve.scoring` is the glue), and the same code runs in ``benchmarks/`` on a GPU
 machine that has torch and pyarrow but no Java.
 
-Per block of ``users_per_block`` users the kernel computes the full ``users x items`` score block,
-masks the rated items, and the items no user may be offered (too few training ratings,
-``score.min_item_ratings``), with ``-inf`` and keeps the best ``top_n``. Cost per block of ``u`` users over
-``i`` items:
-
-- ``dot`` / ``dot_bias``: one ``u x f`` by ``f x i`` matrix product (``u * i * f`` multiply-adds)
-  and, for ``dot_bias``, one in-place addition of the item biases. The user bias and the sigmoid
-  do not change the order within a user's row, so they are applied only to each user's ``k + 1``
-  candidates (see :class:`_DotKeys`).
-- ``mlp``: the network runs over every (user, item) pair. The first layer acts on the concatenated
-  embeddings, so it splits into a user part (``u x h1``, per block) and an item part (``i x h1``,
-  once per worker); each pair then costs ``h1`` additions and the remaining layers
-  (``h1*h2 + ... + h_last`` multiply-adds), in chunks that keep ``pairs x h1`` floats near
-  :data:`MLP_PAIRS_PER_CHUNK`. Each pair still passes through a ``users x items x h1`` tensor
-  rather than one GEMM, so with the default ``hidden: [64]`` scoring an ``mlp`` takes about 40
-  times as long as a 32-factor ``dot_bias`` over the same users and items (measured on CPU with
-  the 600/411-wide embeddings fastai's rule gives 100k users x 20k items: ~31 s against ~0.75 s
-  per 1,000 users). Budget for it, or score it on GPU executors (``train.device: auto``).
+Per block of ``users_per_block`` users the kernel computes the full ``users x items`` score block
+(:mod:`recspark.serve.ranking_keys` says how, and what it costs per model kind), masks the rated
+items, and the items no user may be offered (too few training ratings,
+``score.min_item_ratings``), with ``-inf`` and keeps the best ``top_n``
+(:func:`~recspark.serve.topk.top_k`). With the default ``hidden: [64]`` scoring an ``mlp`` takes
+about 40 times as long as a 32-factor ``dot_bias`` over the same users and items (measured on CPU
+with the 600/411-wide embeddings fastai's rule gives 100k users x 20k items: ~31 s against
+~0.75 s per 1,000 users). Budget for it, or score it on GPU executors (``train.device: auto``).
+:func:`recommend_batches` runs it over Arrow batches of users (a scoring task's input).
 
 Ties are broken by the lower item index, so re-running with the same model gives identical lists.
 """
@@ -29,7 +20,7 @@ Ties are broken by the lower item index, so re-running with the same model gives
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,124 +33,27 @@ from torch import nn
 from recspark.core.constants import BIAS, FACTORS, ITEM_ID, ITEM_IDX, ITEMS, RANK, SCORE, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.torch_utils import resolve_device
-from recspark.model.base import scale_to_range
+from recspark.model.base import EmbeddingModel
 from recspark.model.saving import model_from_bytes
+from recspark.serve.ranking_keys import MLP_PAIRS_PER_CHUNK, DotKeys, SplitMLP, table
+from recspark.serve.topk import Finish, top_k
 
 
 class _Adder(Protocol):
-    def add(self, value: int) -> None: ...
+    def add(self, value: int, /) -> None: ...
 
 
 class Counters(Protocol):
     """What :func:`recommend_batches` adds its users and rows to (Spark accumulators in a job)."""
 
-    users: _Adder
-    rows: _Adder
+    @property
+    def users(self) -> _Adder: ...
 
+    @property
+    def rows(self) -> _Adder: ...
 
-#: (user, item) pairs per chunk when the MLP runs over a block; bounds memory to ~pairs x h1 floats.
-MLP_PAIRS_PER_CHUNK = 1 << 18
 
 _KERNEL_CACHE: dict[tuple[str, str], ScoringKernel] = {}
-
-
-Finish = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-#: Columns per chunk of :func:`best_columns`' first pass.
-CHUNK = 64
-
-
-def best_columns(scores: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.topk(scores, count, dim=1)``'s values, and columns holding them, in two cheap passes.
-
-    A full ``topk`` over every column of a wide block costs about as much as the matrix product
-    that made it. Here the first :data:`CHUNK`-column chunks of each row are reduced to their
-    maxima (one vectorised pass), the ``count`` chunks with the highest maxima are gathered with
-    the leftover columns past the last whole chunk, and ``topk`` runs over those
-    ``count * CHUNK`` candidates only. Exact: a column outside the chosen chunks is at most the
-    lowest chosen maximum, so at least ``count`` candidates are at least as high; the values are
-    ``topk``'s, and among equal values at the cut the column may differ, which :func:`top_k`
-    resolves by index.
-    """
-    rows, columns = scores.shape
-    whole = columns - columns % CHUNK
-    chunks = whole // CHUNK
-    if chunks <= count:
-        return scores.topk(count, dim=1)
-    maxima = scores[:, :whole].view(rows, chunks, CHUNK).amax(dim=2)
-    chosen = maxima.topk(count, dim=1).indices
-    offsets = torch.arange(CHUNK, device=scores.device)
-    candidates = (chosen[:, :, None] * CHUNK + offsets).reshape(rows, -1)
-    if whole < columns:
-        rest = torch.arange(whole, columns, device=scores.device).expand(rows, -1)
-        candidates = torch.cat([candidates, rest], dim=1)
-    values, position = scores.gather(1, candidates).topk(count, dim=1)
-    return values, candidates.gather(1, position)
-
-
-def top_k(
-    scores: torch.Tensor, k: int, finish: Finish | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The best ``k`` columns of each row, ties broken by the lower column index.
-
-    ``-inf`` marks excluded entries. One pass over the block (:func:`best_columns`) finds the
-    candidates; only rows where equal scores straddle the cut (rare for continuous scores, and
-    rows with fewer than ``k + 1`` eligible columns) are re-ranked exactly with a stable sort of
-    the whole row.
-
-    Parameters
-    ----------
-    scores
-        ``rows x columns`` float tensor: the scores, or ranking keys that ``finish`` turns into
-        the scores.
-    k
-        How many columns to keep per row; more than ``columns`` keeps them all.
-    finish
-        ``finish(values, rows) -> scores`` for values taken from the given rows of ``scores``: a
-        transform that never decreases within a row and keeps ``-inf``, so it can be applied to
-        the ``k + 1`` candidates only instead of to the whole block. Ties and order are decided on
-        the finished scores, so the result is the same as ranking the finished block.
-
-    Returns
-    -------
-    (indices, values, valid)
-        Each ``rows x min(k, columns)``, best first. ``valid`` is False where a row had fewer than
-        ``k`` eligible (finite) columns; those slots hold ``-inf``.
-
-    Raises
-    ------
-    FloatingPointError
-        When a row's best scores include NaN (the model produced NaN).
-    """
-    rows, columns = scores.shape
-    k = min(k, columns)
-    if k == 0 or rows == 0:
-        empty = torch.zeros((rows, k), dtype=torch.long, device=scores.device)
-        return empty, scores.new_zeros((rows, k)), empty.bool()
-    every_row = torch.arange(rows, device=scores.device)
-    values, index = best_columns(scores, k + 1 if k < columns else k)
-    if finish is not None:
-        values = finish(values, every_row)
-    if k < columns:
-        # If the (k+1)-th best equals the k-th, an equal score may have been cut arbitrarily.
-        straddling = values[:, k - 1] == values[:, k]
-        values, index = values[:, :k].contiguous(), index[:, :k].contiguous()
-    else:
-        straddling = torch.ones(rows, dtype=torch.bool, device=scores.device)
-    if torch.isnan(values).any():
-        raise FloatingPointError("the model produced NaN scores: retrain it (check train.lr)")
-    redo = straddling.nonzero().squeeze(1)
-    if len(redo):
-        whole = scores[redo] if finish is None else finish(scores[redo], redo)
-        exact_values, exact_index = torch.sort(whole, dim=1, descending=True, stable=True)
-        values[redo], index[redo] = exact_values[:, :k], exact_index[:, :k]
-    # Within the chosen k: descending score, then ascending item index (stable sort on sorted index).
-    index, order = index.sort(dim=1)
-    values = values.gather(1, order)
-    values, order = values.sort(dim=1, descending=True, stable=True)
-    index = index.gather(1, order)
-    return index, values, torch.isfinite(values)
 
 
 #: ``users_per_block: auto`` on the CPU: the fastest of 64-512 users per block at 20k items here.
@@ -193,13 +87,13 @@ class ScoringKernel:
     Built once per Python worker from the broadcast bytes (see :func:`kernel_for`).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device):
+    def __init__(self, model: EmbeddingModel, device: torch.device):
         self.model = model
         self.device = device
         self.n_items = model.n_items
         self.items = torch.arange(self.n_items, device=device)
-        self._mlp = _SplitMLP.build(model) if hasattr(model, "layers") else None
-        self._dot = None if hasattr(model, "layers") else _DotKeys.build(model)
+        self._mlp = SplitMLP.build(model) if hasattr(model, "layers") else None
+        self._dot = None if hasattr(model, "layers") else DotKeys.build(model)
 
     @torch.no_grad()
     def ranking(
@@ -279,103 +173,6 @@ class ScoringKernel:
         return torch.as_tensor(excluded, dtype=torch.long, device=self.device)
 
 
-class _DotKeys:
-    """A dot model's block as ranking keys, finished into scores for the chosen items only.
-
-    ``dot_bias`` scores are ``scale(q . p + b_i + b_u)`` with a non-decreasing ``scale`` (the
-    sigmoid into ``y_range``); ``b_u`` is the same along a user's row, so ranking by
-    ``q . p + b_i`` (one matrix product and one in-place addition) ranks by score, and the bias
-    and sigmoid are applied to the ``k + 1`` candidates per user instead of to every item. The item
-    rows are gathered once per worker. :meth:`build` checks on a probe that finishing the whole
-    block gives the model's own ``score_vectors`` bit for bit, and returns None otherwise, so the
-    kernel falls back to the model's code.
-    """
-
-    def __init__(self, model: nn.Module):
-        items = torch.arange(model.n_items, device=model.item_factors.weight.device)
-        self.item_matrix = model.item_factors(items).detach()
-        biased = hasattr(model, "item_bias") and hasattr(model, "user_bias")
-        self.item_bias = model.item_bias(items).T.detach() if biased else None
-        self.y_range = getattr(model, "y_range", None) if biased else None
-
-    @classmethod
-    def build(cls, model: nn.Module) -> _DotKeys | None:
-        with torch.no_grad():
-            fast = cls(model)
-            device = fast.item_matrix.device
-            width = fast.item_matrix.shape[1]
-            if model.user_factors.embedding_dim != width:
-                return None  # user rows of another width (a blend's): only the model's code
-            users = torch.linspace(-1.5, 1.5, 4 * width, device=device).view(4, width)
-            bias = torch.linspace(-0.5, 0.5, 4, device=device)
-            expected = model.score_vectors(users, bias, torch.arange(model.n_items, device=device))
-            keys, finish = fast.keys(users), fast.finisher(bias)
-            got = keys if finish is None else finish(keys, torch.arange(4, device=device))
-            return fast if torch.equal(got, expected.float()) else None
-
-    def keys(self, user_vectors: torch.Tensor) -> torch.Tensor:
-        raw = user_vectors @ self.item_matrix.T
-        if self.item_bias is not None:
-            raw.add_(self.item_bias)
-        return raw
-
-    def finisher(self, user_bias: torch.Tensor | None) -> Finish | None:
-        if self.item_bias is None:
-            return None
-        y_range = self.y_range
-
-        def finish(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            # The model's own operations in its order: (raw + b_i) + b_u, then the scaling.
-            raw = values + user_bias[rows, None] if user_bias is not None else values
-            if y_range is None:
-                return raw
-            return torch.where(torch.isneginf(values), values, scale_to_range(raw, y_range))
-
-        return finish
-
-
-class _SplitMLP:
-    """An EmbeddingNet's pair scores with its first layer split into user and item halves.
-
-    ``W [u; i] + b = W_u u + (W_i i + b)``: the item half is computed once, the user half once per
-    block, and only the layers after the first run per pair. :meth:`build` checks the split against
-    the model's own ``score_vectors`` and returns None when they disagree (a changed network), so
-    the kernel falls back to the model's own code.
-    """
-
-    def __init__(self, model: nn.Module):
-        first = model.layers[0]
-        width = model.user_factors.embedding_dim
-        self.user_weight = first.weight[:, :width]
-        self.item_hidden = model.item_factors.weight @ first.weight[:, width:].T + first.bias
-        self.rest = model.layers[1:]
-        self.y_range = getattr(model, "y_range", None)
-
-    @classmethod
-    def build(cls, model: nn.Module) -> _SplitMLP | None:
-        if not isinstance(model.layers[0], nn.Linear):
-            return None
-        with torch.no_grad():
-            split = cls(model)
-            items = torch.arange(min(model.n_items, 64), device=model.item_factors.weight.device)
-            probe = torch.linspace(-0.05, 0.05, 3 * model.user_factors.embedding_dim)
-            users = probe.view(3, -1).to(items.device)
-            expected = model.score_vectors(users, None, items).float()
-            got = split(users)[:, : len(items)]
-        return split if torch.allclose(got, expected, rtol=1e-4, atol=1e-5) else None
-
-    def __call__(self, user_vectors: torch.Tensor) -> torch.Tensor:
-        user_hidden = user_vectors @ self.user_weight.T
-        items = self.item_hidden.shape[0]
-        step = max(1, MLP_PAIRS_PER_CHUNK // max(1, items))
-        blocks = []
-        for start in range(0, len(user_hidden), step):
-            pairs = user_hidden[start : start + step, None, :] + self.item_hidden[None, :, :]
-            raw = scale_to_range(self.rest(pairs).squeeze(-1), self.y_range)
-            blocks.append(raw.float())
-        return torch.cat(blocks) if blocks else user_hidden.new_zeros((0, items))
-
-
 def kernel_for(model_payload: bytes, device: torch.device) -> ScoringKernel:
     """The worker's kernel for this payload, rebuilt only when the payload or device changes."""
     key = (hashlib.sha1(model_payload).hexdigest(), str(device))
@@ -419,8 +216,8 @@ class UserTable:
 
     @classmethod
     def of(cls, model: nn.Module) -> UserTable:
-        """The same rows :func:`recspark.model.saving.write_factor_tables` writes to ``user_factors``."""
-        factors = model.user_factors.weight.detach().cpu().float().numpy()
+        """The rows :func:`recspark.model.saving.write_factor_tables` writes to ``user_factors``."""
+        factors = table(model, "user_factors").weight.detach().cpu().float().numpy()
         bias = getattr(model, "user_bias", None)
         return cls(
             np.ascontiguousarray(factors),
@@ -451,6 +248,7 @@ def recommend_batches(
     top_n: int,
     block_setting: int | str,
     device_setting: str = "auto",
+    *,
     carry: tuple[str, ...] = (),
     item_ids: pa.Array | None = None,
     counters: Counters | None = None,

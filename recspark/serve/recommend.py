@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -18,12 +19,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recspark.core.config import Config
+from recspark.core.config import RankingConfig
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.data.titles import read_titles
+from recspark.model.base import EmbeddingModel
 from recspark.serve.foldin import RankingFoldIn, fold_in, score_user
-from recspark.serve.kernel import top_k
+from recspark.serve.ranking_keys import table
+from recspark.serve.topk import top_k
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ def lookup_user(user_index: DataFrame, raw_id: Any) -> int:
     return int(rows[0][USER_IDX])
 
 
-def fold_in_regularization(setting: float | None, model_metrics: dict) -> float:
+def fold_in_regularization(setting: float | None, model_metrics: Mapping[str, Any]) -> float:
     """``recommend.regularization``, else the ``train.weight_decay`` the model was trained with."""
     if setting is not None:
         return float(setting)
@@ -96,22 +99,23 @@ def fold_in_regularization(setting: float | None, model_metrics: dict) -> float:
 
 
 def ranking_settings(
-    config: Config,
-    model_metrics: dict,
+    ranking: RankingConfig,
+    model_metrics: Mapping[str, Any],
     objective: str,
     train: DataFrame,
     n_items: int,
+    *,
     every_row_positive: bool = False,
 ) -> RankingFoldIn | None:
     """How the model was ranked in training (None for a rating model).
 
     The settings recorded with the model win; a model that did not record them is assumed to
-    have been trained with this config's ``ranking.*``. ``every_row_positive``: a rating model's
-    ranking head, which took every train row as a positive, unweighted.
+    have been trained with ``ranking`` (this config's ``ranking.*``). ``every_row_positive``: a
+    rating model's ranking head, which took every train row as a positive, unweighted.
     """
     if objective != "ranking":
         return None
-    recorded = model_metrics.get("ranking") or config.ranking.model_dump()
+    recorded = model_metrics.get("ranking") or ranking.model_dump()
     if every_row_positive:
         recorded = {**recorded, "positive_threshold": 0.0, "confidence": "none"}
     settings = RankingFoldIn(
@@ -132,7 +136,8 @@ def ranking_settings(
 def best_items(
     scores: np.ndarray, excluded: np.ndarray, top_n: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-N (indices, scores) of one row of scores, ``excluded`` items masked, ties to lower index."""
+    """Top-N (indices, scores) of one row of scores, ``excluded`` items masked, ties to the lower
+    index."""
     masked = torch.as_tensor(np.asarray(scores, dtype=np.float32)).clone()
     masked[torch.as_tensor(excluded)] = -torch.inf
     index, value, valid = top_k(masked[None, :], top_n)
@@ -140,11 +145,20 @@ def best_items(
     return index[0].numpy()[keep], value[0].numpy()[keep]
 
 
+class ListedItem(TypedDict):
+    """One row of the summary's ``recommendations``: the raw item id, its score (rounded to six
+    places) and its title (None when unknown)."""
+
+    item_id: Any
+    score: float
+    title: str | None
+
+
 def listing(
     index: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, labels: dict[int, str]
-) -> list[dict]:
+) -> list[ListedItem]:
     """The summary's ``recommendations``: ``{item_id, score, title}``, in the given order."""
-    out = []
+    out: list[ListedItem] = []
     for item, score in zip(index, scores, strict=True):
         raw = item_ids[int(item)]
         out.append(
@@ -157,7 +171,7 @@ def listing(
     return out
 
 
-def format_table(rows: list[dict], heading: str, score_name: str = "score") -> str:
+def format_table(rows: list[ListedItem], heading: str, score_name: str = "score") -> str:
     """A fixed-width table of :func:`listing` rows for people (stderr)."""
     lines = [heading, f"{'rank':>4}  {'item_id':>10}  {score_name:>10}  title"]
     for rank, row in enumerate(rows, start=1):
@@ -197,10 +211,11 @@ class UserList:
 
 
 def new_user_list(
-    model,
+    model: EmbeddingModel,
     rated_idx: np.ndarray,
     ratings: np.ndarray,
     eligible: np.ndarray,
+    *,
     top_n: int,
     regularization: float,
     ranking: RankingFoldIn | None,
@@ -226,11 +241,21 @@ def new_user_list(
 
 
 def known_user_list(
-    model, user_idx: int, seen: np.ndarray, eligible: np.ndarray, top_n: int, raw_user: Any
+    model: EmbeddingModel,
+    user_idx: int,
+    seen: np.ndarray,
+    eligible: np.ndarray,
+    *,
+    top_n: int,
+    raw_user: Any,
 ) -> UserList:
     """The list of user ``user_idx`` of the model: eligible items it has not rated (``seen``)."""
-    vector = model.user_factors.weight[user_idx].detach().cpu().numpy()
-    bias = float(model.user_bias.weight[user_idx, 0].detach()) if hasattr(model, "user_bias") else 0.0
+    vector = table(model, "user_factors").weight[user_idx].detach().cpu().numpy()
+    bias = (
+        float(table(model, "user_bias").weight[user_idx, 0].detach())
+        if hasattr(model, "user_bias")
+        else 0.0
+    )
     excluded = ~eligible
     excluded[np.asarray(seen, dtype=np.int64)] = True
     index, scores = best_items(score_user(model, vector, bias), excluded, top_n)

@@ -2,8 +2,9 @@
 
 Executors receive the item side of the model once, as a broadcast (item factors and biases, or the
 MLP's weights), with the mask of the items that may be recommended at all (one bool per item:
-enough training ratings, ``score.min_item_ratings``). Each scoring task receives one row per user with every item it rated as one array
-(``prepare`` writes these rows once per run as ``rated/``) and reads them as Arrow buffers
+enough training ratings, ``score.min_item_ratings``). Each scoring task receives one row per user
+with every item it rated as one array (``prepare`` writes these rows once per run as ``rated/``)
+and reads them as Arrow buffers
 (``mapInArrow``): the list columns are the block's sparse mask (and matrix) without a per-row loop.
 The users' vectors come one of two ways: with a user table small enough to broadcast
 (:func:`recommend_listed`), the table rides the broadcast and the tasks read ``rated/`` as it
@@ -18,10 +19,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ import torch
 from pyspark import Accumulator, TaskContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_type, to_arrow_type
+from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 from torch import nn
 
@@ -40,25 +40,16 @@ from recspark.core.constants import (
     ITEM_ID,
     ITEM_IDX,
     ITEMS,
-    MODEL_VERSION,
     PREDICTION,
     RANK,
     SCORE,
-    USER_ID,
     USER_IDX,
 )
-from recspark.core.storage import parquet_rows
 from recspark.core.torch_utils import device_for_work
-from recspark.data.prepared import RATED, lists_every_user, rated_by_user, rated_lists
-from recspark.model.saving import model_bytes, raw_ids
+from recspark.data.prepared import rated_lists
+from recspark.model.base import EmbeddingModel
+from recspark.model.saving import model_bytes
 from recspark.serve.kernel import UserTable, kernel_for, recommend_batches
-
-#: Fault-injection hook for the kill test: each scoring task sleeps this many seconds after it has
-#: handed its first block to Spark's writer, so a test can kill the job while it is writing.
-PAUSE_ENV = "RECSPARK_SCORE_PAUSE_SECONDS"
-#: With the pause, a local file each pausing task creates first: the test then knows the write job
-#: is under way (Spark may hold the rows back to sort them, so no output file need exist yet).
-PAUSE_MARKER_ENV = "RECSPARK_SCORE_PAUSE_MARKER"
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +59,75 @@ class ScoreCounters:
     """Users given a list and rows produced, added up by the scoring tasks (Spark accumulators:
     a successful task's updates count once, so they are exact once the writing action ends)."""
 
-    users: Accumulator
-    rows: Accumulator
+    users: Accumulator[int]
+    rows: Accumulator[int]
 
     @classmethod
     def create(cls, spark: SparkSession) -> ScoreCounters:
         return cls(spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0))
 
 
-def item_side_payload(model: nn.Module, spec: dict, meta: dict) -> bytes:
+@dataclass(frozen=True, eq=False)
+class ScoringPlan:
+    """How every user is scored: what a caller decides once and every scoring function reads.
+
+    Parameters
+    ----------
+    payload
+        :func:`item_side_payload` bytes; broadcast once to the executors.
+    top_n
+        List length per user.
+    users_per_block
+        Users per matrix product (memory per block: ``users_per_block x items`` floats), or
+        ``auto``: sized by each task for its device (:func:`recspark.serve.kernel.users_per_block`).
+    device
+        ``train.device``: ``auto`` uses CUDA on executors that have a GPU.
+    partitions
+        Scoring tasks at least; default the session's default parallelism. (Spark may raise it to
+        ``spark.sql.shuffle.partitions`` for the joins.)
+    eligible
+        One bool per item index: only these items are recommended, to anyone (broadcast with the
+        model; :func:`recspark.data.prepared.eligible_items`). None: every item.
+    counters
+        Accumulators the tasks add their users and rows to (:class:`ScoreCounters`).
+    """
+
+    payload: bytes
+    top_n: int
+    users_per_block: int | str = "auto"
+    device: str = "auto"
+    partitions: int | None = None
+    eligible: np.ndarray | None = None
+    counters: ScoreCounters | None = None
+
+    def tasks(self, spark: SparkSession) -> int:
+        """Scoring tasks at least: ``partitions``, else the session's default parallelism."""
+        return self.partitions or spark.sparkContext.defaultParallelism
+
+
+@dataclass(frozen=True, eq=False)
+class TaskInputs:
+    """What every scoring task reads, broadcast once: the plan's kernel settings, the item side
+    (``payload``), the raw item ids, the broadcast user table (or None) and the eligible mask."""
+
+    payload: bytes
+    top_n: int
+    users_per_block: int | str
+    device: str
+    carry: tuple[str, ...]
+    item_ids: pa.Array | None
+    user_table: UserTable | None
+    eligible: np.ndarray | None
+
+
+def item_side_payload(model: nn.Module, spec: Mapping[str, Any], meta: Mapping[str, Any]) -> bytes:
     """The model's bytes with its user tables cut to one row: executors score user vectors."""
-    light = copy.deepcopy(model).cpu()
+    light = cast(EmbeddingModel, copy.deepcopy(model).cpu())
     light.cut_users()
-    return model_bytes(light, _one_user(spec), meta)
+    return model_bytes(light, _one_user(spec), dict(meta))
 
 
-def _one_user(spec: dict) -> dict:
+def _one_user(spec: Mapping[str, Any]) -> dict[str, Any]:
     """``spec`` of the cut model: one user row, dense tables; a blend's parts alike."""
     cut = {**spec, "n_users": 1, "sparse": False}
     if "parts" in spec:
@@ -95,16 +139,12 @@ def recommend_all(
     spark: SparkSession,
     user_factors: DataFrame,
     seen: DataFrame | None,
-    payload: bytes,
-    top_n: int,
-    users_per_block: int | str = "auto",
-    device: str = "auto",
-    partitions: int | None = None,
+    plan: ScoringPlan | bytes,
+    *legacy: Any,
     user_columns: DataFrame | None = None,
     carry: tuple[str, ...] = (),
     item_ids: pa.Array | None = None,
-    counters: ScoreCounters | None = None,
-    eligible: np.ndarray | None = None,
+    **legacy_settings: Any,
 ) -> DataFrame:
     """Top-N ``(user_idx, item_idx, rank, score)`` for every row of ``user_factors``.
 
@@ -123,18 +163,8 @@ def recommend_all(
         What to exclude: ``(user_idx, items)`` arrays (``prepare``'s ``rated/`` table) or
         ``(user_idx, item_idx)`` pairs, grouped here with :func:`rated_lists`; None excludes
         nothing. Users not in ``user_factors`` are ignored.
-    payload
-        :func:`item_side_payload` bytes; broadcast once to the executors.
-    top_n
-        List length per user.
-    users_per_block
-        Users per matrix product (memory per block: ``users_per_block x items`` floats), or
-        ``auto``: sized by each task for its device (:func:`recspark.serve.kernel.users_per_block`).
-    device
-        ``train.device``: ``auto`` uses CUDA on executors that have a GPU.
-    partitions
-        Scoring tasks at least; default the session's default parallelism. (Spark may raise it to
-        ``spark.sql.shuffle.partitions`` for the joins.)
+    plan
+        The model's item side, list length, blocks, device, tasks, eligible items and counters.
     user_columns
         ``(user_idx, ...)``, one row per user (e.g. the raw ``user_id``): its other columns are
         carried into the output after ``user_idx``.
@@ -143,37 +173,25 @@ def recommend_all(
     item_ids
         Raw item id of each item index (``item_ids[i]`` for index ``i``): broadcast with the
         model, and the output gains ``item_id`` after ``item_idx``.
-    counters
-        Accumulators the tasks add their users and rows to (:class:`ScoreCounters`).
-    eligible
-        One bool per item index: only these items are recommended, to anyone (broadcast with the
-        model; :func:`recspark.data.prepared.eligible_items`). None: every item.
     """
+    if not isinstance(plan, ScoringPlan):
+        # TEMPORARY (issue 30): recspark/evaluate and its tests still call with the payload and
+        # ScoringPlan's other fields as arguments; remove once they pass a ScoringPlan.
+        plan = ScoringPlan(plan, *legacy, **legacy_settings)
     missing = [c for c in (USER_IDX, BIAS, FACTORS) if c not in user_factors.columns]
     if missing:
         raise ValueError(f"user_factors lacks column(s) {missing}; it has {user_factors.columns}")
     # An explicit count is kept by adaptive execution, which would otherwise merge small user
     # tables into one task; equal partitioning on every side makes the joins shuffle-free.
-    count = partitions or spark.sparkContext.defaultParallelism
+    count = plan.tasks(spark)
+    carry = tuple(carry)
     users = user_factors.select(
         F.col(USER_IDX).cast("int").alias(USER_IDX),
         F.col(BIAS).cast("float").alias(BIAS),
         F.col(FACTORS).cast("array<float>").alias(FACTORS),
         *carry,
     ).repartition(count, USER_IDX)
-    if seen is not None:
-        if ITEMS not in seen.columns:
-            for column in (USER_IDX, ITEM_IDX):
-                if column not in seen.columns:
-                    raise ValueError(f"seen lacks column {column!r}; it has {seen.columns}")
-            seen = rated_lists(seen)
-        lists = seen.select(
-            F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEMS).cast("array<int>").alias(ITEMS)
-        ).repartition(count, USER_IDX)
-        users = users.join(lists, USER_IDX, "left")
-    else:
-        users = users.withColumn(ITEMS, F.lit(None).cast("array<int>"))
-    carry = tuple(carry)
+    users = _with_rated_items(users, seen, count)
     if user_columns is not None:
         joined = tuple(c for c in user_columns.columns if c != USER_IDX)
         extra = user_columns.withColumn(USER_IDX, F.col(USER_IDX).cast("int"))
@@ -181,23 +199,34 @@ def recommend_all(
         carry += joined
     # Sorted, so blocks (and any floating-point blocking effect) do not depend on join order.
     users = users.sortWithinPartitions(USER_IDX).select(USER_IDX, BIAS, FACTORS, ITEMS, *carry)
-    return _map_users(spark, users, payload, None, top_n, users_per_block, device, carry, item_ids,
-                      counters, eligible)
+    return _map_users(spark, users, plan, user_table=None, carry=carry, item_ids=item_ids)
+
+
+def _with_rated_items(users: DataFrame, seen: DataFrame | None, count: int) -> DataFrame:
+    """``users`` (partitioned by user into ``count``) with the ``items`` each rated in ``seen``
+    (arrays, or pairs grouped here), null where none; a null column when ``seen`` is None."""
+    if seen is None:
+        return users.withColumn(ITEMS, F.lit(None).cast("array<int>"))
+    if ITEMS not in seen.columns:
+        for column in (USER_IDX, ITEM_IDX):
+            if column not in seen.columns:
+                raise ValueError(f"seen lacks column {column!r}; it has {seen.columns}")
+        seen = rated_lists(seen)
+    lists = seen.select(
+        F.col(USER_IDX).cast("int").alias(USER_IDX),
+        F.col(ITEMS).cast("array<int>").alias(ITEMS),
+    ).repartition(count, USER_IDX)
+    return users.join(lists, USER_IDX, "left")
 
 
 def recommend_listed(
     spark: SparkSession,
     users: DataFrame,
     user_table: UserTable,
-    payload: bytes,
-    top_n: int,
-    users_per_block: int | str = "auto",
-    device: str = "auto",
-    partitions: int | None = None,
+    plan: ScoringPlan,
+    *,
     carry: tuple[str, ...] = (),
     item_ids: pa.Array | None = None,
-    counters: ScoreCounters | None = None,
-    eligible: np.ndarray | None = None,
 ) -> DataFrame:
     """Top-N ``(user_idx, *carry, item_idx, rank, score)`` for every row of ``users``, no shuffle.
 
@@ -206,13 +235,13 @@ def recommend_listed(
     broadcast with the item side, and each task looks its users' vectors up in it. Use it when the
     user table fits the executors' Python workers (``score.broadcast_users_mb``);
     :func:`recommend_all` joins the table instead. Other parameters as in :func:`recommend_all`;
-    ``partitions``: when ``users`` is read as fewer partitions, it is repartitioned by user (one
-    shuffle) so every core has a task.
+    ``plan.partitions``: when ``users`` is read as fewer partitions, it is repartitioned by user
+    (one shuffle) so every core has a task.
     """
     missing = [c for c in (USER_IDX, ITEMS, *carry) if c not in users.columns]
     if missing:
         raise ValueError(f"users lacks column(s) {missing}; it has {users.columns}")
-    count = partitions or spark.sparkContext.defaultParallelism
+    count = plan.tasks(spark)
     rows = users.select(
         F.col(USER_IDX).cast("int").alias(USER_IDX),
         F.col(ITEMS).cast("array<int>").alias(ITEMS),
@@ -220,57 +249,79 @@ def recommend_listed(
     )
     if rows.rdd.getNumPartitions() < count:
         rows = rows.repartition(count, USER_IDX).sortWithinPartitions(USER_IDX)
-    return _map_users(spark, rows, payload, user_table, top_n, users_per_block, device,
-                      tuple(carry), item_ids, counters, eligible)
+    return _map_users(
+        spark, rows, plan, user_table=user_table, carry=tuple(carry), item_ids=item_ids
+    )
 
 
 def _map_users(
     spark: SparkSession,
     users: DataFrame,
-    payload: bytes,
+    plan: ScoringPlan,
+    *,
     user_table: UserTable | None,
-    top_n: int,
-    users_per_block: int | str,
-    device: str,
     carry: tuple[str, ...],
     item_ids: pa.Array | None,
-    counters: ScoreCounters | None,
-    eligible: np.ndarray | None = None,
 ) -> DataFrame:
     """``users`` (the rows :func:`recommend_batches` reads) scored by one ``mapInArrow``."""
     clash = set(carry) & {BIAS, FACTORS, ITEMS, ITEM_IDX, ITEM_ID, RANK, SCORE}
     if clash:
         raise ValueError(f"cannot carry {sorted(clash)} into the output: the names are taken")
-    if eligible is not None:
-        eligible = np.asarray(eligible, dtype=bool)
-    shared = spark.sparkContext.broadcast((payload, item_ids, user_table, eligible))
+    eligible = None if plan.eligible is None else np.asarray(plan.eligible, dtype=bool)
+    inputs = TaskInputs(
+        plan.payload,
+        plan.top_n,
+        plan.users_per_block,
+        plan.device,
+        carry,
+        item_ids,
+        user_table,
+        eligible,
+    )
+    shared = spark.sparkContext.broadcast(inputs)
+    counters = plan.counters
     carried = [users.schema[name] for name in carry]
+    item_id_field = (
+        [] if item_ids is None else [StructField(ITEM_ID, from_arrow_type(item_ids.type))]
+    )
     schema = StructType(
         [
             StructField(USER_IDX, IntegerType(), False),
             *carried,
             StructField(ITEM_IDX, IntegerType(), False),
-            *([StructField(ITEM_ID, from_arrow_type(item_ids.type))] if item_ids is not None else []),
+            *item_id_field,
             StructField(RANK, IntegerType(), False),
             StructField(SCORE, FloatType(), False),
         ]
     )
 
-    def score(batches):
-        model_bytes_, ids, table, candidates = shared.value
-        here = task_device(device)
-        if here.type == "cpu":
-            _threads_per_task()
-        scored = recommend_batches(
-            batches, model_bytes_, top_n, users_per_block, str(here), carry, ids, counters, table,
-            candidates,
-        )
-        for position, batch in enumerate(scored):
-            yield batch
-            if position == 0:
-                _pause_for_fault_injection()
+    def score(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        # score_partition is looked up as this module's global when Spark pickles the closure.
+        return score_partition(iter(batches), shared.value, counters)
 
     return users.mapInArrow(score, schema)
+
+
+def score_partition(
+    batches: Iterator[pa.RecordBatch], inputs: TaskInputs, counters: ScoreCounters | None
+) -> Iterator[pa.RecordBatch]:
+    """One scoring task: its users' rows in, their top-N rows out (:func:`recommend_batches` on
+    the task's device, with as many torch threads as the task has cores)."""
+    here = task_device(inputs.device)
+    if here.type == "cpu":
+        _threads_per_task()
+    return recommend_batches(
+        batches,
+        inputs.payload,
+        inputs.top_n,
+        inputs.users_per_block,
+        str(here),
+        carry=inputs.carry,
+        item_ids=inputs.item_ids,
+        counters=counters,
+        users=inputs.user_table,
+        eligible=inputs.eligible,
+    )
 
 
 class WorkerWarmup:
@@ -316,7 +367,7 @@ class WorkerWarmup:
         return list(self._seen)
 
 
-def _warm_worker(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _warm_worker(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body of :class:`WorkerWarmup`: unpickling it imported this module (and torch)."""
     import sys
 
@@ -329,16 +380,6 @@ def _warm_worker(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
                 ),
             }
         )
-
-
-def _pause_for_fault_injection() -> None:
-    seconds = float(os.environ.get(PAUSE_ENV) or 0)
-    if seconds > 0:
-        marker = os.environ.get(PAUSE_MARKER_ENV)
-        if marker:
-            with open(marker, "a", encoding="utf-8") as handle:
-                handle.write(f"{os.getpid()}\n")
-        time.sleep(seconds)
 
 
 def task_device(setting: str) -> torch.device:
@@ -374,7 +415,9 @@ def predict_partition(
         yield batch.assign(**{PREDICTION: prediction})
 
 
-def predict(spark: SparkSession, pairs: DataFrame, payload: bytes, device: str = "auto") -> DataFrame:
+def predict(
+    spark: SparkSession, pairs: DataFrame, payload: bytes, device: str = "auto"
+) -> DataFrame:
     """``pairs`` with a float ``prediction`` column; ``payload`` is the whole model's bytes."""
     shared = spark.sparkContext.broadcast(payload)
     # A new StructType: ``schema.add`` would mutate the input frame's cached schema in place.
@@ -384,77 +427,3 @@ def predict(spark: SparkSession, pairs: DataFrame, payload: bytes, device: str =
         return predict_partition(batches, shared.value, device)
 
     return pairs.mapInPandas(run, schema)
-
-
-def recommendation_table(
-    spark: SparkSession,
-    model_users: DataFrame | UserTable,
-    prepared: Path,
-    exclude_seen: bool,
-    payload: bytes,
-    model_version: str,
-    top_n: int,
-    users_per_block: int | str = "auto",
-    device: str = "auto",
-    partitions: int | None = None,
-    counters: ScoreCounters | None = None,
-    eligible: np.ndarray | None = None,
-) -> DataFrame:
-    """The published table's rows: ``user_id``, ``item_id`` (raw, input types), rank, score, version.
-
-    ``model_users`` is the model's user table, as arrays broadcast to the tasks (a
-    :class:`UserTable`: the users to score are then ``prepare``'s ``rated/`` table as it lies,
-    which must list every user, see :func:`lists_every_user`) or as the ``user_factors``
-    DataFrame, joined by user with the rated items. No join after scoring: the raw user id
-    travels with the user's row (from ``rated/``, or from ``user_factors`` where ``train`` wrote
-    it; an older table without it is joined with the prepared ``user_index`` before scoring), and
-    the raw item ids are broadcast with the model (one per item, like the item factors), and so
-    is ``eligible``, the items that may be listed (:func:`recommend_all`).
-    """
-    index = prepared / "item_index"
-    id_type = spark.read.parquet(str(index)).schema[ITEM_ID].dataType  # as Spark reads it
-    item_ids = raw_ids(index, ITEM_ID, ITEM_IDX, parquet_rows(index)).cast(to_arrow_type(id_type))
-    if isinstance(model_users, UserTable):
-        listed = spark.read.parquet(str(prepared / RATED))
-        if not exclude_seen:
-            listed = listed.withColumn(ITEMS, F.lit(None).cast("array<int>"))
-        recommendations = recommend_listed(
-            spark, listed, model_users, payload, top_n, users_per_block, device, partitions,
-            carry=(USER_ID,), item_ids=item_ids, counters=counters, eligible=eligible,
-        )
-    else:
-        carried = USER_ID in model_users.columns
-        recommendations = recommend_all(
-            spark, model_users, rated_by_user(spark, prepared) if exclude_seen else None, payload,
-            top_n, users_per_block, device, partitions,
-            user_columns=None if carried else spark.read.parquet(str(prepared / "user_index")).select(
-                USER_IDX, USER_ID
-            ),
-            carry=(USER_ID,) if carried else (),
-            item_ids=item_ids,
-            counters=counters,
-            eligible=eligible,
-        )
-    return recommendations.select(
-        USER_ID,
-        ITEM_ID,
-        F.col(RANK).cast("int").alias(RANK),
-        F.col(SCORE).cast("float").alias(SCORE),
-        F.lit(model_version).alias(MODEL_VERSION),
-    )
-
-
-def model_users(
-    spark: SparkSession, model, folder: Path, prepared: Path, limit_mb: float
-) -> DataFrame | UserTable:
-    """The model's user table as :func:`recommendation_table` takes it: broadcast arrays when they
-    fit ``limit_mb`` and ``rated/`` lists every user, else the ``user_factors`` DataFrame."""
-    weights = model.user_factors.weight
-    size = (weights.numel() + len(weights)) * 4  # factors and one bias per user, float32
-    if size <= limit_mb * 2**20 and lists_every_user(prepared, len(weights)):
-        return UserTable.of(model)
-    log.info(
-        "joining the user table (%.1f MiB; score.broadcast_users_mb=%s) with %s",
-        size / 2**20, limit_mb, prepared / RATED,
-    )
-    return spark.read.parquet(str(folder / "user_factors"))

@@ -15,6 +15,7 @@ ties go to the lower item index, so re-running gives identical tables.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pyspark.sql import functions as F
 from recspark.core.constants import ITEM_ID, ITEM_IDX, MODEL_VERSION
 from recspark.core.errors import BadInputError
 from recspark.core.storage import Layout, read_parquet, staged
-from recspark.serve.kernel import top_k
+from recspark.serve.topk import top_k
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def read_item_factors(path: str) -> ItemFactors:
         raise BadInputError(f"item factor table {path} is empty")
     order = np.argsort(index, kind="stable")
     if not np.array_equal(index[order], np.arange(len(index))):
-        raise BadInputError(f"item factor table {path} does not hold item_idx 0..{len(index) - 1} once each")
+        raise BadInputError(
+            f"item factor table {path} does not hold item_idx 0..{len(index) - 1} once each"
+        )
     factors = np.stack(table.column("factors").to_pylist()).astype(np.float32)[order]
     bias = table.column("bias").to_numpy().astype(np.float32)[order]
     return ItemFactors(factors, bias)
@@ -115,7 +118,8 @@ def similar_partition(
     top_n: int,
     items_per_block: int,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: rows ``(item_idx)`` in, ``(item_idx, similar_item_idx, rank, similarity)``."""
+    """mapInPandas body: rows ``(item_idx)`` in, ``(item_idx, similar_item_idx, rank,
+    similarity)`` out."""
     for batch in batches:
         for start in range(0, len(batch), items_per_block):
             rows = batch[ITEM_IDX].to_numpy()[start : start + items_per_block].astype(np.int64)
@@ -125,7 +129,9 @@ def similar_partition(
                 {
                     ITEM_IDX: np.repeat(rows, index.shape[1])[keep].astype(np.int32),
                     SIMILAR_ITEM_IDX: index.reshape(-1)[keep].astype(np.int32),
-                    RANK: np.tile(np.arange(1, index.shape[1] + 1, dtype=np.int32), len(rows))[keep],
+                    RANK: np.tile(np.arange(1, index.shape[1] + 1, dtype=np.int32), len(rows))[
+                        keep
+                    ],
                     SIMILARITY: value.reshape(-1)[keep].astype(np.float32),
                 }
             )
@@ -186,7 +192,8 @@ SIMILAR_ITEM_ID = "similar_item_id"
 def write_similar_table(
     spark: SparkSession,
     layout: Layout,
-    run_date,
+    run_date: dt.date | str,
+    *,
     item_factors_path: str,
     factors: np.ndarray,
     eligible: np.ndarray,
@@ -199,7 +206,9 @@ def write_similar_table(
     neighbours = similar_items_table(spark, items, factors, top_n, eligible)
     ids = F.broadcast(item_index.select(ITEM_IDX, ITEM_ID))
     similar_ids = F.broadcast(
-        item_index.select(F.col(ITEM_IDX).alias(SIMILAR_ITEM_IDX), F.col(ITEM_ID).alias(SIMILAR_ITEM_ID))
+        item_index.select(
+            F.col(ITEM_IDX).alias(SIMILAR_ITEM_IDX), F.col(ITEM_ID).alias(SIMILAR_ITEM_ID)
+        )
     )
     table = (
         neighbours.join(ids, ITEM_IDX)

@@ -147,6 +147,7 @@ class OutputTable:
         from delta.tables import DeltaTable
 
         last = DeltaTable.forPath(spark, str(self.root)).history(1).first()
+        assert last is not None, "a Delta table just written has a history"
         rows = int((last["operationMetrics"] or {}).get("numOutputRows", 0))
         if check is not None:
             # The commit is atomic, so a mismatch can only be reported, not held back.
