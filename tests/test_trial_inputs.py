@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recspark.data.sources import NON_NUMERIC_USER, USER_OUT_OF_RANGE
+from recspark.data.reasons import NON_NUMERIC_USER, USER_OUT_OF_RANGE
 from tests.test_prepare import prepare, prepared_ratings, read
 
 
