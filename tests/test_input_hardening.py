@@ -25,7 +25,7 @@ from recspark.cli import main
 from recspark.core.errors import BadInputError, MissingInputError
 from recspark.core.location import Location
 from recspark.data import sources
-from recspark.data.prepare import precheck_input
+from recspark.data.inputs import precheck_input
 from tests.test_prepare import load_udata, prepare, prepared_ratings, read
 from tests.test_sources import rows, write
 
