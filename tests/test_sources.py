@@ -182,8 +182,9 @@ def test_weight_checks_and_string_ids_stay_strings(spark, tmp_path):
         "alice,song1,3\nalice,song1,2\nbob,song2,\nbob,song3,many\nbob,song4,0\n"
         "carol,song1,-1\n42,song1,1\n"
     )
-    raw = sources.read_raw(spark, write(tmp_path / "plays.csv", text), "csv", "user", "item",
-                           None, None, "plays")
+    raw = sources.read_raw(spark, write(tmp_path / "plays.csv", text), "csv", user_col="user",
+                           item_col="item", rating_col=None, timestamp_col=None,
+                           weight_col="plays")
     checked = sources.check_rows(raw)
     types = sources.infer_id_types(checked)
     assert types == {"user_id": T.StringType(), "item_id": T.StringType()}
