@@ -34,7 +34,7 @@ from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location, shown
 from recspark.core.storage import read_parquet
-from recspark.data.titles import GENRES, read_titles
+from recspark.data.titles import GENRES, ML100K_GENRES, read_titles
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +56,8 @@ YEAR_NAMES = (
     "1997",
     "1998 and later",
 )
-ML1M_GENRES = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
+# ratings.dat's genre names: MovieLens 100K's without its "unknown".
+ML1M_GENRES = ML100K_GENRES[1:]
 ML1M_OCCUPATIONS = 21  # codes 0..20 in users.dat
 
 
