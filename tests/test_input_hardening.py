@@ -25,7 +25,7 @@ from recspark.cli import main
 from recspark.core.errors import BadInputError, MissingInputError
 from recspark.core.location import Location
 from recspark.data import sources
-from recspark.data.prepare import precheck_input
+from recspark.data.inputs import precheck_input
 from tests.test_prepare import load_udata, prepare, prepared_ratings, read
 from tests.test_sources import rows, write
 
@@ -40,8 +40,11 @@ def run_cli(command: str, settings: dict, capsys) -> tuple[int, dict]:
 
 def ratings_lines(users: int = 6, items: int = 5) -> list[str]:
     """Every user rates every item: integer ids from 1, a rating and a time that vary."""
-    return [f"{u},{i},{1 + (u + i) % 5},{1000 + 10 * u + i}" for u in range(1, users + 1)
-            for i in range(1, items + 1)]
+    return [
+        f"{u},{i},{1 + (u + i) % 5},{1000 + 10 * u + i}"
+        for u in range(1, users + 1)
+        for i in range(1, items + 1)
+    ]
 
 
 def write_bytes(path: Path, lines: list[bytes]) -> Path:
@@ -87,7 +90,9 @@ def test_every_kind_of_bad_id_gets_its_own_reason_and_the_ids_stay_integers(spar
     found = {line: reason for line, reason in rows(checked, "raw_line", "reason")}
     expected = {line.decode("utf-8", "replace"): reason for line, reason in bad.items()}
     assert {line: found[line] for line in expected} == expected
-    good_ids = sorted((u, i) for u, i, r in rows(checked, "user_id", "item_id", "reason") if r is None)
+    good_ids = sorted(
+        (u, i) for u, i, r in rows(checked, "user_id", "item_id", "reason") if r is None
+    )
     assert good_ids == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (9223372036854775807, 1)]
     assert set(bad.values()) <= set(sources.REASONS)
 
@@ -122,10 +127,15 @@ def test_parquet_ids_out_of_range_or_not_whole_are_quarantined(spark, tmp_path):
     )
     frame.coalesce(1).write.parquet(str(tmp_path / "pq"))
     raw = sources.read_raw(spark, str(tmp_path / "pq"), "parquet", timestamp_col=None)
-    checked = sources.cast_ids(sources.check_rows(raw), {"user_id": T.LongType(),
-                                                         "item_id": T.LongType()})
+    checked = sources.cast_ids(
+        sources.check_rows(raw), {"user_id": T.LongType(), "item_id": T.LongType()}
+    )
     assert sorted(r for _, r in rows(checked, "user_id", "reason") if r) == [
-        "item_out_of_range", "non_numeric_user", "non_numeric_user", "user_out_of_range"]
+        "item_out_of_range",
+        "non_numeric_user",
+        "non_numeric_user",
+        "user_out_of_range",
+    ]
     assert [u for u, r in rows(checked, "user_id", "reason") if r is None] == [1]
     # A quarantined Parquet row keeps its values as read, before the cast; its id is null, not
     # truncated to another user's.
@@ -133,14 +143,18 @@ def test_parquet_ids_out_of_range_or_not_whole_are_quarantined(spark, tmp_path):
     assert lines['{"user_id":1.0E30,"item_id":1,"rating":4.0,"timestamp":0}'] == "user_out_of_range"
     assert lines['{"user_id":2.5,"item_id":1,"rating":4.0,"timestamp":0}'] == "non_numeric_user"
     assert rows(checked.where("reason = 'non_numeric_user'"), "user_id", "rating") == [
-        (None, None), (None, None)]
+        (None, None),
+        (None, None),
+    ]
 
 
 def test_prepare_quarantines_a_non_utf8_id_and_keeps_the_clean_split(spark, tmp_path):
     lines = [line.encode() for line in ratings_lines(8, 6)]
     clean = write_bytes(tmp_path / "clean" / "r.csv", [CSV_HEADER.encode(), *lines])
-    dirty = write_bytes(tmp_path / "dirty" / "r.csv",
-                        [CSV_HEADER.encode(), *lines[:20], b"12\xff\xfe,3,4,100", *lines[20:]])
+    dirty = write_bytes(
+        tmp_path / "dirty" / "r.csv",
+        [CSV_HEADER.encode(), *lines[:20], b"12\xff\xfe,3,4,100", *lines[20:]],
+    )
     settings = {"input.format": "csv", "input.max_bad_fraction": 0.05}
     one = prepare(spark, tmp_path / "a", **settings, **{"input.path": clean})
     two = prepare(spark, tmp_path / "b", **settings, **{"input.path": dirty})
@@ -172,8 +186,13 @@ def test_a_header_of_unknown_names_fails_and_the_earlier_date_stays(
     spark, tmp_path, capsys, monkeypatch
 ):
     root = tmp_path / "root"
-    base = {"paths.root": root, "run_date": "2026-03-01", "spark.conf": "{}",
-            "input.format": "csv", "input.max_bad_fraction": 0.1}
+    base = {
+        "paths.root": root,
+        "run_date": "2026-03-01",
+        "spark.conf": "{}",
+        "input.format": "csv",
+        "input.max_bad_fraction": 0.1,
+    }
     good = write(tmp_path / "good.csv", CSV_HEADER + "\n" + "\n".join(ratings_lines()) + "\n")
     status, summary = run_cli("prepare", {**base, "input.path": good}, capsys)
     assert status == 0, summary
@@ -193,9 +212,14 @@ def test_a_header_of_unknown_names_fails_and_the_earlier_date_stays(
     assert "found ['customer', 'product', 'stars', 'ts']" in summary["error"]
     assert "input.header: false" in summary["error"]
     # Names given in input.columns and missing from the header fail the same way.
-    named = {**base, "input.path": unknown, "input.columns.user": "cust",
-             "input.columns.item": "product", "input.columns.rating": "stars",
-             "input.columns.timestamp": "ts"}
+    named = {
+        **base,
+        "input.path": unknown,
+        "input.columns.user": "cust",
+        "input.columns.item": "product",
+        "input.columns.rating": "stars",
+        "input.columns.timestamp": "ts",
+    }
     status, summary = run_cli("prepare", named, capsys)
     assert status == 1 and "lacks column(s) ['cust']" in summary["error"]
     assert "found ['customer', 'product', 'stars', 'ts']" in summary["error"]
@@ -209,18 +233,20 @@ def test_reading_by_position_happens_only_without_a_header_or_when_asked(spark, 
     plays = write(tmp_path / "plays.csv", "ann,song1\nbob,song2\nann,song2\n")
     with pytest.raises(BadInputError, match=re.escape("input.header: false")):
         sources.read_raw(spark, plays, "csv", rating_col=None, timestamp_col=None)
-    frame = sources.read_raw(spark, plays, "csv", rating_col=None, timestamp_col=None,
-                             header=False)
+    frame = sources.read_raw(spark, plays, "csv", rating_col=None, timestamp_col=None, header=False)
     assert rows(frame, "user_id", "item_id", "reason") == [
-        ("ann", "song1", None), ("ann", "song2", None), ("bob", "song2", None),
+        ("ann", "song1", None),
+        ("ann", "song2", None),
+        ("bob", "song2", None),
     ]
     # header: true on a file whose first line is a row names what it found.
     numbers = write(tmp_path / "n.csv", "1,2,3\n4,5,3\n")
     with pytest.raises(BadInputError, match=r"found \['1', '2', '3'\]"):
         sources.read_raw(spark, numbers, "csv", header=True)
     with pytest.raises(BadInputError, match="movielens-100k files have no header"):
-        sources.inspect_input(write(tmp_path / "u.data", "1\t2\t3\t4\n"), "movielens-100k",
-                              header=True)
+        sources.inspect_input(
+            write(tmp_path / "u.data", "1\t2\t3\t4\n"), "movielens-100k", header=True
+        )
 
 
 # -- 7. over the threshold, the quarantine is kept ------------------------------------------------
@@ -228,18 +254,21 @@ def test_reading_by_position_happens_only_without_a_header_or_when_asked(spark, 
 
 def test_over_max_bad_fraction_only_the_quarantine_is_published(spark, tmp_path, capsys):
     root = tmp_path / "root"
-    base = {"paths.root": root, "run_date": "2026-03-02", "spark.conf": "{}",
-            "input.format": "csv"}
+    base = {"paths.root": root, "run_date": "2026-03-02", "spark.conf": "{}", "input.format": "csv"}
     lines = ratings_lines()
     good = write(tmp_path / "good.csv", CSV_HEADER + "\n" + "\n".join(lines) + "\n")
     status, summary = run_cli("prepare", {**base, "input.path": good}, capsys)
     assert status == 0, summary
     date = root / "prepared" / "2026-03-02"
     manifest = (date / "manifest.json").read_text()
-    bad_lines = {"1,1,9,100": "rating_out_of_range", "x,1,4,100": "non_numeric_user",
-                 "2,2,4": "wrong_field_count"}
-    broken = write(tmp_path / "broken.csv",
-                   CSV_HEADER + "\n" + "\n".join([*lines, *bad_lines]) + "\n")
+    bad_lines = {
+        "1,1,9,100": "rating_out_of_range",
+        "x,1,4,100": "non_numeric_user",
+        "2,2,4": "wrong_field_count",
+    }
+    broken = write(
+        tmp_path / "broken.csv", CSV_HEADER + "\n" + "\n".join([*lines, *bad_lines]) + "\n"
+    )
     status, summary = run_cli("prepare", {**base, "input.path": broken}, capsys)
     rejected = root / "prepared" / "_rejected" / "2026-03-02"
     assert status == 1 and f"3 of {len(lines) + 3} rows are bad" in summary["error"]
@@ -254,15 +283,18 @@ def test_over_max_bad_fraction_only_the_quarantine_is_published(spark, tmp_path,
     assert list((root / "_staging").iterdir()) == []
 
 
-# -- 8. TSV read as CSV, and the mirror -------------------------------------------------------------
+# -- 8. TSV read as CSV, and the mirror -----------------------------------------------------------
 
 
 def test_a_tsv_file_read_as_csv_names_the_format_to_set(tmp_path, capsys, no_spark):
     tsv = write(tmp_path / "r.csv", "user_id\titem_id\trating\n1\t2\t3\n")
     with pytest.raises(BadInputError, match=re.escape("set input.format: tsv")):
         sources.inspect_input(tsv, "csv")
-    status, summary = run_cli("prepare", {"input.path": tsv, "input.format": "csv",
-                                          "paths.root": tmp_path / "root"}, capsys)
+    status, summary = run_cli(
+        "prepare",
+        {"input.path": tsv, "input.format": "csv", "paths.root": tmp_path / "root"},
+        capsys,
+    )
     assert status == 1 and "input.format: tsv" in summary["error"]
     csv = write(tmp_path / "r.tsv", "user_id,item_id,rating\n1,2,3\n")
     with pytest.raises(BadInputError, match=re.escape("set input.format: csv")):
@@ -290,10 +322,18 @@ def precheck_cases(tmp_path: Path) -> list[tuple[dict, str]]:
         ({"input.path": csv, "input.format": "parquet"}, "is not Parquet"),
         ({"input.path": csv, "input.columns.rating": "stars"}, "lacks column(s) ['stars']"),
         ({"input.path": csv, "split.method": "given"}, "input.validation_path is not set"),
-        ({"input.path": csv, "split.method": "given",
-          "input.validation_path": tmp_path / "absent.csv"}, "does not exist"),
-        ({"input.path": csv, "split.method": "given", "input.validation_path": no_time},
-         "give both the same columns"),
+        (
+            {
+                "input.path": csv,
+                "split.method": "given",
+                "input.validation_path": tmp_path / "absent.csv",
+            },
+            "does not exist",
+        ),
+        (
+            {"input.path": csv, "split.method": "given", "input.validation_path": no_time},
+            "give both the same columns",
+        ),
         ({"input.path": no_time, "split.method": "chronological"}, "no timestamp column"),
         ({"input.format": "synthetic"}, "does not exist"),
     ]
@@ -317,8 +357,9 @@ def test_nightly_leaves_a_held_lock_or_a_crashed_run_to_the_run_itself(tmp_path)
     from recspark.ops.locking import RunLock
 
     root = tmp_path / "root"
-    config = load_config(None, [f"paths.root={root}", f"input.path={tmp_path / 'absent.csv'}",
-                                "input.format=csv"])
+    config = load_config(
+        None, [f"paths.root={root}", f"input.path={tmp_path / 'absent.csv'}", "input.format=csv"]
+    )
     with pytest.raises(MissingInputError):
         nightly.precheck(config)
     with RunLock(root / "_nightly" / "lock", "2026-03-03"):
@@ -340,7 +381,7 @@ def test_precheck_input_takes_plain_values_and_skips_remote_inputs(tmp_path):
         precheck_input("file://" + str(tmp_path / "nope"), "csv", wanted)
 
 
-# -- fuzz: malformed lines mixed into u.data ---------------------------------------------------------
+# -- fuzz: malformed lines mixed into u.data ------------------------------------------------------
 
 
 def malformed_lines(good: list[bytes], count: int, seed: int) -> list[bytes]:
@@ -368,12 +409,15 @@ def malformed_lines(good: list[bytes], count: int, seed: int) -> list[bytes]:
         position = draw.randint(0, 2)
         value = fields[position]
         cut = draw.randint(0, len(value))
-        broken = draw.choice([
-            '"' + value,
-            value + '"',
-            value[:cut] + '"' + value[cut:] + '"' if cut else value + '""',
-            '"' + value + "\t" + fields[position + 1] + '"',  # a tab inside quotes: no quoting here
-        ])
+        broken = draw.choice(
+            [
+                '"' + value,
+                value + '"',
+                value[:cut] + '"' + value[cut:] + '"' if cut else value + '""',
+                # a tab inside quotes: no quoting here
+                '"' + value + "\t" + fields[position + 1] + '"',
+            ]
+        )
         if broken.startswith('"') and broken.endswith('"') and "\t" not in broken:
             broken = broken[1:]  # a whole quoted field would be a good one
         return with_field(fields, position, broken)
@@ -391,8 +435,10 @@ def malformed_lines(good: list[bytes], count: int, seed: int) -> list[bytes]:
         return with_field(fields, draw.randint(0, 1), f"-{draw.randint(1, 5000)}")
 
     def fractional(fields: list[str]) -> bytes:
-        return with_field(fields, draw.randint(0, 1),
-                          f"{draw.randint(1, 2000)}.{draw.randint(1, 9)}")  # 12.0 is the id 12
+        # A fraction that is not zero (12.0 is the id 12).
+        return with_field(
+            fields, draw.randint(0, 1), f"{draw.randint(1, 2000)}.{draw.randint(1, 9)}"
+        )
 
     def undecodable(fields: list[str]) -> bytes:
         position = draw.randint(0, 1)
@@ -426,29 +472,46 @@ def test_fuzz_malformed_lines_in_ml100k_are_all_quarantined(spark, ml100k, tmp_p
     for line in bad:
         lines.insert(draw.randint(1, len(lines)), line)  # the first line stays a good one
     path = write_bytes(tmp_path / "input" / "u.data", lines)
-    summary = prepare(spark, tmp_path / "root", **{"input.path": path, "input.format": "auto",
-                                                  "input.max_bad_fraction": 0.02})
+    summary = prepare(
+        spark,
+        tmp_path / "root",
+        **{"input.path": path, "input.format": "auto", "input.max_bad_fraction": 0.02},
+    )
     counts = summary["counts"]
     assert counts["input_rows"] == 101_000
     assert counts["quarantined"] == 1000 == sum(counts["quarantined_by_reason"].values())
     assert counts["train"] + counts["validation"] + counts["cold_start"] == 100_000
-    assert counts["input_rows"] == (counts["train"] + counts["validation"] + counts["cold_start"]
-                                    + counts["quarantined"])
+    assert counts["input_rows"] == (
+        counts["train"] + counts["validation"] + counts["cold_start"] + counts["quarantined"]
+    )
     # Every bad line is in the quarantine with a reason; none of the good lines is.
     quarantine = read(summary, "quarantine")
     assert quarantine["reason"].isin(sources.REASONS).all()
-    assert {"wrong_field_count", "non_utf8_user", "non_utf8_item", "user_too_long",
-            "item_too_long", "non_numeric_user", "non_numeric_item", "user_out_of_range",
-            "item_out_of_range", "non_numeric_rating", "rating_out_of_range",
-            "invalid_timestamp"} <= set(quarantine["reason"])
+    assert {
+        "wrong_field_count",
+        "non_utf8_user",
+        "non_utf8_item",
+        "user_too_long",
+        "item_too_long",
+        "non_numeric_user",
+        "non_numeric_item",
+        "user_out_of_range",
+        "item_out_of_range",
+        "non_numeric_rating",
+        "rating_out_of_range",
+        "invalid_timestamp",
+    } <= set(quarantine["reason"])
     # Java and Python may replace a run of invalid bytes by a different number of U+FFFD.
     assert sorted(map(replaced, quarantine["raw_line"])) == sorted(
-        replaced(line.decode("utf-8", "replace")) for line in bad)
+        replaced(line.decode("utf-8", "replace")) for line in bad
+    )
     # Every good line is kept, as it was: u.data has no repeated pair.
     truth = load_udata(ml100k / "u.data").sort_values(["user_id", "item_id"])
     got = prepared_ratings(summary)
     assert (counts["users"], counts["items"]) == (943, 1682)
-    np.testing.assert_array_equal(got[["user_id", "item_id", "rating", "timestamp"]].to_numpy(),
-                                  truth[["user_id", "item_id", "rating", "timestamp"]].to_numpy())
+    np.testing.assert_array_equal(
+        got[["user_id", "item_id", "rating", "timestamp"]].to_numpy(),
+        truth[["user_id", "item_id", "rating", "timestamp"]].to_numpy(),
+    )
     manifest = json.loads(Location(summary["outputs"]["manifest"]).read_text())
     assert manifest["input"]["id_types"] == {"user_id": "bigint", "item_id": "bigint"}

@@ -55,8 +55,15 @@ def check_index_is_dense(frame: pd.DataFrame, id_col: str, idx_col: str) -> None
 
 def test_ml100k_user_stratified(spark, ml100k, tmp_path):
     summary = prepare(
-        spark, tmp_path, **{"input.path": ml100k / "u.data", "input.format": "auto",
-                            "split.method": "user_stratified", "split.validation_fraction": 0.25})
+        spark,
+        tmp_path,
+        **{
+            "input.path": ml100k / "u.data",
+            "input.format": "auto",
+            "split.method": "user_stratified",
+            "split.validation_fraction": 0.25,
+        },
+    )
     counts = summary["counts"]
     assert (counts["users"], counts["items"]) == (943, 1682)
     assert counts["train"] + counts["validation"] + counts["cold_start"] == 100000
@@ -70,8 +77,11 @@ def test_ml100k_user_stratified(spark, ml100k, tmp_path):
     assert manifest["users"] == 943 and manifest["items"] == 1682
     assert manifest["rating_range"] == [1.0, 5.0]
     assert manifest["input"]["format"] == "movielens-100k"
-    assert manifest["split"] == {"method": "user_stratified", "validation_fraction": 0.25,
-                                 "seed": 42}
+    assert manifest["split"] == {
+        "method": "user_stratified",
+        "validation_fraction": 0.25,
+        "seed": 42,
+    }
     train = read(summary, "train")
     assert manifest["rating"]["mean"] == pytest.approx(train["rating"].mean())
     assert len(manifest["input"]["fingerprint"]) == 16
@@ -106,18 +116,27 @@ def test_ml100k_copy_with_malformed_lines(spark, ml100k, tmp_path):
     assert (counts["users"], counts["items"]) == (943, 1682)
     quarantine = read(summary, "quarantine")
     found = sorted(pairs(quarantine, "raw_line", "reason"))
-    assert found == sorted([*BAD_LINES.items(), ("196\t242\t5\t800000000", "repeated_pair"),
-                            ("196\t242\t3\t881250949", "duplicate_row"),
-                            ("186\t302\t3\t891717742", "repeated_pair")])
+    assert found == sorted(
+        [
+            *BAD_LINES.items(),
+            ("196\t242\t5\t800000000", "repeated_pair"),
+            ("196\t242\t3\t881250949", "duplicate_row"),
+            ("186\t302\t3\t891717742", "repeated_pair"),
+        ]
+    )
     # The good rows are all there: u.data with (186, 302) re-rated.
     truth = load_udata(ml100k / "u.data")
     truth.loc[(truth.user_id == 186) & (truth.item_id == 302), ["rating", "timestamp"]] = [
-        4, 999999999]
+        4,
+        999999999,
+    ]
     truth = truth.sort_values(["user_id", "item_id"]).reset_index(drop=True)
     got = prepared_ratings(summary)
     assert len(got) == 100000
-    np.testing.assert_array_equal(got[["user_id", "item_id", "timestamp"]].to_numpy(),
-                                  truth[["user_id", "item_id", "timestamp"]].to_numpy())
+    np.testing.assert_array_equal(
+        got[["user_id", "item_id", "timestamp"]].to_numpy(),
+        truth[["user_id", "item_id", "timestamp"]].to_numpy(),
+    )
     np.testing.assert_array_equal(got["rating"].to_numpy(), truth["rating"].to_numpy())
 
 
@@ -146,30 +165,43 @@ def write_csv(path: Path, frame: pd.DataFrame) -> Path:
 
 def grid(users: list[str], items: list[str]) -> pd.DataFrame:
     """Every user rates every item; rating and time vary with the position."""
-    rows = [(u, i, 1 + (a + b) % 5, 1000 + 10 * b + a) for a, u in enumerate(users)
-            for b, i in enumerate(items)]
+    rows = [
+        (u, i, 1 + (a + b) % 5, 1000 + 10 * b + a)
+        for a, u in enumerate(users)
+        for b, i in enumerate(items)
+    ]
     return pd.DataFrame(rows, columns=["customer", "product", "stars", "when"])
 
 
-COLUMNS = {"input.columns.user": "customer", "input.columns.item": "product",
-           "input.columns.rating": "stars", "input.columns.timestamp": "when",
-           "input.format": "csv", "split.validation_fraction": 0.3}
+COLUMNS = {
+    "input.columns.user": "customer",
+    "input.columns.item": "product",
+    "input.columns.rating": "stars",
+    "input.columns.timestamp": "when",
+    "input.format": "csv",
+    "split.validation_fraction": 0.3,
+}
 
 
 def test_two_runs_keep_every_old_index_and_append_new_ids(spark, tmp_path):
-    first = write_csv(tmp_path / "day1.csv",
-                      grid(["u1", "u2", "u3", "u4", "u5"], ["i2", "i3", "i4", "i1"]))
-    one = prepare(spark, tmp_path / "root", **COLUMNS, **{"input.path": first,
-                                                         "run_date": "2026-02-01"})
+    first = write_csv(
+        tmp_path / "day1.csv", grid(["u1", "u2", "u3", "u4", "u5"], ["i2", "i3", "i4", "i1"])
+    )
+    one = prepare(
+        spark, tmp_path / "root", **COLUMNS, **{"input.path": first, "run_date": "2026-02-01"}
+    )
     users1 = dict(read(one, "user_index")[["user_id", "user_idx"]].itertuples(index=False))
     items1 = dict(read(one, "item_index")[["item_id", "item_idx"]].itertuples(index=False))
     assert users1 == {"u1": 0, "u2": 1, "u3": 2, "u4": 3, "u5": 4}
     assert items1 == {"i1": 0, "i2": 1, "i3": 2, "i4": 3}
     # Day 2: u3 is gone, u0 and u9 are new, items i0 and i5 are new.
-    second = write_csv(tmp_path / "day2.csv",
-                       grid(["u9", "u1", "u2", "u4", "u5", "u0"], ["i5", "i1", "i2", "i0", "i4"]))
-    two = prepare(spark, tmp_path / "root", **COLUMNS, **{"input.path": second,
-                                                         "run_date": "2026-02-02"})
+    second = write_csv(
+        tmp_path / "day2.csv",
+        grid(["u9", "u1", "u2", "u4", "u5", "u0"], ["i5", "i1", "i2", "i0", "i4"]),
+    )
+    two = prepare(
+        spark, tmp_path / "root", **COLUMNS, **{"input.path": second, "run_date": "2026-02-02"}
+    )
     users2 = dict(read(two, "user_index")[["user_id", "user_idx"]].itertuples(index=False))
     items2 = dict(read(two, "item_index")[["item_id", "item_idx"]].itertuples(index=False))
     assert users2 == {**users1, "u0": 5, "u9": 6}
@@ -184,15 +216,18 @@ def test_two_runs_keep_every_old_index_and_append_new_ids(spark, tmp_path):
     rated = read(two, "rated").set_index("user_id")
     assert dict(rated["user_idx"]) == users2
     assert list(rated.loc["u3", "items"]) == []
-    assert list(rated.loc["u9", "items"]) == sorted(items2[i] for i in ["i5", "i1", "i2", "i0", "i4"])
+    assert list(rated.loc["u9", "items"]) == sorted(
+        items2[i] for i in ["i5", "i1", "i2", "i0", "i4"]
+    )
 
 
 def test_same_input_and_seed_give_the_same_maps_and_splits(spark, tmp_path):
     users = [str(100 + u) for u in range(12)]
     frame = grid(users, [str(7 * i) for i in range(9)])
     path = tmp_path / "ratings.dat"
-    path.write_text("".join(f"{r.customer}::{r.product}::{r.stars}::{r.when}\n"
-                            for r in frame.itertuples()))
+    path.write_text(
+        "".join(f"{r.customer}::{r.product}::{r.stars}::{r.when}\n" for r in frame.itertuples())
+    )
     settings = {"input.path": path, "input.format": "auto", "split.method": "random"}
     one = prepare(spark, tmp_path / "a", **settings)
     two = prepare(spark, tmp_path / "b", **settings)
@@ -207,21 +242,30 @@ def test_same_input_and_seed_give_the_same_maps_and_splits(spark, tmp_path):
     rated = read(one, "rated")
     every = pd.concat([read(one, name) for name in TABLES])
     expected = every.groupby("user_idx")["item_idx"].apply(sorted).to_dict()
-    assert {u: list(items) for u, items in zip(rated.user_idx, rated["items"], strict=True)} == expected
+    assert {
+        u: list(items) for u, items in zip(rated.user_idx, rated["items"], strict=True)
+    } == expected
     assert sorted(pairs(rated, "user_id", "user_idx")) == sorted(
         pairs(read(one, "user_index"), "user_id", "user_idx")
     )
 
 
 def test_synthetic_format_with_chronological_split(spark, tmp_path):
-    rows = [(u, i, float(1 + (u + i) % 5), 500 + (i + u) % 6 * 10) for u in range(10)
-            for i in range(6)]
+    rows = [
+        (u, i, float(1 + (u + i) % 5), 500 + (i + u) % 6 * 10) for u in range(10) for i in range(6)
+    ]
     ratings = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
     (tmp_path / "data" / "ratings").mkdir(parents=True)
     ratings.to_parquet(tmp_path / "data" / "ratings" / "part-0.parquet")
-    summary = prepare(spark, tmp_path, **{"input.format": "synthetic",
-                                          "split.method": "chronological",
-                                          "split.validation_fraction": 0.34})
+    summary = prepare(
+        spark,
+        tmp_path,
+        **{
+            "input.format": "synthetic",
+            "split.method": "chronological",
+            "split.validation_fraction": 0.34,
+        },
+    )
     got = prepared_ratings(summary)
     held = got[got.table != "train"]
     latest = ratings.sort_values("timestamp").groupby("user_id").tail(2)  # round(6 * 0.34) = 2
@@ -229,30 +273,54 @@ def test_synthetic_format_with_chronological_split(spark, tmp_path):
 
 
 def test_implicit_events_aggregate_into_counts_and_weights(spark, tmp_path):
-    events = [(u, i, 1 + (u * i) % 3, 10 * k) for u in range(8) for i in range(5)
-              for k in range(1 + (u + i) % 3)]
+    events = [
+        (u, i, 1 + (u * i) % 3, 10 * k)
+        for u in range(8)
+        for i in range(5)
+        for k in range(1 + (u + i) % 3)
+    ]
     frame = pd.DataFrame(events, columns=["user", "song", "plays", "ts"])
     bad = pd.DataFrame([(0, 0, 1, 0), (1, 1, 0, 99), (2, 2, None, 99)], columns=frame.columns)
     # (0, 0, 1, 0) re-delivers the first event; a weight of 0 or none is quarantined.
     path = write_csv(tmp_path / "plays.csv", pd.concat([frame, bad]).astype({"plays": "Int64"}))
-    summary = prepare(spark, tmp_path / "root", **{
-        "input.path": path, "input.format": "auto", "input.implicit": "true",
-        "input.columns.user": "user", "input.columns.item": "song",
-        "input.columns.weight": "plays", "input.columns.timestamp": "ts",
-        "split.method": "user_stratified", "input.max_bad_fraction": 0.1})
+    summary = prepare(
+        spark,
+        tmp_path / "root",
+        **{
+            "input.path": path,
+            "input.format": "auto",
+            "input.implicit": "true",
+            "input.columns.user": "user",
+            "input.columns.item": "song",
+            "input.columns.weight": "plays",
+            "input.columns.timestamp": "ts",
+            "split.method": "user_stratified",
+            "input.max_bad_fraction": 0.1,
+        },
+    )
     counts = summary["counts"]
     assert counts["quarantined_by_reason"]["duplicate_row"] == 1
     assert counts["quarantined_by_reason"]["weight_out_of_range"] == 1
     assert counts["quarantined_by_reason"]["missing_weight"] == 1
     assert counts["aggregated_events"] == len(events) - 40
     got = prepared_ratings(summary)
-    expected = frame.groupby(["user", "song"]).agg(rating=("ts", "size"), weight=("plays", "sum"),
-                                                   timestamp=("ts", "max")).reset_index()
+    expected = (
+        frame.groupby(["user", "song"])
+        .agg(rating=("ts", "size"), weight=("plays", "sum"), timestamp=("ts", "max"))
+        .reset_index()
+    )
     assert len(got) == 40
-    np.testing.assert_array_equal(got[["user_id", "item_id", "rating", "weight", "timestamp"]]
-                                  .to_numpy(dtype=float), expected.to_numpy(dtype=float))
-    assert list(read(summary, "train").columns) == ["user_idx", "item_idx", "rating",
-                                                    "timestamp", "weight"]
+    np.testing.assert_array_equal(
+        got[["user_id", "item_id", "rating", "weight", "timestamp"]].to_numpy(dtype=float),
+        expected.to_numpy(dtype=float),
+    )
+    assert list(read(summary, "train").columns) == [
+        "user_idx",
+        "item_idx",
+        "rating",
+        "timestamp",
+        "weight",
+    ]
 
 
 def run_cli(overrides: dict) -> tuple[int, dict]:
@@ -277,17 +345,28 @@ def test_failures_publish_nothing(spark, tmp_path):
     status, summary = run_cli({**base, "input.path": bad, "run_date": "2026-02-02"})
     assert status == 1 and summary["status"] == "error"
     assert "3 of 15 rows are bad" in summary["error"]
-    assert "input.max_bad_fraction" in summary["error"] and "Nothing was published" in summary[
-        "error"]
+    assert (
+        "input.max_bad_fraction" in summary["error"] and "Nothing was published" in summary["error"]
+    )
     # Only the quarantine of the rejected date is published, apart from the run dates.
     rejected = root / "prepared" / "_rejected" / "2026-02-02" / "quarantine"
     assert str(rejected) in summary["error"]
     assert sorted(pd.read_parquet(rejected)["reason"]) == [
-        "missing_rating", "non_numeric_rating", "rating_out_of_range"]
+        "missing_rating",
+        "non_numeric_rating",
+        "rating_out_of_range",
+    ]
     # A failure after writing began (an empty validation split) discards the staging folder too.
     lonely = write_csv(tmp_path / "lonely.csv", grid(["a", "b"], ["x"]))
-    status, summary = run_cli({**base, "input.path": lonely, "run_date": "2026-02-03",
-                               "split.method": "user_stratified", "input.max_bad_fraction": 0.1})
+    status, summary = run_cli(
+        {
+            **base,
+            "input.path": lonely,
+            "run_date": "2026-02-03",
+            "split.method": "user_stratified",
+            "input.max_bad_fraction": 0.1,
+        }
+    )
     assert status == 1 and "validation with 0 rows" in summary["error"]
     assert sorted(p.name for p in (root / "prepared").iterdir()) == ["2026-02-01", "_rejected"]
     assert sorted(p.name for p in (root / "prepared" / "2026-02-01").iterdir()) == before

@@ -44,15 +44,23 @@ def test_detect_format_from_the_files(tmp_path):
 
 def test_header_and_column_resolution():
     assert sources.split_header('\ufeff"userId",movieId,rating,timestamp,,', ",") == [
-        "userId", "movieId", "rating", "timestamp",
+        "userId",
+        "movieId",
+        "rating",
+        "timestamp",
     ]
     wanted = sources.wanted_columns("user_id", "item_id", "rating", "timestamp", None)
     found = sources.resolve_columns(["userId", "movieId", "rating", "timestamp"], wanted, "x")
-    assert found == {"user_id": "userId", "item_id": "movieId", "rating": "rating",
-                     "timestamp": "timestamp"}
+    assert found == {
+        "user_id": "userId",
+        "item_id": "movieId",
+        "rating": "rating",
+        "timestamp": "timestamp",
+    }
     with pytest.raises(BadInputError, match=r"lacks column\(s\) \['stars'\]"):
-        sources.resolve_columns(["u", "i", "r"], {"user_id": "u", "item_id": "i",
-                                                  "rating": "stars"}, "x")
+        sources.resolve_columns(
+            ["u", "i", "r"], {"user_id": "u", "item_id": "i", "rating": "stars"}, "x"
+        )
 
 
 def test_movielens_formats_read_into_standard_columns(spark, tmp_path):
@@ -87,12 +95,13 @@ def test_ratings_csv_with_empty_trailing_columns_reads_without_complaint(spark, 
 
 def test_mapped_csv_tsv_and_parquet_columns(spark, tmp_path):
     csv = (
-        'stars,customer,when,product,extra\n'
+        "stars,customer,when,product,extra\n"
         '4,c1,2024-01-02 03:04:05,"lamp, red",x\n'
-        '2,c2,1700000000,mug,y\n'
+        "2,c2,1700000000,mug,y\n"
     )
-    mapping = dict(user_col="customer", item_col="product", rating_col="stars",
-                   timestamp_col="when")
+    mapping = dict(
+        user_col="customer", item_col="product", rating_col="stars", timestamp_col="when"
+    )
     frame = sources.read_ratings(spark, write(tmp_path / "sales.csv", csv), "csv", **mapping)
     assert frame.schema["user_id"].dataType == T.StringType()
     assert rows(frame, "user_id", "item_id", "rating", "timestamp", "reason") == [
@@ -104,11 +113,22 @@ def test_mapped_csv_tsv_and_parquet_columns(spark, tmp_path):
     assert rows(frame, "user_id", "item_id", "rating", "timestamp") == [(7, 8, 1.0, 5)]
     parquet = tmp_path / "sales.parquet"
     # pyarrow directly: pandas would turn the NaN into a null.
-    pq.write_table(pa.table({"customer": ["a", None, "b"], "product": [1, 2, 3],
-                             "stars": [5.0, 3.0, float("nan")], "when": [1, 2, 3]}), parquet)
+    pq.write_table(
+        pa.table(
+            {
+                "customer": ["a", None, "b"],
+                "product": [1, 2, 3],
+                "stars": [5.0, 3.0, float("nan")],
+                "when": [1, 2, 3],
+            }
+        ),
+        parquet,
+    )
     frame = sources.read_ratings(spark, str(parquet), "auto", **mapping)
     assert rows(frame, "user_id", "item_id", "reason") == [
-        ("a", 1, None), ("b", 3, "non_numeric_rating"), (None, 2, "missing_user"),
+        ("a", 1, None),
+        ("b", 3, "non_numeric_rating"),
+        (None, 2, "missing_user"),
     ]
     quarantined = frame.where("reason is not null").select("raw_line").collect()
     assert sorted(row["raw_line"] for row in quarantined) == [
@@ -120,7 +140,8 @@ def test_mapped_csv_tsv_and_parquet_columns(spark, tmp_path):
 def test_headerless_csv_reads_by_position(spark, tmp_path):
     frame = sources.read_ratings(spark, write(tmp_path / "plain.csv", "u1,i1,4\nu2,i1,5\n"), "csv")
     assert rows(frame, "user_id", "item_id", "rating", "timestamp", "reason") == [
-        ("u1", "i1", 4.0, 0, None), ("u2", "i1", 5.0, 0, None),
+        ("u1", "i1", 4.0, 0, None),
+        ("u2", "i1", 5.0, 0, None),
     ]
     assert "timestamp" not in sources.read_raw(spark, str(tmp_path / "plain.csv"), "csv").columns
 
@@ -156,9 +177,15 @@ def test_every_kind_of_bad_line_gets_its_reason(spark, tmp_path):
     marked = sources.mark_duplicates(checked)
     found = rows(marked, "raw_line", "reason")
     expected = dict(BAD_LINES)
-    expected.update({"1\t10\t4\t100": None, "1\t11\t3\t101": "repeated_pair",
-                     "2\t10\t5\t102": None, "1\t10\t2\t50": "repeated_pair",
-                     "1\t11\t5\t200": None})
+    expected.update(
+        {
+            "1\t10\t4\t100": None,
+            "1\t11\t3\t101": "repeated_pair",
+            "2\t10\t5\t102": None,
+            "1\t10\t2\t50": "repeated_pair",
+            "1\t11\t5\t200": None,
+        }
+    )
     assert len(found) == len(lines) == 18
     assert sorted(r for _, r in found if r) == sorted(
         [*BAD_LINES.values(), "duplicate_row", "repeated_pair", "repeated_pair"]
@@ -171,7 +198,9 @@ def test_every_kind_of_bad_line_gets_its_reason(spark, tmp_path):
         assert reasons == [expected[line]], line
     good_rows, bad_rows = sources.split_valid(marked)
     assert rows(good_rows, "user_id", "item_id", "rating", "timestamp") == [
-        (1, 10, 4.0, 100), (1, 11, 5.0, 200), (2, 10, 5.0, 102),
+        (1, 10, 4.0, 100),
+        (1, 11, 5.0, 200),
+        (2, 10, 5.0, 102),
     ]
     assert bad_rows.where("raw_line is null").count() == 0
 
@@ -182,37 +211,58 @@ def test_weight_checks_and_string_ids_stay_strings(spark, tmp_path):
         "alice,song1,3\nalice,song1,2\nbob,song2,\nbob,song3,many\nbob,song4,0\n"
         "carol,song1,-1\n42,song1,1\n"
     )
-    raw = sources.read_raw(spark, write(tmp_path / "plays.csv", text), "csv", "user", "item",
-                           None, None, "plays")
+    raw = sources.read_raw(
+        spark,
+        write(tmp_path / "plays.csv", text),
+        "csv",
+        user_col="user",
+        item_col="item",
+        rating_col=None,
+        timestamp_col=None,
+        weight_col="plays",
+    )
     checked = sources.check_rows(raw)
     types = sources.infer_id_types(checked)
     assert types == {"user_id": T.StringType(), "item_id": T.StringType()}
     marked = sources.mark_repeated_events(sources.cast_ids(checked, types), has_timestamp=False)
     assert rows(marked, "user_id", "item_id", "reason") == [
-        ("42", "song1", None), ("alice", "song1", None), ("alice", "song1", None),
-        ("bob", "song2", "missing_weight"), ("bob", "song3", "non_numeric_weight"),
-        ("bob", "song4", "weight_out_of_range"), ("carol", "song1", "weight_out_of_range"),
+        ("42", "song1", None),
+        ("alice", "song1", None),
+        ("alice", "song1", None),
+        ("bob", "song2", "missing_weight"),
+        ("bob", "song3", "non_numeric_weight"),
+        ("bob", "song4", "weight_out_of_range"),
+        ("carol", "song1", "weight_out_of_range"),
     ]
     good, _ = sources.split_valid(marked)
     pairs = sources.aggregate_events(good)
     assert rows(pairs, "user_id", "item_id", "rating", "weight") == [
-        ("42", "song1", 1.0, 1.0), ("alice", "song1", 2.0, 5.0),
+        ("42", "song1", 1.0, 1.0),
+        ("alice", "song1", 2.0, 5.0),
     ]
 
 
 def test_repeated_events_with_timestamps_drop_only_redeliveries(spark):
     frame = spark.createDataFrame(
-        [("l1", 1, 7, 1.0, 10, None), ("l1", 1, 7, 1.0, 10, None), ("l2", 1, 7, 1.0, 11, None),
-         ("l3", 2, 7, 1.0, 10, None)],
+        [
+            ("l1", 1, 7, 1.0, 10, None),
+            ("l1", 1, 7, 1.0, 10, None),
+            ("l2", 1, 7, 1.0, 11, None),
+            ("l3", 2, 7, 1.0, 10, None),
+        ],
         "raw_line string, user_id long, item_id long, rating float, timestamp long, reason string",
     )
     marked = sources.mark_repeated_events(frame, has_timestamp=True)
     assert rows(marked, "raw_line", "reason") == [
-        ("l1", "duplicate_row"), ("l1", None), ("l2", None), ("l3", None),
+        ("l1", "duplicate_row"),
+        ("l1", None),
+        ("l2", None),
+        ("l3", None),
     ]
     good, _ = sources.split_valid(marked)
     assert rows(sources.aggregate_events(good), "user_id", "item_id", "rating", "timestamp") == [
-        (1, 7, 2.0, 11), (2, 7, 1.0, 10),
+        (1, 7, 2.0, 11),
+        (2, 7, 1.0, 10),
     ]
 
 

@@ -34,8 +34,10 @@ def test_user_stratified_holds_out_the_rounded_fraction_of_each_user(spark):
     # round half up, and at least one rating stays in train: 1 -> 0, 2 -> 1, 4 -> 1, 10 -> 3
     ratings = ratings_of(spark, {1: 1, 2: 2, 3: 4, 4: 10})
     flagged = flag_validation(ratings, "user_stratified", 0.25, seed=42)
-    per_user = {r.user_idx: r["count"] for r in flagged.where("_validation").groupBy("user_idx")
-                .count().collect()}
+    per_user = {
+        r.user_idx: r["count"]
+        for r in flagged.where("_validation").groupBy("user_idx").count().collect()
+    }
     assert per_user == {2: 1, 3: 1, 4: 3}
     again = flag_validation(ratings.repartition(3), "user_stratified", 0.25, seed=42)
     assert held_out(flagged.where("_validation")) == held_out(again.where("_validation"))

@@ -20,11 +20,13 @@ from recspark.data.synthetic import (
 
 
 def spec_from(config: Config) -> SyntheticSpec:
+    """The data set ``synthetic.*`` describes (its Spark partitions aside)."""
     fields = config.synthetic.model_dump(exclude={"partitions"})
     return SyntheticSpec(**fields)
 
 
 def run(config: Config, spark: SparkSession) -> dict[str, Any]:
+    """Generate and publish ``data/ratings`` and ``data/truth``; return the summary fields."""
     layout = Layout(config.paths.root)
     spec = spec_from(config)
     staging = layout.staging("data")
@@ -44,6 +46,7 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         )
         .first()
     )
+    assert stats is not None  # a global aggregate has one row
     write_json(
         truth_path / "truth.json",
         {"spec": spec.__dict__, "noise_floor_rmse": floor, "ratings": stats["ratings"]},

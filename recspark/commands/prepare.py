@@ -17,7 +17,10 @@ With ``input.implicit`` the input is a table of (user, item) events or counts wi
 the events of a pair become one row whose ``rating`` is the number of events and whose ``weight``
 is the sum of ``input.columns.weight`` over them (when configured).
 
-This module is the wiring; the steps live in :mod:`recspark.data.prepare`.
+This module is the wiring; the steps live in :mod:`recspark.data.inputs` (reading),
+:mod:`recspark.data.checks` and :mod:`recspark.data.dedup` (row checks),
+:mod:`recspark.data.quarantine` (the gate on bad rows) and :mod:`recspark.data.prepare` (split,
+feed, manifest). Each receives the config sections it reads, picked out here.
 """
 
 from __future__ import annotations
@@ -26,133 +29,231 @@ import logging
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
 
-from recspark.core.config import Config
+from recspark.core.config import Config, InputConfig
 from recspark.core.constants import ITEM_ID, ITEM_IDX, TIMESTAMP, USER_ID, USER_IDX, WEIGHT
+from recspark.core.location import Location
 from recspark.core.storage import Layout, parquet_rows, staged
-from recspark.data import sources
+from recspark.data.checks import cast_ids, check_rows, split_valid
+from recspark.data.dedup import aggregate_events, mark_duplicates, mark_repeated_events
 from recspark.data.indexing import apply_index, extend_index
-from recspark.data.prepare import (
-    FEED_COLUMNS,
-    INDEXES,
-    QUARANTINE,
+from recspark.data.inputs import (
     SOURCE,
-    TABLES,
-    build_manifest,
-    check_split,
-    count_rows,
-    feed_files,
-    flag_split,
-    gate_bad_rows,
     header_setting,
     id_types,
     input_format,
-    input_path,
-    mark_repeats,
     precheck_input,
+    ratings_path,
+    read_inputs,
+    wanted_columns,
+)
+from recspark.data.prepare import (
+    FEED_COLUMNS,
+    INDEXES,
+    TABLES,
+    PreparedCounts,
+    PreviousMaps,
+    ReadFacts,
+    build_manifest,
+    check_split,
+    feed_files,
+    flag_split,
+    input_path,
     prepared_counts,
     previous_maps,
     rating_stats,
-    read_inputs,
     split_tables,
-    wanted_columns,
     write_feed,
+)
+from recspark.data.prepared import RATED, RatingStats, rated_by_every_user, write_manifest
+from recspark.data.quarantine import (
+    QUARANTINE,
+    RowCounts,
+    count_rows,
+    gate_bad_rows,
     write_quarantine,
 )
-from recspark.data.prepared import RATED, rated_by_every_user, write_manifest
 
 log = logging.getLogger(__name__)
 
+# input_path is the name benchmark and nightly have always called through this module.
+__all__ = ["input_path", "precheck", "run"]
+
 
 def precheck(config: Config) -> None:
-    """The checks of the input that need no Spark (:func:`recspark.data.prepare.precheck_input`)."""
+    """The checks of the input that need no Spark (:func:`recspark.data.inputs.precheck_input`)."""
+    settings = config.input
     precheck_input(
-        input_path(config),
-        config.input.format,
-        wanted_columns(config),
-        header_setting(config.input.header),
-        config.input.validation_path,
-        config.split.method,
+        ratings_path(settings, config.paths.root),
+        settings.format,
+        wanted_columns(settings),
+        header=header_setting(settings.header),
+        validation_path=settings.validation_path,
+        split_method=config.split.method,
     )
+
+
+def _checked_rows(
+    raw: DataFrame,
+    settings: InputConfig,
+    fmt: str,
+    previous: PreviousMaps,
+    delimiters: tuple[str, ...],
+) -> tuple[DataFrame, dict[str, T.DataType]]:
+    """Every row checked, its ids cast to the run's types and repeats marked; and those types."""
+    checked = check_rows(raw, settings.rating_min, settings.rating_max, settings.max_id_length)
+    types = id_types(settings.id_type, fmt, checked, previous.maps)
+    checked = cast_ids(checked, types, delimiters)
+    if settings.implicit:
+        return mark_repeated_events(checked, TIMESTAMP in raw.columns), types
+    return mark_duplicates(checked), types
+
+
+def _write_tables(
+    config: Config,
+    folder: Location,
+    tables: dict[str, DataFrame],
+    *,
+    good_rows: int,
+    columns: list[str],
+) -> dict[str, int]:
+    """The split tables as feed files; return how many files each was written as."""
+    files = feed_files(good_rows, config.prepare.rows_per_file)
+    for name in TABLES:
+        write_feed(
+            tables[name],
+            str(folder / name),
+            files=files[name],
+            row_group_mb=config.prepare.row_group_mb,
+            seed=config.split.seed,
+            columns=columns,
+        )
+    return files
 
 
 def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     """Prepare one run date; return the summary's ``outputs``, ``counts`` and ``metrics``."""
     layout = Layout(config.paths.root)
-    settings, split = config.input, config.split
-    path = input_path(config)
+    settings = config.input
+    path = ratings_path(settings, config.paths.root)
     fmt = input_format(path, settings.format)
-    raw, delimiters = read_inputs(spark, config, path, fmt)
-    has_timestamp, has_weight = TIMESTAMP in raw.columns, WEIGHT in raw.columns
-    checked = sources.check_rows(
-        raw, settings.rating_min, settings.rating_max, settings.max_id_length
-    )
-    previous_date, previous, previous_sizes = previous_maps(spark, layout, config.run_date)
-    types = id_types(config, fmt, checked, previous)
-    checked = sources.cast_ids(checked, types, delimiters)
-    checked = mark_repeats(checked, settings.implicit, has_timestamp)
+    raw, delimiters = read_inputs(spark, settings, config.split.method, path, fmt)
+    previous = previous_maps(spark, layout, config.run_date)
+    checked, types = _checked_rows(raw, settings, fmt, previous, delimiters)
+    read = ReadFacts(path, fmt, TIMESTAMP in raw.columns, WEIGHT in raw.columns, types)
     # Persisted because counting, indexing and the quarantine each read it; else the input is
     # parsed and sorted once per use.
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     cached = [checked]
     try:
         counts = count_rows(checked)
-        good, bad = sources.split_valid(checked)
-        gate_bad_rows(counts, bad, settings.max_bad_fraction, path, layout, config.run_date,
-                      config.prepare.rows_per_file)
-        if settings.implicit:
-            good = sources.aggregate_events(good, by=(SOURCE,))
-
-        user_index = extend_index(good, USER_ID, USER_IDX, previous.get(USER_ID))
-        item_index = extend_index(good, ITEM_ID, ITEM_IDX, previous.get(ITEM_ID))
-        user_index = user_index.persist(StorageLevel.MEMORY_AND_DISK)
-        item_index = item_index.persist(StorageLevel.MEMORY_AND_DISK)
-        cached += [user_index, item_index]
-        indexed = apply_index(
-            apply_index(good, user_index, USER_ID, USER_IDX), item_index, ITEM_ID, ITEM_IDX
+        good, bad = split_valid(checked)
+        gate_bad_rows(
+            counts,
+            bad,
+            max_bad_fraction=settings.max_bad_fraction,
+            path=path,
+            layout=layout,
+            run_date=config.run_date,
+            rows_per_file=config.prepare.rows_per_file,
         )
-        feed_columns = FEED_COLUMNS + ([WEIGHT] if has_weight else [])
-        flagged = flag_split(indexed, split.method == "given", split.method,
-                             split.validation_fraction, split.seed, feed_columns)
-        # Persisted so that the three tables below are filters of one computed split.
-        flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
-        cached.append(flagged)
-        tables = split_tables(flagged)
-
-        final = layout.prepared(config.run_date)
-        row_group_mb = config.prepare.row_group_mb
-        with staged(layout, final, f"prepared-{config.run_date}") as folder:
-            user_index.write.parquet(str(folder / "user_index"))
-            item_index.write.parquet(str(folder / "item_index"))
-            write_quarantine(bad, folder, counts.bad, config.prepare.rows_per_file)
-            files = feed_files(counts.good, config.prepare.rows_per_file)
-            for name in TABLES:
-                write_feed(tables[name], str(folder / name), files[name], row_group_mb,
-                           split.seed, feed_columns)
-            # Every user of the id map with every item it rated, one array per user: the users
-            # `score` scores and what it leaves out, grouped once here instead of reshuffling
-            # every rating at each scoring run.
-            rated_by_every_user(user_index, flagged).repartition(
-                files["validation"], USER_IDX
-            ).sortWithinPartitions(USER_IDX).write.parquet(str(folder / RATED))
-            rows = {name: parquet_rows(folder / name) for name in (*TABLES, *INDEXES)}
-            check_split(rows)
-            train_stats = rating_stats(spark, str(folder / "train"))
-            summary_counts = prepared_counts(rows, counts, previous_sizes, settings.implicit)
-            write_manifest(folder, build_manifest(
-                config, path, fmt, has_timestamp, has_weight, types, previous_date,
-                summary_counts, rows, train_stats, feed_columns,
-            ))
+        if settings.implicit:
+            good = aggregate_events(good, by=(SOURCE,))
+        summary_counts, train_stats = _publish(
+            config,
+            spark,
+            read=read,
+            good=good,
+            bad=bad,
+            counts=counts,
+            previous=previous,
+            cached=cached,
+        )
     finally:
         for frame in cached:
             frame.unpersist()
+    final = layout.prepared(config.run_date)
     outputs = {name: str(final / name) for name in (*TABLES, *INDEXES, RATED, QUARANTINE)}
     outputs["manifest"] = str(final / "manifest.json")
     log.info(
         "prepared %d users, %d items: %d train, %d validation, %d cold-start, %d quarantined",
-        rows["user_index"], rows["item_index"], rows["train"], rows["validation"],
-        rows["cold_start"], counts.bad,
+        summary_counts.users,
+        summary_counts.items,
+        summary_counts.train,
+        summary_counts.validation,
+        summary_counts.cold_start,
+        counts.bad,
     )
-    return {"outputs": outputs, "counts": summary_counts,
-            "metrics": {"rating_mean": train_stats["mean"]}}
+    return {
+        "outputs": outputs,
+        "counts": summary_counts.to_dict(),
+        "metrics": {"rating_mean": train_stats.mean},
+    }
+
+
+def _index_and_split(
+    config: Config, good: DataFrame, previous: PreviousMaps, *, columns: list[str]
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """The id maps extended with the new ids, and the indexed rows flagged for the split."""
+    user_index = extend_index(good, USER_ID, USER_IDX, previous.maps.get(USER_ID))
+    item_index = extend_index(good, ITEM_ID, ITEM_IDX, previous.maps.get(ITEM_ID))
+    user_index = user_index.persist(StorageLevel.MEMORY_AND_DISK)
+    item_index = item_index.persist(StorageLevel.MEMORY_AND_DISK)
+    indexed = apply_index(
+        apply_index(good, user_index, USER_ID, USER_IDX), item_index, ITEM_ID, ITEM_IDX
+    )
+    # Persisted so that the three tables are filters of one computed split.
+    flagged = flag_split(indexed, config.split, columns).persist(StorageLevel.MEMORY_AND_DISK)
+    return user_index, item_index, flagged
+
+
+def _publish(
+    config: Config,
+    spark: SparkSession,
+    *,
+    read: ReadFacts,
+    good: DataFrame,
+    bad: DataFrame,
+    counts: RowCounts,
+    previous: PreviousMaps,
+    cached: list[DataFrame],
+) -> tuple[PreparedCounts, RatingStats]:
+    """Index, split and write the run date's tables and manifest into a staging folder that is
+    published whole; the persisted frames are added to ``cached`` for the caller to release."""
+    layout = Layout(config.paths.root)
+    feed_columns = FEED_COLUMNS + ([WEIGHT] if read.has_weight else [])
+    user_index, item_index, flagged = _index_and_split(config, good, previous, columns=feed_columns)
+    cached += [user_index, item_index, flagged]
+    tables = split_tables(flagged)
+    final = layout.prepared(config.run_date)
+    with staged(layout, final, f"prepared-{config.run_date}") as folder:
+        user_index.write.parquet(str(folder / "user_index"))
+        item_index.write.parquet(str(folder / "item_index"))
+        write_quarantine(bad, folder, counts.bad, config.prepare.rows_per_file)
+        files = _write_tables(config, folder, tables, good_rows=counts.good, columns=feed_columns)
+        # Every user of the id map with every item it rated, one array per user: the users
+        # `score` scores and what it leaves out, grouped once here instead of reshuffling
+        # every rating at each scoring run.
+        rated_by_every_user(user_index, flagged).repartition(
+            files["validation"], USER_IDX
+        ).sortWithinPartitions(USER_IDX).write.parquet(str(folder / RATED))
+        rows = {name: parquet_rows(folder / name) for name in (*TABLES, *INDEXES)}
+        check_split(rows)
+        train_stats = rating_stats(spark, str(folder / "train"))
+        summary_counts = prepared_counts(rows, counts, previous.sizes, config.input.implicit)
+        manifest = build_manifest(
+            run_date=config.run_date,
+            settings=config.input,
+            split=config.split,
+            row_group_mb=config.prepare.row_group_mb,
+            read=read,
+            previous_date=previous.date,
+            counts=summary_counts,
+            rows=rows,
+            train_stats=train_stats,
+            feed_columns=feed_columns,
+        )
+        write_manifest(folder, manifest)
+    return summary_counts, train_stats

@@ -1,4 +1,5 @@
-"""Compressed input files: which compressions Spark reads, and the text of one for a look at its head.
+"""Compressed input files: which compressions Spark reads, and the text of one for a look at its
+head.
 
 Spark reads a compressed text file through Hadoop's codecs, chosen by the file's name: ``.gz``
 (gzip) and ``.bz2`` (bzip2) are decompressed as they are read. The first lines that recspark reads
@@ -18,7 +19,7 @@ import io
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location, shown
@@ -36,7 +37,7 @@ class Compression:
 
 
 def _gunzip(raw: IO[bytes]) -> IO[bytes]:
-    return gzip.GzipFile(fileobj=raw, mode="rb")
+    return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
 
 
 def _bunzip2(raw: IO[bytes]) -> IO[bytes]:

@@ -46,6 +46,7 @@ def check_index(index: DataFrame, id_col: str, idx_col: str, where: str = "the i
         F.count(idx_col).alias("non_null_indices"),
         F.min(idx_col).alias("smallest"),
     ).first()
+    assert stats is not None  # a global aggregate has one row
     rows = stats["rows"]
     if not rows == stats["ids"] == stats["indices"] == stats["non_null_ids"] == stats[
         "non_null_indices"
@@ -102,7 +103,8 @@ def extend_index(
                 f"{previous.schema[id_col].dataType.simpleString()} in the previous run's id map: "
                 "keep raw id types stable between runs (input.id_type), or start a new paths.root"
             )
-        top = previous.agg(F.max(idx_col)).first()[0]
+        maximum = previous.agg(F.max(idx_col)).first()
+        top = None if maximum is None else maximum[0]
         start = 0 if top is None else int(top) + 1
         unseen = distinct.join(previous.select(id_col), on=id_col, how="left_anti")
     numbered = _number_in_order(unseen, id_col, idx_col, start)
@@ -118,7 +120,7 @@ def _number_in_order(ids: DataFrame, id_col: str, idx_col: str, start: int) -> D
     broadcast join turns positions into ranks.
     """
     spark = ids.sparkSession
-    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or 200)
     positioned = (
         ids.repartitionByRange(partitions, id_col)
         .sortWithinPartitions(id_col)

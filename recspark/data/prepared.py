@@ -1,8 +1,8 @@
 """The tables a prepared run holds, as the later stages read them.
 
 ``prepare`` publishes ``prepared/<run_date>/``: the splits (``train/``, ``validation/``,
-``cold_start/``), the id maps (``user_index/``, ``item_index/``), the quarantine, ``rated/`` (one row
-per user of the id map with every item it rated, sorted: what ``score`` excludes and its list of
+``cold_start/``), the id maps (``user_index/``, ``item_index/``), the quarantine, ``rated/`` (one
+row per user of the id map with every item it rated, sorted: what ``score`` excludes and its list of
 users) and ``manifest.json``. This module names them and reads them in one place; the manifest is
 :class:`PreparedRun`, written by :func:`write_manifest` and read by :func:`read_manifest`.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -86,7 +87,7 @@ class PreparedRun(_Read):
     row_group_mb: int | None = None
 
 
-def write_manifest(folder: Path, manifest: PreparedRun) -> Path:
+def write_manifest(folder: Location, manifest: PreparedRun) -> Location:
     """Write ``manifest.json`` into a prepared run's (staging) ``folder``; return its path.
 
     Only the fields that were given are written, so the file holds what ``prepare`` said.
@@ -147,10 +148,12 @@ def rated_by_every_user(user_index: DataFrame, pairs: DataFrame) -> DataFrame:
     job reads it as its list of users to score, with what each one has already rated, instead of
     regrouping every rating and joining it to the model's users at each run.
     """
-    return user_index.select(F.col(USER_IDX).cast("int").alias(USER_IDX), USER_ID).join(
-        rated_lists(pairs), USER_IDX, "left"
-    ).select(
-        USER_IDX, USER_ID, F.coalesce(F.col(ITEMS), F.array().cast("array<int>")).alias(ITEMS)
+    return (
+        user_index.select(F.col(USER_IDX).cast("int").alias(USER_IDX), USER_ID)
+        .join(rated_lists(pairs), USER_IDX, "left")
+        .select(
+            USER_IDX, USER_ID, F.coalesce(F.col(ITEMS), F.array().cast("array<int>")).alias(ITEMS)
+        )
     )
 
 
@@ -175,7 +178,8 @@ def item_rating_counts(train: DataFrame, n_items: int, item_col: str = ITEM_IDX)
     """
     if item_col not in train.columns:
         raise ValueError(f"train lacks column {item_col!r}; it has {train.columns}")
-    counts = train.groupBy(item_col).count().toPandas()
+    # pyspark's stubs type toPandas() as a protocol that cannot be indexed; it is a pandas frame.
+    counts = cast(pd.DataFrame, train.groupBy(item_col).count().toPandas())
     index = counts[item_col].to_numpy(dtype=np.int64)
     if len(index) and (index.min() < 0 or index.max() >= n_items):
         raise BadInputError(

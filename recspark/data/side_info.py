@@ -34,7 +34,7 @@ from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location, shown
 from recspark.core.storage import read_parquet
-from recspark.data.titles import GENRES, read_titles
+from recspark.data.titles import GENRES, ML100K_GENRES, read_titles
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,18 @@ GENDERS = ("F", "M")
 ZIP_REGIONS = (*(str(d) for d in range(10)), "other")
 YEAR_BANDS = (1960, 1970, 1980, 1990, 1995, 1996, 1997, 1998)
 YEAR_NAMES = (
-    "before 1960", "1960s", "1970s", "1980s", "1990-94", "1995", "1996", "1997", "1998 and later"
+    "before 1960",
+    "1960s",
+    "1970s",
+    "1980s",
+    "1990-94",
+    "1995",
+    "1996",
+    "1997",
+    "1998 and later",
 )
-ML1M_GENRES = (
-    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
-    "Western",
-)
+# ratings.dat's genre names: MovieLens 100K's without its "unknown".
+ML1M_GENRES = ML100K_GENRES[1:]
 ML1M_OCCUPATIONS = 21  # codes 0..20 in users.dat
 
 
@@ -75,7 +80,8 @@ class SideFeatures:
     item_names: tuple[str, ...] = ()
 
     def spec(self) -> dict[str, int]:
-        """The :func:`recspark.model.registry.build_model` arguments that size the feature tables."""
+        """The :func:`recspark.model.registry.build_model` arguments that size the feature
+        tables."""
         return {
             "user_features": 0 if self.user is None else int(self.user.shape[1]),
             "item_features": 0 if self.item is None else int(self.item.shape[1]),
@@ -89,7 +95,11 @@ def _one_hot(codes: np.ndarray, width: int) -> np.ndarray:
 
 
 def _user_weights(
-    ages: np.ndarray, genders: pd.Series, occupations: np.ndarray, n_occupations: int, zips: pd.Series
+    ages: np.ndarray,
+    genders: pd.Series,
+    occupations: np.ndarray,
+    n_occupations: int,
+    zips: pd.Series,
 ) -> np.ndarray:
     first = zips.fillna("").astype(str).str.strip().str[:1]
     zip_codes = np.where(first.str.isdigit(), pd.to_numeric(first, errors="coerce").fillna(10), 10)
@@ -142,16 +152,21 @@ def _require(path: Location) -> io.BytesIO:
     return io.BytesIO(data)
 
 
-def read_movielens_100k(folder: str | Path) -> tuple[FeatureTable, FeatureTable]:
+def read_movielens_100k(path: str | Path) -> tuple[FeatureTable, FeatureTable]:
     """(users, items) feature tables from ``u.user``, ``u.occupation`` and ``u.item``."""
-    folder = Location(folder)
+    folder = Location(path)
     users = pd.read_csv(
-        _require(folder / "u.user"), sep="|", header=None, dtype=str,
+        _require(folder / "u.user"),
+        sep="|",
+        header=None,
+        dtype=str,
         names=["id", "age", "gender", "occupation", "zip"],
     )
     occupation_file = folder / "u.occupation"
     if occupation_file.is_file():
-        vocabulary = [line.strip() for line in occupation_file.read_text().splitlines() if line.strip()]
+        vocabulary = [
+            line.strip() for line in occupation_file.read_text().splitlines() if line.strip()
+        ]
     else:
         vocabulary = sorted(users["occupation"].unique())
     position = {name: k for k, name in enumerate(vocabulary)}
@@ -177,12 +192,18 @@ def read_movielens_100k(folder: str | Path) -> tuple[FeatureTable, FeatureTable]
     genre_file = folder / "u.genre"
     flags = items.iloc[:, 5:].astype(int).to_numpy()
     genre_names = (
-        [line.split("|")[0] for line in genre_file.read_text("latin-1").splitlines() if line.strip()]
+        [
+            line.split("|")[0]
+            for line in genre_file.read_text("latin-1").splitlines()
+            if line.strip()
+        ]
         if genre_file.is_file()
         else [f"genre {k}" for k in range(flags.shape[1])]
     )
     if len(genre_names) != flags.shape[1]:
-        raise BadInputError(f"{genre_file} lists {len(genre_names)} genres, u.item has {flags.shape[1]}")
+        raise BadInputError(
+            f"{genre_file} lists {len(genre_names)} genres, u.item has {flags.shape[1]}"
+        )
     years = pd.to_datetime(items[2], format="%d-%b-%Y", errors="coerce").dt.year
     return (
         FeatureTable(list(users["id"].str.strip()), user_weights, user_names),
@@ -194,11 +215,15 @@ def read_movielens_100k(folder: str | Path) -> tuple[FeatureTable, FeatureTable]
     )
 
 
-def read_movielens_1m(folder: str | Path) -> tuple[FeatureTable, FeatureTable]:
+def read_movielens_1m(path: str | Path) -> tuple[FeatureTable, FeatureTable]:
     """(users, items) feature tables from ``users.dat`` and ``movies.dat``."""
-    folder = Location(folder)
+    folder = Location(path)
     users = pd.read_csv(
-        _require(folder / "users.dat"), sep="::", header=None, engine="python", dtype=str,
+        _require(folder / "users.dat"),
+        sep="::",
+        header=None,
+        engine="python",
+        dtype=str,
         names=["id", "gender", "age", "occupation", "zip"],
     )
     occupations = users["occupation"].astype(int).to_numpy()
@@ -218,8 +243,13 @@ def read_movielens_1m(folder: str | Path) -> tuple[FeatureTable, FeatureTable]:
         + tuple(f"zip {z}" for z in ZIP_REGIONS)
     )
     movies = pd.read_csv(
-        _require(folder / "movies.dat"), sep="::", header=None, engine="python",
-        encoding="latin-1", dtype=str, names=["id", "title", "genres"],
+        _require(folder / "movies.dat"),
+        sep="::",
+        header=None,
+        engine="python",
+        encoding="latin-1",
+        dtype=str,
+        names=["id", "title", "genres"],
     )
     position = {g: k for k, g in enumerate(ML1M_GENRES)}
     flags = np.zeros((len(movies), len(ML1M_GENRES)), dtype=np.float32)
@@ -241,7 +271,9 @@ def read_movielens_1m(folder: str | Path) -> tuple[FeatureTable, FeatureTable]:
 READERS = {"movielens-100k": read_movielens_100k, "movielens-1m": read_movielens_1m}
 
 
-def align(table: FeatureTable, index: pd.DataFrame, id_col: str, idx_col: str, rows: int) -> np.ndarray:
+def align(
+    table: FeatureTable, index: pd.DataFrame, id_col: str, idx_col: str, rows: int
+) -> np.ndarray:
     """``rows x features`` weights in index order; ids the table lacks get zero rows.
 
     Raw ids are matched as text, so an id map with integer ids matches the files' digits.
@@ -250,14 +282,18 @@ def align(table: FeatureTable, index: pd.DataFrame, id_col: str, idx_col: str, r
     raw_ids = index[id_col].astype(str).str.strip().to_numpy()
     idx = index[idx_col].to_numpy(dtype=np.int64)
     if len(idx) and (idx.min() < 0 or idx.max() >= rows):
-        raise BadInputError(f"{idx_col} outside [0, {rows}): the id map does not match the manifest")
+        raise BadInputError(
+            f"{idx_col} outside [0, {rows}): the id map does not match the manifest"
+        )
     source = np.array([position.get(raw, -1) for raw in raw_ids], dtype=np.int64)
     weights = np.zeros((rows, table.weights.shape[1]), dtype=np.float32)
     known = source >= 0
     weights[idx[known]] = table.weights[source[known]]
     missing = int((~known).sum())
     if missing:
-        log.warning("side information: %d of %d ids in %s have no features", missing, len(idx), idx_col)
+        log.warning(
+            "side information: %d of %d ids in %s have no features", missing, len(idx), idx_col
+        )
     return weights
 
 
@@ -288,13 +324,13 @@ def load_side_features(
     if format not in READERS:
         raise BadInputError(f"model.side_info.format {format!r}: choose one of {SIDE_INFO_FORMATS}")
     user_table, item_table = READERS[format](path)
-    prepared = Location(prepared)
+    prepared_run = Location(prepared)
     user = item = None
     if users:
-        index = read_parquet(prepared / "user_index", columns=[USER_ID, USER_IDX]).to_pandas()
+        index = read_parquet(prepared_run / "user_index", columns=[USER_ID, USER_IDX]).to_pandas()
         user = align(user_table, index, USER_ID, USER_IDX, n_users)
     if items:
-        index = read_parquet(prepared / "item_index", columns=[ITEM_ID, ITEM_IDX]).to_pandas()
+        index = read_parquet(prepared_run / "item_index", columns=[ITEM_ID, ITEM_IDX]).to_pandas()
         item = align(item_table, index, ITEM_ID, ITEM_IDX, n_items)
     return SideFeatures(
         user=user,

@@ -37,6 +37,7 @@ def flag_validation(
     method: str,
     validation_fraction: float,
     seed: int,
+    *,
     user_col: str = USER_IDX,
     item_col: str = ITEM_IDX,
     timestamp_col: str = TIMESTAMP,
@@ -90,6 +91,7 @@ def split_ratings(
     method: str,
     validation_fraction: float,
     seed: int,
+    *,
     user_col: str = USER_IDX,
     item_col: str = ITEM_IDX,
     timestamp_col: str = TIMESTAMP,
@@ -102,7 +104,13 @@ def split_ratings(
         Train and validation, each with the columns of ``ratings``.
     """
     flagged = flag_validation(
-        ratings, method, validation_fraction, seed, user_col, item_col, timestamp_col
+        ratings,
+        method,
+        validation_fraction,
+        seed,
+        user_col=user_col,
+        item_col=item_col,
+        timestamp_col=timestamp_col,
     )
     return (
         flagged.where(~F.col(VALIDATION_FLAG)).drop(VALIDATION_FLAG),

@@ -253,7 +253,9 @@ def activity_totals(spark: SparkSession, spec: SyntheticSpec) -> np.ndarray:
 
     def sums(batches):
         for batch in batches:
-            yield pd.DataFrame({"block": batch["id"], "activity": block_activity_sums(spec, batch["id"])})
+            yield pd.DataFrame(
+                {"block": batch["id"], "activity": block_activity_sums(spec, batch["id"])}
+            )
 
     blocks = spark.range(spec.blocks, numPartitions=max(1, min(spec.blocks, 64)))
     rows = blocks.mapInPandas(sums, "block long, activity double").orderBy("block").collect()
@@ -321,7 +323,9 @@ def user_truth_frame(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
             T.StructField("factors", T.ArrayType(T.FloatType(), False), False),
         ]
     )
-    return spark.range(spec.blocks, numPartitions=max(1, min(spec.blocks, 64))).mapInPandas(users, schema)
+    return spark.range(spec.blocks, numPartitions=max(1, min(spec.blocks, 64))).mapInPandas(
+        users, schema
+    )
 
 
 def item_truth_frame(spec: SyntheticSpec) -> pd.DataFrame:

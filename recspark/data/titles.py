@@ -34,9 +34,25 @@ GENRES = "genres"
 
 # u.genre's names, in the column order of u.item's flags (used when u.genre is not beside u.item).
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-    "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 
 
@@ -93,11 +109,13 @@ def _read_ml100k(path: Location, text: str) -> pd.DataFrame:
         fields = line.split("|")
         if len(fields) < 2 + len(names) or not fields[0].strip().isdigit():
             raise BadInputError(
-                f"{path} line {number} is not a u.item row (id|title|...|{len(names)} genre flags): "
-                f"{line[:80]!r}"
+                f"{path} line {number} is not a u.item row "
+                f"(id|title|...|{len(names)} genre flags): {line[:80]!r}"
             )
         flags = fields[-len(names) :]
-        genres = "|".join(name for name, flag in zip(names, flags, strict=True) if flag.strip() == "1")
+        genres = "|".join(
+            name for name, flag in zip(names, flags, strict=True) if flag.strip() == "1"
+        )
         rows.append((int(fields[0]), fields[1].strip(), genres))
     return pd.DataFrame(rows, columns=[ITEM_ID, TITLE, GENRES])
 
@@ -116,7 +134,9 @@ def _read_ml1m(path: Location, text: str) -> pd.DataFrame:
 
 def _read_csv(path: Location, text: str, header: list[str]) -> pd.DataFrame:
     lowered = [name.strip().lower() for name in header]
-    id_column = next((i for i, name in enumerate(lowered) if name in ("movieid", "item_id", "itemid")), None)
+    id_column = next(
+        (i for i, name in enumerate(lowered) if name in ("movieid", "item_id", "itemid")), None
+    )
     if id_column is None or "title" not in lowered:
         raise BadInputError(
             f"{path}: a CSV titles table needs a header with movieId (or item_id) and title; "

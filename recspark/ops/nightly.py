@@ -20,8 +20,9 @@ from typing import Any
 from recspark.core.config import Config
 from recspark.core.errors import QualityGateError
 from recspark.core.storage import SUCCESS, Layout, clean_leftovers, write_json
-from recspark.data.prepare import REJECTED, input_path
-from recspark.data.sources import fingerprint
+from recspark.data.listing import fingerprint
+from recspark.data.prepare import input_path
+from recspark.data.quarantine import REJECTED
 from recspark.model.published import published_version
 from recspark.ops import history, retention
 from recspark.ops.gate import GateResult
