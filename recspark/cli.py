@@ -155,7 +155,9 @@ def writes_root(command: str, config: Config) -> bool:
     return True
 
 
-def run_command(command: str, config: Config, clock: dict[str, float] | None = None) -> dict[str, Any]:
+def run_command(
+    command: str, config: Config, clock: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Run one command in this process and return its summary fields (no printing).
 
     A command module's ``precheck(config)``, when it has one, runs first: the cheap checks of its
@@ -219,7 +221,8 @@ def main(
     # spark-submit merges the Python process's stderr into its stdout, so library chatter at
     # INFO (py4j logs on shutdown) would land after the summary line: only recspark logs INFO.
     logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr,
+        level=logging.WARNING,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log.setLevel(logging.INFO)

@@ -114,10 +114,12 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
         if name != "recspark":
             root = dataset.layout.root / "contenders" / name
             source = prepare.input_path(dataset.config)
-            config = config.model_copy(update={
-                "paths": config.paths.model_copy(update={"root": str(root)}),
-                "input": config.input.model_copy(update={"path": source}),
-            })
+            config = config.model_copy(
+                update={
+                    "paths": config.paths.model_copy(update={"root": str(root)}),
+                    "input": config.input.model_copy(update={"path": source}),
+                }
+            )
             ensure_prepared(spark, Dataset(name, config, dataset.ratings))
         layout = Layout(config.paths.root)
         trained, train_seconds = _timed(train.run, config, spark)
@@ -135,9 +137,13 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
             item_side_payload(lists.model, lists.spec, lists.meta),
         )
         metrics = evaluate.assess_contender(
-            spark, split, predict_model if published.predicts_ratings else None, scorer,
+            spark,
+            split,
+            predict_model if published.predicts_ratings else None,
+            scorer,
             config.score.users_per_block,
-            config.train.device, config.score.partitions,
+            config.train.device,
+            config.score.partitions,
         )
         info = {
             "model_version": published.model_version,
@@ -209,12 +215,17 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     for dataset in datasets(config):
         manifest = ensure_prepared(spark, dataset)
         split = evaluate.read_split(
-            spark, dataset.layout.prepared(dataset.config.run_date), manifest.items,
-            config.evaluate.k, dataset.config.evaluate.relevance_threshold,
+            spark,
+            dataset.layout.prepared(dataset.config.run_date),
+            manifest.items,
+            config.evaluate.k,
+            dataset.config.evaluate.relevance_threshold,
             rare_item_ratings=dataset.config.evaluate.rare_item_ratings,
         )
         facts[dataset.name] = {
-            "users": manifest.users, "items": manifest.items, **manifest.counts,
+            "users": manifest.users,
+            "items": manifest.items,
+            **manifest.counts,
             "split": dataset.config.split.method,
             "relevance_threshold": dataset.config.evaluate.relevance_threshold,
             "root": shown(str(dataset.layout.root)),
@@ -228,8 +239,9 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
                 print(f"{dataset.name}: {name} skipped: {reason}", file=sys.stderr, flush=True)
                 facts[dataset.name].setdefault("skipped", {})[name] = str(reason)
                 continue
-            log.info("%s %s: %s", dataset.name, name,
-                     {key: result.figure(key) for key in SUMMARY_KEYS})
+            log.info(
+                "%s %s: %s", dataset.name, name, {key: result.figure(key) for key in SUMMARY_KEYS}
+            )
             results[dataset.name].append(result)
         split.popularity.unpersist()
     tables = [builder(config.evaluate.k) for builder in TABLES]
@@ -243,8 +255,12 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         "datasets": facts,
         "results": {
             name: {
-                r.name: {"train_seconds": r.train_seconds, "score_seconds": r.score_seconds,
-                         "metrics": r.metrics, "info": r.info}
+                r.name: {
+                    "train_seconds": r.train_seconds,
+                    "score_seconds": r.score_seconds,
+                    "metrics": r.metrics,
+                    "info": r.info,
+                }
                 for r in rs
             }
             for name, rs in results.items()
@@ -263,7 +279,9 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     }
     return {
         "outputs": {"report": str(final / "benchmark.json"), "table": str(final / "table.txt")},
-        "counts": {name: {"train": f["train"], "validation": f["validation"]} for name, f in facts.items()},
+        "counts": {
+            name: {"train": f["train"], "validation": f["validation"]} for name, f in facts.items()
+        },
         "metrics": figures,
         "ratios": report["ratios"],
     }

@@ -64,12 +64,20 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     settings = config.evaluate
     side = config.model.side_info
     genres = item_genre_flags(
-        prepared, published.spec.n_items, side.format if side else None,
-        side.path if side else None, config.recommend.titles_path,
+        prepared,
+        published.spec.n_items,
+        side.format if side else None,
+        side.path if side else None,
+        config.recommend.titles_path,
     )
     split = read_split(
-        spark, prepared, published.spec.n_items, settings.k, settings.relevance_threshold,
-        config.score.min_item_ratings, settings.rare_item_ratings,
+        spark,
+        prepared,
+        published.spec.n_items,
+        settings.k,
+        settings.relevance_threshold,
+        config.score.min_item_ratings,
+        settings.rare_item_ratings,
         item_feature_frame(spark, genres) if genres is not None else None,
     )
     device, block = config.train.device, config.score.users_per_block
@@ -85,7 +93,12 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         item_side_payload(lists.model, lists.spec, lists.meta),
     )
     metrics = assess_contender(
-        spark, split, predict_model if rates else None, scorer, block, device,
+        spark,
+        split,
+        predict_model if rates else None,
+        scorer,
+        block,
+        device,
         config.score.partitions,
     )
     log.info("model: RMSE %s, NDCG@%d %s", metrics["rmse"], settings.k, metrics["ndcg_at_k"])
@@ -98,15 +111,23 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
             spark, split, fitted.predict, fitted.scorer, block, device, config.score.partitions
         )
         baselines[name] = {
-            "metrics": baseline_metrics, "train_seconds": fitted.train_seconds, "info": fitted.info,
+            "metrics": baseline_metrics,
+            "train_seconds": fitted.train_seconds,
+            "info": fitted.info,
         }
-        log.info("%s: RMSE %s, NDCG@%d %s", name, baseline_metrics["rmse"], settings.k,
-                 baseline_metrics["ndcg_at_k"])
+        log.info(
+            "%s: RMSE %s, NDCG@%d %s",
+            name,
+            baseline_metrics["rmse"],
+            settings.k,
+            baseline_metrics["ndcg_at_k"],
+        )
 
     low, high = config.input.rating_min - 0.5, config.input.rating_max + 0.5
     predictions = predict_model(split.validation) if rates else None
     distribution = {
-        "low": low, "high": high,
+        "low": low,
+        "high": high,
         "prediction": (
             report.histogram(predictions, PREDICTION, low, high, HISTOGRAM_BINS) if rates else None
         ),
@@ -168,7 +189,10 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         print(text, file=sys.stderr, flush=True)
         if rates:
             report.rating_distribution(
-                distribution["prediction"], distribution["truth"], low, high,
+                distribution["prediction"],
+                distribution["truth"],
+                low,
+                high,
                 staging / "rating_distribution.png",
             )
             plots.append("rating_distribution.png")
@@ -181,9 +205,12 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         "ranked_users": metrics.pop("ranked_users"),
     }
     return {
-        "outputs": {"report": str(final / "evaluation.json"), "folder": str(final),
-                    "table": str(final / "metrics_vs_baselines.txt"),
-                    "plots": [str(final / name) for name in plots]},
+        "outputs": {
+            "report": str(final / "evaluation.json"),
+            "folder": str(final),
+            "table": str(final / "metrics_vs_baselines.txt"),
+            "plots": [str(final / name) for name in plots],
+        },
         "counts": counts,
         "metrics": metrics,
         "baselines": {

@@ -169,9 +169,7 @@ def _run_unit(
         if record.status != history.PUBLISHED or not isinstance(exc, Exception):
             raise
         log.warning("run %s is published; a step after the commit failed: %s", run_id, exc)
-    removed, retention_error = unit.prune(
-        layout, state, config.nightly.keep_runs, run_date, spark
-    )
+    removed, retention_error = unit.prune(layout, state, config.nightly.keep_runs, run_date, spark)
     return unit.published_summary(
         layout, journal, record, recovered, stale_lock, removed, retention_error
     )

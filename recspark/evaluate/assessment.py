@@ -31,8 +31,17 @@ from recspark.evaluate.metrics import assess, item_popularity, relevant_items
 from recspark.serve.scoring import recommend_all
 
 SUMMARY_BASELINE_KEYS = (
-    "rmse", "mae", "ndcg_at_k", "precision_at_k", "recall_at_k", "map_at_k", "hit_rate_at_k",
-    "coverage", "rare_item_share", "popularity_bias", "intra_list_diversity",
+    "rmse",
+    "mae",
+    "ndcg_at_k",
+    "precision_at_k",
+    "recall_at_k",
+    "map_at_k",
+    "hit_rate_at_k",
+    "coverage",
+    "rare_item_share",
+    "popularity_bias",
+    "intra_list_diversity",
 )
 
 HISTOGRAM_BINS = 24
@@ -110,7 +119,14 @@ def top_k_lists(
     items outside ``split.eligible``) excluded."""
     users = scorer.users.join(split.users, USER_IDX)
     return recommend_all(
-        spark, users, split.seen, scorer.payload, split.k, users_per_block, device, partitions,
+        spark,
+        users,
+        split.seen,
+        scorer.payload,
+        split.k,
+        users_per_block,
+        device,
+        partitions,
         eligible=split.eligible,
     )
 

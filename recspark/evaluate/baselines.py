@@ -81,12 +81,20 @@ def dot_payload(item_vectors: np.ndarray, item_bias: np.ndarray | None = None) -
         model.item_factors.weight.copy_(torch.as_tensor(item_vectors, dtype=torch.float32))
         if item_bias is not None:
             model.user_bias.weight.zero_()
-            model.item_bias.weight.copy_(torch.as_tensor(item_bias, dtype=torch.float32).view(-1, 1))
+            model.item_bias.weight.copy_(
+                torch.as_tensor(item_bias, dtype=torch.float32).view(-1, 1)
+            )
     return model_bytes(model, spec, {"baseline": kind})
 
 
-def _item_matrix(items: DataFrame, n_items: int, width: int, id_col: str, vector_col: str | None,
-                 bias_col: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _item_matrix(
+    items: DataFrame,
+    n_items: int,
+    width: int,
+    id_col: str,
+    vector_col: str | None,
+    bias_col: str | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Item vectors and biases as arrays indexed by item; items the table lacks get zeros.
 
     The item table has one row per item, the size of what the kernel broadcasts anyway.
@@ -135,7 +143,9 @@ def fit_most_popular(train: DataFrame, n_items: int) -> Fitted:
     _, item_count = _item_matrix(counts, n_items, 1, ITEM_IDX, None, "ratings")
     seconds = time.perf_counter() - started
     scorer = Scorer(
-        train.select(USER_IDX).distinct().select(
+        train.select(USER_IDX)
+        .distinct()
+        .select(
             USER_IDX,
             F.lit(0.0).cast("float").alias(BIAS),
             F.array(F.lit(0.0)).cast("array<float>").alias(FACTORS),
@@ -157,13 +167,21 @@ def bias_tables(
         items = (
             residual.join(users, USER_IDX)
             .groupBy(ITEM_IDX)
-            .agg((F.sum(F.col("residual") - F.col("b_user")) / (F.count(F.lit(1)) + reg)).alias("b_item"))
+            .agg(
+                (F.sum(F.col("residual") - F.col("b_user")) / (F.count(F.lit(1)) + reg)).alias(
+                    "b_item"
+                )
+            )
             .localCheckpoint()
         )
         users = (
             residual.join(items, ITEM_IDX)
             .groupBy(USER_IDX)
-            .agg((F.sum(F.col("residual") - F.col("b_item")) / (F.count(F.lit(1)) + reg)).alias("b_user"))
+            .agg(
+                (F.sum(F.col("residual") - F.col("b_item")) / (F.count(F.lit(1)) + reg)).alias(
+                    "b_user"
+                )
+            )
             .localCheckpoint()
         )
     residual.unpersist()
@@ -171,7 +189,11 @@ def bias_tables(
 
 
 def fit_biases(
-    train: DataFrame, n_items: int, reg: float = 10.0, iterations: int = 3, mean: float | None = None
+    train: DataFrame,
+    n_items: int,
+    reg: float = 10.0,
+    iterations: int = 3,
+    mean: float | None = None,
 ) -> Fitted:
     """The user+item bias model, ``mu + b_u + b_i`` (an unknown user or item adds 0)."""
     started = time.perf_counter()
@@ -194,15 +216,25 @@ def fit_biases(
         ),
         dot_payload(np.zeros((n_items, 1), dtype=np.float32), item_bias),
     )
-    return Fitted("biases", predict, scorer, seconds, {"mean": mu, "reg": reg, "iterations": iterations})
+    return Fitted(
+        "biases", predict, scorer, seconds, {"mean": mu, "reg": reg, "iterations": iterations}
+    )
 
 
 def _als(
     rank: int, reg: float, max_iter: int, seed: int, implicit: bool = False, alpha: float = 1.0
 ) -> ALS:
     return ALS(
-        userCol=USER_IDX, itemCol=ITEM_IDX, ratingCol=RATING, rank=rank, regParam=reg,
-        maxIter=max_iter, seed=seed, coldStartStrategy="nan", implicitPrefs=implicit, alpha=alpha,
+        userCol=USER_IDX,
+        itemCol=ITEM_IDX,
+        ratingCol=RATING,
+        rank=rank,
+        regParam=reg,
+        maxIter=max_iter,
+        seed=seed,
+        coldStartStrategy="nan",
+        implicitPrefs=implicit,
+        alpha=alpha,
     )
 
 

@@ -156,8 +156,14 @@ def _kernel_recommend_seconds(
     config = dataset.config
     target = dataset.layout.root / f"{name}_recommendations" / str(config.run_date)
     lists = recommend_all(
-        spark, scorer.users, split.seen, scorer.payload, config.score.top_n,
-        config.score.users_per_block, config.train.device, config.score.partitions,
+        spark,
+        scorer.users,
+        split.seen,
+        scorer.payload,
+        config.score.top_n,
+        config.score.users_per_block,
+        config.train.device,
+        config.score.partitions,
         eligible=split.eligible,
     )
     started = time.perf_counter()
@@ -214,7 +220,9 @@ def run_ease(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
         )
     model = fit_ease(split.train, split.n_items, bench.ease_lambda)
     block, device, partitions = (
-        config.score.users_per_block, config.train.device, config.score.partitions
+        config.score.users_per_block,
+        config.train.device,
+        config.score.partitions,
     )
     every = rated_lists(split.seen).cache()
     target = dataset.layout.root / "ease_recommendations" / str(config.run_date)
@@ -224,8 +232,14 @@ def run_ease(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
     ).write.mode("overwrite").parquet(str(target))
     score_seconds = time.perf_counter() - started
     lists = ease_top_k(
-        spark, every.join(split.users, USER_IDX), model.weights, split.k, block, device,
-        partitions, split.eligible,
+        spark,
+        every.join(split.users, USER_IDX),
+        model.weights,
+        split.k,
+        block,
+        device,
+        partitions,
+        split.eligible,
     )
     metrics = assess_contender(spark, split, None, None, lists=lists)
     every.unpersist()

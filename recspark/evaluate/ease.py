@@ -141,7 +141,10 @@ def ease_batches(
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
                 users = torch.sparse_csr_tensor(
-                    rows, columns, torch.ones(high - low, device=device), (stop - start, n_items),
+                    rows,
+                    columns,
+                    torch.ones(high - low, device=device),
+                    (stop - start, n_items),
                     check_invariants=False,
                 )
             scores = users @ weights

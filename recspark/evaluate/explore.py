@@ -67,7 +67,9 @@ def item_pca(factors: np.ndarray, rows: np.ndarray | None = None, components: in
     factors = np.asarray(factors, dtype=np.float64)
     rows = np.arange(len(factors)) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(rows) < 3:
-        raise BadInputError(f"PCA needs at least 3 items, got {len(rows)}: lower score.min_item_ratings")
+        raise BadInputError(
+            f"PCA needs at least 3 items, got {len(rows)}: lower score.min_item_ratings"
+        )
     data = factors[rows]
     centred = data - data.mean(axis=0)
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
@@ -143,9 +145,13 @@ def pca_plot(
             for slot, k in enumerate(order):
                 scatter.scatter(x[at[k]], y[at[k]], s=18, color=colours[component])
                 scatter.annotate(
-                    _label(group[k], labels, 28), (x[at[k]], y[at[k]]), fontsize=7,
-                    color=colours[component], xytext=(6, 11 * (slot - (len(order) - 1) / 2)),
-                    textcoords="offset points", va="center",
+                    _label(group[k], labels, 28),
+                    (x[at[k]], y[at[k]]),
+                    fontsize=7,
+                    color=colours[component],
+                    xytext=(6, 11 * (slot - (len(order) - 1) / 2)),
+                    textcoords="offset points",
+                    va="center",
                     arrowprops={"arrowstyle": "-", "color": colours[component], "lw": 0.4},
                 )
     scatter.margins(x=0.08, y=0.18)  # room for the stacked labels at the edges
@@ -162,12 +168,24 @@ def pca_plot(
         panel = figure.add_subplot(grid[1, component])
         panel.axis("off")
         high, low = pca.ends(component, ends)
-        lines = [f"PC{component + 1}  ({pca.variance_share[component]:.1%} of variance)", "", "high end (+):"]
+        lines = [
+            f"PC{component + 1}  ({pca.variance_share[component]:.1%} of variance)",
+            "",
+            "high end (+):",
+        ]
         lines += [f"  {_label(item, labels)}" for item in high]
         lines += ["", "low end (−):"]
         lines += [f"  {_label(item, labels)}" for item in low]
-        panel.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9,
-                   transform=panel.transAxes)
+        panel.text(
+            0.0,
+            1.0,
+            "\n".join(lines),
+            va="top",
+            ha="left",
+            family="monospace",
+            fontsize=9,
+            transform=panel.transAxes,
+        )
     figure.suptitle(title, fontsize=14)
     return save_figure(figure, path, bbox_inches="tight")
 
@@ -195,7 +213,10 @@ def pca_summary(pca: ItemPCA, labels: dict[int, str], item_ids: np.ndarray, ends
 
 def _entry(item_idx: int, labels: dict[int, str], item_ids: np.ndarray) -> dict:
     raw = item_ids[int(item_idx)]
-    return {"item_id": raw.item() if hasattr(raw, "item") else raw, "title": labels.get(int(item_idx))}
+    return {
+        "item_id": raw.item() if hasattr(raw, "item") else raw,
+        "title": labels.get(int(item_idx)),
+    }
 
 
 def write_exploration(
@@ -213,4 +234,7 @@ def write_exploration(
     with staged(layout, final, f"exploration-{run_date}") as staging:
         pca_plot(pca, labels, staging / "item_pca.png")
         write_json(staging / "item_pca.json", summary)
-    return {"pca_plot": str(final / "item_pca.png"), "pca_summary": str(final / "item_pca.json")}, summary
+    return {
+        "pca_plot": str(final / "item_pca.png"),
+        "pca_summary": str(final / "item_pca.json"),
+    }, summary

@@ -77,9 +77,7 @@ def rating_metrics(
     return {"rmse": row["rmse"], "mae": row["mae"], "rows": int(row["rows"])}
 
 
-def relevant_items(
-    validation: DataFrame, threshold: float, rating_col: str = RATING
-) -> DataFrame:
+def relevant_items(validation: DataFrame, threshold: float, rating_col: str = RATING) -> DataFrame:
     """Validation rows rated at or above ``threshold``; every row when ``threshold`` is 0."""
     return validation if threshold <= 0 else validation.where(F.col(rating_col) >= threshold)
 
@@ -95,7 +93,10 @@ def ranking_frame(
 
     A user with relevant items but no recommendations gets an empty ``prediction``.
     """
-    for frame, columns in ((recommendations, (user_col, item_col, rank_col)), (relevant, (user_col, item_col))):
+    for frame, columns in (
+        (recommendations, (user_col, item_col, rank_col)),
+        (relevant, (user_col, item_col)),
+    ):
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ValueError(f"column(s) {missing} missing; the frame has {frame.columns}")
@@ -149,9 +150,9 @@ def ranking_metrics(
     # Average precision: the precision at each hit's rank, over min(relevant, k).
     precision_at_hits = F.transform(
         hits,
-        lambda hit, i: hit
-        * F.aggregate(F.slice(hits, 1, i + 1), F.lit(0.0), lambda a, x: a + x)
-        / (i + 1),
+        lambda hit, i: (
+            hit * F.aggregate(F.slice(hits, 1, i + 1), F.lit(0.0), lambda a, x: a + x) / (i + 1)
+        ),
     )
     average_precision = F.aggregate(precision_at_hits, F.lit(0.0), lambda a, x: a + x) / F.least(
         F.size("label"), F.lit(k)

@@ -50,13 +50,23 @@ BEST_DIRECTION = {
 }
 #: Rows of the printed table, in order.
 TABLE_ROWS = (
-    *RATING_PANEL, "cold_start_mae", *RANKING_PANEL, "coverage", "novelty", "rare_item_share",
-    "heldout_rare_item_share", "log_popularity", "heldout_log_popularity", "popularity_bias",
+    *RATING_PANEL,
+    "cold_start_mae",
+    *RANKING_PANEL,
+    "coverage",
+    "novelty",
+    "rare_item_share",
+    "heldout_rare_item_share",
+    "log_popularity",
+    "heldout_log_popularity",
+    "popularity_bias",
     "intra_list_diversity",
 )
 
 
-def training_curves(history: list[dict[str, Any]], path: str | Path, objective: str = "rating") -> bool:
+def training_curves(
+    history: list[dict[str, Any]], path: str | Path, objective: str = "rating"
+) -> bool:
     """Loss per epoch from the trainer's history, and validation RMSE (rating objective) or AUC
     (ranking: 1 - the mean fraction of items scored above a held-out positive); False (no file)
     when the history is empty."""
@@ -66,9 +76,13 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, objective: 
     ranking = objective == "ranking"
     loss_name = "softmax/BPR" if ranking else "MSE"
     figure, (loss_axis, rmse_axis) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    loss_axis.plot(epochs, [r["train_loss"] for r in history], marker="o", label=f"train loss ({loss_name})")
     loss_axis.plot(
-        epochs, [r["validation_loss"] for r in history], marker="o",
+        epochs, [r["train_loss"] for r in history], marker="o", label=f"train loss ({loss_name})"
+    )
+    loss_axis.plot(
+        epochs,
+        [r["validation_loss"] for r in history],
+        marker="o",
         label=f"validation loss ({loss_name})",
     )
     loss_axis.set_xlabel("epoch")
@@ -109,7 +123,8 @@ def best_per_metric(rows: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     best: dict[str, list[str]] = {}
     for metric, higher in BEST_DIRECTION.items():
         figures = {
-            name: value for name, metrics in rows.items()
+            name: value
+            for name, metrics in rows.items()
             if isinstance(value := metrics.get(metric), int | float) and math.isfinite(value)
         }
         if figures:
@@ -162,8 +177,15 @@ def _bars(
             starred = best is not None and name in best.get(metric, ())
             label = "n/a" if value is None else f"{value:.3f}" + (" *" if starred else "")
             y = max(bar.get_height(), 0.0)
-            axis.annotate(label, (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
-                          fontsize=7, rotation=90, fontweight="bold" if starred else "normal")
+            axis.annotate(
+                label,
+                (bar.get_x() + bar.get_width() / 2, y),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90,
+                fontweight="bold" if starred else "normal",
+            )
     axis.margins(y=0.15)  # room for the figures printed above the bars
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(shown))])
     axis.set_xticklabels(shown, rotation=20, fontsize=8)
@@ -172,7 +194,9 @@ def _bars(
 
 
 def metric_table(
-    rows: dict[str, dict[str, Any]], k: int, path: str | Path,
+    rows: dict[str, dict[str, Any]],
+    k: int,
+    path: str | Path,
     best: dict[str, list[str]] | None = None,
 ) -> None:
     """Grouped bars of every contender's rating, ranking and beyond-accuracy figures (``rows``:
@@ -215,8 +239,14 @@ def rating_distribution(
     figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
     total_predicted, total_truth = max(1, sum(predicted)), max(1, sum(truth))
     axis.bar(edges, [c / total_truth for c in truth], width, align="edge", alpha=0.5, label="truth")
-    axis.bar(edges, [c / total_predicted for c in predicted], width, align="edge", alpha=0.5,
-             label="prediction")
+    axis.bar(
+        edges,
+        [c / total_predicted for c in predicted],
+        width,
+        align="edge",
+        alpha=0.5,
+        label="prediction",
+    )
     axis.set_xlabel("rating")
     axis.set_ylabel("share of validation rows")
     axis.set_title("Predicted vs true ratings (validation)")
