@@ -7,16 +7,17 @@ where the contender predicts ratings."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
 from recspark.core.choices import BASELINE_NAMES
-from recspark.core.config import EvaluateConfig
+from recspark.core.config import EvaluateConfig, ScoreConfig
 from recspark.core.constants import USER_IDX
+from recspark.core.location import Location
 from recspark.data.prepared import eligible_items, seen_items
 from recspark.evaluate.baselines import (
     Fitted,
@@ -47,6 +48,20 @@ SUMMARY_BASELINE_KEYS = (
 HISTOGRAM_BINS = 24
 
 
+@dataclass(frozen=True)
+class KernelSettings:
+    """How the scoring kernel runs for every contender: ``score.users_per_block``, the device
+    (``train.device``) and ``score.partitions``."""
+
+    users_per_block: int | str = "auto"
+    device: str = "auto"
+    partitions: int | None = None
+
+    @classmethod
+    def of(cls, score: ScoreConfig, device: str) -> KernelSettings:
+        return cls(score.users_per_block, device, score.partitions)
+
+
 @dataclass
 class EvaluationSplit:
     """One prepared run's split, read once and shared by the model and every baseline."""
@@ -68,7 +83,7 @@ class EvaluationSplit:
 
 def read_split(
     spark: SparkSession,
-    prepared: Path,
+    prepared: Location,
     n_items: int,
     k: int,
     relevance_threshold: float,
@@ -111,6 +126,7 @@ def top_k_lists(
     spark: SparkSession,
     scorer: Scorer,
     split: EvaluationSplit,
+    *,
     users_per_block: int | str = "auto",
     device: str = "auto",
     partitions: int | None = None,
@@ -134,11 +150,10 @@ def top_k_lists(
 def assess_contender(
     spark: SparkSession,
     split: EvaluationSplit,
-    predict_pairs,
+    predict_pairs: Callable[[DataFrame], DataFrame] | None,
     scorer: Scorer | None,
-    users_per_block: int | str = "auto",
-    device: str = "auto",
-    partitions: int | None = None,
+    *,
+    kernel: KernelSettings,
     lists: DataFrame | None = None,
 ) -> dict[str, Any]:
     """Every metric of one model: ``predict_pairs(frame) -> frame + prediction``, and its scorer.
@@ -153,7 +168,14 @@ def assess_contender(
     if lists is not None:
         lists = lists.cache()
     elif scorer is not None:
-        lists = top_k_lists(spark, scorer, split, users_per_block, device, partitions).cache()
+        lists = top_k_lists(
+            spark,
+            scorer,
+            split,
+            users_per_block=kernel.users_per_block,
+            device=kernel.device,
+            partitions=kernel.partitions,
+        ).cache()
     metrics = assess(
         predictions,
         lists,

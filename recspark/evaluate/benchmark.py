@@ -21,7 +21,7 @@ from recspark.core.errors import ConfigError, MissingInputError
 from recspark.core.location import Location
 from recspark.core.storage import Layout
 from recspark.data.prepared import rated_lists
-from recspark.evaluate.assessment import assess_contender, fit_baseline
+from recspark.evaluate.assessment import KernelSettings, assess_contender, fit_baseline
 from recspark.evaluate.baselines import Fitted, Scorer, fit_als, fit_als_implicit, mean_rating
 from recspark.evaluate.ease import ease_top_k, fit_ease
 from recspark.serve.scoring import recommend_all
@@ -109,9 +109,7 @@ def run_als(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
         split,
         fitted.predict,
         fitted.scorer,
-        config.score.users_per_block,
-        config.train.device,
-        config.score.partitions,
+        kernel=KernelSettings.of(config.score, config.train.device),
     )
     info = {key: value for key, value in fitted.info.items()}
     info["recommendations"] = str(target)
@@ -140,9 +138,7 @@ def run_als_implicit(spark: SparkSession, dataset: Dataset, split) -> ContenderR
         split,
         None,
         fitted.scorer,
-        config.score.users_per_block,
-        config.train.device,
-        config.score.partitions,
+        kernel=KernelSettings.of(config.score, config.train.device),
     )
     info = {**fitted.info, "recommendations": str(target)}
     return ContenderResult("als-implicit", fitted.train_seconds, score_seconds, metrics, info)
@@ -187,9 +183,7 @@ def baseline_contender(name: str, baseline: str) -> Callable[..., ContenderResul
             split,
             fitted.predict,
             fitted.scorer,
-            config.score.users_per_block,
-            config.train.device,
-            config.score.partitions,
+            kernel=KernelSettings.of(config.score, config.train.device),
         )
         info = {**fitted.info, "recommendations": str(target)}
         return ContenderResult(name, fitted.train_seconds, score_seconds, metrics, info)
@@ -241,7 +235,7 @@ def run_ease(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
         partitions,
         split.eligible,
     )
-    metrics = assess_contender(spark, split, None, None, lists=lists)
+    metrics = assess_contender(spark, split, None, None, kernel=KernelSettings(), lists=lists)
     every.unpersist()
     info = {**model.info, "recommendations": str(target)}
     return ContenderResult("ease", model.train_seconds, score_seconds, metrics, info)
