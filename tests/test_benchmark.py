@@ -14,7 +14,7 @@ import torch
 
 from recspark.cli import main
 from recspark.core.location import Location
-from recspark.evaluate.benchmark import ContenderResult, accuracy_table, format_table, ratios
+from recspark.evaluate.benchmark_report import ContenderResult, accuracy_table, format_table, ratios
 from recspark.model.saving import load_model
 from tests.test_score_job import set_args
 
