@@ -113,7 +113,7 @@ def _item_matrix(
 
 def mean_rating(train: DataFrame, rating_col: str = RATING) -> float:
     """The mean training rating."""
-    value = train.agg(F.mean(rating_col)).first()[0]
+    value = train.agg(F.mean(rating_col)).collect()[0][0]
     if value is None:
         raise BadInputError("the training split is empty: there is no mean rating")
     return float(value)
@@ -267,7 +267,7 @@ def tune_als(
         for reg in reg_params:
             model = _als(rank, reg, max_iter, seed).fit(fit_part)
             scored = model.transform(holdout).where(~F.isnan(PREDICTION))
-            rmse = scored.agg(F.sqrt(F.mean((F.col(PREDICTION) - F.col(RATING)) ** 2))).first()[0]
+            rmse = scored.agg(F.sqrt(F.mean((F.col(PREDICTION) - F.col(RATING)) ** 2))).collect()[0][0]
             trials.append({"rank": rank, "reg_param": reg, "holdout_rmse": rmse})
             log.info("ALS rank %d regParam %g: holdout RMSE %.4f", rank, reg, rmse)
     fit_part.unpersist()
