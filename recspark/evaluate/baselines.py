@@ -13,10 +13,10 @@
 
 Each baseline is returned as a :class:`Fitted`: a function that adds ``prediction`` to rating pairs,
 and, when it can rank, a :class:`Scorer` that the blocked scoring kernel
-(:func:`recspark.serve.scoring.recommend_all`) turns into top-N lists with the same seen-item exclusion
-and tie-break as the model. The ALS, bias and popularity baselines are scored as dot-product models
-built from their own factors (popularity: an item bias equal to the training count), so no
-baseline ranks on an easier footing than the model.
+(:func:`recspark.serve.scoring.recommend_all`) turns into top-N lists with the same seen-item
+exclusion and tie-break as the model. The ALS, bias and popularity baselines are scored as
+dot-product models built from their own factors (popularity: an item bias equal to the training
+count), so no baseline ranks on an easier footing than the model.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from torch import nn
 
 from recspark.core.choices import BASELINE_NAMES
 from recspark.core.constants import BIAS, FACTORS, ITEM_IDX, PREDICTION, RATING, USER_IDX
@@ -75,16 +76,23 @@ def dot_payload(item_vectors: np.ndarray, item_bias: np.ndarray | None = None) -
     n_items, factors = item_vectors.shape
     kind = "dot" if item_bias is None else "dot_bias"
     spec = {"kind": kind, "n_users": 1, "n_items": n_items, "factors": factors, "y_range": None}
-    model = build_model(**spec)
+    model = build_model(kind=kind, n_users=1, n_items=n_items, factors=factors, y_range=None)
     with torch.no_grad():
-        model.user_factors.weight.zero_()
-        model.item_factors.weight.copy_(torch.as_tensor(item_vectors, dtype=torch.float32))
+        _weight(model, "user_factors").zero_()
+        _weight(model, "item_factors").copy_(torch.as_tensor(item_vectors, dtype=torch.float32))
         if item_bias is not None:
-            model.user_bias.weight.zero_()
-            model.item_bias.weight.copy_(
+            _weight(model, "user_bias").zero_()
+            _weight(model, "item_bias").copy_(
                 torch.as_tensor(item_bias, dtype=torch.float32).view(-1, 1)
             )
     return model_bytes(model, spec, {"baseline": kind})
+
+
+def _weight(model: nn.Module, table: str) -> torch.Tensor:
+    """The weight of one of the model's tables (torch types a module's attributes loosely)."""
+    weight = getattr(model, table).weight
+    assert isinstance(weight, torch.Tensor), f"{table} has no weight tensor"
+    return weight
 
 
 def _item_matrix(
@@ -106,7 +114,7 @@ def _item_matrix(
         index = row[id_col]
         if vector_col:
             vectors[index] = row[vector_col]
-        if bias_col:
+        if bias is not None and bias_col:
             bias[index] = row[bias_col]
     return vectors, bias
 
@@ -141,6 +149,7 @@ def fit_most_popular(train: DataFrame, n_items: int) -> Fitted:
     started = time.perf_counter()
     counts = train.groupBy(ITEM_IDX).agg(F.count(F.lit(1)).cast("float").alias("ratings"))
     _, item_count = _item_matrix(counts, n_items, 1, ITEM_IDX, None, "ratings")
+    assert item_count is not None  # asked for by its bias column
     seconds = time.perf_counter() - started
     scorer = Scorer(
         train.select(USER_IDX)
@@ -185,6 +194,8 @@ def bias_tables(
             .localCheckpoint()
         )
     residual.unpersist()
+    if items is None:
+        raise ValueError(f"bias_tables needs at least one iteration, got {iterations}")
     return users, items
 
 
@@ -267,7 +278,8 @@ def tune_als(
         for reg in reg_params:
             model = _als(rank, reg, max_iter, seed).fit(fit_part)
             scored = model.transform(holdout).where(~F.isnan(PREDICTION))
-            rmse = scored.agg(F.sqrt(F.mean((F.col(PREDICTION) - F.col(RATING)) ** 2))).collect()[0][0]
+            error = F.col(PREDICTION) - F.col(RATING)
+            rmse = scored.agg(F.sqrt(F.mean(error**2))).collect()[0][0]
             trials.append({"rank": rank, "reg_param": reg, "holdout_rmse": rmse})
             log.info("ALS rank %d regParam %g: holdout RMSE %.4f", rank, reg, rmse)
     fit_part.unpersist()
@@ -286,7 +298,8 @@ def fit_als(
     holdout_fraction: float = 0.1,
     mean: float | None = None,
 ) -> Fitted:
-    """Spark ALS (explicit), tuned over ``ranks x reg_params`` when the grid has more than one point.
+    """Spark ALS (explicit), tuned over ``ranks x reg_params`` when the grid has more than one
+    point.
 
     Pairs ALS cannot score (a user or item absent from training) get the mean training rating.
     ``train_seconds`` is the final fit on the whole training split; tuning is in ``info``.

@@ -216,7 +216,14 @@ def run_ease(spark: SparkSession, dataset: Dataset, split: EvaluationSplit) -> C
     target = dataset.layout.root / "ease_recommendations" / str(config.run_date)
     started = time.perf_counter()
     ease_top_k(
-        spark, every, model.weights, config.score.top_n, block, device, partitions, split.eligible
+        spark,
+        every,
+        model.weights,
+        config.score.top_n,
+        block_setting=block,
+        device=device,
+        partitions=partitions,
+        eligible=split.eligible,
     ).write.mode("overwrite").parquet(str(target))
     score_seconds = time.perf_counter() - started
     lists = ease_top_k(
@@ -224,10 +231,10 @@ def run_ease(spark: SparkSession, dataset: Dataset, split: EvaluationSplit) -> C
         every.join(split.users, USER_IDX),
         model.weights,
         split.k,
-        block,
-        device,
-        partitions,
-        split.eligible,
+        block_setting=block,
+        device=device,
+        partitions=partitions,
+        eligible=split.eligible,
     )
     metrics = assess_contender(spark, split, None, None, kernel=KernelSettings(), lists=lists)
     every.unpersist()
