@@ -64,8 +64,8 @@ def run(config: Config, spark: SparkSession) -> StageResult:
         settings.k,
         settings.relevance_threshold,
         config.score.min_item_ratings,
-        settings.rare_item_ratings,
-        item_feature_frame(spark, genres) if genres is not None else None,
+        rare_item_ratings=settings.rare_item_ratings,
+        item_features=item_feature_frame(spark, genres) if genres is not None else None,
     )
     evaluation = evaluate_published(
         spark,

@@ -88,6 +88,7 @@ def read_split(
     k: int,
     relevance_threshold: float,
     min_item_ratings: int = 0,
+    *,
     rare_item_ratings: int = 5,
     item_features: DataFrame | None = None,
 ) -> EvaluationSplit:
@@ -97,7 +98,8 @@ def read_split(
     least that many training ratings, as the published lists do
     (:func:`recspark.data.prepared.eligible_items`); 0 ranks every item.
     ``rare_item_ratings`` and ``item_features`` (``(item_idx, feature, value)``, None: no
-    diversity figure) are for the figures beyond accuracy (:func:`recspark.evaluate.metrics.assess`).
+    diversity figure) are for the figures beyond accuracy
+    (:func:`recspark.evaluate.metrics.assess`).
     """
     train = spark.read.parquet(str(prepared / "train"))
     validation = spark.read.parquet(str(prepared / "validation"))
@@ -212,10 +214,10 @@ def fit_baseline(
             split.n_items,
             settings.als_ranks,
             settings.als_reg_params,
-            settings.als_max_iter,
-            settings.als_seed,
-            settings.als_tune_fraction,
-            mean,
+            max_iter=settings.als_max_iter,
+            seed=settings.als_seed,
+            holdout_fraction=settings.als_tune_fraction,
+            mean=mean,
         )
     if name == "most_popular":
         return fit_most_popular(split.train, split.n_items)
@@ -226,7 +228,7 @@ def fit_baseline(
             settings.als_implicit_rank,
             settings.als_implicit_reg_param,
             settings.als_implicit_alpha,
-            settings.als_max_iter,
-            settings.als_seed,
+            max_iter=settings.als_max_iter,
+            seed=settings.als_seed,
         )
     raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINE_NAMES)}")

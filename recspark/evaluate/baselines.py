@@ -266,6 +266,7 @@ def tune_als(
     train: DataFrame,
     ranks: list[int],
     reg_params: list[float],
+    *,
     max_iter: int,
     seed: int,
     holdout_fraction: float,
@@ -293,6 +294,7 @@ def fit_als(
     n_items: int,
     ranks: list[int],
     reg_params: list[float],
+    *,
     max_iter: int = 10,
     seed: int = 42,
     holdout_fraction: float = 0.1,
@@ -307,7 +309,14 @@ def fit_als(
     info: dict[str, Any] = {"max_iter": max_iter}
     if len(ranks) * len(reg_params) > 1:
         started = time.perf_counter()
-        rank, reg, trials = tune_als(train, ranks, reg_params, max_iter, seed, holdout_fraction)
+        rank, reg, trials = tune_als(
+            train,
+            ranks,
+            reg_params,
+            max_iter=max_iter,
+            seed=seed,
+            holdout_fraction=holdout_fraction,
+        )
         info.update(trials=trials, tune_seconds=time.perf_counter() - started)
     else:
         rank, reg = ranks[0], reg_params[0]
@@ -335,6 +344,7 @@ def fit_als_implicit(
     rank: int,
     reg: float,
     alpha: float,
+    *,
     max_iter: int = 10,
     seed: int = 42,
 ) -> Fitted:

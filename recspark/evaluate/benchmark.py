@@ -89,10 +89,10 @@ def run_als(spark: SparkSession, dataset: Dataset, split: EvaluationSplit) -> Co
         split.n_items,
         ranks,
         regs,
-        settings.als_max_iter,
-        settings.als_seed,
-        settings.als_tune_fraction,
-        mean_rating(split.train),
+        max_iter=settings.als_max_iter,
+        seed=settings.als_seed,
+        holdout_fraction=settings.als_tune_fraction,
+        mean=mean_rating(split.train),
     )
     score_seconds, target = _als_recommend_seconds(fitted, dataset, "als")
     metrics = assess_contender(
@@ -122,8 +122,8 @@ def run_als_implicit(
         bench.als_implicit_rank or settings.als_implicit_rank,
         bench.als_implicit_reg_param or settings.als_implicit_reg_param,
         bench.als_implicit_alpha or settings.als_implicit_alpha,
-        settings.als_max_iter,
-        settings.als_seed,
+        max_iter=settings.als_max_iter,
+        seed=settings.als_seed,
     )
     score_seconds, target = _als_recommend_seconds(fitted, dataset, "als_implicit")
     metrics = assess_contender(

@@ -17,7 +17,6 @@ matplotlib runs headless (the Agg backend).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -28,6 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recspark.core.plots import save_figure
+from recspark.core.storage import Where
 
 RATING_PANEL = ("rmse", "mae", "cold_start_rmse")
 RANKING_PANEL = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "hit_rate_at_k")
@@ -64,9 +64,7 @@ TABLE_ROWS = (
 )
 
 
-def training_curves(
-    history: list[dict[str, Any]], path: str | Path, objective: str = "rating"
-) -> bool:
+def training_curves(history: list[dict[str, Any]], path: Where, objective: str = "rating") -> bool:
     """Loss per epoch from the trainer's history, and validation RMSE (rating objective) or AUC
     (ranking: 1 - the mean fraction of items scored above a held-out positive); False (no file)
     when the history is empty."""
@@ -196,7 +194,7 @@ def _bars(
 def metric_table(
     rows: dict[str, dict[str, Any]],
     k: int,
-    path: str | Path,
+    path: Where,
     best: dict[str, list[str]] | None = None,
 ) -> None:
     """Grouped bars of every contender's rating, ranking and beyond-accuracy figures (``rows``:
@@ -220,7 +218,7 @@ def histogram(frame: DataFrame, column: str, low: float, high: float, bins: int)
     """Counts of ``column`` in ``bins`` equal bins over ``[low, high]`` (outside: the end bins)."""
     width = (high - low) / bins
     index = F.least(F.greatest(F.floor((F.col(column) - low) / width), F.lit(0)), F.lit(bins - 1))
-    counts = dict(
+    counts: dict[int, int] = dict(
         frame.where(F.col(column).isNotNull() & ~F.isnan(column))
         .groupBy(index.cast("int").alias("bin"))
         .count()
@@ -230,7 +228,7 @@ def histogram(frame: DataFrame, column: str, low: float, high: float, bins: int)
 
 
 def rating_distribution(
-    predicted: list[int], truth: list[int], low: float, high: float, path: str | Path
+    predicted: list[int], truth: list[int], low: float, high: float, path: Where
 ) -> None:
     """Histograms of predicted and true ratings over the same bins."""
     bins = len(predicted)
