@@ -140,7 +140,9 @@ def test_beyond_accuracy_figures_by_hand(spark):
     lists, train, validation, features = hand_made(spark)
     popularity, users = item_popularity(train)
     relevant = validation.where("rating >= 4")
-    got = beyond_accuracy(lists, relevant, popularity, 5, validation, features)
+    got = beyond_accuracy(
+        lists, relevant, popularity, 5, validation=validation, item_features=features
+    )
     # Entries 0, 1, 0, 2, 3, 0: items 1, 2 and 3 have fewer than 5 ratings.
     assert got["rare_item_share"] == pytest.approx(3 / 6)
     listed = (3 * math.log(10) + math.log(2) + math.log(5) + 0.0) / 6
@@ -163,8 +165,8 @@ def test_beyond_accuracy_figures_by_hand(spark):
         relevant,
         3,
         8,
-        popularity,
-        users,
+        popularity=popularity,
+        n_users=users,
         validation=validation,
         rare_item_ratings=2,
         item_features=features,
@@ -172,7 +174,7 @@ def test_beyond_accuracy_figures_by_hand(spark):
     assert everything["coverage"] == pytest.approx(4 / 8)
     assert everything["rare_item_share"] == pytest.approx(2 / 6)  # items 1 and 3
     assert everything["intra_list_diversity"] == pytest.approx(got["intra_list_diversity"])
-    nothing = assess(None, None, relevant, 3, 8, popularity, users)
+    nothing = assess(None, None, relevant, 3, 8, popularity=popularity, n_users=users)
     assert nothing["rare_item_share"] is None and nothing["intra_list_diversity"] is None
 
 

@@ -49,8 +49,6 @@ def test_each_command_has_its_own_help(command, capsys):
         (["score", "--bogus"], "score", "unrecognized arguments: --bogus"),
     ],
 )
-
-
 def test_a_bad_command_line_still_ends_in_a_json_line(argv, command, words, capsys, no_spark):
     assert main(argv) == 2
     summary = last_json(capsys)
@@ -112,7 +110,8 @@ def test_shipped_configs_mean_the_same_from_any_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name", ["movielens-100k", "movielens-100k-dot-bias", "movielens-100k-mlp", "movielens-100k-ranking"]
+    "name",
+    ["movielens-100k", "movielens-100k-dot-bias", "movielens-100k-mlp", "movielens-100k-ranking"],
 )
 def test_shipped_movielens_configs_name_the_titles_beside_their_ratings(name):
     """recommend shows titles with every shipped ML-100K config, not null."""

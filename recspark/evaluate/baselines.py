@@ -100,6 +100,7 @@ def _item_matrix(
     n_items: int,
     width: int,
     id_col: str,
+    *,
     vector_col: str | None,
     bias_col: str | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -148,7 +149,7 @@ def fit_most_popular(train: DataFrame, n_items: int) -> Fitted:
     """
     started = time.perf_counter()
     counts = train.groupBy(ITEM_IDX).agg(F.count(F.lit(1)).cast("float").alias("ratings"))
-    _, item_count = _item_matrix(counts, n_items, 1, ITEM_IDX, None, "ratings")
+    _, item_count = _item_matrix(counts, n_items, 1, ITEM_IDX, vector_col=None, bias_col="ratings")
     assert item_count is not None  # asked for by its bias column
     seconds = time.perf_counter() - started
     scorer = Scorer(
@@ -218,7 +219,7 @@ def fit_biases(
         return joined.withColumn(PREDICTION, value.cast("float")).drop("b_user", "b_item")
 
     # As a dot_bias model with one zero factor: b_u' = mu + b_u and b_i.
-    _, item_bias = _item_matrix(items, n_items, 1, ITEM_IDX, None, "b_item")
+    _, item_bias = _item_matrix(items, n_items, 1, ITEM_IDX, vector_col=None, bias_col="b_item")
     scorer = Scorer(
         users.select(
             USER_IDX,
@@ -233,7 +234,7 @@ def fit_biases(
 
 
 def _als(
-    rank: int, reg: float, max_iter: int, seed: int, implicit: bool = False, alpha: float = 1.0
+    rank: int, reg: float, max_iter: int, seed: int, *, implicit: bool = False, alpha: float = 1.0
 ) -> ALS:
     return ALS(
         userCol=USER_IDX,
@@ -251,7 +252,9 @@ def _als(
 
 def _als_scorer(model, n_items: int, rank: int) -> Scorer:
     """A fitted ALS model as the scoring kernel sees it: a ``dot`` model of its own factors."""
-    vectors, _ = _item_matrix(model.itemFactors, n_items, rank, "id", "features", None)
+    vectors, _ = _item_matrix(
+        model.itemFactors, n_items, rank, "id", vector_col="features", bias_col=None
+    )
     return Scorer(
         model.userFactors.select(
             F.col("id").alias(USER_IDX),

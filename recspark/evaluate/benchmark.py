@@ -284,7 +284,9 @@ def datasets(config: Config) -> list[Dataset]:
                 ),
                 "evaluate": config.evaluate.model_copy(update={"relevance_threshold": 0.0}),
             }
-            chosen.append(_dataset(config, kind, base, update, 100_000, bench.ranking_contenders))
+            chosen.append(
+                _dataset(config, kind, base, update, 100_000, contenders=bench.ranking_contenders)
+            )
         else:
             for size in bench.synthetic_sizes:
                 users = max(1, size // bench.ratings_per_user)
@@ -330,6 +332,7 @@ def _dataset(
     base: Location,
     update: dict,
     ratings: int,
+    *,
     contenders: list[str] | None = None,
 ) -> Dataset:
     source = config.benchmark.model_configs.get(name)

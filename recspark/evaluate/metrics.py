@@ -141,6 +141,7 @@ def ranking_metrics(
     recommendations: DataFrame,
     relevant: DataFrame,
     k: int,
+    *,
     user_col: str = USER_IDX,
     item_col: str = ITEM_IDX,
     rank_col: str = RANK,
@@ -354,6 +355,7 @@ def beyond_accuracy(
     relevant: DataFrame,
     popularity: DataFrame,
     rare_item_ratings: int = 5,
+    *,
     validation: DataFrame | None = None,
     item_features: DataFrame | None = None,
     user_col: str = USER_IDX,
@@ -372,13 +374,21 @@ def beyond_accuracy(
     )
     listed = popularity_figures(recommendations, popularity, None, rare_item_ratings, item_col)
     truth = popularity_figures(heldout, popularity, None, rare_item_ratings, item_col)
-    return _beyond_accuracy(listed, truth, recommendations, item_features, user_col, item_col)
+    return _beyond_accuracy(
+        listed,
+        truth,
+        recommendations,
+        item_features=item_features,
+        user_col=user_col,
+        item_col=item_col,
+    )
 
 
 def _beyond_accuracy(
     listed: PopularityFigures,
     truth: PopularityFigures,
     recommendations: DataFrame,
+    *,
     item_features: DataFrame | None,
     user_col: str,
     item_col: str,
@@ -410,6 +420,7 @@ def assess(
     relevant: DataFrame,
     k: int,
     n_items: int,
+    *,
     popularity: DataFrame,
     n_users: int,
     cold_start_predictions: DataFrame | None = None,
@@ -468,7 +479,14 @@ def assess(
     )
     truth = popularity_figures(heldout, popularity, None, rare_item_ratings)
     metrics.update(
-        _beyond_accuracy(listed, truth, recommendations, item_features, USER_IDX, ITEM_IDX)
+        _beyond_accuracy(
+            listed,
+            truth,
+            recommendations,
+            item_features=item_features,
+            user_col=USER_IDX,
+            item_col=ITEM_IDX,
+        )
     )
     recommendations.unpersist()
     return metrics
