@@ -1,8 +1,13 @@
-"""The benchmark's parts: its data sets, the library and baseline contenders (Spark ALS explicit and
-``implicitPrefs``, most popular, user+item biases, EASE), the printed tables and their ratios.
+"""The benchmark's parts: its data sets and the library and baseline contenders (Spark ALS explicit
+and ``implicitPrefs``, most popular, user+item biases, EASE), each measured by
+:func:`~recspark.evaluate.assessment.assess_contender` into a
+:class:`~recspark.evaluate.benchmark_report.ContenderResult`.
 
 The benchmark command (:mod:`recspark.commands.benchmark`) wires them to the pipeline's own
-commands, so recspark is measured as a user runs it, beside Spark ALS on the same split."""
+commands, so recspark is measured as a user runs it, beside Spark ALS on the same split; the
+tables, ratios and ``benchmark.json`` are :mod:`recspark.evaluate.benchmark_report`'s. A data
+set carries the whole config its pipeline (prepare, train, score) runs under, so the contenders
+read their sections from it."""
 
 from __future__ import annotations
 
