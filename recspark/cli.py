@@ -10,6 +10,7 @@ work is timed; the last line on stdout is always one JSON object (see ``docs/INT
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
@@ -17,63 +18,101 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from recspark.commands.stage import Stage, StageResult, as_result
 from recspark.core.config import Config, load_config
 from recspark.core.errors import ConfigError, RecsparkError
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+#: Every command, in the order ``recspark --help`` lists them; ``recspark.commands.NAME.STAGE``
+#: says what each does and runs it.
+COMMAND_NAMES = (
+    "generate",
+    "prepare",
+    "train",
+    "score",
+    "evaluate",
+    "nightly",
+    "recommend",
+    "benchmark",
+)
+
 
 @dataclass(frozen=True)
-class CommandHelp:
-    """What ``recspark COMMAND --help`` says: the purpose, the config sections read, an example."""
+class _LegacyText:
+    """TEMPORARY (issue 30): the ``--help`` text of a command module that has no ``STAGE`` yet."""
 
     purpose: str
     sections: tuple[str, ...]
     example: str
 
 
-COMMANDS = {
-    "generate": CommandHelp(
+#: TEMPORARY (issue 30): the text of the commands not yet converted to a ``STAGE``. An entry is
+#: read only while its module lacks ``STAGE``; the table goes with the last such command.
+_LEGACY_TEXT = {
+    "generate": _LegacyText(
         "Write the embedded synthetic ratings data set and its planted factors.",
         ("paths", "synthetic", "spark"),
         "recspark generate --set synthetic.users=100000 --set synthetic.ratings=10000000",
     ),
-    "prepare": CommandHelp(
+    "prepare": _LegacyText(
         "Check, index and split a ratings table into Parquet for training.",
         ("paths", "run_date", "input", "split", "prepare", "spark"),
         "recspark prepare --config conf/movielens-100k.yaml --set split.method=chronological",
     ),
-    "train": CommandHelp(
+    "train": _LegacyText(
         "Train an embedding model on the prepared tables (Petastorm + PyTorch).",
         ("paths", "run_date", "model", "train", "ranking", "spark"),
         "recspark train --set train.epochs=20 --set model.kind=mlp",
     ),
-    "score": CommandHelp(
+    "score": _LegacyText(
         "Write the top-N recommendations of every user, partitioned by run date.",
         ("paths", "run_date", "score", "train.device", "spark"),
         "recspark score --set score.top_n=20",
     ),
-    "evaluate": CommandHelp(
-        "Rating and ranking metrics of the trained model on the validation split.",
-        ("paths", "run_date", "evaluate", "score", "spark"),
-        "recspark evaluate --set evaluate.k=20",
-    ),
-    "nightly": CommandHelp(
-        "prepare, train, evaluate, gate, then score one run date as one locked unit.",
-        ("every section of prepare, train, evaluate and score", "nightly"),
-        "recspark nightly --config conf/nightly.yaml --set run_date=2026-11-26",
-    ),
-    "recommend": CommandHelp(
+    "recommend": _LegacyText(
         "Top-N for one existing or new user, or the items most similar to one item.",
         ("paths", "run_date", "recommend", "spark"),
         "recspark recommend --set recommend.user=196 --set recommend.top_n=10",
     ),
-    "benchmark": CommandHelp(
-        "recspark and Spark ALS on the same data in one run, side by side.",
-        ("benchmark", "evaluate", "model", "train", "spark"),
-        "recspark benchmark --set 'benchmark.datasets=[synthetic]'",
-    ),
 }
+
+
+def _legacy_stage(name: str, module: ModuleType) -> Stage:
+    """TEMPORARY (issue 30): a :class:`Stage` for a command module without ``STAGE``, from its
+    text above, its ``run(config, spark) -> dict`` and its optional ``precheck(config)``."""
+    text = _LEGACY_TEXT[name]
+
+    def run(config: Config, spark: SparkSession) -> StageResult:
+        return as_result(module.run(config, spark))
+
+    return Stage(
+        name=name,
+        purpose=text.purpose,
+        sections=text.sections,
+        example=text.example,
+        run=run,
+        precheck=getattr(module, "precheck", None),
+    )
+
+
+def stage(name: str) -> Stage:
+    """The stage of command ``name``: ``recspark.commands.NAME.STAGE``."""
+    module = importlib.import_module(f"recspark.commands.{name}")
+    found = getattr(module, "STAGE", None)
+    return found if isinstance(found, Stage) else _legacy_stage(name, module)
+
+
+@functools.cache
+def stages() -> dict[str, Stage]:
+    """Every command's stage by name, in :data:`COMMAND_NAMES` order."""
+    return {name: stage(name) for name in COMMAND_NAMES}
+
 
 log = logging.getLogger("recspark")
 
@@ -85,14 +124,14 @@ class UsageError(ConfigError):
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so a bad command line still ends in a JSON line."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         raise UsageError(f"{self.prog}: {message} (`recspark --help` lists the commands)")
 
 
 def command_list() -> str:
     return "commands:\n" + "\n".join(
-        f"  {name:<10} {text.purpose}" for name, text in COMMANDS.items()
+        f"  {name:<10} {command.purpose}" for name, command in stages().items()
     )
 
 
@@ -108,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         + "\n\nexample: recspark train --set train.epochs=5 --set model.kind=mlp",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, text in COMMANDS.items():
+    for name, text in stages().items():
         sub = commands.add_parser(
             name,
             help=text.purpose,
@@ -155,24 +194,26 @@ def writes_root(command: str, config: Config) -> bool:
     return True
 
 
-def run_command(command: str, config: Config, clock: dict[str, float] | None = None) -> dict[str, Any]:
-    """Run one command in this process and return its summary fields (no printing).
+def run_command(
+    command: str, config: Config, clock: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """Run one command's stage in this process and return its summary fields (no printing).
 
-    A command module's ``precheck(config)``, when it has one, runs first: the cheap checks of its
-    input fail in a second rather than after the JVM's start. ``clock["started"]`` is set once
-    Spark is up, so ``seconds`` counts the command's own work and not the JVM start. A command
-    that writes checks first that ``paths.root`` can be written.
+    Every stage is wrapped the same way here, once: its ``precheck(config)``, when it has one,
+    runs first, so the cheap checks of its input fail in a second rather than after the JVM's
+    start; a command that writes checks that ``paths.root`` can be written; then Spark starts
+    and ``clock["started"]`` is set, so ``seconds`` counts the command's own work and not the JVM
+    start; the stage's :class:`~recspark.commands.stage.StageResult` becomes the summary fields.
     """
     from recspark.core import location, spark_errors
     from recspark.core.output_root import check_writable
 
-    module = importlib.import_module(f"recspark.commands.{command}")
+    chosen = stage(command)
     # Storage settings (S3 endpoint, keys) are Spark's Hadoop ones: the config's before Spark
     # starts, then the session's (spark-submit --conf, core-site.xml), the config's winning.
     location.configure(config.spark.conf)
-    precheck = getattr(module, "precheck", None)
-    if precheck is not None:
-        precheck(config)
+    if chosen.precheck is not None:
+        chosen.precheck(config)
     if writes_root(command, config):
         check_writable(config.paths.root)
     from recspark.core.spark import get_spark
@@ -185,11 +226,10 @@ def run_command(command: str, config: Config, clock: dict[str, float] | None = N
         location.configure(config.spark.conf)
         if clock is not None:
             clock["started"] = time.perf_counter()
-        summary = module.run(config, spark)
+        summary = chosen.run(config, spark).summary()
     # Outputs on the driver's disk are shown as plain paths (what pandas, IPython and a shell
     # take); those on a cluster's storage keep their URI.
-    if isinstance(summary.get("outputs"), dict):
-        summary["outputs"] = location.shown(summary["outputs"])
+    summary["outputs"] = location.shown(summary["outputs"])
     return summary
 
 
@@ -219,7 +259,8 @@ def main(
     # spark-submit merges the Python process's stderr into its stdout, so library chatter at
     # INFO (py4j logs on shutdown) would land after the summary line: only recspark logs INFO.
     logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr,
+        level=logging.WARNING,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log.setLevel(logging.INFO)
@@ -234,7 +275,7 @@ def main(
     try:
         args = build_parser().parse_args(args_list)
     except UsageError as exc:
-        known = args_list[0] if args_list[0] in COMMANDS else None
+        known = args_list[0] if args_list[0] in COMMAND_NAMES else None
         print(summary_line(known, None, status="error", error=str(exc), seconds=0.0), flush=True)
         return 2
     config = None

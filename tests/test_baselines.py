@@ -64,7 +64,9 @@ def test_ease_matches_the_closed_form_on_a_dense_matrix(spark):
     np.testing.assert_allclose(weights, expected, atol=1e-6)
     assert np.all(np.diag(weights) == 0)
     # Lists: x_u B over the items the user did not rate, ties to the lower index.
-    lists = ease_top_k(spark, rated_lists(seen_items(train)), weights, 2, 2, "cpu").toPandas()
+    lists = ease_top_k(
+        spark, rated_lists(seen_items(train)), weights, 2, block_setting=2, device="cpu"
+    ).toPandas()
     scores = X @ expected
     scores[X > 0] = -np.inf
     for user in range(6):
@@ -75,7 +77,16 @@ def test_ease_matches_the_closed_form_on_a_dense_matrix(spark):
         np.testing.assert_allclose(got.score, scores[user, order[:2]], atol=1e-5)
     # An item outside `eligible` is never listed.
     eligible = np.array([True, True, False, True, True])
-    fenced = ease_top_k(spark, rated_lists(seen_items(train)), weights, 5, 2, "cpu", None, eligible)
+    fenced = ease_top_k(
+        spark,
+        rated_lists(seen_items(train)),
+        weights,
+        5,
+        block_setting=2,
+        device="cpu",
+        partitions=None,
+        eligible=eligible,
+    )
     assert 2 not in set(fenced.toPandas().item_idx)
 
 
@@ -129,7 +140,9 @@ def test_beyond_accuracy_figures_by_hand(spark):
     lists, train, validation, features = hand_made(spark)
     popularity, users = item_popularity(train)
     relevant = validation.where("rating >= 4")
-    got = beyond_accuracy(lists, relevant, popularity, 5, validation, features)
+    got = beyond_accuracy(
+        lists, relevant, popularity, 5, validation=validation, item_features=features
+    )
     # Entries 0, 1, 0, 2, 3, 0: items 1, 2 and 3 have fewer than 5 ratings.
     assert got["rare_item_share"] == pytest.approx(3 / 6)
     listed = (3 * math.log(10) + math.log(2) + math.log(5) + 0.0) / 6
@@ -147,13 +160,21 @@ def test_beyond_accuracy_figures_by_hand(spark):
     assert intra_list_diversity(lists.where("item_idx != 3"), same) == pytest.approx(0.0)
     # assess carries them, and coverage: items 0-3 of a catalogue of 8.
     everything = assess(
-        None, lists, relevant, 3, 8, popularity, users, validation=validation,
-        rare_item_ratings=2, item_features=features,
+        None,
+        lists,
+        relevant,
+        3,
+        8,
+        popularity=popularity,
+        n_users=users,
+        validation=validation,
+        rare_item_ratings=2,
+        item_features=features,
     )
     assert everything["coverage"] == pytest.approx(4 / 8)
     assert everything["rare_item_share"] == pytest.approx(2 / 6)  # items 1 and 3
     assert everything["intra_list_diversity"] == pytest.approx(got["intra_list_diversity"])
-    nothing = assess(None, None, relevant, 3, 8, popularity, users)
+    nothing = assess(None, None, relevant, 3, 8, popularity=popularity, n_users=users)
     assert nothing["rare_item_share"] is None and nothing["intra_list_diversity"] is None
 
 
@@ -196,11 +217,18 @@ def test_best_per_metric_marks_the_best_contender():
 def tiny_baseline_benchmark(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline-benchmark")
     sets = [
-        f"paths.root={root}", "run_date=2026-01-15", "spark.conf={}",
-        "benchmark.datasets=[synthetic]", "benchmark.synthetic_sizes=[3000]",
-        "benchmark.ratings_per_user=20", "benchmark.ratings_per_item=30",
-        "synthetic.factors=2", "synthetic.noise=0.3", "evaluate.bias_iterations=2",
-        "benchmark.contenders=[most-popular, biases, ease]", "benchmark.reference=most-popular",
+        f"paths.root={root}",
+        "run_date=2026-01-15",
+        "spark.conf={}",
+        "benchmark.datasets=[synthetic]",
+        "benchmark.synthetic_sizes=[3000]",
+        "benchmark.ratings_per_user=20",
+        "benchmark.ratings_per_item=30",
+        "synthetic.factors=2",
+        "synthetic.noise=0.3",
+        "evaluate.bias_iterations=2",
+        "benchmark.contenders=[most-popular, biases, ease]",
+        "benchmark.reference=most-popular",
         "benchmark.ease_lambda=10",
     ]
     errors, output = io.StringIO(), io.StringIO()
@@ -226,7 +254,11 @@ def test_benchmark_runs_the_new_contenders_in_both_tables(tiny_baseline_benchmar
     for table in (accuracy, ranking):
         rows = [[cell.strip() for cell in line.split(" | ")] for line in table.splitlines()[2:]]
         assert [row[1] for row in rows] == [
-            "most-popular", "biases", "ease", "biases/most-popular", "ease/most-popular"
+            "most-popular",
+            "biases",
+            "ease",
+            "biases/most-popular",
+            "ease/most-popular",
         ]
     assert "ease/most-popular" in stderr
 
@@ -238,9 +270,13 @@ def test_ease_and_most_popular_on_movielens_ranking(spark, ml100k, tmp_path):
     EASE on the same prepared split agrees to the last digit; a check on another split of the
     same protocol reached 0.490 and 0.256)."""
     sets = [
-        f"paths.root={tmp_path}", "run_date=2026-01-15", "spark.conf={}",
-        f"benchmark.movielens_path={ml100k}", "benchmark.datasets=[ml100k-ranking]",
-        "benchmark.ranking_contenders=[most-popular, ease]", "benchmark.reference=most-popular",
+        f"paths.root={tmp_path}",
+        "run_date=2026-01-15",
+        "spark.conf={}",
+        f"benchmark.movielens_path={ml100k}",
+        "benchmark.datasets=[ml100k-ranking]",
+        "benchmark.ranking_contenders=[most-popular, ease]",
+        "benchmark.reference=most-popular",
     ]
     output = io.StringIO()
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(output):

@@ -14,7 +14,7 @@ import torch
 
 from recspark.cli import main
 from recspark.core.location import Location
-from recspark.evaluate.benchmark import ContenderResult, accuracy_table, format_table, ratios
+from recspark.evaluate.benchmark_report import ContenderResult, accuracy_table, format_table, ratios
 from recspark.model.saving import load_model
 from tests.test_score_job import set_args
 
@@ -26,12 +26,19 @@ def test_ratios_and_table_by_hand():
     ]
     columns = accuracy_table(10)
     got = ratios(results, "als", columns)
-    assert got == {"recspark": pytest.approx(
-        {"rmse": 0.9, "ndcg_at_k": 1.5, "train_seconds": 3.0, "score_seconds": 5.0}
-    )}
+    assert got == {
+        "recspark": pytest.approx(
+            {"rmse": 0.9, "ndcg_at_k": 1.5, "train_seconds": 3.0, "score_seconds": 5.0}
+        )
+    }
     text = format_table({"tiny": results}, columns, "als").splitlines()
     assert [cell.strip() for cell in text[0].split(" | ")] == [
-        "data set", "model", "RMSE", "NDCG@10", "train s", "score s"
+        "data set",
+        "model",
+        "RMSE",
+        "NDCG@10",
+        "train s",
+        "score s",
     ]
     assert "recspark/als" in text[-1] and "5.000x" in text[-1] and "0.900" in text[-1]
 
@@ -40,13 +47,24 @@ def test_ratios_and_table_by_hand():
 def tiny_benchmark(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmark")
     sets = [
-        f"paths.root={root}", "run_date=2026-01-15", "spark.conf={}",
-        "benchmark.datasets=[synthetic]", "benchmark.synthetic_sizes=[4000]",
-        "benchmark.ratings_per_user=20", "benchmark.ratings_per_item=40",
-        "synthetic.factors=2", "synthetic.noise=0.3",
-        "model.factors=4", "train.epochs=3", "train.batch_size=512", "train.lr=0.02",
-        "evaluate.als_ranks=[2]", "evaluate.als_reg_params=[0.1]", "evaluate.als_max_iter=4",
-        "benchmark.contenders=[recspark, als, als-implicit]", "benchmark.als_implicit_rank=2",
+        f"paths.root={root}",
+        "run_date=2026-01-15",
+        "spark.conf={}",
+        "benchmark.datasets=[synthetic]",
+        "benchmark.synthetic_sizes=[4000]",
+        "benchmark.ratings_per_user=20",
+        "benchmark.ratings_per_item=40",
+        "synthetic.factors=2",
+        "synthetic.noise=0.3",
+        "model.factors=4",
+        "train.epochs=3",
+        "train.batch_size=512",
+        "train.lr=0.02",
+        "evaluate.als_ranks=[2]",
+        "evaluate.als_reg_params=[0.1]",
+        "evaluate.als_max_iter=4",
+        "benchmark.contenders=[recspark, als, als-implicit]",
+        "benchmark.als_implicit_rank=2",
     ]
     errors = io.StringIO()
     output = io.StringIO()
@@ -87,8 +105,10 @@ def test_benchmark_figures_come_from_the_published_outputs(tiny_benchmark):
     model, _, _ = load_model(data / "models" / "2026-01-15")
     validation = pd.read_parquet(data / "prepared" / "2026-01-15" / "validation")
     with torch.no_grad():
-        predicted = model(torch.as_tensor(validation.user_idx.values, dtype=torch.long),
-                          torch.as_tensor(validation.item_idx.values, dtype=torch.long)).numpy()
+        predicted = model(
+            torch.as_tensor(validation.user_idx.values, dtype=torch.long),
+            torch.as_tensor(validation.item_idx.values, dtype=torch.long),
+        ).numpy()
     rmse = float(np.sqrt(np.mean((predicted - validation.rating.values) ** 2)))
     assert recspark["metrics"]["rmse"] == pytest.approx(rmse, abs=1e-5)
     # The score time is the score command's: its partition holds every user's ten items.

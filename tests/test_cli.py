@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from recspark.cli import COMMANDS, main
+from recspark.cli import main, stages
 from recspark.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,21 +24,21 @@ def last_json(capsys) -> dict:
 def test_bare_recspark_lists_the_commands_and_exits_0(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    for name, text in COMMANDS.items():
+    for name, text in stages().items():
         assert f"  {name:<10} {text.purpose}" in out
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", sorted(stages()))
 def test_each_command_has_its_own_help(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main([command, "--help"])
     assert stop.value.code == 0
     out = capsys.readouterr().out
-    text = COMMANDS[command]
+    text = stages()[command]
     assert f"usage: recspark {command}" in out
     assert text.purpose in out and text.example in out
     assert "config sections read: " + ", ".join(text.sections) in out
-    others = [t.purpose for name, t in COMMANDS.items() if name != command]
+    others = [t.purpose for name, t in stages().items() if name != command]
     assert not any(purpose in out for purpose in others)
 
 
@@ -49,8 +49,6 @@ def test_each_command_has_its_own_help(command, capsys):
         (["score", "--bogus"], "score", "unrecognized arguments: --bogus"),
     ],
 )
-
-
 def test_a_bad_command_line_still_ends_in_a_json_line(argv, command, words, capsys, no_spark):
     assert main(argv) == 2
     summary = last_json(capsys)
@@ -112,7 +110,8 @@ def test_shipped_configs_mean_the_same_from_any_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name", ["movielens-100k", "movielens-100k-dot-bias", "movielens-100k-mlp", "movielens-100k-ranking"]
+    "name",
+    ["movielens-100k", "movielens-100k-dot-bias", "movielens-100k-mlp", "movielens-100k-ranking"],
 )
 def test_shipped_movielens_configs_name_the_titles_beside_their_ratings(name):
     """recommend shows titles with every shipped ML-100K config, not null."""

@@ -26,11 +26,19 @@ K = 3
 # relevant items than k; u3 misses; u4 has relevant items but no list; u5 has a list but nothing
 # relevant (not counted); u6 has two items sharing rank 1, so the lower index (20) comes first.
 RECOMMENDATIONS = [
-    (1, 10, 1), (1, 20, 2), (1, 30, 3), (1, 40, 4),
-    (2, 40, 1), (2, 50, 2),
-    (3, 10, 1), (3, 20, 2), (3, 30, 3),
+    (1, 10, 1),
+    (1, 20, 2),
+    (1, 30, 3),
+    (1, 40, 4),
+    (2, 40, 1),
+    (2, 50, 2),
+    (3, 10, 1),
+    (3, 20, 2),
+    (3, 30, 3),
     (5, 60, 1),
-    (6, 30, 1), (6, 20, 1), (6, 10, 3),
+    (6, 30, 1),
+    (6, 20, 1),
+    (6, 10, 3),
 ]
 RELEVANT = [(1, 20), (1, 40), (2, 40), (2, 50), (2, 60), (2, 70), (3, 99), (4, 10), (6, 30)]
 
@@ -82,7 +90,10 @@ def test_ranking_and_rating_figures_equal_sparks_evaluators(spark):
         assert got[name] == pytest.approx(expected, abs=1e-9), name
     assert got["ranked_users"] == 60
     pairs = spark.createDataFrame(
-        [(float(r), float(p)) for r, p in zip(rng.integers(1, 6, 200), rng.normal(3, 1, 200), strict=True)],
+        [
+            (float(r), float(p))
+            for r, p in zip(rng.integers(1, 6, 200), rng.normal(3, 1, 200), strict=True)
+        ],
         "rating double, prediction double",
     )
     figures = rating_metrics(pairs)
@@ -93,7 +104,9 @@ def test_ranking_and_rating_figures_equal_sparks_evaluators(spark):
 
 def test_a_perfect_short_list_scores_one(spark):
     # Fewer relevant items than k, all at the top: NDCG, MAP, recall and hit rate are 1.
-    recommendations = spark.createDataFrame([(1, 5, 1), (1, 6, 2), (1, 7, 3)], "user_idx int, item_idx int, rank int")
+    recommendations = spark.createDataFrame(
+        [(1, 5, 1), (1, 6, 2), (1, 7, 3)], "user_idx int, item_idx int, rank int"
+    )
     relevant = spark.createDataFrame([(1, 5), (1, 6)], "user_idx int, item_idx int")
     got = ranking_metrics(recommendations, relevant, K)
     assert got["ndcg_at_k"] == pytest.approx(1.0)
@@ -103,7 +116,9 @@ def test_a_perfect_short_list_scores_one(spark):
 
 
 def test_rating_metrics_by_hand(spark):
-    predictions = spark.createDataFrame([(4.0, 3.0), (4.0, 4.0), (3.0, 5.0)], "rating double, prediction float")
+    predictions = spark.createDataFrame(
+        [(4.0, 3.0), (4.0, 4.0), (3.0, 5.0)], "rating double, prediction float"
+    )
     got = rating_metrics(predictions)
     assert got["rmse"] == pytest.approx(math.sqrt(5 / 3), rel=1e-6)
     assert got["mae"] == pytest.approx(1.0)
@@ -117,20 +132,25 @@ def test_coverage_novelty_and_assess(spark):
     assert coverage(listed, 12) == pytest.approx(6 / 12)
     # Items 10 (3 raters) and 20 (1 rater) among 3 training users; the rest unrated.
     train = spark.createDataFrame(
-        [(1, 10, 4.0), (2, 10, 3.0), (3, 10, 5.0), (1, 20, 2.0)], "user_idx int, item_idx int, rating float"
+        [(1, 10, 4.0), (2, 10, 3.0), (3, 10, 5.0), (1, 20, 2.0)],
+        "user_idx int, item_idx int, rating float",
     )
     popularity, users = item_popularity(train)
     assert users == 3
     # -log2((n+1)/4): item 10 -> 0, item 20 -> 1, unrated -> 2; 12 listed rows summing to 15.
     assert novelty(listed, popularity, users) == pytest.approx(15 / 12)
-    everything = assess(None, recommendations, relevant, K, 12, popularity, users)
+    everything = assess(
+        None, recommendations, relevant, K, 12, popularity=popularity, n_users=users
+    )
     assert everything["coverage"] == pytest.approx(0.5)
     assert everything["novelty"] == pytest.approx(15 / 12)
     assert everything["rmse"] is None and everything["ranked_users"] == 5
 
 
 def test_relevance_threshold_zero_keeps_every_row(spark):
-    validation = spark.createDataFrame([(1, 1, 1.0), (1, 2, 4.0), (2, 3, 5.0)], "user_idx int, item_idx int, rating float")
+    validation = spark.createDataFrame(
+        [(1, 1, 1.0), (1, 2, 4.0), (2, 3, 5.0)], "user_idx int, item_idx int, rating float"
+    )
     assert relevant_items(validation, 0).count() == 3
     assert relevant_items(validation, 4).count() == 2
 
@@ -142,7 +162,9 @@ def test_bias_baseline_recovers_additive_ratings_and_ranks_by_item_bias(spark):
     fitted = fit_biases(train, n_items=5, reg=0.0, iterations=2)
     predicted = fitted.predict(train).toPandas()
     assert np.allclose(predicted["prediction"], predicted["rating"], atol=1e-5)
-    unknown = fitted.predict(spark.createDataFrame([(0, 4, 0.0)], "user_idx int, item_idx int, rating float"))
+    unknown = fitted.predict(
+        spark.createDataFrame([(0, 4, 0.0)], "user_idx int, item_idx int, rating float")
+    )
     assert unknown.first()["prediction"] == pytest.approx(3.5)  # mu + b_u; item 4 never rated
     # The scorer ranks by mu + b_u + b_i; user 0 has rated item 0 in this exclusion list.
     seen = seen_items(spark.createDataFrame([(0, 0)], "user_idx int, item_idx int"))

@@ -31,7 +31,8 @@ Spark session:
 Models whose scores are not ratings (the ranking objective, implicit ALS, most popular, EASE) have
 no RMSE.
 
-Every contender is measured by the same code as ``evaluate`` (:func:`recspark.evaluate.metrics.assess`):
+Every contender is measured by the same code as ``evaluate``
+(:func:`recspark.evaluate.metrics.assess`):
 RMSE on the validation split and ranking metrics at ``evaluate.k`` with training items excluded
 (ALS is ranked through the same blocked kernel from its own factors, because its
 ``recommendForAllUsers`` cannot leave out seen items). The table on stderr shows, per data set,
@@ -41,10 +42,13 @@ a second table shows NDCG, precision, recall and MAP at k.
 
 Adding a contender: write a function ``(spark, dataset, split) -> ContenderResult`` and register
 it in :data:`CONTENDERS` (another recspark model: ``recspark_contender(name, model_config)``; a
-library model: fit it, give :func:`recspark.commands.evaluate.assess_contender` its predictions
+library model: fit it, give :func:`recspark.evaluate.assessment.assess_contender` its predictions
 and a :class:`recspark.evaluate.baselines.Scorer` of its factors). A new printed table is a function
-``k -> [Column, ...]`` appended to :data:`TABLES`; every contender already carries every metric of
-:func:`recspark.evaluate.metrics.assess`.
+``k -> [Column, ...]`` appended to :data:`recspark.evaluate.benchmark_report.TABLES`; every
+contender already carries every metric of :func:`recspark.evaluate.metrics.assess`.
+
+This module is the wiring: the contenders, the tables and the report live in the evaluate room
+(:mod:`recspark.evaluate.benchmark`, :mod:`recspark.evaluate.benchmark_report`).
 """
 
 from __future__ import annotations
@@ -53,42 +57,47 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recspark.commands import evaluate, generate, prepare, score, train
+from recspark.commands import generate, prepare, score, train
+from recspark.commands.stage import Stage, StageResult, as_result
 from recspark.core.config import Config, load_config
 from recspark.core.errors import ConfigError
 from recspark.core.location import shown
-from recspark.core.storage import Layout, read_json, staged, write_json
+from recspark.core.storage import Layout, read_json
 from recspark.data.prepared import MANIFEST, PreparedRun, read_manifest
-from recspark.evaluate.baselines import Scorer
+from recspark.evaluate.assessment import (
+    EvaluationSplit,
+    KernelSettings,
+    assess_contender,
+    read_split,
+)
 from recspark.evaluate.benchmark import (
-    SUMMARY_KEYS,
-    TABLES,
-    ContenderResult,
     Dataset,
     Skipped,
-    _finite,
-    _timed,
     datasets,
-    format_table,
-    ratios,
     run_als,
     run_als_implicit,
     run_biases,
     run_ease,
     run_most_popular,
+    timed,
 )
-from recspark.model.published import load_published_model
-from recspark.model.saving import model_bytes
-from recspark.serve.scoring import item_side_payload, predict
+from recspark.evaluate.benchmark_report import (
+    SUMMARY_KEYS,
+    BenchmarkReport,
+    ContenderResult,
+    DatasetFacts,
+    write_benchmark,
+)
+from recspark.evaluate.evaluation import published_contender
+from recspark.model.published_context import PublishedContext
 
 log = logging.getLogger(__name__)
 
 
-Contender = Callable[[SparkSession, Dataset, "evaluate.EvaluationSplit"], ContenderResult]
+Contender = Callable[[SparkSession, Dataset, EvaluationSplit], ContenderResult]
 
 
 def recspark_contender(name: str = "recspark", model_config: str | None = None) -> Contender:
@@ -105,49 +114,33 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
         has one) replace the data set's; None keeps them.
     """
 
-    def run(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
-        config = dataset.config
-        if model_config is not None:
-            tuned = load_config(model_config)
-            sections = [s for s in ("model", "train", "ranking") if s in type(tuned).model_fields]
-            config = config.model_copy(update={s: getattr(tuned, s) for s in sections})
-        if name != "recspark":
-            root = dataset.layout.root / "contenders" / name
-            source = prepare.input_path(dataset.config)
-            config = config.model_copy(update={
-                "paths": config.paths.model_copy(update={"root": str(root)}),
-                "input": config.input.model_copy(update={"path": source}),
-            })
-            ensure_prepared(spark, Dataset(name, config, dataset.ratings))
+    def run(spark: SparkSession, dataset: Dataset, split: EvaluationSplit) -> ContenderResult:
+        config = _contender_config(spark, dataset, name, model_config)
         layout = Layout(config.paths.root)
-        trained, train_seconds = _timed(train.run, config, spark)
-        scored, score_seconds = _timed(score.run, config, spark)
-        model, published = load_published_model(layout, config.run_date)
-        spec, meta = published.spec.as_dict(), published.meta.as_dict()
-        whole = model_bytes(model, spec, meta)
-
-        def predict_model(pairs):
-            return predict(spark, pairs, whole, config.train.device)
-
-        lists = published.lists(model)
-        scorer = Scorer(
-            spark.read.parquet(str(lists.factors / "user_factors")),
-            item_side_payload(lists.model, lists.spec, lists.meta),
+        # TEMPORARY (issue 30): as_result reads train and score while they still return a dict.
+        train_summary, train_seconds = timed(train.run, config, spark)
+        score_summary, score_seconds = timed(score.run, config, spark)
+        trained, scored = as_result(train_summary), as_result(score_summary)
+        # benchmark trained the model on this very run moments ago: no id map to check.
+        context = PublishedContext.open(layout, config.run_date, check_maps=False)
+        contender = published_contender(spark, context, config.train.device)
+        metrics = assess_contender(
+            spark,
+            split,
+            contender.predict,
+            contender.scorer,
+            kernel=KernelSettings.of(config.score, config.train.device),
         )
-        metrics = evaluate.assess_contender(
-            spark, split, predict_model if published.predicts_ratings else None, scorer,
-            config.score.users_per_block,
-            config.train.device, config.score.partitions,
-        )
+        published = context.published
         info = {
             "model_version": published.model_version,
             "kind": published.spec.kind,
             "objective": published.meta.objective,
             "factors": published.spec.factors,
-            "epochs": trained["metrics"].get("epochs"),
-            "trainer_validation_rmse": trained["metrics"].get("validation_rmse"),
-            "scored_users": scored["counts"]["users"],
-            "scored_rows": scored["counts"]["rows"],
+            "epochs": trained.metrics.get("epochs"),
+            "trainer_validation_rmse": trained.metrics.get("validation_rmse"),
+            "scored_users": scored.counts["users"],
+            "scored_rows": scored.counts["rows"],
             "root": shown(str(layout.root)),
         }
         return ContenderResult(name, train_seconds, score_seconds, metrics, info)
@@ -155,7 +148,32 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
     return run
 
 
-def ranking_contender(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
+def _contender_config(
+    spark: SparkSession, dataset: Dataset, name: str, model_config: str | None
+) -> Config:
+    """The data set's config with ``model_config``'s model sections; a contender named other than
+    ``recspark`` gets its own root, prepared from the same input."""
+    config = dataset.config
+    if model_config is not None:
+        tuned = load_config(model_config)
+        sections = [s for s in ("model", "train", "ranking") if s in type(tuned).model_fields]
+        config = config.model_copy(update={s: getattr(tuned, s) for s in sections})
+    if name != "recspark":
+        root = dataset.layout.root / "contenders" / name
+        source = prepare.input_path(dataset.config)
+        config = config.model_copy(
+            update={
+                "paths": config.paths.model_copy(update={"root": str(root)}),
+                "input": config.input.model_copy(update={"path": source}),
+            }
+        )
+        ensure_prepared(spark, Dataset(name, config, dataset.ratings))
+    return config
+
+
+def ranking_contender(
+    spark: SparkSession, dataset: Dataset, split: EvaluationSplit
+) -> ContenderResult:
     """recspark trained for ranking: the model, train and ranking sections of
     ``benchmark.ranking_config``."""
     chosen = recspark_contender("recspark-ranking", dataset.config.benchmark.ranking_config)
@@ -175,7 +193,6 @@ CONTENDERS: dict[str, Contender] = {
 }
 
 
-#: Tables printed, each built from ``evaluate.k``; append a builder to add one.
 def ensure_prepared(spark: SparkSession, dataset: Dataset) -> PreparedRun:
     """Generate (synthetic) and prepare the data set unless this very input is already prepared."""
     config, layout = dataset.config, dataset.layout
@@ -196,74 +213,74 @@ def ensure_prepared(spark: SparkSession, dataset: Dataset) -> PreparedRun:
     return read_manifest(layout, config.run_date)
 
 
-def run(config: Config, spark: SparkSession) -> dict[str, Any]:
-    bench = config.benchmark
+def check_contenders(config: Config) -> None:
+    """Refuse a ``benchmark.contenders`` or ``ranking_contenders`` name that :data:`CONTENDERS`
+    lacks."""
     for key in ("contenders", "ranking_contenders"):
-        unknown = [name for name in getattr(bench, key) if name not in CONTENDERS]
+        unknown = [name for name in getattr(config.benchmark, key) if name not in CONTENDERS]
         if unknown:
             raise ConfigError(
                 f"benchmark.{key}: unknown {unknown}; registered: {sorted(CONTENDERS)}"
             )
-    results: dict[str, list[ContenderResult]] = {}
-    facts: dict[str, dict[str, Any]] = {}
+
+
+def run_dataset(spark: SparkSession, dataset: Dataset, k: int, report: BenchmarkReport) -> None:
+    """Prepare one data set, run each of its contenders on its split, add them to ``report``."""
+    settings = dataset.config.evaluate
+    manifest = ensure_prepared(spark, dataset)
+    split = read_split(
+        spark,
+        dataset.layout.prepared(dataset.config.run_date),
+        manifest.items,
+        k,
+        settings.relevance_threshold,
+        rare_item_ratings=settings.rare_item_ratings,
+    )
+    facts = DatasetFacts(
+        users=manifest.users,
+        items=manifest.items,
+        counts=dict(manifest.counts),
+        split=dataset.config.split.method,
+        relevance_threshold=settings.relevance_threshold,
+        root=shown(str(dataset.layout.root)),
+    )
+    report.facts[dataset.name] = facts
+    results = report.results.setdefault(dataset.name, [])
+    for name in dataset.contenders:
+        log.info("%s: running %s", dataset.name, name)
+        try:
+            result = CONTENDERS[name](spark, dataset, split)
+        except Skipped as reason:
+            print(f"{dataset.name}: {name} skipped: {reason}", file=sys.stderr, flush=True)
+            facts.skipped[name] = str(reason)
+            continue
+        figures = {key: result.figure(key) for key in SUMMARY_KEYS}
+        log.info("%s %s: %s", dataset.name, name, figures)
+        results.append(result)
+    split.popularity.unpersist()
+
+
+def run(config: Config, spark: SparkSession) -> StageResult:
+    check_contenders(config)
+    report = BenchmarkReport(str(config.run_date), config.evaluate.k, config.benchmark.reference)
     for dataset in datasets(config):
-        manifest = ensure_prepared(spark, dataset)
-        split = evaluate.read_split(
-            spark, dataset.layout.prepared(dataset.config.run_date), manifest.items,
-            config.evaluate.k, dataset.config.evaluate.relevance_threshold,
-            rare_item_ratings=dataset.config.evaluate.rare_item_ratings,
-        )
-        facts[dataset.name] = {
-            "users": manifest.users, "items": manifest.items, **manifest.counts,
-            "split": dataset.config.split.method,
-            "relevance_threshold": dataset.config.evaluate.relevance_threshold,
-            "root": shown(str(dataset.layout.root)),
-        }
-        results[dataset.name] = []
-        for name in dataset.contenders:
-            log.info("%s: running %s", dataset.name, name)
-            try:
-                result = CONTENDERS[name](spark, dataset, split)
-            except Skipped as reason:
-                print(f"{dataset.name}: {name} skipped: {reason}", file=sys.stderr, flush=True)
-                facts[dataset.name].setdefault("skipped", {})[name] = str(reason)
-                continue
-            log.info("%s %s: %s", dataset.name, name,
-                     {key: result.figure(key) for key in SUMMARY_KEYS})
-            results[dataset.name].append(result)
-        split.popularity.unpersist()
-    tables = [builder(config.evaluate.k) for builder in TABLES]
-    text = "\n\n".join(format_table(results, columns, bench.reference) for columns in tables)
-    print(text, file=sys.stderr, flush=True)
-    all_columns = [column for columns in tables for column in columns]
-    report = {
-        "run_date": str(config.run_date),
-        "k": config.evaluate.k,
-        "reference": bench.reference,
-        "datasets": facts,
-        "results": {
-            name: {
-                r.name: {"train_seconds": r.train_seconds, "score_seconds": r.score_seconds,
-                         "metrics": r.metrics, "info": r.info}
-                for r in rs
-            }
-            for name, rs in results.items()
+        run_dataset(spark, dataset, config.evaluate.k, report)
+    files = write_benchmark(Layout(config.paths.root), report)
+    return StageResult(
+        outputs={"report": str(files.report), "table": str(files.table)},
+        counts={
+            name: {"train": facts.counts["train"], "validation": facts.counts["validation"]}
+            for name, facts in report.facts.items()
         },
-        "ratios": {name: ratios(rs, bench.reference, all_columns) for name, rs in results.items()},
-        "table": text,
-    }
-    layout = Layout(config.paths.root)
-    final = layout.root / "benchmark" / "reports" / str(config.run_date)
-    with staged(layout, final, f"benchmark-{config.run_date}") as staging:
-        write_json(staging / "benchmark.json", report)
-        (staging / "table.txt").write_text(text + "\n")
-    figures = {
-        name: {r.name: {key: _finite(r.figure(key)) for key in SUMMARY_KEYS} for r in rs}
-        for name, rs in results.items()
-    }
-    return {
-        "outputs": {"report": str(final / "benchmark.json"), "table": str(final / "table.txt")},
-        "counts": {name: {"train": f["train"], "validation": f["validation"]} for name, f in facts.items()},
-        "metrics": figures,
-        "ratios": report["ratios"],
-    }
+        metrics=report.summary_figures(),
+        extra={"ratios": report.all_ratios()},
+    )
+
+
+STAGE = Stage(
+    name="benchmark",
+    purpose="recspark and Spark ALS on the same data in one run, side by side.",
+    sections=("benchmark", "evaluate", "model", "train", "spark"),
+    example="recspark benchmark --set 'benchmark.datasets=[synthetic]'",
+    run=run,
+)

@@ -7,8 +7,8 @@ session. Order and publication::
          -> prepare -> train (warm start) -> evaluate -> quality gate -> score (the commit)
          -> history record -> retention -> unlock
 
-* **Lock**: :class:`recspark.ops.locking.RunLock` on ``<root>/_nightly/lock``; a second run for the same
-  root exits at once with a message naming the holder.
+* **Lock**: :class:`recspark.ops.locking.RunLock` on ``<root>/_nightly/lock``; a second run for the
+  same root exits at once with a message naming the holder.
 * **Warm start**: ``train.warm_start`` is set from ``nightly.warm_start``; the trainer copies the
   last published model's rows for known ids, and the carried counts reach this summary.
 * **Gate**: the candidate's validation RMSE (evaluate's, computed in Spark on the saved model) may
@@ -48,6 +48,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recspark.commands import evaluate, prepare, score, train
+from recspark.commands.stage import Stage, StageResult, as_result
 from recspark.core.config import Config
 from recspark.core.storage import Layout
 from recspark.ops import history
@@ -60,6 +61,8 @@ from recspark.serve.tables import recommendations_table
 
 log = logging.getLogger(__name__)
 
+#: The stages nightly runs, by name: their modules, whose ``run`` is looked up when the stage
+#: runs (a test may replace one).
 STAGES = {"prepare": prepare, "train": train, "evaluate": evaluate, "score": score}
 
 
@@ -76,16 +79,21 @@ def precheck(config: Config) -> None:
         prepare.precheck(config)
 
 
-def run(config: Config, spark: SparkSession) -> dict[str, Any]:
+def run(config: Config, spark: SparkSession) -> StageResult:
     """Run the nightly unit for ``config.run_date``; raise on a failed gate or stage.
 
     Returns
     -------
-    dict
-        Summary fields: ``outputs``, ``counts`` (with ``carried_users``/``carried_items``),
-        ``metrics`` (with the gate's figures) and ``nightly`` (decision, gate, run id, stage
-        timings, recovery and retention facts).
+    StageResult
+        ``outputs``, ``counts`` (with ``carried_users``/``carried_items``), ``metrics`` (with the
+        gate's figures) and, as ``extra``, ``nightly`` (decision, gate, run id, stage timings,
+        recovery and retention facts).
     """
+    return as_result(_run_locked(config, spark))
+
+
+def _run_locked(config: Config, spark: SparkSession) -> dict[str, Any]:
+    """:func:`run` under the run lock: recover, skip a date already published, else run it."""
     layout = Layout(config.paths.root)
     state = NightlyState(layout, recommendations_table(config, layout))
     run_date = str(config.run_date)
@@ -116,20 +124,21 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         return _run_unit(
             config,
             spark,
-            layout,
-            state,
-            run_id,
-            fingerprint,
-            digest,
-            baseline,
-            recovered,
-            lock,
+            layout=layout,
+            state=state,
+            run_id=run_id,
+            fingerprint=fingerprint,
+            digest=digest,
+            baseline=baseline,
+            recovered=recovered,
+            lock=lock,
         )
 
 
 def _run_unit(
     config: Config,
     spark: SparkSession,
+    *,
     layout: Layout,
     state: NightlyState,
     run_id: str,
@@ -139,6 +148,7 @@ def _run_unit(
     recovered: HistoryRecord | None,
     lock: RunLock,
 ) -> dict[str, Any]:
+    """Set the date's outputs aside, run the stages and the gate, commit (score), then prune."""
     run_date = str(config.run_date)
     stale_lock = lock.previous
     journal = unit.start_journal(
@@ -169,9 +179,7 @@ def _run_unit(
         if record.status != history.PUBLISHED or not isinstance(exc, Exception):
             raise
         log.warning("run %s is published; a step after the commit failed: %s", run_id, exc)
-    removed, retention_error = unit.prune(
-        layout, state, config.nightly.keep_runs, run_date, spark
-    )
+    removed, retention_error = unit.prune(layout, state, config.nightly.keep_runs, run_date, spark)
     return unit.published_summary(
         layout, journal, record, recovered, stale_lock, removed, retention_error
     )
@@ -184,7 +192,20 @@ def _run_stage(
     state.write_journal(journal)
     log.info("nightly %s: %s", journal.run_date, name)
     started = time.perf_counter()
-    summary = STAGES[name].run(config, spark)
+    # TEMPORARY (issue 30): ``as_result`` reads the stages still returning a dict.
+    result = as_result(STAGES[name].run(config, spark))
     journal.stage_seconds[name] = round(time.perf_counter() - started, 3)
-    journal.summaries[name] = StageReport.model_validate(summary)
+    journal.summaries[name] = StageReport(
+        outputs=dict(result.outputs), counts=dict(result.counts), metrics=dict(result.metrics)
+    )
     state.write_journal(journal)
+
+
+STAGE = Stage(
+    name="nightly",
+    purpose="prepare, train, evaluate, gate, then score one run date as one locked unit.",
+    sections=("every section of prepare, train, evaluate and score", "nightly"),
+    example="recspark nightly --config conf/nightly.yaml --set run_date=2026-11-26",
+    run=run,
+    precheck=precheck,
+)

@@ -53,3 +53,22 @@ class Stage:
     example: str
     run: Callable[[Config, SparkSession], StageResult]
     precheck: Callable[[Config], None] | None = None
+
+
+def as_result(summary: StageResult | Mapping[str, Any]) -> StageResult:
+    """A stage's result from what its ``run`` returned.
+
+    TEMPORARY (issue 30): the commands not yet converted to a ``STAGE`` still return their summary
+    fields as a dict; this reads one into a :class:`StageResult` (its ``outputs``, ``counts``,
+    ``metrics`` and every other field, in order, as ``extra``). Remove it with the last such
+    command.
+    """
+    if isinstance(summary, StageResult):
+        return summary
+    fields = dict(summary)
+    return StageResult(
+        outputs=fields.pop("outputs", {}),
+        counts=fields.pop("counts", {}),
+        metrics=fields.pop("metrics", {}),
+        extra=fields,
+    )

@@ -1,1 +1,2 @@
-"""evaluate's room: metrics, baselines (global mean, biases, ALS), reports, plots and exploration."""
+"""evaluate's room: metrics, baselines (global mean, biases, ALS, EASE), the evaluation and
+benchmark reports, plots and exploration."""

@@ -7,16 +7,17 @@ where the contender predicts ratings."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
 from recspark.core.choices import BASELINE_NAMES
-from recspark.core.config import EvaluateConfig
+from recspark.core.config import EvaluateConfig, ScoreConfig
 from recspark.core.constants import USER_IDX
+from recspark.core.location import Location
 from recspark.data.prepared import eligible_items, seen_items
 from recspark.evaluate.baselines import (
     Fitted,
@@ -31,11 +32,34 @@ from recspark.evaluate.metrics import assess, item_popularity, relevant_items
 from recspark.serve.scoring import recommend_all
 
 SUMMARY_BASELINE_KEYS = (
-    "rmse", "mae", "ndcg_at_k", "precision_at_k", "recall_at_k", "map_at_k", "hit_rate_at_k",
-    "coverage", "rare_item_share", "popularity_bias", "intra_list_diversity",
+    "rmse",
+    "mae",
+    "ndcg_at_k",
+    "precision_at_k",
+    "recall_at_k",
+    "map_at_k",
+    "hit_rate_at_k",
+    "coverage",
+    "rare_item_share",
+    "popularity_bias",
+    "intra_list_diversity",
 )
 
 HISTOGRAM_BINS = 24
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    """How the scoring kernel runs for every contender: ``score.users_per_block``, the device
+    (``train.device``) and ``score.partitions``."""
+
+    users_per_block: int | str = "auto"
+    device: str = "auto"
+    partitions: int | None = None
+
+    @classmethod
+    def of(cls, score: ScoreConfig, device: str) -> KernelSettings:
+        return cls(score.users_per_block, device, score.partitions)
 
 
 @dataclass
@@ -59,11 +83,12 @@ class EvaluationSplit:
 
 def read_split(
     spark: SparkSession,
-    prepared: Path,
+    prepared: Location,
     n_items: int,
     k: int,
     relevance_threshold: float,
     min_item_ratings: int = 0,
+    *,
     rare_item_ratings: int = 5,
     item_features: DataFrame | None = None,
 ) -> EvaluationSplit:
@@ -73,7 +98,8 @@ def read_split(
     least that many training ratings, as the published lists do
     (:func:`recspark.data.prepared.eligible_items`); 0 ranks every item.
     ``rare_item_ratings`` and ``item_features`` (``(item_idx, feature, value)``, None: no
-    diversity figure) are for the figures beyond accuracy (:func:`recspark.evaluate.metrics.assess`).
+    diversity figure) are for the figures beyond accuracy
+    (:func:`recspark.evaluate.metrics.assess`).
     """
     train = spark.read.parquet(str(prepared / "train"))
     validation = spark.read.parquet(str(prepared / "validation"))
@@ -102,6 +128,7 @@ def top_k_lists(
     spark: SparkSession,
     scorer: Scorer,
     split: EvaluationSplit,
+    *,
     users_per_block: int | str = "auto",
     device: str = "auto",
     partitions: int | None = None,
@@ -110,7 +137,14 @@ def top_k_lists(
     items outside ``split.eligible``) excluded."""
     users = scorer.users.join(split.users, USER_IDX)
     return recommend_all(
-        spark, users, split.seen, scorer.payload, split.k, users_per_block, device, partitions,
+        spark,
+        users,
+        split.seen,
+        scorer.payload,
+        split.k,
+        users_per_block,
+        device,
+        partitions,
         eligible=split.eligible,
     )
 
@@ -118,11 +152,10 @@ def top_k_lists(
 def assess_contender(
     spark: SparkSession,
     split: EvaluationSplit,
-    predict_pairs,
+    predict_pairs: Callable[[DataFrame], DataFrame] | None,
     scorer: Scorer | None,
-    users_per_block: int | str = "auto",
-    device: str = "auto",
-    partitions: int | None = None,
+    *,
+    kernel: KernelSettings,
     lists: DataFrame | None = None,
 ) -> dict[str, Any]:
     """Every metric of one model: ``predict_pairs(frame) -> frame + prediction``, and its scorer.
@@ -137,16 +170,23 @@ def assess_contender(
     if lists is not None:
         lists = lists.cache()
     elif scorer is not None:
-        lists = top_k_lists(spark, scorer, split, users_per_block, device, partitions).cache()
+        lists = top_k_lists(
+            spark,
+            scorer,
+            split,
+            users_per_block=kernel.users_per_block,
+            device=kernel.device,
+            partitions=kernel.partitions,
+        ).cache()
     metrics = assess(
         predictions,
         lists,
         split.relevant,
         split.k,
         split.n_items,
-        split.popularity,
-        split.train_users,
-        cold,
+        popularity=split.popularity,
+        n_users=split.train_users,
+        cold_start_predictions=cold,
         validation=split.validation,
         rare_item_ratings=split.rare_item_ratings,
         item_features=split.item_features,
@@ -174,10 +214,10 @@ def fit_baseline(
             split.n_items,
             settings.als_ranks,
             settings.als_reg_params,
-            settings.als_max_iter,
-            settings.als_seed,
-            settings.als_tune_fraction,
-            mean,
+            max_iter=settings.als_max_iter,
+            seed=settings.als_seed,
+            holdout_fraction=settings.als_tune_fraction,
+            mean=mean,
         )
     if name == "most_popular":
         return fit_most_popular(split.train, split.n_items)
@@ -188,7 +228,7 @@ def fit_baseline(
             settings.als_implicit_rank,
             settings.als_implicit_reg_param,
             settings.als_implicit_alpha,
-            settings.als_max_iter,
-            settings.als_seed,
+            max_iter=settings.als_max_iter,
+            seed=settings.als_seed,
         )
     raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINE_NAMES)}")

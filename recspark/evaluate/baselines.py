@@ -13,10 +13,10 @@
 
 Each baseline is returned as a :class:`Fitted`: a function that adds ``prediction`` to rating pairs,
 and, when it can rank, a :class:`Scorer` that the blocked scoring kernel
-(:func:`recspark.serve.scoring.recommend_all`) turns into top-N lists with the same seen-item exclusion
-and tie-break as the model. The ALS, bias and popularity baselines are scored as dot-product models
-built from their own factors (popularity: an item bias equal to the training count), so no
-baseline ranks on an easier footing than the model.
+(:func:`recspark.serve.scoring.recommend_all`) turns into top-N lists with the same seen-item
+exclusion and tie-break as the model. The ALS, bias and popularity baselines are scored as
+dot-product models built from their own factors (popularity: an item bias equal to the training
+count), so no baseline ranks on an easier footing than the model.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from torch import nn
 
 from recspark.core.choices import BASELINE_NAMES
 from recspark.core.constants import BIAS, FACTORS, ITEM_IDX, PREDICTION, RATING, USER_IDX
@@ -75,18 +76,34 @@ def dot_payload(item_vectors: np.ndarray, item_bias: np.ndarray | None = None) -
     n_items, factors = item_vectors.shape
     kind = "dot" if item_bias is None else "dot_bias"
     spec = {"kind": kind, "n_users": 1, "n_items": n_items, "factors": factors, "y_range": None}
-    model = build_model(**spec)
+    model = build_model(kind=kind, n_users=1, n_items=n_items, factors=factors, y_range=None)
     with torch.no_grad():
-        model.user_factors.weight.zero_()
-        model.item_factors.weight.copy_(torch.as_tensor(item_vectors, dtype=torch.float32))
+        _weight(model, "user_factors").zero_()
+        _weight(model, "item_factors").copy_(torch.as_tensor(item_vectors, dtype=torch.float32))
         if item_bias is not None:
-            model.user_bias.weight.zero_()
-            model.item_bias.weight.copy_(torch.as_tensor(item_bias, dtype=torch.float32).view(-1, 1))
+            _weight(model, "user_bias").zero_()
+            _weight(model, "item_bias").copy_(
+                torch.as_tensor(item_bias, dtype=torch.float32).view(-1, 1)
+            )
     return model_bytes(model, spec, {"baseline": kind})
 
 
-def _item_matrix(items: DataFrame, n_items: int, width: int, id_col: str, vector_col: str | None,
-                 bias_col: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _weight(model: nn.Module, table: str) -> torch.Tensor:
+    """The weight of one of the model's tables (torch types a module's attributes loosely)."""
+    weight = getattr(model, table).weight
+    assert isinstance(weight, torch.Tensor), f"{table} has no weight tensor"
+    return weight
+
+
+def _item_matrix(
+    items: DataFrame,
+    n_items: int,
+    width: int,
+    id_col: str,
+    *,
+    vector_col: str | None,
+    bias_col: str | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Item vectors and biases as arrays indexed by item; items the table lacks get zeros.
 
     The item table has one row per item, the size of what the kernel broadcasts anyway.
@@ -98,14 +115,14 @@ def _item_matrix(items: DataFrame, n_items: int, width: int, id_col: str, vector
         index = row[id_col]
         if vector_col:
             vectors[index] = row[vector_col]
-        if bias_col:
+        if bias is not None and bias_col:
             bias[index] = row[bias_col]
     return vectors, bias
 
 
 def mean_rating(train: DataFrame, rating_col: str = RATING) -> float:
     """The mean training rating."""
-    value = train.agg(F.mean(rating_col)).first()[0]
+    value = train.agg(F.mean(rating_col)).collect()[0][0]
     if value is None:
         raise BadInputError("the training split is empty: there is no mean rating")
     return float(value)
@@ -132,10 +149,13 @@ def fit_most_popular(train: DataFrame, n_items: int) -> Fitted:
     """
     started = time.perf_counter()
     counts = train.groupBy(ITEM_IDX).agg(F.count(F.lit(1)).cast("float").alias("ratings"))
-    _, item_count = _item_matrix(counts, n_items, 1, ITEM_IDX, None, "ratings")
+    _, item_count = _item_matrix(counts, n_items, 1, ITEM_IDX, vector_col=None, bias_col="ratings")
+    assert item_count is not None  # asked for by its bias column
     seconds = time.perf_counter() - started
     scorer = Scorer(
-        train.select(USER_IDX).distinct().select(
+        train.select(USER_IDX)
+        .distinct()
+        .select(
             USER_IDX,
             F.lit(0.0).cast("float").alias(BIAS),
             F.array(F.lit(0.0)).cast("array<float>").alias(FACTORS),
@@ -157,21 +177,35 @@ def bias_tables(
         items = (
             residual.join(users, USER_IDX)
             .groupBy(ITEM_IDX)
-            .agg((F.sum(F.col("residual") - F.col("b_user")) / (F.count(F.lit(1)) + reg)).alias("b_item"))
+            .agg(
+                (F.sum(F.col("residual") - F.col("b_user")) / (F.count(F.lit(1)) + reg)).alias(
+                    "b_item"
+                )
+            )
             .localCheckpoint()
         )
         users = (
             residual.join(items, ITEM_IDX)
             .groupBy(USER_IDX)
-            .agg((F.sum(F.col("residual") - F.col("b_item")) / (F.count(F.lit(1)) + reg)).alias("b_user"))
+            .agg(
+                (F.sum(F.col("residual") - F.col("b_item")) / (F.count(F.lit(1)) + reg)).alias(
+                    "b_user"
+                )
+            )
             .localCheckpoint()
         )
     residual.unpersist()
+    if items is None:
+        raise ValueError(f"bias_tables needs at least one iteration, got {iterations}")
     return users, items
 
 
 def fit_biases(
-    train: DataFrame, n_items: int, reg: float = 10.0, iterations: int = 3, mean: float | None = None
+    train: DataFrame,
+    n_items: int,
+    reg: float = 10.0,
+    iterations: int = 3,
+    mean: float | None = None,
 ) -> Fitted:
     """The user+item bias model, ``mu + b_u + b_i`` (an unknown user or item adds 0)."""
     started = time.perf_counter()
@@ -185,7 +219,7 @@ def fit_biases(
         return joined.withColumn(PREDICTION, value.cast("float")).drop("b_user", "b_item")
 
     # As a dot_bias model with one zero factor: b_u' = mu + b_u and b_i.
-    _, item_bias = _item_matrix(items, n_items, 1, ITEM_IDX, None, "b_item")
+    _, item_bias = _item_matrix(items, n_items, 1, ITEM_IDX, vector_col=None, bias_col="b_item")
     scorer = Scorer(
         users.select(
             USER_IDX,
@@ -194,21 +228,33 @@ def fit_biases(
         ),
         dot_payload(np.zeros((n_items, 1), dtype=np.float32), item_bias),
     )
-    return Fitted("biases", predict, scorer, seconds, {"mean": mu, "reg": reg, "iterations": iterations})
+    return Fitted(
+        "biases", predict, scorer, seconds, {"mean": mu, "reg": reg, "iterations": iterations}
+    )
 
 
 def _als(
-    rank: int, reg: float, max_iter: int, seed: int, implicit: bool = False, alpha: float = 1.0
+    rank: int, reg: float, max_iter: int, seed: int, *, implicit: bool = False, alpha: float = 1.0
 ) -> ALS:
     return ALS(
-        userCol=USER_IDX, itemCol=ITEM_IDX, ratingCol=RATING, rank=rank, regParam=reg,
-        maxIter=max_iter, seed=seed, coldStartStrategy="nan", implicitPrefs=implicit, alpha=alpha,
+        userCol=USER_IDX,
+        itemCol=ITEM_IDX,
+        ratingCol=RATING,
+        rank=rank,
+        regParam=reg,
+        maxIter=max_iter,
+        seed=seed,
+        coldStartStrategy="nan",
+        implicitPrefs=implicit,
+        alpha=alpha,
     )
 
 
 def _als_scorer(model, n_items: int, rank: int) -> Scorer:
     """A fitted ALS model as the scoring kernel sees it: a ``dot`` model of its own factors."""
-    vectors, _ = _item_matrix(model.itemFactors, n_items, rank, "id", "features", None)
+    vectors, _ = _item_matrix(
+        model.itemFactors, n_items, rank, "id", vector_col="features", bias_col=None
+    )
     return Scorer(
         model.userFactors.select(
             F.col("id").alias(USER_IDX),
@@ -223,6 +269,7 @@ def tune_als(
     train: DataFrame,
     ranks: list[int],
     reg_params: list[float],
+    *,
     max_iter: int,
     seed: int,
     holdout_fraction: float,
@@ -235,7 +282,8 @@ def tune_als(
         for reg in reg_params:
             model = _als(rank, reg, max_iter, seed).fit(fit_part)
             scored = model.transform(holdout).where(~F.isnan(PREDICTION))
-            rmse = scored.agg(F.sqrt(F.mean((F.col(PREDICTION) - F.col(RATING)) ** 2))).first()[0]
+            error = F.col(PREDICTION) - F.col(RATING)
+            rmse = scored.agg(F.sqrt(F.mean(error**2))).collect()[0][0]
             trials.append({"rank": rank, "reg_param": reg, "holdout_rmse": rmse})
             log.info("ALS rank %d regParam %g: holdout RMSE %.4f", rank, reg, rmse)
     fit_part.unpersist()
@@ -249,12 +297,14 @@ def fit_als(
     n_items: int,
     ranks: list[int],
     reg_params: list[float],
+    *,
     max_iter: int = 10,
     seed: int = 42,
     holdout_fraction: float = 0.1,
     mean: float | None = None,
 ) -> Fitted:
-    """Spark ALS (explicit), tuned over ``ranks x reg_params`` when the grid has more than one point.
+    """Spark ALS (explicit), tuned over ``ranks x reg_params`` when the grid has more than one
+    point.
 
     Pairs ALS cannot score (a user or item absent from training) get the mean training rating.
     ``train_seconds`` is the final fit on the whole training split; tuning is in ``info``.
@@ -262,7 +312,14 @@ def fit_als(
     info: dict[str, Any] = {"max_iter": max_iter}
     if len(ranks) * len(reg_params) > 1:
         started = time.perf_counter()
-        rank, reg, trials = tune_als(train, ranks, reg_params, max_iter, seed, holdout_fraction)
+        rank, reg, trials = tune_als(
+            train,
+            ranks,
+            reg_params,
+            max_iter=max_iter,
+            seed=seed,
+            holdout_fraction=holdout_fraction,
+        )
         info.update(trials=trials, tune_seconds=time.perf_counter() - started)
     else:
         rank, reg = ranks[0], reg_params[0]
@@ -290,6 +347,7 @@ def fit_als_implicit(
     rank: int,
     reg: float,
     alpha: float,
+    *,
     max_iter: int = 10,
     seed: int = 42,
 ) -> Fitted:

@@ -1,17 +1,20 @@
-"""The benchmark's parts: its data sets, the library and baseline contenders (Spark ALS explicit and
-``implicitPrefs``, most popular, user+item biases, EASE), the printed tables and their ratios.
+"""The benchmark's parts: its data sets and the library and baseline contenders (Spark ALS explicit
+and ``implicitPrefs``, most popular, user+item biases, EASE), each measured by
+:func:`~recspark.evaluate.assessment.assess_contender` into a
+:class:`~recspark.evaluate.benchmark_report.ContenderResult`.
 
 The benchmark command (:mod:`recspark.commands.benchmark`) wires them to the pipeline's own
-commands, so recspark is measured as a user runs it, beside Spark ALS on the same split."""
+commands, so recspark is measured as a user runs it, beside Spark ALS on the same split; the
+tables, ratios and ``benchmark.json`` are :mod:`recspark.evaluate.benchmark_report`'s. A data
+set carries the whole config its pipeline (prepare, train, score) runs under, so the contenders
+read their sections from it."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyspark.sql import SparkSession
 
@@ -21,10 +24,18 @@ from recspark.core.errors import ConfigError, MissingInputError
 from recspark.core.location import Location
 from recspark.core.storage import Layout
 from recspark.data.prepared import rated_lists
-from recspark.evaluate.assessment import assess_contender, fit_baseline
+from recspark.evaluate.assessment import (
+    EvaluationSplit,
+    KernelSettings,
+    assess_contender,
+    fit_baseline,
+)
 from recspark.evaluate.baselines import Fitted, Scorer, fit_als, fit_als_implicit, mean_rating
+from recspark.evaluate.benchmark_report import ContenderResult
 from recspark.evaluate.ease import ease_top_k, fit_ease
 from recspark.serve.scoring import recommend_all
+
+T = TypeVar("T")
 
 ML100K = "ml100k-u1"
 
@@ -51,29 +62,14 @@ class Skipped(Exception):
     it and keeps it in ``benchmark.json``)."""
 
 
-@dataclass
-class ContenderResult:
-    """What one contender did on one data set: timings and every metric of :func:`assess`."""
-
-    name: str
-    train_seconds: float
-    score_seconds: float | None
-    metrics: dict[str, Any]
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def figure(self, key: str) -> Any:
-        if key in ("train_seconds", "score_seconds"):
-            return getattr(self, key)
-        return self.metrics.get(key)
-
-
-def _timed(function, *args):
+def timed(function: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """``function(*args)`` and the seconds it took."""
     started = time.perf_counter()
     result = function(*args)
     return result, time.perf_counter() - started
 
 
-def _als_recommend_seconds(fitted: Fitted, dataset: Dataset, name: str) -> tuple[float, Path]:
+def _als_recommend_seconds(fitted: Fitted, dataset: Dataset, name: str) -> tuple[float, Location]:
     """Seconds of ``recommendForAllUsers(top_n)`` written to Parquet: ALS's own scoring job."""
     config = dataset.config
     target = dataset.layout.root / f"{name}_recommendations" / str(config.run_date)
@@ -84,7 +80,7 @@ def _als_recommend_seconds(fitted: Fitted, dataset: Dataset, name: str) -> tuple
     return time.perf_counter() - started, target
 
 
-def run_als(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
+def run_als(spark: SparkSession, dataset: Dataset, split: EvaluationSplit) -> ContenderResult:
     """Spark ALS, tuned on small data sets, timed on its final fit and on recommendForAllUsers."""
     config = dataset.config
     settings, bench = config.evaluate, config.benchmark
@@ -98,10 +94,10 @@ def run_als(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
         split.n_items,
         ranks,
         regs,
-        settings.als_max_iter,
-        settings.als_seed,
-        settings.als_tune_fraction,
-        mean_rating(split.train),
+        max_iter=settings.als_max_iter,
+        seed=settings.als_seed,
+        holdout_fraction=settings.als_tune_fraction,
+        mean=mean_rating(split.train),
     )
     score_seconds, target = _als_recommend_seconds(fitted, dataset, "als")
     metrics = assess_contender(
@@ -109,16 +105,16 @@ def run_als(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
         split,
         fitted.predict,
         fitted.scorer,
-        config.score.users_per_block,
-        config.train.device,
-        config.score.partitions,
+        kernel=KernelSettings.of(config.score, config.train.device),
     )
     info = {key: value for key, value in fitted.info.items()}
     info["recommendations"] = str(target)
     return ContenderResult("als", fitted.train_seconds, score_seconds, metrics, info)
 
 
-def run_als_implicit(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
+def run_als_implicit(
+    spark: SparkSession, dataset: Dataset, split: EvaluationSplit
+) -> ContenderResult:
     """Spark ALS with ``implicitPrefs`` on the same training rows; it ranks, it has no RMSE.
 
     Its settings are ``benchmark.als_implicit_*`` where set, else ``evaluate.als_implicit_*``.
@@ -131,8 +127,8 @@ def run_als_implicit(spark: SparkSession, dataset: Dataset, split) -> ContenderR
         bench.als_implicit_rank or settings.als_implicit_rank,
         bench.als_implicit_reg_param or settings.als_implicit_reg_param,
         bench.als_implicit_alpha or settings.als_implicit_alpha,
-        settings.als_max_iter,
-        settings.als_seed,
+        max_iter=settings.als_max_iter,
+        seed=settings.als_seed,
     )
     score_seconds, target = _als_recommend_seconds(fitted, dataset, "als_implicit")
     metrics = assess_contender(
@@ -140,24 +136,28 @@ def run_als_implicit(spark: SparkSession, dataset: Dataset, split) -> ContenderR
         split,
         None,
         fitted.scorer,
-        config.score.users_per_block,
-        config.train.device,
-        config.score.partitions,
+        kernel=KernelSettings.of(config.score, config.train.device),
     )
     info = {**fitted.info, "recommendations": str(target)}
     return ContenderResult("als-implicit", fitted.train_seconds, score_seconds, metrics, info)
 
 
 def _kernel_recommend_seconds(
-    spark: SparkSession, scorer: Scorer, dataset: Dataset, split, name: str
-) -> tuple[float, Path]:
+    spark: SparkSession, scorer: Scorer, dataset: Dataset, split: EvaluationSplit, name: str
+) -> tuple[float, Location]:
     """Seconds to write every training user's top ``score.top_n`` (training items excluded) to
     Parquet through the scoring kernel: a kernel-scored baseline's own scoring job."""
     config = dataset.config
     target = dataset.layout.root / f"{name}_recommendations" / str(config.run_date)
     lists = recommend_all(
-        spark, scorer.users, split.seen, scorer.payload, config.score.top_n,
-        config.score.users_per_block, config.train.device, config.score.partitions,
+        spark,
+        scorer.users,
+        split.seen,
+        scorer.payload,
+        config.score.top_n,
+        config.score.users_per_block,
+        config.train.device,
+        config.score.partitions,
         eligible=split.eligible,
     )
     started = time.perf_counter()
@@ -170,9 +170,10 @@ def baseline_contender(name: str, baseline: str) -> Callable[..., ContenderResul
     :func:`recspark.evaluate.assessment.fit_baseline` with the ``evaluate`` settings), timed on its
     fit and on scoring every training user through the kernel."""
 
-    def run(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
+    def run(spark: SparkSession, dataset: Dataset, split: EvaluationSplit) -> ContenderResult:
         config = dataset.config
         fitted = fit_baseline(baseline, split, config.evaluate, mean_rating(split.train))
+        assert fitted.scorer is not None, f"baseline {baseline} has no scorer to rank with"
         score_seconds, target = _kernel_recommend_seconds(
             spark, fitted.scorer, dataset, split, baseline
         )
@@ -181,9 +182,7 @@ def baseline_contender(name: str, baseline: str) -> Callable[..., ContenderResul
             split,
             fitted.predict,
             fitted.scorer,
-            config.score.users_per_block,
-            config.train.device,
-            config.score.partitions,
+            kernel=KernelSettings.of(config.score, config.train.device),
         )
         info = {**fitted.info, "recommendations": str(target)}
         return ContenderResult(name, fitted.train_seconds, score_seconds, metrics, info)
@@ -195,7 +194,7 @@ run_most_popular = baseline_contender("most-popular", "most_popular")
 run_biases = baseline_contender("biases", "biases")
 
 
-def run_ease(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
+def run_ease(spark: SparkSession, dataset: Dataset, split: EvaluationSplit) -> ContenderResult:
     """EASE (:mod:`recspark.evaluate.ease`) with ``benchmark.ease_lambda``: train time is the Gram
     matrix in Spark plus the solve, score time every training user's top ``score.top_n`` written
     to Parquet. It ranks, it has no RMSE.
@@ -214,57 +213,38 @@ def run_ease(spark: SparkSession, dataset: Dataset, split) -> ContenderResult:
         )
     model = fit_ease(split.train, split.n_items, bench.ease_lambda)
     block, device, partitions = (
-        config.score.users_per_block, config.train.device, config.score.partitions
+        config.score.users_per_block,
+        config.train.device,
+        config.score.partitions,
     )
     every = rated_lists(split.seen).cache()
     target = dataset.layout.root / "ease_recommendations" / str(config.run_date)
     started = time.perf_counter()
     ease_top_k(
-        spark, every, model.weights, config.score.top_n, block, device, partitions, split.eligible
+        spark,
+        every,
+        model.weights,
+        config.score.top_n,
+        block_setting=block,
+        device=device,
+        partitions=partitions,
+        eligible=split.eligible,
     ).write.mode("overwrite").parquet(str(target))
     score_seconds = time.perf_counter() - started
     lists = ease_top_k(
-        spark, every.join(split.users, USER_IDX), model.weights, split.k, block, device,
-        partitions, split.eligible,
+        spark,
+        every.join(split.users, USER_IDX),
+        model.weights,
+        split.k,
+        block_setting=block,
+        device=device,
+        partitions=partitions,
+        eligible=split.eligible,
     )
-    metrics = assess_contender(spark, split, None, None, lists=lists)
+    metrics = assess_contender(spark, split, None, None, kernel=KernelSettings(), lists=lists)
     every.unpersist()
     info = {**model.info, "recommendations": str(target)}
     return ContenderResult("ease", model.train_seconds, score_seconds, metrics, info)
-
-
-@dataclass(frozen=True)
-class Column:
-    """One printed column: its header, the figure's key, its format and whether lower is better."""
-
-    header: str
-    key: str
-    digits: int = 4
-    lower_is_better: bool = True
-    ratio: bool = True
-
-
-def accuracy_table(k: int) -> list[Column]:
-    """The table issue 6 asks for: accuracy, and time to train and to score everyone."""
-    return [
-        Column("RMSE", "rmse"),
-        Column(f"NDCG@{k}", "ndcg_at_k", lower_is_better=False),
-        Column("train s", "train_seconds", 1),
-        Column("score s", "score_seconds", 1),
-    ]
-
-
-def ranking_table(k: int) -> list[Column]:
-    """The table issue 9 asks for: the top-k lists' quality, every contender on its own lists."""
-    return [
-        Column(f"NDCG@{k}", "ndcg_at_k", lower_is_better=False),
-        Column(f"Precision@{k}", "precision_at_k", lower_is_better=False),
-        Column(f"Recall@{k}", "recall_at_k", lower_is_better=False),
-        Column(f"MAP@{k}", "map_at_k", lower_is_better=False),
-    ]
-
-
-TABLES: list[Callable[[int], list[Column]]] = [accuracy_table, ranking_table]
 
 
 def datasets(config: Config) -> list[Dataset]:
@@ -309,7 +289,9 @@ def datasets(config: Config) -> list[Dataset]:
                 ),
                 "evaluate": config.evaluate.model_copy(update={"relevance_threshold": 0.0}),
             }
-            chosen.append(_dataset(config, kind, base, update, 100_000, bench.ranking_contenders))
+            chosen.append(
+                _dataset(config, kind, base, update, 100_000, contenders=bench.ranking_contenders)
+            )
         else:
             for size in bench.synthetic_sizes:
                 users = max(1, size // bench.ratings_per_user)
@@ -321,8 +303,8 @@ def datasets(config: Config) -> list[Dataset]:
                     synthetic = type(synthetic).model_validate(synthetic.model_dump())
                 except ValueError as exc:
                     raise ConfigError(
-                        f"benchmark synthetic size {size}: {users} users x {items} items cannot hold "
-                        f"it ({exc}); change benchmark.ratings_per_user / ratings_per_item"
+                        f"benchmark synthetic size {size}: {users} users x {items} items cannot "
+                        f"hold it ({exc}); change benchmark.ratings_per_user / ratings_per_item"
                     ) from None
                 update = {
                     "synthetic": synthetic,
@@ -352,9 +334,10 @@ def _short(size: int) -> str:
 def _dataset(
     config: Config,
     name: str,
-    base: Path,
+    base: Location,
     update: dict,
     ratings: int,
+    *,
     contenders: list[str] | None = None,
 ) -> Dataset:
     source = config.benchmark.model_configs.get(name)
@@ -364,76 +347,3 @@ def _dataset(
     paths = config.paths.model_copy(update={"root": str(base / name)})
     chosen = list(config.benchmark.contenders if contenders is None else contenders)
     return Dataset(name, config.model_copy(update={**update, "paths": paths}), ratings, chosen)
-
-
-def ratios(results: list[ContenderResult], reference: str, columns: list[Column]) -> dict:
-    """Each contender's figures divided by the reference's (time ratios: reference / contender)."""
-    base = next((r for r in results if r.name == reference), None)
-    out: dict[str, dict[str, float | None]] = {}
-    if base is None:
-        return out
-    for result in results:
-        if result.name == reference:
-            continue
-        entry = {}
-        for column in columns:
-            mine, theirs = result.figure(column.key), base.figure(column.key)
-            if not column.ratio or mine is None or theirs is None or not (mine and theirs):
-                entry[column.key] = None
-            elif column.key.endswith("_seconds"):
-                entry[column.key] = theirs / mine  # a speed-up: >1 means faster than the reference
-            else:
-                entry[column.key] = mine / theirs
-        out[result.name] = entry
-    return out
-
-
-def format_table(
-    rows: dict[str, list[ContenderResult]], columns: list[Column], reference: str
-) -> str:
-    """A plain-text table: one line per (data set, contender), then a ratio line per contender.
-
-    On a ratio line, accuracy columns are contender / reference and time columns are reference /
-    contender (a speed-up: ``2.000x`` is twice as fast as the reference).
-    """
-    headers = ["data set", "model", *[c.header for c in columns]]
-    lines: list[list[str]] = []
-    for name, results in rows.items():
-        for result in results:
-            cells = [name, result.name]
-            for column in columns:
-                value = result.figure(column.key)
-                cells.append("n/a" if value is None else f"{value:.{column.digits}f}")
-            lines.append(cells)
-        for contender, entry in ratios(results, reference, columns).items():
-            cells = [name, f"{contender}/{reference}"]
-            for column in columns:
-                value = entry.get(column.key)
-                suffix = "x" if column.key.endswith("_seconds") else ""
-                cells.append("n/a" if value is None else f"{value:.3f}{suffix}")
-            lines.append(cells)
-    widths = [max(len(row[i]) for row in [headers, *lines]) for i in range(len(headers))]
-    render = [
-        " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [headers, *lines]
-    ]
-    render.insert(1, "-+-".join("-" * width for width in widths))
-    return "\n".join(render)
-
-
-#: Figures of every contender in the JSON summary line (benchmark.json keeps all of them).
-SUMMARY_KEYS = (
-    "rmse",
-    "ndcg_at_k",
-    "precision_at_k",
-    "recall_at_k",
-    "map_at_k",
-    "train_seconds",
-    "score_seconds",
-)
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

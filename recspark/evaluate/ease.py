@@ -25,9 +25,10 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 from pyspark.sql import DataFrame, SparkSession
@@ -82,7 +83,8 @@ def item_gram(
         F.collect_list("j").alias("columns"), F.collect_list("count").alias("counts")
     )
     gram = np.zeros((n_items, n_items), dtype=np.float64)
-    for row in by_item.toPandas().itertuples(index=False):  # one row per item
+    # One row per item (pyspark's stubs type toPandas loosely).
+    for row in cast(pd.DataFrame, by_item.toPandas()).itertuples(index=False):
         columns = np.asarray(row.columns, dtype=np.int64)
         if row.i < 0 or row.i >= n_items or (len(columns) and columns.max() >= n_items):
             raise ValueError(f"item index {row.i} or its pairs lie outside [0, {n_items})")
@@ -141,7 +143,10 @@ def ease_batches(
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
                 users = torch.sparse_csr_tensor(
-                    rows, columns, torch.ones(high - low, device=device), (stop - start, n_items),
+                    rows,
+                    columns,
+                    torch.ones(high - low, device=device),
+                    (stop - start, n_items),
                     check_invariants=False,
                 )
             scores = users @ weights
@@ -149,8 +154,8 @@ def ease_batches(
             scores[torch.as_tensor(seen_rows, device=device), columns] = -torch.inf
             if ineligible is not None and len(ineligible):
                 scores[:, ineligible] = -torch.inf
-            index, value, valid = top_k(scores, top_n)
-            index, value, valid = index.cpu().numpy(), value.cpu().numpy(), valid.cpu().numpy()
+            found = top_k(scores, top_n)
+            index, value, valid = (part.cpu().numpy() for part in found)
             width = index.shape[1]
             keep = valid.reshape(-1)
             owner = np.repeat(np.arange(start, stop), width)[keep]
@@ -171,6 +176,7 @@ def ease_top_k(
     users: DataFrame,
     weights: np.ndarray,
     top_n: int,
+    *,
     block_setting: int | str = "auto",
     device: str = "auto",
     partitions: int | None = None,

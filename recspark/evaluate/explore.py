@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 
 from recspark.core.errors import BadInputError
+from recspark.core.location import Location
 from recspark.core.plots import plt, save_figure
-from recspark.core.storage import Layout, staged, write_json
+from recspark.core.storage import Layout, Where, staged, write_json
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,9 @@ def item_pca(factors: np.ndarray, rows: np.ndarray | None = None, components: in
     factors = np.asarray(factors, dtype=np.float64)
     rows = np.arange(len(factors)) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(rows) < 3:
-        raise BadInputError(f"PCA needs at least 3 items, got {len(rows)}: lower score.min_item_ratings")
+        raise BadInputError(
+            f"PCA needs at least 3 items, got {len(rows)}: lower score.min_item_ratings"
+        )
     data = factors[rows]
     centred = data - data.mean(axis=0)
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
@@ -92,11 +96,11 @@ def _label(item_idx: int, labels: dict[int, str], width: int = 34) -> str:
 def pca_plot(
     pca: ItemPCA,
     labels: dict[int, str],
-    path: str | Path,
+    path: Where,
     ends: int = 8,
     title: str = "Item embeddings: principal components",
-) -> Path:
-    """Write the PCA picture to ``path`` (PNG) and return the path.
+) -> Location:
+    """Write the PCA picture to ``path`` (PNG) and return where it lies.
 
     Parameters
     ----------
@@ -114,8 +118,16 @@ def pca_plot(
         raise ValueError("the plot needs at least two principal components")
     figure = plt.figure(figsize=(16, 11), dpi=100)
     grid = figure.add_gridspec(2, 3, height_ratios=[1.25, 1.0], hspace=0.28, wspace=0.32)
+    _variance_bars(figure.add_subplot(grid[0, 0]), pca)
+    _ends_scatter(figure.add_subplot(grid[0, 1:]), pca, labels, min(5, ends))
+    for component in range(shown):
+        _ends_text(figure.add_subplot(grid[1, component]), pca, component, labels, ends)
+    figure.suptitle(title, fontsize=14)
+    return save_figure(figure, path, bbox_inches="tight")
 
-    bars = figure.add_subplot(grid[0, 0])
+
+def _variance_bars(bars: Axes, pca: ItemPCA) -> None:
+    """The share of variance of the first (up to) ten components."""
     count = min(10, len(pca.variance_share))
     positions = np.arange(1, count + 1)
     bars.bar(positions, pca.variance_share[:count] * 100, color="#4c72b0")
@@ -127,13 +139,15 @@ def pca_plot(
     bars.set_title("Variance explained per component")
     bars.grid(axis="y", alpha=0.3)
 
-    scatter = figure.add_subplot(grid[0, 1:])
+
+def _ends_scatter(scatter: Axes, pca: ItemPCA, labels: dict[int, str], ends: int) -> None:
+    """Every item on the first two components, the ``ends`` items at both ends of each labelled."""
     x, y = pca.projections[:, 0], pca.projections[:, 1]
     scatter.scatter(x, y, s=8, color="#bbbbbb", alpha=0.7, linewidths=0)
     colours = {0: "#c44e52", 1: "#4c72b0"}
     marked: set[int] = set()
     for component in (0, 1):
-        for end in pca.ends(component, min(5, ends)):
+        for end in pca.ends(component, ends):
             group = [int(item) for item in end if int(item) not in marked]
             marked.update(group)
             at = [int(np.flatnonzero(pca.rows == item)[0]) for item in group]
@@ -143,9 +157,13 @@ def pca_plot(
             for slot, k in enumerate(order):
                 scatter.scatter(x[at[k]], y[at[k]], s=18, color=colours[component])
                 scatter.annotate(
-                    _label(group[k], labels, 28), (x[at[k]], y[at[k]]), fontsize=7,
-                    color=colours[component], xytext=(6, 11 * (slot - (len(order) - 1) / 2)),
-                    textcoords="offset points", va="center",
+                    _label(group[k], labels, 28),
+                    (x[at[k]], y[at[k]]),
+                    fontsize=7,
+                    color=colours[component],
+                    xytext=(6, 11 * (slot - (len(order) - 1) / 2)),
+                    textcoords="offset points",
+                    va="center",
                     arrowprops={"arrowstyle": "-", "color": colours[component], "lw": 0.4},
                 )
     scatter.margins(x=0.08, y=0.18)  # room for the stacked labels at the edges
@@ -158,26 +176,44 @@ def pca_plot(
         fontsize=11,
     )
 
-    for component in range(shown):
-        panel = figure.add_subplot(grid[1, component])
-        panel.axis("off")
-        high, low = pca.ends(component, ends)
-        lines = [f"PC{component + 1}  ({pca.variance_share[component]:.1%} of variance)", "", "high end (+):"]
-        lines += [f"  {_label(item, labels)}" for item in high]
-        lines += ["", "low end (−):"]
-        lines += [f"  {_label(item, labels)}" for item in low]
-        panel.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9,
-                   transform=panel.transAxes)
-    figure.suptitle(title, fontsize=14)
-    return save_figure(figure, path, bbox_inches="tight")
+
+def _ends_text(
+    panel: Axes, pca: ItemPCA, component: int, labels: dict[int, str], ends: int
+) -> None:
+    """The titles at the high and low ends of one component, as text."""
+    panel.axis("off")
+    high, low = pca.ends(component, ends)
+    lines = [
+        f"PC{component + 1}  ({pca.variance_share[component]:.1%} of variance)",
+        "",
+        "high end (+):",
+    ]
+    lines += [f"  {_label(item, labels)}" for item in high]
+    lines += ["", "low end (−):"]
+    lines += [f"  {_label(item, labels)}" for item in low]
+    panel.text(
+        0.0,
+        1.0,
+        "\n".join(lines),
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=9,
+        transform=panel.transAxes,
+    )
 
 
-def pca_summary(pca: ItemPCA, labels: dict[int, str], item_ids: np.ndarray, ends: int = 8) -> dict:
+def pca_summary(
+    pca: ItemPCA, labels: dict[int, str], item_ids: np.ndarray, ends: int = 8
+) -> dict[str, Any]:
     """A JSON-ready account of the PCA: variance shares and the items at both ends.
 
     ``item_ids[i]`` is the raw id of item index ``i``.
     """
-    summary = {"items": len(pca.rows), "variance_share": [float(v) for v in pca.variance_share]}
+    summary: dict[str, Any] = {
+        "items": len(pca.rows),
+        "variance_share": [float(v) for v in pca.variance_share],
+    }
     components = []
     for component in range(pca.projections.shape[1]):
         high, low = pca.ends(component, ends)
@@ -193,19 +229,22 @@ def pca_summary(pca: ItemPCA, labels: dict[int, str], item_ids: np.ndarray, ends
     return summary
 
 
-def _entry(item_idx: int, labels: dict[int, str], item_ids: np.ndarray) -> dict:
+def _entry(item_idx: int, labels: dict[int, str], item_ids: np.ndarray) -> dict[str, Any]:
     raw = item_ids[int(item_idx)]
-    return {"item_id": raw.item() if hasattr(raw, "item") else raw, "title": labels.get(int(item_idx))}
+    return {
+        "item_id": raw.item() if hasattr(raw, "item") else raw,
+        "title": labels.get(int(item_idx)),
+    }
 
 
 def write_exploration(
     layout: Layout,
-    run_date,
+    run_date: object,
     factors: np.ndarray,
     eligible: np.ndarray,
     labels: dict[int, str],
     item_ids: np.ndarray,
-) -> tuple[dict[str, str], dict]:
+) -> tuple[dict[str, str], dict[str, Any]]:
     """Publish ``exploration/D`` (``item_pca.png``, ``item_pca.json``); return (paths, summary)."""
     pca = item_pca(factors, np.flatnonzero(eligible), components=3)
     summary = pca_summary(pca, labels, item_ids)
@@ -213,4 +252,7 @@ def write_exploration(
     with staged(layout, final, f"exploration-{run_date}") as staging:
         pca_plot(pca, labels, staging / "item_pca.png")
         write_json(staging / "item_pca.json", summary)
-    return {"pca_plot": str(final / "item_pca.png"), "pca_summary": str(final / "item_pca.json")}, summary
+    return {
+        "pca_plot": str(final / "item_pca.png"),
+        "pca_summary": str(final / "item_pca.json"),
+    }, summary

@@ -3,10 +3,10 @@
 - Rating metrics (RMSE, MAE) of a ``prediction`` column, as Spark's ``RegressionEvaluator``.
 - Ranking metrics at ``k`` (precision, recall, NDCG, MAP) as Spark's ``RankingEvaluator`` defines
   them with binary relevance, on one row per user holding the recommended items in rank order and
-  the relevant items as arrays. Only users with at least one relevant item count. Spark's definitions:
-  precision divides the hits in the first ``k`` by ``k``; recall by the number of relevant items;
-  NDCG's ideal DCG and MAP's denominator use ``min(relevant, k)``, so a user with fewer than ``k``
-  relevant items can still score 1.
+  the relevant items as arrays. Only users with at least one relevant item count. Spark's
+  definitions: precision divides the hits in the first ``k`` by ``k``; recall by the number of
+  relevant items; NDCG's ideal DCG and MAP's denominator use ``min(relevant, k)``, so a user with
+  fewer than ``k`` relevant items can still score 1.
 - Written here because Spark lacks them: hit rate (share of users with at least one hit in the
   first ``k``), catalogue coverage (share of items recommended to anyone) and novelty, the mean
   self-information ``-log2 p(i)`` of the recommended items, with ``p(i) = (n_i + 1) / (U + 1)``
@@ -29,6 +29,8 @@ tie-break the scoring kernel uses.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -56,9 +58,17 @@ RANKING_KEYS = (*RANKING_METRICS, "hit_rate_at_k", "coverage", "novelty", *BEYON
 FEATURE, VALUE = "feature", "value"
 
 
-def rating_metrics(
+class RatingFigures(NamedTuple):
+    """RMSE and MAE of predicted ratings (None when there are no rows) and the row count."""
+
+    rmse: float | None
+    mae: float | None
+    rows: int
+
+
+def rating_figures(
     predictions: DataFrame, label_col: str = RATING, prediction_col: str = PREDICTION
-) -> dict[str, float | int | None]:
+) -> RatingFigures:
     """RMSE, MAE and row count of ``prediction_col`` against ``label_col``; None when empty.
 
     One aggregation (Spark's ``RegressionEvaluator`` runs a job per figure).
@@ -71,15 +81,20 @@ def rating_metrics(
         F.count(F.lit(1)).alias("rows"),
         F.sqrt(F.mean(error * error)).alias("rmse"),
         F.mean(F.abs(error)).alias("mae"),
-    ).first()
+    ).collect()[0]  # a global aggregation: one row
     if row["rows"] == 0:
-        return {"rmse": None, "mae": None, "rows": 0}
-    return {"rmse": row["rmse"], "mae": row["mae"], "rows": int(row["rows"])}
+        return RatingFigures(None, None, 0)
+    return RatingFigures(row["rmse"], row["mae"], int(row["rows"]))
 
 
-def relevant_items(
-    validation: DataFrame, threshold: float, rating_col: str = RATING
-) -> DataFrame:
+def rating_metrics(
+    predictions: DataFrame, label_col: str = RATING, prediction_col: str = PREDICTION
+) -> dict[str, float | int | None]:
+    """:func:`rating_figures` as a dict: ``rmse``, ``mae`` and ``rows``."""
+    return dict(rating_figures(predictions, label_col, prediction_col)._asdict())
+
+
+def relevant_items(validation: DataFrame, threshold: float, rating_col: str = RATING) -> DataFrame:
     """Validation rows rated at or above ``threshold``; every row when ``threshold`` is 0."""
     return validation if threshold <= 0 else validation.where(F.col(rating_col) >= threshold)
 
@@ -95,7 +110,10 @@ def ranking_frame(
 
     A user with relevant items but no recommendations gets an empty ``prediction``.
     """
-    for frame, columns in ((recommendations, (user_col, item_col, rank_col)), (relevant, (user_col, item_col))):
+    for frame, columns in (
+        (recommendations, (user_col, item_col, rank_col)),
+        (relevant, (user_col, item_col)),
+    ):
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ValueError(f"column(s) {missing} missing; the frame has {frame.columns}")
@@ -123,6 +141,7 @@ def ranking_metrics(
     recommendations: DataFrame,
     relevant: DataFrame,
     k: int,
+    *,
     user_col: str = USER_IDX,
     item_col: str = ITEM_IDX,
     rank_col: str = RANK,
@@ -149,9 +168,9 @@ def ranking_metrics(
     # Average precision: the precision at each hit's rank, over min(relevant, k).
     precision_at_hits = F.transform(
         hits,
-        lambda hit, i: hit
-        * F.aggregate(F.slice(hits, 1, i + 1), F.lit(0.0), lambda a, x: a + x)
-        / (i + 1),
+        lambda hit, i: (
+            hit * F.aggregate(F.slice(hits, 1, i + 1), F.lit(0.0), lambda a, x: a + x) / (i + 1)
+        ),
     )
     average_precision = F.aggregate(precision_at_hits, F.lit(0.0), lambda a, x: a + x) / F.least(
         F.size("label"), F.lit(k)
@@ -163,7 +182,7 @@ def ranking_metrics(
         F.mean(dcg / ideal).alias("ndcg_at_k"),
         F.mean(average_precision).alias("map_at_k"),
         F.mean((found > 0).cast("double")).alias("hit_rate_at_k"),
-    ).first()
+    ).collect()[0]
     if row["users"] == 0:
         return {**dict.fromkeys(RANKING_METRICS), "hit_rate_at_k": None, "ranked_users": 0}
     metrics: dict[str, float | int | None] = {name: row[name] for name in RANKING_METRICS}
@@ -172,13 +191,23 @@ def ranking_metrics(
     return metrics
 
 
+class PopularityFigures(NamedTuple):
+    """What :func:`popularity_figures` finds of list entries or held-out rows."""
+
+    entries: int
+    items: int
+    log_popularity: float | None
+    rare_share: float | None
+    novelty: float | None = None
+
+
 def popularity_figures(
     rows: DataFrame,
     popularity: DataFrame,
     n_users: int | None = None,
     min_ratings: int = 5,
     item_col: str = ITEM_IDX,
-) -> dict[str, float | int | None]:
+) -> PopularityFigures:
     """Every figure of list entries (or held-out rows) that needs only their items' popularity,
     in one aggregation over ``rows`` joined to the item-sized ``popularity`` (broadcast).
 
@@ -201,7 +230,7 @@ def popularity_figures(
     ]
     if n_users is not None:
         figures.append(F.mean(-F.log2((raters + 1) / F.lit(n_users + 1))).alias("novelty"))
-    return joined.agg(*figures).first().asDict()
+    return PopularityFigures(**joined.agg(*figures).collect()[0].asDict())
 
 
 def coverage(recommendations: DataFrame, n_items: int, item_col: str = ITEM_IDX) -> float:
@@ -219,7 +248,7 @@ def item_popularity(
     raters = train.groupBy(item_col).agg(
         F.countDistinct(user_col).alias("raters"), F.count(F.lit(1)).alias("ratings")
     )
-    users = train.agg(F.countDistinct(user_col)).first()[0]
+    users = train.agg(F.countDistinct(user_col)).collect()[0][0]
     return raters, int(users)
 
 
@@ -234,7 +263,7 @@ def novelty(
     ``popularity`` is ``(item_idx, raters, ...)`` from :func:`item_popularity`; an item absent
     from it has ``n_i = 0``. None when there are no recommendations.
     """
-    return popularity_figures(recommendations, popularity, n_users, item_col=item_col)["novelty"]
+    return popularity_figures(recommendations, popularity, n_users, item_col=item_col).novelty
 
 
 def rare_item_share(
@@ -249,7 +278,7 @@ def rare_item_share(
     from it has 0 ratings. None when there are no recommendations.
     """
     figures = popularity_figures(recommendations, popularity, None, min_ratings, item_col)
-    return figures["rare_share"]
+    return figures.rare_share
 
 
 def mean_log_popularity(
@@ -257,7 +286,7 @@ def mean_log_popularity(
 ) -> float | None:
     """Mean ``log(1 + n_i)`` over the rows' items, ``n_i`` the item's training ratings (0 when the
     item is absent from ``popularity``); None when there are no rows."""
-    return popularity_figures(rows, popularity, item_col=item_col)["log_popularity"]
+    return popularity_figures(rows, popularity, item_col=item_col).log_popularity
 
 
 def item_feature_frame(
@@ -318,7 +347,7 @@ def intra_list_diversity(
     mean_similarity = F.coalesce(F.col("similarity"), F.lit(0.0)) / (
         F.col("size") * (F.col("size") - 1)
     )
-    return sizes.join(pairs, user_col, "left").agg(F.mean(1.0 - mean_similarity)).first()[0]
+    return sizes.join(pairs, user_col, "left").agg(F.mean(1.0 - mean_similarity)).collect()[0][0]
 
 
 def beyond_accuracy(
@@ -326,6 +355,7 @@ def beyond_accuracy(
     relevant: DataFrame,
     popularity: DataFrame,
     rare_item_ratings: int = 5,
+    *,
     validation: DataFrame | None = None,
     item_features: DataFrame | None = None,
     user_col: str = USER_IDX,
@@ -344,20 +374,33 @@ def beyond_accuracy(
     )
     listed = popularity_figures(recommendations, popularity, None, rare_item_ratings, item_col)
     truth = popularity_figures(heldout, popularity, None, rare_item_ratings, item_col)
-    return _beyond_accuracy(listed, truth, recommendations, item_features, user_col, item_col)
+    return _beyond_accuracy(
+        listed,
+        truth,
+        recommendations,
+        item_features=item_features,
+        user_col=user_col,
+        item_col=item_col,
+    )
 
 
 def _beyond_accuracy(
-    listed: dict, truth: dict, recommendations: DataFrame, item_features, user_col, item_col
+    listed: PopularityFigures,
+    truth: PopularityFigures,
+    recommendations: DataFrame,
+    *,
+    item_features: DataFrame | None,
+    user_col: str,
+    item_col: str,
 ) -> dict[str, float | None]:
     """:func:`beyond_accuracy`'s figures from the lists' and held-out rows'
     :func:`popularity_figures`."""
-    log_listed, log_truth = listed["log_popularity"], truth["log_popularity"]
+    log_listed, log_truth = listed.log_popularity, truth.log_popularity
     return {
-        "rare_item_share": listed["rare_share"],
+        "rare_item_share": listed.rare_share,
         # The same share over the items the ranked users went on to rate: how far into the tail
         # their own choices reach.
-        "heldout_rare_item_share": truth["rare_share"],
+        "heldout_rare_item_share": truth.rare_share,
         "log_popularity": log_listed,
         "heldout_log_popularity": log_truth,
         "popularity_bias": (
@@ -377,6 +420,7 @@ def assess(
     relevant: DataFrame,
     k: int,
     n_items: int,
+    *,
     popularity: DataFrame,
     n_users: int,
     cold_start_predictions: DataFrame | None = None,
@@ -411,14 +455,14 @@ def assess(
     """
     metrics: dict[str, float | int | None] = {}
     if predictions is not None:
-        rating = rating_metrics(predictions)
-        metrics.update(rmse=rating["rmse"], mae=rating["mae"], validation_rows=rating["rows"])
+        rating = rating_figures(predictions)
+        metrics.update(rmse=rating.rmse, mae=rating.mae, validation_rows=rating.rows)
     else:
         metrics.update(rmse=None, mae=None, validation_rows=None)
     if cold_start_predictions is not None:
-        cold = rating_metrics(cold_start_predictions)
+        cold = rating_figures(cold_start_predictions)
         metrics.update(
-            cold_start_rmse=cold["rmse"], cold_start_mae=cold["mae"], cold_start_rows=cold["rows"]
+            cold_start_rmse=cold.rmse, cold_start_mae=cold.mae, cold_start_rows=cold.rows
         )
     if recommendations is None:
         metrics.update(dict.fromkeys(RANKING_KEYS), ranked_users=None)
@@ -428,14 +472,21 @@ def assess(
     recommendations = recommendations.where(F.col(RANK) <= k).cache()
     metrics.update(ranking_metrics(recommendations, relevant, k))
     listed = popularity_figures(recommendations, popularity, n_users, rare_item_ratings)
-    metrics["coverage"] = listed["items"] / n_items
-    metrics["novelty"] = listed["novelty"]
+    metrics["coverage"] = listed.items / n_items
+    metrics["novelty"] = listed.novelty
     heldout = (validation if validation is not None else relevant).join(
         relevant.select(USER_IDX).distinct(), USER_IDX, "left_semi"
     )
     truth = popularity_figures(heldout, popularity, None, rare_item_ratings)
     metrics.update(
-        _beyond_accuracy(listed, truth, recommendations, item_features, USER_IDX, ITEM_IDX)
+        _beyond_accuracy(
+            listed,
+            truth,
+            recommendations,
+            item_features=item_features,
+            user_col=USER_IDX,
+            item_col=ITEM_IDX,
+        )
     )
     recommendations.unpersist()
     return metrics

@@ -17,7 +17,6 @@ matplotlib runs headless (the Agg backend).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -28,6 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recspark.core.plots import save_figure
+from recspark.core.storage import Where
 
 RATING_PANEL = ("rmse", "mae", "cold_start_rmse")
 RANKING_PANEL = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "hit_rate_at_k")
@@ -50,13 +50,21 @@ BEST_DIRECTION = {
 }
 #: Rows of the printed table, in order.
 TABLE_ROWS = (
-    *RATING_PANEL, "cold_start_mae", *RANKING_PANEL, "coverage", "novelty", "rare_item_share",
-    "heldout_rare_item_share", "log_popularity", "heldout_log_popularity", "popularity_bias",
+    *RATING_PANEL,
+    "cold_start_mae",
+    *RANKING_PANEL,
+    "coverage",
+    "novelty",
+    "rare_item_share",
+    "heldout_rare_item_share",
+    "log_popularity",
+    "heldout_log_popularity",
+    "popularity_bias",
     "intra_list_diversity",
 )
 
 
-def training_curves(history: list[dict[str, Any]], path: str | Path, objective: str = "rating") -> bool:
+def training_curves(history: list[dict[str, Any]], path: Where, objective: str = "rating") -> bool:
     """Loss per epoch from the trainer's history, and validation RMSE (rating objective) or AUC
     (ranking: 1 - the mean fraction of items scored above a held-out positive); False (no file)
     when the history is empty."""
@@ -66,9 +74,13 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, objective: 
     ranking = objective == "ranking"
     loss_name = "softmax/BPR" if ranking else "MSE"
     figure, (loss_axis, rmse_axis) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    loss_axis.plot(epochs, [r["train_loss"] for r in history], marker="o", label=f"train loss ({loss_name})")
     loss_axis.plot(
-        epochs, [r["validation_loss"] for r in history], marker="o",
+        epochs, [r["train_loss"] for r in history], marker="o", label=f"train loss ({loss_name})"
+    )
+    loss_axis.plot(
+        epochs,
+        [r["validation_loss"] for r in history],
+        marker="o",
         label=f"validation loss ({loss_name})",
     )
     loss_axis.set_xlabel("epoch")
@@ -109,7 +121,8 @@ def best_per_metric(rows: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     best: dict[str, list[str]] = {}
     for metric, higher in BEST_DIRECTION.items():
         figures = {
-            name: value for name, metrics in rows.items()
+            name: value
+            for name, metrics in rows.items()
             if isinstance(value := metrics.get(metric), int | float) and math.isfinite(value)
         }
         if figures:
@@ -162,8 +175,15 @@ def _bars(
             starred = best is not None and name in best.get(metric, ())
             label = "n/a" if value is None else f"{value:.3f}" + (" *" if starred else "")
             y = max(bar.get_height(), 0.0)
-            axis.annotate(label, (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
-                          fontsize=7, rotation=90, fontweight="bold" if starred else "normal")
+            axis.annotate(
+                label,
+                (bar.get_x() + bar.get_width() / 2, y),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90,
+                fontweight="bold" if starred else "normal",
+            )
     axis.margins(y=0.15)  # room for the figures printed above the bars
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(shown))])
     axis.set_xticklabels(shown, rotation=20, fontsize=8)
@@ -172,7 +192,9 @@ def _bars(
 
 
 def metric_table(
-    rows: dict[str, dict[str, Any]], k: int, path: str | Path,
+    rows: dict[str, dict[str, Any]],
+    k: int,
+    path: Where,
     best: dict[str, list[str]] | None = None,
 ) -> None:
     """Grouped bars of every contender's rating, ranking and beyond-accuracy figures (``rows``:
@@ -196,7 +218,7 @@ def histogram(frame: DataFrame, column: str, low: float, high: float, bins: int)
     """Counts of ``column`` in ``bins`` equal bins over ``[low, high]`` (outside: the end bins)."""
     width = (high - low) / bins
     index = F.least(F.greatest(F.floor((F.col(column) - low) / width), F.lit(0)), F.lit(bins - 1))
-    counts = dict(
+    counts: dict[int, int] = dict(
         frame.where(F.col(column).isNotNull() & ~F.isnan(column))
         .groupBy(index.cast("int").alias("bin"))
         .count()
@@ -206,7 +228,7 @@ def histogram(frame: DataFrame, column: str, low: float, high: float, bins: int)
 
 
 def rating_distribution(
-    predicted: list[int], truth: list[int], low: float, high: float, path: str | Path
+    predicted: list[int], truth: list[int], low: float, high: float, path: Where
 ) -> None:
     """Histograms of predicted and true ratings over the same bins."""
     bins = len(predicted)
@@ -215,8 +237,14 @@ def rating_distribution(
     figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
     total_predicted, total_truth = max(1, sum(predicted)), max(1, sum(truth))
     axis.bar(edges, [c / total_truth for c in truth], width, align="edge", alpha=0.5, label="truth")
-    axis.bar(edges, [c / total_predicted for c in predicted], width, align="edge", alpha=0.5,
-             label="prediction")
+    axis.bar(
+        edges,
+        [c / total_predicted for c in predicted],
+        width,
+        align="edge",
+        alpha=0.5,
+        label="prediction",
+    )
     axis.set_xlabel("rating")
     axis.set_ylabel("share of validation rows")
     axis.set_title("Predicted vs true ratings (validation)")
