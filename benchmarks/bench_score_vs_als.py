@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     score_times, als_times, summary = [], [], None
     for attempt in range(args.repeat):
         started = time.perf_counter()
-        summary = score.run(config, spark)
+        summary = score.run(config, spark).summary()
         score_times.append(time.perf_counter() - started)
         target = layout.root / "als_recommendations" / f"attempt-{attempt}"
         started = time.perf_counter()

@@ -17,16 +17,14 @@ import logging
 import sys
 import time
 import traceback
-from dataclasses import dataclass
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from recspark.commands.stage import Stage, StageResult, as_result
+from recspark.commands.stage import Stage
 from recspark.core.config import Config, load_config
 from recspark.core.errors import ConfigError, RecsparkError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    pass
 
 
 #: Every command, in the order ``recspark --help`` lists them; ``recspark.commands.NAME.STAGE``
@@ -43,69 +41,13 @@ COMMAND_NAMES = (
 )
 
 
-@dataclass(frozen=True)
-class _LegacyText:
-    """TEMPORARY (issue 30): the ``--help`` text of a command module that has no ``STAGE`` yet."""
-
-    purpose: str
-    sections: tuple[str, ...]
-    example: str
-
-
-#: TEMPORARY (issue 30): the text of the commands not yet converted to a ``STAGE``. An entry is
-#: read only while its module lacks ``STAGE``; the table goes with the last such command.
-_LEGACY_TEXT = {
-    "generate": _LegacyText(
-        "Write the embedded synthetic ratings data set and its planted factors.",
-        ("paths", "synthetic", "spark"),
-        "recspark generate --set synthetic.users=100000 --set synthetic.ratings=10000000",
-    ),
-    "prepare": _LegacyText(
-        "Check, index and split a ratings table into Parquet for training.",
-        ("paths", "run_date", "input", "split", "prepare", "spark"),
-        "recspark prepare --config conf/movielens-100k.yaml --set split.method=chronological",
-    ),
-    "train": _LegacyText(
-        "Train an embedding model on the prepared tables (Petastorm + PyTorch).",
-        ("paths", "run_date", "model", "train", "ranking", "spark"),
-        "recspark train --set train.epochs=20 --set model.kind=mlp",
-    ),
-    "score": _LegacyText(
-        "Write the top-N recommendations of every user, partitioned by run date.",
-        ("paths", "run_date", "score", "train.device", "spark"),
-        "recspark score --set score.top_n=20",
-    ),
-    "recommend": _LegacyText(
-        "Top-N for one existing or new user, or the items most similar to one item.",
-        ("paths", "run_date", "recommend", "spark"),
-        "recspark recommend --set recommend.user=196 --set recommend.top_n=10",
-    ),
-}
-
-
-def _legacy_stage(name: str, module: ModuleType) -> Stage:
-    """TEMPORARY (issue 30): a :class:`Stage` for a command module without ``STAGE``, from its
-    text above, its ``run(config, spark) -> dict`` and its optional ``precheck(config)``."""
-    text = _LEGACY_TEXT[name]
-
-    def run(config: Config, spark: SparkSession) -> StageResult:
-        return as_result(module.run(config, spark))
-
-    return Stage(
-        name=name,
-        purpose=text.purpose,
-        sections=text.sections,
-        example=text.example,
-        run=run,
-        precheck=getattr(module, "precheck", None),
-    )
-
-
 def stage(name: str) -> Stage:
     """The stage of command ``name``: ``recspark.commands.NAME.STAGE``."""
     module = importlib.import_module(f"recspark.commands.{name}")
     found = getattr(module, "STAGE", None)
-    return found if isinstance(found, Stage) else _legacy_stage(name, module)
+    if not isinstance(found, Stage):
+        raise TypeError(f"recspark.commands.{name} defines no STAGE")
+    return found
 
 
 @functools.cache

@@ -139,7 +139,7 @@ def ml100k_u1(spark, ml100k, tmp_path_factory) -> tuple[Path, dict]:
     ]
     config = load_config(REPO / "conf" / "movielens-100k.yaml", overrides)
     assert str(config.run_date) == ML100K_U1_DATE
-    summary = prepare.run(config, spark)
+    summary = prepare.run(config, spark).summary()
     assert read_json(summary["outputs"]["manifest"])["input"]["format"] == "movielens-100k"
     return root, summary
 

@@ -29,7 +29,7 @@ from recspark.evaluate.metrics import (
     item_popularity,
 )
 from recspark.evaluate.report import best_per_metric, format_metric_table
-from recspark.serve.scoring import recommend_all
+from recspark.serve.scoring import ScoringPlan, recommend_all
 from tests.test_score_job import set_args
 
 # Six users x five items; user 5 rated item 3 twice (X stays binary).
@@ -106,7 +106,10 @@ def test_most_popular_ranks_unseen_items_by_train_count(spark):
     fitted = fit_most_popular(train, 5)
     assert fitted.predict is None  # counts are not ratings
     lists = recommend_all(
-        spark, fitted.scorer.users, seen_items(train), fitted.scorer.payload, 3, device="cpu"
+        spark,
+        fitted.scorer.users,
+        seen_items(train),
+        ScoringPlan(fitted.scorer.payload, 3, device="cpu"),
     ).toPandas()
     got = {u: g.sort_values("rank").item_idx.tolist() for u, g in lists.groupby("user_idx")}
     assert got == {0: [0, 3, 4], 1: [1, 3, 4], 2: [1, 3, 4], 3: [2, 0, 4]}

@@ -19,7 +19,7 @@ from recspark.evaluate.metrics import (
     rating_metrics,
     relevant_items,
 )
-from recspark.serve.scoring import recommend_all
+from recspark.serve.scoring import ScoringPlan, recommend_all
 
 K = 3
 # (user, item, rank). u1 has a relevant item at rank 4, beyond k; u2 has a short list and more
@@ -168,7 +168,9 @@ def test_bias_baseline_recovers_additive_ratings_and_ranks_by_item_bias(spark):
     assert unknown.first()["prediction"] == pytest.approx(3.5)  # mu + b_u; item 4 never rated
     # The scorer ranks by mu + b_u + b_i; user 0 has rated item 0 in this exclusion list.
     seen = seen_items(spark.createDataFrame([(0, 0)], "user_idx int, item_idx int"))
-    lists = recommend_all(spark, fitted.scorer.users, seen, fitted.scorer.payload, 3, device="cpu")
+    lists = recommend_all(
+        spark, fitted.scorer.users, seen, ScoringPlan(fitted.scorer.payload, 3, device="cpu")
+    )
     got = lists.toPandas().sort_values(["user_idx", "rank"])
     assert got.loc[got.user_idx == 0, "item_idx"].tolist() == [1, 4, 3]
     assert got.loc[got.user_idx == 0, "score"].tolist() == pytest.approx([3.75, 3.5, 3.25])

@@ -149,7 +149,7 @@ def test_ml100k_u1_accuracy_of_the_shipped_configs(spark, ml100k, ml100k_u1, tmp
     assert prepared["counts"]["train"] == 80000
     assert prepared["counts"]["validation"] + prepared["counts"]["cold_start"] == 20000
 
-    best = train.run(load_config(shipped, [*_overrides(root, ml100k), *side]), spark)
+    best = train.run(load_config(shipped, [*_overrides(root, ml100k), *side]), spark).summary()
     assert best["metrics"]["validation_rmse"] <= 0.892
     assert best["metrics"]["validation_auc"] > 0.8  # the head learnt which films users pick
     blend = json.loads(Location(best["outputs"]["metrics"]).read_bytes())["blend"]

@@ -25,7 +25,7 @@ def prepare(spark, root: Path, **settings) -> dict:
     values = {"paths.root": str(root), "run_date": "2026-02-01", "spark.conf": "{}"}
     values.update(settings)
     config = load_config(None, [f"{key}={value}" for key, value in values.items()])
-    return run(config, spark)
+    return run(config, spark).summary()
 
 
 def read(summary: dict, name: str) -> pd.DataFrame:

@@ -506,10 +506,12 @@ def test_a_blend_with_ease_is_published_scored_and_recommended_as_one_list(
     table = table.sort_values(["user_id", "rank"])
     lists = table.groupby("user_id")["item_id"].apply(list).to_dict()
     for user_id in sorted(lists)[:5]:
-        result = recommend.run(load_config(None, [*overrides, f"recommend.user={user_id}"]), spark)
+        config = load_config(None, [*overrides, f"recommend.user={user_id}"])
+        result = recommend.run(config, spark).summary()
         assert [row["item_id"] for row in result["recommendations"]] == lists[user_id]
     liked = table["item_id"].drop_duplicates().head(4).tolist()
     pairs = ",".join(f"{item}=5" for item in liked)
-    folded = recommend.run(load_config(None, [*overrides, f"recommend.ratings={pairs}"]), spark)
+    config = load_config(None, [*overrides, f"recommend.ratings={pairs}"])
+    folded = recommend.run(config, spark).summary()
     listed = [row["item_id"] for row in folded["recommendations"]]
     assert len(listed) == 10 and not set(listed) & set(liked)

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from pyspark.sql import SparkSession
 
 from recspark.commands import generate, prepare, score, train
-from recspark.commands.stage import Stage, StageResult, as_result
+from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config, load_config
 from recspark.core.errors import ConfigError
 from recspark.core.location import shown
@@ -117,10 +117,8 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
     def run(spark: SparkSession, dataset: Dataset, split: EvaluationSplit) -> ContenderResult:
         config = _contender_config(spark, dataset, name, model_config)
         layout = Layout(config.paths.root)
-        # TEMPORARY (issue 30): as_result reads train and score while they still return a dict.
-        train_summary, train_seconds = timed(train.run, config, spark)
-        score_summary, score_seconds = timed(score.run, config, spark)
-        trained, scored = as_result(train_summary), as_result(score_summary)
+        trained, train_seconds = timed(train.run, config, spark)
+        scored, score_seconds = timed(score.run, config, spark)
         # benchmark trained the model on this very run moments ago: no id map to check.
         context = PublishedContext.open(layout, config.run_date, check_maps=False)
         contender = published_contender(spark, context, config.train.device)

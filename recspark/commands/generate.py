@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config
 from recspark.core.constants import ITEM_ID, USER_ID
 from recspark.core.storage import Layout, publish, write_json
@@ -25,7 +24,7 @@ def spec_from(config: Config) -> SyntheticSpec:
     return SyntheticSpec(**fields)
 
 
-def run(config: Config, spark: SparkSession) -> dict[str, Any]:
+def run(config: Config, spark: SparkSession) -> StageResult:
     """Generate and publish ``data/ratings`` and ``data/truth``; return the summary fields."""
     layout = Layout(config.paths.root)
     spec = spec_from(config)
@@ -54,8 +53,17 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
     publish(ratings_path, layout.ratings)
     publish(truth_path, layout.truth)
     staging.rmtree()
-    return {
-        "outputs": {"ratings": str(layout.ratings), "truth": str(layout.truth)},
-        "counts": {"ratings": stats["ratings"], "users": stats["users"], "items": stats["items"]},
-        "metrics": {"noise_floor_rmse": floor, "mean_rating": stats["mean"]},
-    }
+    return StageResult(
+        outputs={"ratings": str(layout.ratings), "truth": str(layout.truth)},
+        counts={"ratings": stats["ratings"], "users": stats["users"], "items": stats["items"]},
+        metrics={"noise_floor_rmse": floor, "mean_rating": stats["mean"]},
+    )
+
+
+STAGE = Stage(
+    name="generate",
+    purpose="Write the embedded synthetic ratings data set and its planted factors.",
+    sections=("paths", "synthetic", "spark"),
+    example="recspark generate --set synthetic.users=100000 --set synthetic.ratings=10000000",
+    run=run,
+)

@@ -192,8 +192,7 @@ def _run_stage(
     state.write_journal(journal)
     log.info("nightly %s: %s", journal.run_date, name)
     started = time.perf_counter()
-    # TEMPORARY (issue 30): ``as_result`` reads the stages still returning a dict.
-    result = as_result(STAGES[name].run(config, spark))
+    result = STAGES[name].run(config, spark)
     journal.stage_seconds[name] = round(time.perf_counter() - started, 3)
     journal.summaries[name] = StageReport(
         outputs=dict(result.outputs), counts=dict(result.counts), metrics=dict(result.metrics)

@@ -26,12 +26,12 @@ feed, manifest). Each receives the config sections it reads, picked out here.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config, InputConfig
 from recspark.core.constants import ITEM_ID, ITEM_IDX, TIMESTAMP, USER_ID, USER_IDX, WEIGHT
 from recspark.core.location import Location
@@ -133,7 +133,7 @@ def _write_tables(
     return files
 
 
-def run(config: Config, spark: SparkSession) -> dict[str, Any]:
+def run(config: Config, spark: SparkSession) -> StageResult:
     """Prepare one run date; return the summary's ``outputs``, ``counts`` and ``metrics``."""
     layout = Layout(config.paths.root)
     settings = config.input
@@ -186,11 +186,11 @@ def run(config: Config, spark: SparkSession) -> dict[str, Any]:
         summary_counts.cold_start,
         counts.bad,
     )
-    return {
-        "outputs": outputs,
-        "counts": summary_counts.to_dict(),
-        "metrics": {"rating_mean": train_stats.mean},
-    }
+    return StageResult(
+        outputs=outputs,
+        counts=summary_counts.to_dict(),
+        metrics={"rating_mean": train_stats.mean},
+    )
 
 
 def _index_and_split(
@@ -257,3 +257,13 @@ def _publish(
         )
         write_manifest(folder, manifest)
     return summary_counts, train_stats
+
+
+STAGE = Stage(
+    name="prepare",
+    purpose="Check, index and split a ratings table into Parquet for training.",
+    sections=("paths", "run_date", "input", "split", "prepare", "spark"),
+    example="recspark prepare --config conf/movielens-100k.yaml --set split.method=chronological",
+    run=run,
+    precheck=precheck,
+)

@@ -56,13 +56,8 @@ class Stage:
 
 
 def as_result(summary: StageResult | Mapping[str, Any]) -> StageResult:
-    """A stage's result from what its ``run`` returned.
-
-    TEMPORARY (issue 30): the commands not yet converted to a ``STAGE`` still return their summary
-    fields as a dict; this reads one into a :class:`StageResult` (its ``outputs``, ``counts``,
-    ``metrics`` and every other field, in order, as ``extra``). Remove it with the last such
-    command.
-    """
+    """A :class:`StageResult` from summary fields built as a dict (nightly's own summary): its
+    ``outputs``, ``counts``, ``metrics``, and every other field, in order, as ``extra``."""
     if isinstance(summary, StageResult):
         return summary
     fields = dict(summary)

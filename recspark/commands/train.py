@@ -18,10 +18,9 @@ figures) and ``loss.png``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyspark.sql import SparkSession
 
+from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config
 from recspark.train.artifacts import SUMMARY_METRICS
 from recspark.train.feeding import resolve_feed
@@ -33,21 +32,31 @@ def precheck(config: Config) -> None:
     resolve_feed(config.train.feed)
 
 
-def run(config: Config, spark: SparkSession) -> dict[str, Any]:
+def run(config: Config, spark: SparkSession) -> StageResult:
     """Train, publish ``models/RUN_DATE`` and return the summary fields."""
     trained = train_and_publish(config, spark)
     metrics, blend = trained.published.metrics, trained.blend
-    return {
-        "outputs": trained.published.outputs,
-        "counts": {
+    return StageResult(
+        outputs=trained.published.outputs,
+        counts={
             "train": trained.rows,
             "users": trained.spec.n_users,
             "items": trained.spec.n_items,
             "carried_users": trained.carried.users,
             "carried_items": trained.carried.items,
         },
-        "metrics": {
+        metrics={
             **{k: metrics[k] for k in SUMMARY_METRICS},
             **({"blend": {k: v for k, v in blend.items() if k != "history"}} if blend else {}),
         },
-    }
+    )
+
+
+STAGE = Stage(
+    name="train",
+    purpose="Train an embedding model on the prepared tables (Petastorm + PyTorch).",
+    sections=("paths", "run_date", "model", "train", "ranking", "spark"),
+    example="recspark train --set train.epochs=20 --set model.kind=mlp",
+    run=run,
+    precheck=precheck,
+)

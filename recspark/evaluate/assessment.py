@@ -29,7 +29,7 @@ from recspark.evaluate.baselines import (
     fit_most_popular,
 )
 from recspark.evaluate.metrics import assess, item_popularity, relevant_items
-from recspark.serve.scoring import recommend_all
+from recspark.serve.scoring import ScoringPlan, recommend_all
 
 SUMMARY_BASELINE_KEYS = (
     "rmse",
@@ -140,12 +140,14 @@ def top_k_lists(
         spark,
         users,
         split.seen,
-        scorer.payload,
-        split.k,
-        users_per_block,
-        device,
-        partitions,
-        eligible=split.eligible,
+        ScoringPlan(
+            scorer.payload,
+            split.k,
+            users_per_block=users_per_block,
+            device=device,
+            partitions=partitions,
+            eligible=split.eligible,
+        ),
     )
 
 

@@ -33,7 +33,7 @@ from recspark.evaluate.assessment import (
 from recspark.evaluate.baselines import Fitted, Scorer, fit_als, fit_als_implicit, mean_rating
 from recspark.evaluate.benchmark_report import ContenderResult
 from recspark.evaluate.ease import ease_top_k, fit_ease
-from recspark.serve.scoring import recommend_all
+from recspark.serve.scoring import ScoringPlan, recommend_all
 
 T = TypeVar("T")
 
@@ -153,12 +153,14 @@ def _kernel_recommend_seconds(
         spark,
         scorer.users,
         split.seen,
-        scorer.payload,
-        config.score.top_n,
-        config.score.users_per_block,
-        config.train.device,
-        config.score.partitions,
-        eligible=split.eligible,
+        ScoringPlan(
+            scorer.payload,
+            config.score.top_n,
+            users_per_block=config.score.users_per_block,
+            device=config.train.device,
+            partitions=config.score.partitions,
+            eligible=split.eligible,
+        ),
     )
     started = time.perf_counter()
     lists.write.mode("overwrite").parquet(str(target))

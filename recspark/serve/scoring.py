@@ -139,12 +139,11 @@ def recommend_all(
     spark: SparkSession,
     user_factors: DataFrame,
     seen: DataFrame | None,
-    plan: ScoringPlan | bytes,
-    *legacy: Any,
+    plan: ScoringPlan,
+    *,
     user_columns: DataFrame | None = None,
     carry: tuple[str, ...] = (),
     item_ids: pa.Array | None = None,
-    **legacy_settings: Any,
 ) -> DataFrame:
     """Top-N ``(user_idx, item_idx, rank, score)`` for every row of ``user_factors``.
 
@@ -174,10 +173,6 @@ def recommend_all(
         Raw item id of each item index (``item_ids[i]`` for index ``i``): broadcast with the
         model, and the output gains ``item_id`` after ``item_idx``.
     """
-    if not isinstance(plan, ScoringPlan):
-        # TEMPORARY (issue 30): recspark/evaluate and its tests still call with the payload and
-        # ScoringPlan's other fields as arguments; remove once they pass a ScoringPlan.
-        plan = ScoringPlan(plan, *legacy, **legacy_settings)
     missing = [c for c in (USER_IDX, BIAS, FACTORS) if c not in user_factors.columns]
     if missing:
         raise ValueError(f"user_factors lacks column(s) {missing}; it has {user_factors.columns}")
