@@ -1,4 +1,4 @@
-"""nightly's quality gate: may a candidate model be published, judged against the last published run?
+"""The quality gate: may a candidate model be published, judged against the last published run?
 
 A rating model is judged by its validation RMSE (lower is better): it may exceed the baseline's by
 at most ``nightly.max_rmse_increase`` and, when set, stay under ``nightly.max_rmse``. A ranking
@@ -132,8 +132,17 @@ def quality_gate(
     GateResult
         ``passed``, ``reason`` and the figures the decision used.
     """
-    return _gate(RMSE, "validation RMSE", False, candidate_rmse, baseline,
-                 max_rmse_increase, "nightly.max_rmse_increase", max_rmse, "nightly.max_rmse")
+    return _gate(
+        RMSE,
+        "validation RMSE",
+        False,
+        candidate_rmse,
+        baseline,
+        max_rmse_increase,
+        "nightly.max_rmse_increase",
+        max_rmse,
+        "nightly.max_rmse",
+    )
 
 
 def ranking_gate(
@@ -144,8 +153,17 @@ def ranking_gate(
 ) -> GateResult:
     """Decide whether a ranking model (``model.objective: ranking``) may be published, by its
     validation NDCG@k: its scores are not ratings, so RMSE says nothing about it."""
-    return _gate(NDCG, "validation NDCG@k", True, candidate_ndcg, baseline,
-                 max_ndcg_decrease, "nightly.max_ndcg_decrease", min_ndcg, "nightly.min_ndcg")
+    return _gate(
+        NDCG,
+        "validation NDCG@k",
+        True,
+        candidate_ndcg,
+        baseline,
+        max_ndcg_decrease,
+        "nightly.max_ndcg_decrease",
+        min_ndcg,
+        "nightly.min_ndcg",
+    )
 
 
 def judge(

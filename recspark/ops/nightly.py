@@ -4,7 +4,11 @@
 them, what lives here: the journal of the run in flight, setting the date's outputs aside and
 putting them back, recovery of a run that died (roll back before score's commit, roll forward
 after it), the history record, the check that a date is already published from the same input and
-settings, retention, and what the summary line holds.
+settings, retention, and what the summary line holds (a JSON object, hence its plain dicts).
+
+This module orchestrates stages, so the few functions that derive the stages' settings
+(:func:`input_fingerprint`, :func:`settings_digest`, :func:`stage_config`) take the whole
+:class:`Config`: they hand it on, or digest all of it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from typing import Any
 
 from recspark.core.config import Config
 from recspark.core.errors import QualityGateError
+from recspark.core.lock_record import LockRecord
 from recspark.core.storage import SUCCESS, Layout, clean_leftovers, write_json
 from recspark.data.prepare import REJECTED, input_path
 from recspark.data.sources import fingerprint
 from recspark.model.published import published_version
 from recspark.ops import history, retention
 from recspark.ops.gate import GateResult
-from recspark.ops.history import HistoryRecord
+from recspark.ops.history import HistoryRecord, RunStatus
 from recspark.ops.journal import NightlyJournal, NightlyState, StageReport
 
 log = logging.getLogger(__name__)
@@ -163,7 +168,10 @@ def prune(
     try:
         in_table = table.dates(spark) if table.is_delta else []
         removed = retention.prune_runs(
-            layout, keep_runs, protect={run_date}, extra_dates=in_table,
+            layout,
+            keep_runs,
+            protect={run_date},
+            extra_dates=in_table,
             keep_partitions=table.is_delta,
         )
         table.drop_dates(spark, [date for date in removed if date in in_table])
@@ -201,7 +209,7 @@ def already_published(
             return None
     elif not (layout.recommendations_partition(run_date) / SUCCESS).exists():
         return None
-    version = published_version(layout.model(run_date))
+    version = published_version(str(layout.model(run_date)))
     if version is None or version != record.model_version:
         return None
     return record
@@ -221,7 +229,7 @@ def _committed(state: NightlyState, journal: NightlyJournal) -> bool:
 
 def history_record(
     journal: NightlyJournal,
-    status: str,
+    status: RunStatus,
     error: str | None = None,
     recovered: bool | None = None,
     recovered_by: str | None = None,
@@ -290,7 +298,7 @@ def _roll_back(
     layout: Layout,
     state: NightlyState,
     journal: NightlyJournal,
-    status: str,
+    status: RunStatus,
     error: str,
     recovered_by: str | None = None,
 ) -> HistoryRecord:
@@ -328,7 +336,7 @@ def recover(
     layout: Layout,
     state: NightlyState,
     journal: NightlyJournal,
-    status: str,
+    status: RunStatus,
     error: str,
     recovered_by: str | None = None,
 ) -> HistoryRecord:
@@ -369,7 +377,7 @@ def published_summary(
     journal: NightlyJournal,
     record: HistoryRecord,
     recovered: HistoryRecord | None,
-    stale_lock: dict[str, Any] | None,
+    stale_lock: LockRecord | None,
     removed: list[str],
     retention_error: str | None,
 ) -> dict[str, Any]:
@@ -404,7 +412,7 @@ def published_summary(
             "removed_run_dates": removed,
             "retention_error": retention_error,
             "recovered": brief(recovered),
-            "stale_lock": stale_lock,
+            "stale_lock": _holder(stale_lock),
         },
     }
 
@@ -413,7 +421,7 @@ def skipped_summary(
     layout: Layout,
     record: HistoryRecord,
     recovered: HistoryRecord | None,
-    stale_lock: dict[str, Any] | None,
+    stale_lock: LockRecord | None,
 ) -> dict[str, Any]:
     """The summary of a date already published from the same input and settings."""
     run_date = record.run_date
@@ -432,9 +440,14 @@ def skipped_summary(
             "files and settings; --set nightly.force=true runs it again",
             "run_id": record.run_id,
             "recovered": brief(recovered),
-            "stale_lock": stale_lock,
+            "stale_lock": _holder(stale_lock),
         },
     }
+
+
+def _holder(record: LockRecord | None) -> dict[str, Any] | None:
+    """The summary's account of a lock taken over from a dead holder: its record as written."""
+    return None if record is None else record.as_read
 
 
 def brief(record: HistoryRecord | None) -> dict[str, Any] | None:
