@@ -80,7 +80,7 @@ def boto3_client(
     config = botocore.config.Config(
         region_name=settings.region or session.region_name or DEFAULT_REGION,
         signature_version="s3v4",
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=timeout,
         read_timeout=timeout,
         s3={"addressing_style": "path" if settings.path_style else "virtual"},
