@@ -61,7 +61,7 @@ def _handler(proxy: FlakyProxy, upstream: str) -> type[http.server.BaseHTTPReque
                 self.end_headers()
                 self.wfile.write(UNAVAILABLE)
                 return
-            connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            connection = http.client.HTTPConnection(target.netloc, timeout=30)
             try:
                 connection.request(self.command, self.path, body or None, dict(self.headers))
                 response = connection.getresponse()
@@ -109,7 +109,7 @@ def test_check_held_rides_out_one_503_and_refuses_only_when_the_store_stays_down
         lock.check_held()  # before: one 503 made a healthy run refuse to publish
         assert flaky.answered_503 == 1 and flaky.failures == 0 and not lock.lost
         flaky.failures = 50
-        with pytest.raises(LockHeldError, match="could not confirm .*503.* must not publish"):
+        with pytest.raises(LockHeldError, match=r"could not confirm .*503.* must not publish"):
             lock.check_held()
         flaky.failures = 0
         lock.check_held()  # still ours: the version it wrote was never replaced

@@ -259,7 +259,7 @@ def test_check_held_survives_a_transient_503_and_refuses_when_it_lasts(stub):
         record = json.loads(stub.objects["/bucket/root/_nightly/lock"][0])
         assert record["run_id"] == lease.run_id and not lease.lost
         stub.failures[:] = [503] * 10
-        with pytest.raises(LockHeldError, match="could not confirm .* must not publish"):
+        with pytest.raises(LockHeldError, match=r"could not confirm .* must not publish"):
             lease.check_held()
         stub.failures.clear()
         lease.check_held()  # the lease was never lost: once the store answers, it is confirmed
