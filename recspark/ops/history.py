@@ -134,7 +134,7 @@ def read_history(root: str | os.PathLike | Location) -> list[HistoryRecord]:
 
 def latest_record(
     records: list[HistoryRecord],
-    status: str | None = PUBLISHED,
+    status: RunStatus | None = PUBLISHED,
     run_date: str | None = None,
     before: str | None = None,
     upto: str | None = None,
