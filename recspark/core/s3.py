@@ -27,7 +27,7 @@ import uuid
 
 from recspark.core.errors import ConfigError, LockHeldError
 from recspark.core.lock_record import LockRecord, describe, now
-from recspark.core.s3_client import PreconditionFailed, S3Client, S3Error
+from recspark.core.s3_client import DEFAULT_ATTEMPTS, PreconditionFailed, S3Client, S3Error
 from recspark.core.s3_settings import S3Settings, split_uri
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,11 @@ class S3Lease:
         # The run id makes every holder's record, so its ETag (an MD5 of the body on most stores),
         # unique: If-Match then tells one holder's version from another's.
         self.run_id = run_id or uuid.uuid4().hex
-        self.client = S3Client(settings, timeout=max(5.0, self.lease_seconds / 4))
+        # botocore tries each call up to DEFAULT_ATTEMPTS times: each try gets its share of a
+        # renewal interval, so a store that hangs costs retries, not the lease.
+        self.client = S3Client(
+            settings, timeout=max(5.0, self.lease_seconds / 4 / DEFAULT_ATTEMPTS)
+        )
         self.previous: LockRecord | None = None
         self._started_at = ""
         self._etag: str | None = None
