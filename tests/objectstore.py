@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow.fs
 import pytest
 
-from recspark.core.s3 import S3Settings
+from recspark.core.s3_settings import S3Settings
 
 ACCESS_KEY = "recspark-test"
 SECRET_KEY = "recspark-test-secret"

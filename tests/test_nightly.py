@@ -184,7 +184,8 @@ def test_a_dead_holders_record_is_taken_over(tmp_path):
     }
     path.write_text(json.dumps(record))
     with RunLock(path, DAY1) as lock:
-        assert lock.previous["pid"] == record["pid"]
+        assert lock.previous is not None and lock.previous.pid == record["pid"]
+        assert lock.previous.as_read == record  # the summary reports it as it was written
         assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
@@ -199,7 +200,7 @@ def test_another_hosts_recent_record_is_honoured_and_an_old_one_taken_over(tmp_p
     old = (now - dt.timedelta(hours=2)).isoformat()
     path.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started_at": old}))
     with RunLock(path, DAY1, stale_after_hours=1) as lock:
-        assert lock.previous["host"] == "elsewhere"
+        assert lock.previous is not None and lock.previous.host == "elsewhere"
 
 
 # -- history and retention ----------------------------------------------------------------------
@@ -231,9 +232,15 @@ def test_old_history_records_read_and_a_foreign_file_is_named(tmp_path):
     folder = tmp_path / "history"
     folder.mkdir()
     # A record as an older version wrote it: no figures of the ranking gate, an unknown key.
-    old = {"run_id": "a", "run_date": DAY1, "status": "published", "model_version": "v1",
-           "metrics": {"rmse": 0.9, "stopped_early": True}, "future_key": 1,
-           "gate": {"passed": True, "reason": "first", "baseline_rmse": None}}
+    old = {
+        "run_id": "a",
+        "run_date": DAY1,
+        "status": "published",
+        "model_version": "v1",
+        "metrics": {"rmse": 0.9, "stopped_early": True},
+        "future_key": 1,
+        "gate": {"passed": True, "reason": "first", "baseline_rmse": None},
+    }
     (folder / f"{DAY1}_a.json").write_text(json.dumps(old) + "\n")
     (record,) = read_history(tmp_path)
     assert record.gate.passed and record.gate.baseline_ndcg_at_k is None

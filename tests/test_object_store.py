@@ -101,7 +101,9 @@ def _pipeline(root: str) -> tuple[dict[str, dict], dict]:
     The one ``train`` runs two DDP processes, each reading its shard of the feed from the store;
     one-process training on the store is the nightly runs' train stage.
     """
-    base = tiny_overrides(root, **{"spark.conf": "{}", "evaluate.baselines": "[]"})
+    # tiny_overrides only str()s its root; a URI must not go through Path, which would fold "//".
+    overrides = {"spark.conf": "{}", "evaluate.baselines": "[]"}
+    base = tiny_overrides(root, **overrides)  # type: ignore[arg-type]
     inputs = _write_inputs(Location(root))
     summaries = {}
     for command in ("generate", "prepare"):
@@ -112,7 +114,7 @@ def _pipeline(root: str) -> tuple[dict[str, dict], dict]:
     )
     for command in ("score", "evaluate"):
         summaries[command] = _run(command, base)
-    race = None
+    race: dict = {}
     for day in (DAY1, DAY2):
         nightly = [
             *base,
@@ -130,8 +132,13 @@ def _pipeline(root: str) -> tuple[dict[str, dict], dict]:
             summaries[f"nightly-{day}"] = _run("nightly", nightly)
     summaries["recommend"] = _run(
         "recommend",
-        [*base, f"run_date={DAY2}", "recommend.user=7", "recommend.min_item_ratings=0",
-         "recommend.similar_table=true"],
+        [
+            *base,
+            f"run_date={DAY2}",
+            "recommend.user=7",
+            "recommend.min_item_ratings=0",
+            "recommend.similar_table=true",
+        ],
     )
     return summaries, race
 
@@ -147,7 +154,8 @@ def _check_published(root: Location, summaries: dict[str, dict]) -> None:
     assert [(r.run_date, r.status) for r in records] == [(DAY1, "published"), (DAY2, "published")]
     # Nothing left half-done: no staging folders, no lock, no journal, no retired copies.
     leftovers = [
-        entry.relative for entry in root.listing()
+        entry.relative
+        for entry in root.listing()
         if entry.relative.startswith(("_staging/", "_nightly/stash", "_nightly/inflight"))
         or "/.retired-" in entry.relative
         # A local lock file stays, emptied on release; an object-store lease is deleted.

@@ -18,7 +18,8 @@ import uuid
 import pytest
 
 from recspark.core.errors import ConfigError, LockHeldError
-from recspark.core.s3 import PreconditionFailed, S3Client, S3Error, S3Settings, split_uri
+from recspark.core.s3_client import PreconditionFailed, S3Client, S3Error
+from recspark.core.s3_settings import S3Settings, split_uri
 from recspark.ops.locking import RunLock
 
 DAY1, DAY2 = "2026-03-01", "2026-03-02"
@@ -102,11 +103,17 @@ def test_settings_travel_as_a_dict_and_hide_the_secret():
         S3Settings.from_dict({"endpoint": "x", "secret": "y"})
 
 
-def test_the_client_needs_static_credentials(monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+def test_the_client_refuses_to_start_without_any_credentials(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(ConfigError, match=r"lock .* needs static credentials"):
+    # Nothing in the chain: no profile files, no instance metadata to ask.
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ConfigError, match=r"no S3 credentials .*fs\.s3a\.access\.key"):
         S3Client(S3Settings(endpoint="http://127.0.0.1:1"))
+    with pytest.raises(ConfigError, match="not an http"):
+        S3Client(S3Settings(endpoint="ftp://127.0.0.1:1", access_key="a", secret_key="b"))
     assert split_uri("s3a://b/some/key") == ("b", "some/key")
     with pytest.raises(ValueError):
         split_uri("s3a://bucket-only")
@@ -179,7 +186,7 @@ def test_a_second_holder_is_refused_with_the_first_holders_pid(object_store, buc
 
 HOLD = """
 import json, sys, time
-from recspark.core.s3 import S3Settings
+from recspark.core.s3_settings import S3Settings
 from recspark.ops.locking import RunLock
 lock = RunLock(sys.argv[1], "2026-03-01", s3=S3Settings.from_dict(json.loads(sys.argv[2])),
                lease_seconds=1.0).acquire()
@@ -213,7 +220,7 @@ def test_a_killed_holders_lease_expires_and_is_taken_over(object_store, bucket):
             assert time.monotonic() < deadline, "the killed holder's lease never expired"
             time.sleep(0.2)
     try:
-        assert lock.previous["pid"] == holder.pid
+        assert lock.previous is not None and lock.previous.pid == holder.pid
     finally:
         lock.release()
 
@@ -277,7 +284,8 @@ def test_of_racing_takeovers_of_an_expired_lease_exactly_one_wins(object_store, 
         dead = {"pid": 1, "host": "gone", "run_date": DAY1, "expires_at": "2026-01-01T00:00:00"}
         client.put_object(*split_uri(where), json.dumps(dead).encode())
         won = race(where, settings)
-        assert len(won) == 1 and won[0].previous == dead
+        previous = won[0].previous
+        assert len(won) == 1 and previous is not None and previous.as_read == dead
         won[0].release()
 
 

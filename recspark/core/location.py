@@ -40,6 +40,7 @@ from typing import IO, Any, NamedTuple
 import pyarrow.fs as pafs
 
 from recspark.core.errors import ConfigError
+from recspark.core.s3_settings import S3Settings
 
 LOCAL_SCHEMES = frozenset({"file"})
 S3_SCHEMES = frozenset({"s3a", "s3", "s3n"})
@@ -57,7 +58,7 @@ _lock = threading.Lock()
 def is_uri(text: str | os.PathLike) -> bool:
     """True for ``scheme://...`` text other than ``file://`` (a remote location)."""
     match = _URI.match(str(text))
-    return bool(match) and match.group(1).lower() not in LOCAL_SCHEMES
+    return match is not None and match.group(1).lower() not in LOCAL_SCHEMES
 
 
 def configure(settings: Mapping[str, Any]) -> None:
@@ -71,7 +72,7 @@ def configure(settings: Mapping[str, Any]) -> None:
     prefix = "spark.hadoop."
     with _lock:
         for key, value in settings.items():
-            key = key[len(prefix):] if key.startswith(prefix) else key
+            key = key[len(prefix) :] if key.startswith(prefix) else key
             if key.startswith("fs."):
                 _settings[key] = str(value)
         _filesystems.clear()
@@ -98,14 +99,18 @@ def configure_from_spark(spark: Any) -> None:
     """Take the storage settings from a running session's Hadoop configuration (driver only).
 
     Under ``spark-submit --conf spark.hadoop.fs.s3a.endpoint=...`` (or ``core-site.xml``) the
-    settings are Spark's; reading them back means the Python side needs no second copy.
+    settings are Spark's; reading them back means the Python side needs no second copy. S3A's
+    per-bucket keys (``fs.s3a.bucket.<bucket>.*``) come along.
     """
     conf = spark.sparkContext._jsc.hadoopConfiguration()
-    found = {}
+    found: dict[str, str] = {}
     for key in _HADOOP_KEYS:
         value = conf.get(key)
         if value is not None:
             found[key] = value
+    per_bucket = conf.getValByRegex(r"^fs\.s3a\.bucket\..+")
+    for key in per_bucket.keySet():
+        found[str(key)] = str(per_bucket.get(key))
     configure(found)
 
 
@@ -122,11 +127,10 @@ _HADOOP_KEYS = (
 )
 
 
-def s3_settings():
-    """The :class:`recspark.core.s3.S3Settings` from this process's settings and environment."""
-    from recspark.core.s3 import S3Settings
-
-    return S3Settings.from_hadoop(settings())
+def s3_settings(bucket: str | None = None) -> S3Settings:
+    """The :class:`recspark.core.s3_settings.S3Settings` from this process's settings and
+    environment; with ``bucket``, S3A's per-bucket keys for it override the general ones."""
+    return S3Settings.from_hadoop(settings(), bucket=bucket)
 
 
 def _filesystem(scheme: str, authority: str) -> pafs.FileSystem:
@@ -197,6 +201,9 @@ class Location:
     """
 
     __slots__ = ("authority", "path", "scheme")
+    scheme: str
+    authority: str
+    path: str
 
     def __init__(self, where: str | os.PathLike | Location):
         if isinstance(where, Location):
@@ -209,14 +216,16 @@ class Location:
             self.authority = match.group(2)
             self.path = posixpath.normpath("/" + (match.group(3) or "/").strip("/"))
             if not self.authority and self.scheme not in HDFS_SCHEMES:
-                raise ConfigError(f"{text!r} names no bucket or container: use {self.scheme}://NAME/...")
+                raise ConfigError(
+                    f"{text!r} names no bucket or container: use {self.scheme}://NAME/..."
+                )
             if self.scheme not in SCHEMES:
                 _filesystem(self.scheme, self.authority)  # raises the clear error
             return
         if text.startswith("file://"):
-            text = text[len("file://"):]
+            text = text[len("file://") :]
         elif text.startswith("file:"):
-            text = text[len("file:"):]
+            text = text[len("file:") :]
         self.scheme, self.authority = "file", ""
         self.path = os.path.abspath(text)
 
@@ -266,7 +275,11 @@ class Location:
 
     @property
     def name(self) -> str:
-        return posixpath.basename(self.path.rstrip("/")) if not self.is_local else os.path.basename(self.path)
+        return (
+            posixpath.basename(self.path.rstrip("/"))
+            if not self.is_local
+            else os.path.basename(self.path)
+        )
 
     @property
     def parent(self) -> Location:
@@ -338,7 +351,12 @@ class Location:
         selector = pafs.FileSelector(self.fs_path, recursive=True, allow_not_found=True)
         base = len(self.fs_path.rstrip("/")) + 1
         entries = [
-            FileEntry(self / entry.path[base:], entry.path[base:], int(entry.size or 0), entry.mtime_ns or 0)
+            FileEntry(
+                self / entry.path[base:],
+                entry.path[base:],
+                int(entry.size or 0),
+                entry.mtime_ns or 0,
+            )
             for entry in self.filesystem.get_file_info(selector)
             if entry.type == pafs.FileType.File
         ]

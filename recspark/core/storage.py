@@ -99,7 +99,7 @@ def published_dates(folder: Where) -> list[str]:
 def latest_date(
     folder: Where, before: dt.date | str | None = None, upto: dt.date | str | None = None
 ) -> str | None:
-    """The newest published run date under ``folder``, optionally strictly before or up to a date."""
+    """The newest published run date under ``folder``, optionally before or up to a date."""
     dates = published_dates(folder)
     if before is not None:
         dates = [d for d in dates if d < str(before)]
@@ -224,5 +224,7 @@ def read_parquet(folder: Where, columns: list[str] | None = None):
     if not files:
         raise FileNotFoundError(f"no Parquet files in {location}")
     parquet_safety.check_parquet_files(files)  # each footer before any row: no crafted types
-    tables = [pq.read_table(file.fs_path, columns=columns, filesystem=file.filesystem) for file in files]
+    tables = [
+        pq.read_table(file.fs_path, columns=columns, filesystem=file.filesystem) for file in files
+    ]
     return pa.concat_tables(tables)

@@ -1,4 +1,4 @@
-"""nightly's quality gate: may a candidate model be published, judged against the last published run?
+"""The quality gate: may a candidate model be published, judged against the last published run?
 
 A rating model is judged by its validation RMSE (lower is better): it may exceed the baseline's by
 at most ``nightly.max_rmse_increase`` and, when set, stay under ``nightly.max_rmse``. A ranking
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
@@ -34,6 +34,20 @@ _FIGURES = {
         "min_ndcg",
     ),
 }
+
+
+class _Rule(NamedTuple):
+    """One gate: the figure it reads, how it names it, which way is better, its settings."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+    max_worse_setting: str
+    bound_setting: str
+
+
+_RATING = _Rule(RMSE, "validation RMSE", False, "nightly.max_rmse_increase", "nightly.max_rmse")
+_RANKING = _Rule(NDCG, "validation NDCG@k", True, "nightly.max_ndcg_decrease", "nightly.min_ndcg")
 
 
 class Baseline(Protocol):
@@ -132,8 +146,7 @@ def quality_gate(
     GateResult
         ``passed``, ``reason`` and the figures the decision used.
     """
-    return _gate(RMSE, "validation RMSE", False, candidate_rmse, baseline,
-                 max_rmse_increase, "nightly.max_rmse_increase", max_rmse, "nightly.max_rmse")
+    return _gate(_RATING, candidate_rmse, baseline, max_worse=max_rmse_increase, bound=max_rmse)
 
 
 def ranking_gate(
@@ -144,14 +157,13 @@ def ranking_gate(
 ) -> GateResult:
     """Decide whether a ranking model (``model.objective: ranking``) may be published, by its
     validation NDCG@k: its scores are not ratings, so RMSE says nothing about it."""
-    return _gate(NDCG, "validation NDCG@k", True, candidate_ndcg, baseline,
-                 max_ndcg_decrease, "nightly.max_ndcg_decrease", min_ndcg, "nightly.min_ndcg")
+    return _gate(_RANKING, candidate_ndcg, baseline, max_worse=max_ndcg_decrease, bound=min_ndcg)
 
 
 def judge(
     objective: str,
-    evaluated: dict[str, Any],
-    trained: dict[str, Any],
+    evaluated: Mapping[str, Any],
+    trained: Mapping[str, Any],
     baseline: Baseline | None,
     settings: NightlyConfig,
 ) -> GateResult:
@@ -178,16 +190,14 @@ def judge(
 
 
 def _gate(
-    key: str,
-    label: str,
-    higher_is_better: bool,
+    rule: _Rule,
     candidate: float | None,
     baseline: Baseline | None,
+    *,
     max_worse: float,
-    max_worse_setting: str,
     bound: float | None,
-    bound_setting: str,
 ) -> GateResult:
+    key, label, higher_is_better, max_worse_setting, bound_setting = rule
     change = f"{key}_{'decrease' if higher_is_better else 'increase'}"
     base = baseline.metrics.get(key) if baseline is not None else None
     figures: dict[str, Any] = {

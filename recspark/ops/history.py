@@ -30,9 +30,10 @@ from recspark.core.errors import BadInputError
 from recspark.core.location import Location
 from recspark.ops.gate import GateResult
 
-PUBLISHED = "published"
-REJECTED = "rejected"
-FAILED = "failed"
+RunStatus = Literal["published", "rejected", "failed"]
+PUBLISHED: RunStatus = "published"
+REJECTED: RunStatus = "rejected"
+FAILED: RunStatus = "failed"
 STATUSES = (PUBLISHED, REJECTED, FAILED)
 # Keys a record holds only when they apply (a recovered or rolled-back run).
 _WHEN_SET = ("recovered", "recovered_by", "rejected_outputs")
@@ -49,7 +50,7 @@ class HistoryRecord(BaseModel):
 
     run_id: str = Field(min_length=1)
     run_date: str = Field(min_length=1)
-    status: Literal["published", "rejected", "failed"]
+    status: RunStatus
     model_version: str | None = None
     # The stages' numeric figures (train's, then evaluate's); booleans stay booleans.
     metrics: dict[str, bool | int | float | None] = Field(default_factory=dict)
@@ -99,7 +100,9 @@ def append_record(root: str | os.PathLike | Location, record: HistoryRecord) -> 
         The run's record.
     """
     final = record_path(root, record)
-    final.write_text(json.dumps(record.model_dump(mode="json", fallback=str), sort_keys=True) + "\n")
+    final.write_text(
+        json.dumps(record.model_dump(mode="json", fallback=str), sort_keys=True) + "\n"
+    )
     return final
 
 
@@ -131,7 +134,7 @@ def read_history(root: str | os.PathLike | Location) -> list[HistoryRecord]:
 
 def latest_record(
     records: list[HistoryRecord],
-    status: str | None = PUBLISHED,
+    status: RunStatus | None = PUBLISHED,
     run_date: str | None = None,
     before: str | None = None,
     upto: str | None = None,

@@ -4,7 +4,12 @@
 them, what lives here: the journal of the run in flight, setting the date's outputs aside and
 putting them back, recovery of a run that died (roll back before score's commit, roll forward
 after it), the history record, the check that a date is already published from the same input and
-settings, retention, and what the summary line holds.
+settings and retention. What the summary line holds is built in
+:mod:`recspark.ops.nightly_summary`.
+
+This module orchestrates stages, so the few functions that derive the stages' settings
+(:func:`input_fingerprint`, :func:`settings_digest`, :func:`stage_config`) take the whole
+:class:`Config`: they hand it on, or digest all of it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
 from recspark.core.config import Config
 from recspark.core.errors import QualityGateError
@@ -26,8 +31,17 @@ from recspark.data.quarantine import REJECTED
 from recspark.model.published import published_version
 from recspark.ops import history, retention
 from recspark.ops.gate import GateResult
-from recspark.ops.history import HistoryRecord
+from recspark.ops.history import HistoryRecord, RunStatus
 from recspark.ops.journal import NightlyJournal, NightlyState, StageReport
+
+# The summary line is built in its own module; commands.nightly reaches it through this one.
+from recspark.ops.nightly_summary import published_summary as published_summary
+from recspark.ops.nightly_summary import skipped_summary as skipped_summary
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from recspark.serve.tables import OutputTable
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +167,11 @@ def recover_failed(
 
 
 def prune(
-    layout: Layout, state: NightlyState, keep_runs: int, run_date: str, spark=None
+    layout: Layout,
+    state: NightlyState,
+    keep_runs: int,
+    run_date: str,
+    spark: SparkSession | None = None,
 ) -> tuple[list[str], str | None]:
     """Retention after a publish: (run dates removed, the error when clean-up failed).
 
@@ -162,12 +180,16 @@ def prune(
     """
     table = state.table
     try:
-        in_table = table.dates(spark) if table.is_delta else []
+        in_table = table.dates(_session(spark)) if table.is_delta else []
         removed = retention.prune_runs(
-            layout, keep_runs, protect={run_date}, extra_dates=in_table,
+            layout,
+            keep_runs,
+            protect={run_date},
+            extra_dates=in_table,
             keep_partitions=table.is_delta,
         )
-        table.drop_dates(spark, [date for date in removed if date in in_table])
+        if table.is_delta:  # a Parquet table's dates went with their folders
+            table.drop_dates(_session(spark), [date for date in removed if date in in_table])
         if removed and spark is not None:
             table.register(spark)  # the catalog forgets the removed dates too
         retention.prune_folder(state.rejected, keep_runs)
@@ -186,8 +208,8 @@ def already_published(
     run_date: str,
     input_digest: str,
     settings: str,
-    table=None,
-    spark=None,
+    table: OutputTable | None = None,
+    spark: SparkSession | None = None,
 ) -> HistoryRecord | None:
     """The record of ``run_date``'s live publication when it came from the same input files and
     settings and its outputs are in place; None when the date must run."""
@@ -198,17 +220,24 @@ def already_published(
     ):
         return None
     if table is not None and table.is_delta:
-        if not table.has_date(spark, run_date):
+        if not table.has_date(_session(spark), run_date):
             return None
     elif not (layout.recommendations_partition(run_date) / SUCCESS).exists():
         return None
-    version = published_version(layout.model(run_date))
+    version = published_version(str(layout.model(run_date)))
     if version is None or version != record.model_version:
         return None
     return record
 
 
 # -- recovery -----------------------------------------------------------------------------------
+
+
+def _session(spark: SparkSession | None) -> SparkSession:
+    """The session a Delta recommendations table is read and changed through."""
+    if spark is None:
+        raise ValueError("a Delta recommendations table needs the SparkSession; none was given")
+    return spark
 
 
 def _committed(state: NightlyState, journal: NightlyJournal) -> bool:
@@ -222,7 +251,7 @@ def _committed(state: NightlyState, journal: NightlyJournal) -> bool:
 
 def history_record(
     journal: NightlyJournal,
-    status: str,
+    status: RunStatus,
     error: str | None = None,
     recovered: bool | None = None,
     recovered_by: str | None = None,
@@ -291,7 +320,7 @@ def _roll_back(
     layout: Layout,
     state: NightlyState,
     journal: NightlyJournal,
-    status: str,
+    status: RunStatus,
     error: str,
     recovered_by: str | None = None,
 ) -> HistoryRecord:
@@ -329,7 +358,7 @@ def recover(
     layout: Layout,
     state: NightlyState,
     journal: NightlyJournal,
-    status: str,
+    status: RunStatus,
     error: str,
     recovered_by: str | None = None,
 ) -> HistoryRecord:
@@ -360,92 +389,3 @@ def recover_crashed(layout: Layout, state: NightlyState, recovered_by: str) -> H
         f"recovered by run {recovered_by}"
     )
     return recover(layout, state, journal, history.FAILED, error, recovered_by=recovered_by)
-
-
-# -- the summary line ---------------------------------------------------------------------------
-
-
-def published_summary(
-    layout: Layout,
-    journal: NightlyJournal,
-    record: HistoryRecord,
-    recovered: HistoryRecord | None,
-    stale_lock: dict[str, Any] | None,
-    removed: list[str],
-    retention_error: str | None,
-) -> dict[str, Any]:
-    """The summary of a run that published: outputs, counts, metrics (with the gate's figures)
-    and the ``nightly`` facts (decision, gate, stage timings, recovery, retention)."""
-    run_date = journal.run_date
-    gate = journal.gate
-    metrics: dict[str, Any] = dict(record.metrics)
-    metrics["model_version"] = record.model_version
-    if gate is not None:
-        metrics.update(gate.figures())
-    evaluated = journal.summaries.get("evaluate")
-    outputs = {
-        "recommendations": str(layout.recommendations),
-        "partition": str(layout.recommendations_partition(run_date)),
-        "model": str(layout.model(run_date)),
-        "prepared": str(layout.prepared(run_date)),
-        "report": evaluated.outputs.get("report") if evaluated is not None else None,
-        "history": str(history.record_path(layout.root, record)),
-    }
-    return {
-        "outputs": outputs,
-        "counts": {**record.counts, "removed_runs": len(removed)},
-        "metrics": metrics,
-        "nightly": {
-            "decision": history.PUBLISHED,
-            "run_id": journal.run_id,
-            "warm_start": journal.warm_start,
-            "warm_start_from": record.warm_start_from,
-            "gate": gate.model_dump(mode="json") if gate is not None else None,
-            "stage_seconds": journal.stage_seconds,
-            "removed_run_dates": removed,
-            "retention_error": retention_error,
-            "recovered": brief(recovered),
-            "stale_lock": stale_lock,
-        },
-    }
-
-
-def skipped_summary(
-    layout: Layout,
-    record: HistoryRecord,
-    recovered: HistoryRecord | None,
-    stale_lock: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The summary of a date already published from the same input and settings."""
-    run_date = record.run_date
-    log.info("%s is already published from the same input and settings: nothing to do", run_date)
-    return {
-        "outputs": {
-            "recommendations": str(layout.recommendations),
-            "partition": str(layout.recommendations_partition(run_date)),
-            "model": str(layout.model(run_date)),
-        },
-        "counts": record.counts,
-        "metrics": {**record.metrics, "model_version": record.model_version},
-        "nightly": {
-            "decision": "skipped",
-            "reason": f"{run_date} was published by run {record.run_id} from the same input "
-            "files and settings; --set nightly.force=true runs it again",
-            "run_id": record.run_id,
-            "recovered": brief(recovered),
-            "stale_lock": stale_lock,
-        },
-    }
-
-
-def brief(record: HistoryRecord | None) -> dict[str, Any] | None:
-    """The summary's account of a recovered run."""
-    if record is None:
-        return None
-    return {
-        "run_id": record.run_id,
-        "run_date": record.run_date,
-        "status": record.status,
-        "stage": record.stage,
-        "error": record.error,
-    }
