@@ -160,7 +160,7 @@ def object_store(tmp_path_factory):
     store.stop()
 
 
-def tiny_overrides(root: Path, **extra: object) -> list[str]:
+def tiny_overrides(root: str | Path, **extra: object) -> list[str]:
     """--set overrides for a small synthetic run under ``root`` that trains in seconds."""
     values = {
         "paths.root": str(root),

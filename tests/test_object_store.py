@@ -103,7 +103,7 @@ def _pipeline(root: str) -> tuple[dict[str, dict], dict]:
     """
     # tiny_overrides only str()s its root; a URI must not go through Path, which would fold "//".
     overrides = {"spark.conf": "{}", "evaluate.baselines": "[]"}
-    base = tiny_overrides(root, **overrides)  # type: ignore[arg-type]
+    base = tiny_overrides(root, **overrides)
     inputs = _write_inputs(Location(root))
     summaries = {}
     for command in ("generate", "prepare"):

@@ -134,7 +134,7 @@ def recspark_contender(name: str = "recspark", model_config: str | None = None) 
             "model_version": published.model_version,
             "kind": published.spec.kind,
             "objective": published.meta.objective,
-            "factors": published.spec.factors,
+            "factors": getattr(published.spec, "factors", None),  # the dot kinds and the mlp
             "epochs": trained.metrics.get("epochs"),
             "trainer_validation_rmse": trained.metrics.get("validation_rmse"),
             "scored_users": scored.counts["users"],

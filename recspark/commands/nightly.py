@@ -57,6 +57,7 @@ from recspark.ops.gate import judge
 from recspark.ops.history import HistoryRecord
 from recspark.ops.journal import NightlyJournal, NightlyState, StageReport
 from recspark.ops.locking import RunLock
+from recspark.ops.nightly_summary import published_summary, skipped_summary
 from recspark.serve.tables import recommendations_table
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,17 @@ def _run_locked(config: Config, spark: SparkSession) -> dict[str, Any]:
             None
             if config.nightly.force
             else unit.already_published(
-                layout, records, run_date, fingerprint, digest, state.table, spark
+                layout,
+                records,
+                run_date=run_date,
+                input_digest=fingerprint,
+                settings=digest,
+                table=state.table,
+                spark=spark,
             )
         )
         if done is not None:
-            return unit.skipped_summary(layout, done, recovered, lock.previous)
+            return skipped_summary(layout, done, recovered, lock.previous)
         # The newest published run up to this date: yesterday's for a nightly run, the date's own
         # live version when a date is run again with new input or settings.
         baseline = history.latest_record(records, history.PUBLISHED, upto=run_date)
@@ -152,7 +159,13 @@ def _run_unit(
     run_date = str(config.run_date)
     stale_lock = lock.previous
     journal = unit.start_journal(
-        layout, state, run_id, run_date, fingerprint, digest, config.nightly.warm_start
+        layout,
+        state,
+        run_id=run_id,
+        run_date=run_date,
+        input_digest=fingerprint,
+        settings=digest,
+        warm_start=config.nightly.warm_start,
     )
     settings = unit.stage_config(config)
     try:
@@ -180,7 +193,7 @@ def _run_unit(
             raise
         log.warning("run %s is published; a step after the commit failed: %s", run_id, exc)
     removed, retention_error = unit.prune(layout, state, config.nightly.keep_runs, run_date, spark)
-    return unit.published_summary(
+    return published_summary(
         layout, journal, record, recovered, stale_lock, removed, retention_error
     )
 

@@ -196,7 +196,7 @@ def _known_user(
     raw_user = to_raw_id(str(settings.user), user_index.schema[USER_ID].dataType, "recommend.user")
     user_idx = lookup_user(user_index, raw_user)
     # data.prepared annotates Path but takes the Location Layout.prepared gives.
-    rows = rated(spark, prepared)  # type: ignore[arg-type]
+    rows = rated(spark, prepared)
     seen = [
         row[ITEM_IDX]
         for row in rows.where(F.col(USER_IDX) == user_idx).select(ITEM_IDX).distinct().collect()

@@ -27,7 +27,7 @@ def loss_curve(
     epochs: list[int],
     train_loss: list[float],
     validation_loss: list[float],
-    path: str | Path,
+    path: str | Path | Location,
     loss_name: str = "MSE",
 ) -> None:
     """Train and validation loss per epoch."""

@@ -206,13 +206,13 @@ def eligible_items(
     return item_rating_counts(train, n_items, item_col) >= min_item_ratings
 
 
-def rated(spark: SparkSession, prepared: Path, names=RATED_SPLITS) -> DataFrame:
+def rated(spark: SparkSession, prepared: Path | Location, names=RATED_SPLITS) -> DataFrame:
     """``(user_idx, item_idx)`` of every rating in the prepared run's splits."""
     frames = [spark.read.parquet(str(prepared / name)).select(USER_IDX, ITEM_IDX) for name in names]
     return reduce(DataFrame.unionByName, frames)
 
 
-def rated_by_user(spark: SparkSession, prepared: Path) -> DataFrame:
+def rated_by_user(spark: SparkSession, prepared: Path | Location) -> DataFrame:
     """``(user_idx, items)``: every item each user rated, as ``prepare`` wrote it (``rated/``).
 
     A prepared run from before ``rated/`` existed is regrouped from its splits (one shuffle).
@@ -229,7 +229,7 @@ def rated_by_user(spark: SparkSession, prepared: Path) -> DataFrame:
 PYARROW_TABLES = ("train", "validation", "user_index", "item_index", RATED)
 
 
-def check_tables(prepared: Path, names: tuple[str, ...] = PYARROW_TABLES) -> None:
+def check_tables(prepared: Path | Location, names: tuple[str, ...] = PYARROW_TABLES) -> None:
     """Refuse a prepared run with a file that pyarrow must not open, before any row is read.
 
     A prepared run lies under ``paths.root``, where others may write: every file that a Parquet
@@ -245,7 +245,7 @@ def check_tables(prepared: Path, names: tuple[str, ...] = PYARROW_TABLES) -> Non
         parquet_safety.check_parquet_folder(Location(prepared) / name)
 
 
-def lists_every_user(prepared: Path, users: int) -> bool:
+def lists_every_user(prepared: Path | Location, users: int) -> bool:
     """Whether ``prepared/rated/`` has one row per user of the id map, with its raw id: the list
     of users to score as it lies. (Runs prepared before it did need the model's user table.)"""
     folder = prepared / RATED

@@ -300,7 +300,8 @@ def align(
 def load_side_features(
     format: str,
     path: str | Path,
-    prepared: str | Path,
+    prepared: str | Path | Location,
+    *,
     n_users: int,
     n_items: int,
     users: bool = True,

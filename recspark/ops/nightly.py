@@ -35,8 +35,6 @@ from recspark.ops.history import HistoryRecord, RunStatus
 from recspark.ops.journal import NightlyJournal, NightlyState, StageReport
 
 # The summary line is built in its own module; commands.nightly reaches it through this one.
-from recspark.ops.nightly_summary import published_summary as published_summary
-from recspark.ops.nightly_summary import skipped_summary as skipped_summary
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -96,6 +94,7 @@ def stage_config(config: Config) -> Config:
 def start_journal(
     layout: Layout,
     state: NightlyState,
+    *,
     run_id: str,
     run_date: str,
     input_digest: str,
@@ -205,6 +204,7 @@ def prune(
 def already_published(
     layout: Layout,
     records: list[HistoryRecord],
+    *,
     run_date: str,
     input_digest: str,
     settings: str,
@@ -224,7 +224,7 @@ def already_published(
             return None
     elif not (layout.recommendations_partition(run_date) / SUCCESS).exists():
         return None
-    version = published_version(str(layout.model(run_date)))
+    version = published_version(layout.model(run_date))
     if version is None or version != record.model_version:
         return None
     return record

@@ -45,7 +45,7 @@ module reads ``recommend.ratings`` (:func:`parse_ratings`) and picks the solver 
 from __future__ import annotations
 
 import math
-from typing import TypeGuard, cast
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -149,7 +149,7 @@ def fold_in(
     vectors = table(model, "item_factors").weight.detach().cpu().numpy()[item_idx]
     if isinstance(model, DotBias):
         bias = table(model, "item_bias").weight.detach().cpu().numpy()[item_idx, 0]
-        y_range = cast("tuple[float, float] | None", model.y_range)
+        y_range = model.y_range
         return fold_in_dot_bias(vectors, bias, ratings, y_range, regularization)
     if isinstance(model, DotProduct):
         return fold_in_dot(vectors, ratings, regularization)

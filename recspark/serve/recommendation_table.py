@@ -59,8 +59,7 @@ def recommendation_table(
     """
     index = prepared / "item_index"
     id_type = spark.read.parquet(str(index)).schema[ITEM_ID].dataType  # as Spark reads it
-    # data.prepared and model.saving annotate Path, but take the Location Layout.prepared gives.
-    item_ids = raw_ids(index, ITEM_ID, ITEM_IDX, parquet_rows(index))  # type: ignore[arg-type]
+    item_ids = raw_ids(index, ITEM_ID, ITEM_IDX, parquet_rows(index))
     item_ids = item_ids.cast(to_arrow_type(id_type))
     if isinstance(model_users, UserTable):
         listed = spark.read.parquet(str(prepared / RATED))
@@ -75,7 +74,7 @@ def recommendation_table(
         recommendations = recommend_all(
             spark,
             model_users,
-            rated_by_user(spark, prepared) if exclude_seen else None,  # type: ignore[arg-type]
+            rated_by_user(spark, prepared) if exclude_seen else None,
             plan,
             user_columns=None if carried else user_ids,
             carry=(USER_ID,) if carried else (),
@@ -102,7 +101,7 @@ def model_users(
     weights = model.user_factors.weight
     size = (weights.numel() + len(weights)) * 4  # factors and one bias per user, float32
     fits = size <= limit_mb * 2**20
-    if fits and lists_every_user(prepared, len(weights)):  # type: ignore[arg-type]  # a Location
+    if fits and lists_every_user(prepared, len(weights)):
         return UserTable.of(model)
     log.info(
         "joining the user table (%.1f MiB; score.broadcast_users_mb=%s) with %s",

@@ -179,7 +179,7 @@ def publish_model(
                 [r.epoch for r in history],
                 [r.train_loss for r in history],
                 [r.validation_loss for r in history],
-                folder / "loss.png",  # type: ignore[arg-type]  # plots writes to a Location too
+                folder / "loss.png",
                 trained.loss_name,
             )
     outputs = {name: str(final / relative) for name, relative in names.items()}

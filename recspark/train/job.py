@@ -218,7 +218,7 @@ def train_and_publish(config: Config, spark: SparkSession) -> TrainRun:
     prepared = layout.prepared(config.run_date)
     # pyarrow and petastorm read them: no file that could run code. (Its annotation says Path;
     # it reads a Location, as it always has.)
-    check_tables(prepared)  # type: ignore[arg-type]
+    check_tables(prepared)
     spec = model_spec(config.model, config.train, config.lists, manifest, prepared)
     rows = train_rows(prepared)
     model = init_model(spec.as_dict(), config.train.seed)

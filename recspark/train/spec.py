@@ -74,11 +74,11 @@ def side_features(
     return load_side_features(
         side.format,
         side.path,
-        prepared,  # type: ignore[arg-type]  # annotated str | Path; it reads Locations too
-        manifest.users,
-        manifest.items,
-        side.users,
-        side.items,
+        prepared,
+        n_users=manifest.users,
+        n_items=manifest.items,
+        users=side.users,
+        items=side.items,
     )
 
 
