@@ -10,9 +10,9 @@
 STACK ?= pinned
 # On the current stack: the five stages, nightly, object stores, Delta tables, the feed contract,
 # files that could run code, and a model trained on one stack scored on the other.
-CURRENT_TESTS := tests/test_pipeline.py tests/test_nightly.py tests/test_object_store.py \
-	tests/test_tables.py tests/test_feed_contract.py tests/test_untrusted_files.py \
-	tests/test_cross_stack.py
+CURRENT_TESTS := tests/e2e/test_pipeline.py tests/e2e/test_nightly.py tests/e2e/test_object_store.py \
+	tests/e2e/test_tables.py tests/unit/train/test_feed_contract.py \
+	tests/e2e/test_untrusted_files.py tests/e2e/test_cross_stack.py
 ifeq ($(STACK),pinned)
 VENV := .venv
 CONSTRAINTS := constraints.txt

@@ -120,7 +120,7 @@ def ml100k_u1(spark, ml100k, tmp_path_factory) -> tuple[Path, dict]:
     """MovieLens 100K's u1 split (u1.base -> u1.test, ``split.method: given``) prepared once for
     the session, as ``prepare`` prepares it with ``conf/movielens-100k.yaml``.
 
-    ``input.format: auto`` here, which tests/test_prepare.py checks on this run: it resolves to
+    ``input.format: auto`` here, which tests/e2e/test_prepare.py checks on this run: it resolves to
     the shipped config's ``movielens-100k`` (asserted below), so the tables are the shipped
     config's. Returns the root holding ``prepared/2026-01-01`` and prepare's summary fields.
     Nothing may change it: a test that trains on it copies ``prepared/`` into a root of its own
@@ -197,11 +197,11 @@ def run_quietly(command: str, overrides: list[str]) -> tuple[int, dict]:
 def tiny_trained(spark, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """generate -> prepare -> train of :func:`tiny_overrides`, once for the session.
 
-    The commands are given ``paths.root`` as a ``file://`` URI (tests/test_pipeline.py goes on to
-    score and evaluate it so, and checks all five stages); tests/test_recommend.py queries its
-    model with a plain path, and tests/test_ranking.py trains a ranking model on a copy of its
-    data and prepared split. Returns the root, a local path, and the summaries by command. Tests
-    add outputs under it (scores, evaluations, similar-items tables) but never replace these.
+    The commands are given ``paths.root`` as a ``file://`` URI (tests/e2e/test_pipeline.py goes on
+    to score and evaluate it so, and checks all five stages); tests/e2e/test_recommend.py queries
+    its model with a plain path, and tests/e2e/test_ranking.py trains a ranking model on a copy of
+    its data and prepared split. Returns the root, a local path, and the summaries by command.
+    Tests add outputs under it (scores, evaluations, similar-items tables) but never replace these.
     """
     root = tmp_path_factory.mktemp("tiny-run")
     overrides = tiny_overrides(root.as_uri())

@@ -21,8 +21,8 @@ from recspark.model.published import load_published_model
 from recspark.model.saving import load_model, model_bytes, model_from_bytes
 from recspark.train.job import model_spec, warm_start
 from recspark.train.loop import init_model
-from tests.test_train_job import train
-from tests.test_training import planted_ratings, write_prepared
+from tests.e2e.test_train_job import train
+from tests.unit.train.test_training import planted_ratings, write_prepared
 
 USERS, ITEMS = 40, 25
 

@@ -30,7 +30,7 @@ from recspark.evaluate.metrics import (
 )
 from recspark.evaluate.report import best_per_metric, format_metric_table
 from recspark.serve.scoring import recommend_all
-from tests.test_score_job import set_args
+from tests.e2e.test_score_job import set_args
 
 # Six users x five items; user 5 rated item 3 twice (X stays binary).
 X = np.array(

@@ -11,7 +11,7 @@ import torch
 from recspark.cli import main
 from recspark.core.storage import Layout
 from recspark.model.registry import build_model
-from tests.test_score_job import RUN_DATE, publish_hand_made_run, set_args
+from tests.e2e.test_score_job import RUN_DATE, publish_hand_made_run, set_args
 
 USERS, ITEMS = 60, 40
 

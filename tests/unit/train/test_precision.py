@@ -28,7 +28,7 @@ from recspark.train.objectives.ranking import (
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.optim import Optimizers
 from recspark.train.precision import autocast, matmul_precision, resolve_precision
-from tests.test_training import SPEC, planted_ratings, quick, write_prepared
+from tests.unit.train.test_training import SPEC, planted_ratings, quick, write_prepared
 
 CPU = torch.device("cpu")
 MLP_SPEC = {

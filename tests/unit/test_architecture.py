@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "recspark"
+PACKAGE = Path(__file__).resolve().parents[2] / "recspark"
 
 #: Upstream first. ``cli`` and ``packaging`` sit at the top, beside ``commands``.
 ROOMS = ("core", "data", "model", "train", "serve", "evaluate", "ops", "commands", "cli")

@@ -26,8 +26,8 @@ from recspark.core.errors import BadInputError, MissingInputError
 from recspark.core.location import Location
 from recspark.data import sources
 from recspark.data.prepare import precheck_input
-from tests.test_prepare import load_udata, prepare, prepared_ratings, read
-from tests.test_sources import rows, write
+from tests.e2e.test_prepare import load_udata, prepare, prepared_ratings, read
+from tests.e2e.test_sources import rows, write
 
 CSV_HEADER = "user_id,item_id,rating,timestamp"
 

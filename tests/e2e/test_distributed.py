@@ -19,7 +19,7 @@ import torch
 from recspark.cli import main
 from recspark.core.location import Location
 from recspark.model.saving import load_model
-from tests.test_training import write_prepared
+from tests.unit.train.test_training import write_prepared
 
 OVERRIDES = {
     "run_date": "2026-01-15",

@@ -30,7 +30,7 @@ from recspark.ops.nightly import prune
 from recspark.serve.scoring import PAUSE_ENV, PAUSE_MARKER_ENV
 from recspark.serve.tables import OutputTable
 from tests.conftest import REPO
-from tests.test_score_job import EVERY_ITEM, RUN_DATE, plant, score, set_args
+from tests.e2e.test_score_job import EVERY_ITEM, RUN_DATE, plant, score, set_args
 
 DAY2 = "2026-01-16"
 DELTA = ("score.table_format=delta", "score.table=recspark.recommendations")

@@ -16,7 +16,7 @@ from recspark.cli import main
 from recspark.core.location import Location
 from recspark.evaluate.benchmark import ContenderResult, accuracy_table, format_table, ratios
 from recspark.model.saving import load_model
-from tests.test_score_job import set_args
+from tests.e2e.test_score_job import set_args
 
 
 def test_ratios_and_table_by_hand():

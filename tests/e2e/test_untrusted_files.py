@@ -28,7 +28,7 @@ from recspark.cli import main
 from recspark.core import parquet_safety
 from recspark.core.errors import BadInputError
 
-CRAFTED = Path(__file__).parent / "fixtures" / "crafted_extension.parquet"
+CRAFTED = Path(__file__).parents[1] / "fixtures" / "crafted_extension.parquet"
 RUN_DATE = "2026-03-01"
 
 

@@ -39,7 +39,7 @@ from recspark.train.loop import init_model
 from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingObjective
 from recspark.train.objectives.rating import RatingObjective
-from tests.test_training import write_prepared
+from tests.unit.train.test_training import write_prepared
 
 BASE = {
     "model.kind": "dot_bias",

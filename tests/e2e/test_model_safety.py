@@ -31,11 +31,11 @@ from recspark.model.registry import build_model
 from recspark.model.saving import load_model, load_plain, model_bytes
 from recspark.train.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from recspark.train.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
-from tests.test_score_job import RUN_DATE, plant, spark_jobs, write_hand_made_manifest
-from tests.test_train_job import train
-from tests.test_training import write_prepared
+from tests.e2e.test_score_job import RUN_DATE, plant, spark_jobs, write_hand_made_manifest
+from tests.e2e.test_train_job import train
+from tests.unit.train.test_training import write_prepared
 
-PACKAGE = Path(__file__).resolve().parents[1] / "recspark"
+PACKAGE = Path(__file__).resolve().parents[2] / "recspark"
 REFUSED = "holds code/objects that are not plain data: refusing to load it"
 
 

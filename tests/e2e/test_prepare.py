@@ -16,7 +16,7 @@ from recspark.commands.prepare import run
 from recspark.core.config import load_config
 from recspark.core.location import Location
 from recspark.data.sources import REASONS
-from tests.test_sources import BAD_LINES
+from tests.e2e.test_sources import BAD_LINES
 
 TABLES = ("train", "validation", "cold_start")
 

@@ -25,7 +25,7 @@ from recspark.core import location
 from recspark.core.location import Location
 from recspark.ops.history import read_history
 from tests.conftest import tiny_overrides
-from tests.test_nightly import DAY1, DAY2, as_arguments, planted_ratings
+from tests.e2e.test_nightly import DAY1, DAY2, as_arguments, planted_ratings
 
 pytestmark = pytest.mark.objectstore
 

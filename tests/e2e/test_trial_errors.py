@@ -34,9 +34,9 @@ from recspark.core.output_root import check_writable
 from recspark.data import sources
 from recspark.data.titles import read_titles
 from tests.conftest import tiny_overrides
-from tests.test_input_hardening import run_cli
+from tests.e2e.test_input_hardening import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEADER = "user_id,item_id,rating,timestamp"
 ROWS = [(u, i, float(1 + (u + i) % 5), 1000 + 10 * u + i) for u in range(1, 7) for i in range(1, 6)]
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recspark.data.sources import NON_NUMERIC_USER, USER_OUT_OF_RANGE
-from tests.test_prepare import prepare, prepared_ratings, read
+from tests.e2e.test_prepare import prepare, prepared_ratings, read
 
 
 def lines_of(users: range, items: range, id_text=str) -> list[str]:
@@ -72,7 +72,7 @@ def test_a_csv_part_whose_header_lacks_a_column_is_named(spark, tmp_path):
     folder = tmp_path / "parts"
     write_csv(folder / "part-00000.csv", "user_id,item_id,rating", ["1,2,4", "2,2,5"])
     write_csv(folder / "part-00001.csv", "customer,item_id,rating", ["3,2,4", "4,2,5"])
-    from tests.test_prepare import run_cli
+    from tests.e2e.test_prepare import run_cli
 
     status, summary = run_cli({"paths.root": tmp_path / "root", "spark.conf": "{}",
                                "input.path": folder, "input.format": "csv"})

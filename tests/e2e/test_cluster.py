@@ -37,7 +37,13 @@ import pytest
 
 from recspark.packaging import build_zip
 from tests.conftest import REPO
-from tests.test_nightly import DAY1, as_arguments, nightly_overrides, planted_ratings, write_input
+from tests.e2e.test_nightly import (
+    DAY1,
+    as_arguments,
+    nightly_overrides,
+    planted_ratings,
+    write_input,
+)
 
 pytestmark = pytest.mark.cluster
 

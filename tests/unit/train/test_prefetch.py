@@ -17,7 +17,7 @@ import torch
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
 from recspark.train.feeding import open_feed
 from recspark.train.prefetch import Prefetcher
-from tests.test_training import write_prepared, write_split
+from tests.unit.train.test_training import write_prepared, write_split
 
 FEED_ROWS, FEED_GROUPS = 6000, 4
 

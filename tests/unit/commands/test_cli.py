@@ -14,7 +14,7 @@ import pytest
 from recspark.cli import COMMANDS, main
 from recspark.core.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def last_json(capsys) -> dict:
