@@ -40,7 +40,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JARS := .jars/spark-$(SPARK_LINE)/.fetched
 
-.PHONY: setup demo test test-all lint clean jars
+.PHONY: setup demo test test-fast test-all lint clean jars
 
 setup: $(STAMP) $(JARS)
 
@@ -65,13 +65,18 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(TESTS)
 
+# The unit lane alone: tests/unit/ needs no JVM, Spark, jars or servers (tests/unit/conftest.py
+# fails a test that starts one), so it runs in well under a minute; `make test` runs it too.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests/unit
+
 # Both stacks, as CI runs them: the whole suite on the pinned one, then the current one's tests.
 test-all:
 	$(MAKE) test STACK=pinned
 	$(MAKE) test STACK=current
 
 # Format check, ruff's rules (line length 100, ruff.toml) and mypy in basic mode on recspark/
-# (mypy.ini). .ci/run runs it before the tests.
+# (mypy.ini). .ci/run runs it before the tests; like them, it sets up the venv first if needed.
 lint: $(STAMP)
 	$(BIN)/ruff format --check recspark jobs tests benchmarks
 	$(BIN)/ruff check recspark jobs tests benchmarks
