@@ -24,6 +24,7 @@ Not a test: it takes minutes.
 
 The data is read from ``--data`` (default ``../shared/data/ml-100k``); it is never copied.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -165,9 +166,7 @@ def prepare_ranking(root: Path, data: Path, config_path: Path) -> None:
     print(f"prepared: {summary}", file=sys.stderr)
 
 
-def train_ranking_once(
-    seed: int, root: str, data: str, config_path: str, extra: list[str]
-) -> dict:
+def train_ranking_once(seed: int, root: str, data: str, config_path: str, extra: list[str]) -> dict:
     """Train the ranking config under one seed and rank every item for every user.
 
     Returns the best epoch's figures and the top-k lists (training items excluded, ties to the
@@ -218,9 +217,7 @@ def train_ranking_once(
     if config.model.blend is not None:  # EASE fitted and averaged in, as `recspark train` does
         from recspark.train.job import best_figures, fit_blend
 
-        model = fit_blend(
-            config, model, spec, manifest, prepared, best_figures(result, {})
-        ).model
+        model = fit_blend(config, model, spec, manifest, prepared, best_figures(result, {})).model
     seconds = time.perf_counter() - started
     model.eval()
     k = config.evaluate.k
@@ -260,8 +257,13 @@ def ranking_figures(spark, lists, relevant, k: int) -> dict:
 
     users, items, ranks = lists
     frame = spark.createDataFrame(
-        pd.DataFrame({"user_idx": users.astype("int32"), "item_idx": items.astype("int32"),
-                      "rank": ranks.astype("int32")}),
+        pd.DataFrame(
+            {
+                "user_idx": users.astype("int32"),
+                "item_idx": items.astype("int32"),
+                "rank": ranks.astype("int32"),
+            }
+        ),
         "user_idx int, item_idx int, rank int",
     )
     return ranking_metrics(frame, relevant, k)
@@ -319,8 +321,9 @@ def run_ranking(args) -> None:
         prepare_ranking(root, data, config_path)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = [
-                pool.submit(train_ranking_once, s, str(root), str(data), str(config_path),
-                            args.extra)
+                pool.submit(
+                    train_ranking_once, s, str(root), str(data), str(config_path), args.extra
+                )
                 for s in args.seeds
             ]
             runs = []
@@ -392,7 +395,9 @@ def main(argv: list[str] | None = None) -> None:
         help="u1 validation RMSE (default), or the benchmark's top-k ranking protocol on u.data",
     )
     parser.add_argument(
-        "--ranking-config", type=Path, default=RANKING_CONFIG,
+        "--ranking-config",
+        type=Path,
+        default=RANKING_CONFIG,
         help="the config trained under --protocol ml100k-ranking (--models does not apply)",
     )
     args = parser.parse_args(argv)

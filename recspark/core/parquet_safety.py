@@ -80,8 +80,10 @@ def _children(data_type: pa.DataType) -> list[pa.Field]:
         return [data_type.field(i) for i in range(data_type.num_fields)]
     if pa.types.is_map(data_type):
         return [data_type.key_field, data_type.item_field]
-    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or (
-        pa.types.is_fixed_size_list(data_type)
+    if (
+        pa.types.is_list(data_type)
+        or pa.types.is_large_list(data_type)
+        or (pa.types.is_fixed_size_list(data_type))
     ):
         return [data_type.value_field]
     if pa.types.is_dictionary(data_type):
@@ -170,5 +172,5 @@ def table_files(folder: Location | str) -> list[Location]:
 
 
 def check_parquet_folder(folder: Location | str) -> None:
-    """:func:`check_parquet_files` over :func:`table_files`; nothing to check in a missing folder."""
+    """:func:`check_parquet_files` over :func:`table_files`; a missing folder is left alone."""
     check_parquet_files(table_files(folder))
