@@ -50,11 +50,19 @@ LONGEST_FIRST = (
 
 
 def pytest_collection_modifyitems(config, items):
-    """Order the modules of :data:`LONGEST_FIRST` first; tests keep their order within a module."""
+    """Order the modules of :data:`LONGEST_FIRST` first; tests keep their order within a module.
+
+    The names are the end-to-end modules' (``tests.e2e.test_nightly`` is ``test_nightly``); a unit
+    module of the same name (``tests.unit.ops.test_nightly``, the JVM-free half split out of it)
+    takes seconds, so it goes with the rest of the unit lane, after them.
+    """
 
     def rank(item) -> int:
-        name = item.module.__name__.rpartition(".")[2] if item.module else ""
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        module = item.module.__name__ if item.module else ""
+        name = module.rpartition(".")[2]
+        if module.startswith("tests.unit.") or name not in LONGEST_FIRST:
+            return len(LONGEST_FIRST)
+        return LONGEST_FIRST.index(name)
 
     items.sort(key=rank)  # stable: each module's own order is kept
 
