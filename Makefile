@@ -10,9 +10,11 @@
 STACK ?= pinned
 # On the current stack: the five stages, nightly, object stores, Delta tables, the feed contract,
 # files that could run code, and a model trained on one stack scored on the other.
-CURRENT_TESTS := tests/test_pipeline.py tests/test_nightly.py tests/test_object_store.py \
-	tests/test_tables.py tests/test_feed_contract.py tests/test_untrusted_files.py \
-	tests/test_cross_stack.py
+# (nightly's and the untrusted files' JVM-free halves are in tests/unit/.)
+CURRENT_TESTS := tests/e2e/test_pipeline.py tests/e2e/test_nightly.py tests/unit/ops/test_nightly.py \
+	tests/e2e/test_object_store.py tests/e2e/test_tables.py tests/unit/train/test_feed_contract.py \
+	tests/e2e/test_untrusted_files.py tests/unit/core/test_untrusted_files.py \
+	tests/e2e/test_cross_stack.py
 ifeq ($(STACK),pinned)
 VENV := .venv
 CONSTRAINTS := constraints.txt
@@ -40,7 +42,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JARS := .jars/spark-$(SPARK_LINE)/.fetched
 
-.PHONY: setup demo test test-all lint clean jars
+.PHONY: setup demo test test-fast test-all lint clean jars
 
 setup: $(STAMP) $(JARS)
 
@@ -65,13 +67,18 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(TESTS)
 
+# The unit lane alone: tests/unit/ needs no JVM, Spark, jars or servers (tests/unit/conftest.py
+# fails a test that starts one), so it runs in well under a minute; `make test` runs it too.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests/unit
+
 # Both stacks, as CI runs them: the whole suite on the pinned one, then the current one's tests.
 test-all:
 	$(MAKE) test STACK=pinned
 	$(MAKE) test STACK=current
 
 # Format check, ruff's rules (line length 100, ruff.toml) and mypy in basic mode on recspark/
-# (mypy.ini). .ci/run runs it before the tests.
+# (mypy.ini). .ci/run runs it before the tests; like them, it sets up the venv first if needed.
 lint: $(STAMP)
 	$(BIN)/ruff format --check recspark jobs tests benchmarks
 	$(BIN)/ruff check recspark jobs tests benchmarks

@@ -33,7 +33,9 @@ import copy
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +62,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(function, device: torch.device) -> tuple[float, object]:
+Result = TypeVar("Result")
+
+
+def weight(model: nn.Module, table: str) -> torch.Tensor:
+    """The ``weight`` of the model's embedding table ``table`` (``user_factors``, ...)."""
+    found = model.get_submodule(table).weight
+    assert isinstance(found, torch.Tensor)
+    return found
+
+
+def timed(function: Callable[[], Result], device: torch.device) -> tuple[float, Result]:
     synchronize(device)
     started = time.perf_counter()
     result = function()
@@ -92,7 +104,9 @@ def device_batches(data: dict[str, torch.Tensor], batch_size: int):
 
 def recspark_epoch(data, args, device) -> float:
     torch.manual_seed(0)
-    model = build_model("dot_bias", args.users, args.items, args.factors, y_range=Y_RANGE).to(device)
+    model = build_model("dot_bias", args.users, args.items, args.factors, y_range=Y_RANGE).to(
+        device
+    )
     optimizer = make_optimizer(model, "adam", lr=args.lr)
     seconds, _ = timed(
         lambda: train_epoch(model, device_batches(data, args.batch_size), optimizer, None, device),
@@ -140,7 +154,9 @@ def plain_epoch(data, args, device) -> float:
 def parquet_epoch(folder: Path, args, device) -> float:
     """The epoch fed from Parquet row groups (pyarrow reads, the Prefetcher overlaps)."""
     torch.manual_seed(0)
-    model = build_model("dot_bias", args.users, args.items, args.factors, y_range=Y_RANGE).to(device)
+    model = build_model("dot_bias", args.users, args.items, args.factors, y_range=Y_RANGE).to(
+        device
+    )
     optimizer = make_optimizer(model, "adam", lr=args.lr)
 
     def read():
@@ -148,7 +164,9 @@ def parquet_epoch(folder: Path, args, device) -> float:
             reader = pq.ParquetFile(path)
             for group in range(reader.num_row_groups):
                 table = reader.read_row_group(group)
-                columns = {name: table.column(name).to_numpy() for name in (USER_IDX, ITEM_IDX, RATING)}
+                columns = {
+                    name: table.column(name).to_numpy() for name in (USER_IDX, ITEM_IDX, RATING)
+                }
                 for start in range(0, table.num_rows, args.batch_size):
                     yield {name: c[start : start + args.batch_size] for name, c in columns.items()}
 
@@ -168,9 +186,8 @@ def scoring_case(args, device) -> tuple[float, float, int]:
     users, items, factors = args.score_users, args.score_items, args.score_factors
     model = build_model("dot_bias", users, items, factors, y_range=Y_RANGE)
     with torch.no_grad():
-        for table in (model.user_factors, model.item_factors):
-            table.weight.normal_(0, 0.3)
-        model.item_bias.weight.normal_(0, 0.3)
+        for table in ("user_factors", "item_factors", "item_bias"):
+            weight(model, table).normal_(0, 0.3)
     rng = np.random.default_rng(1)
     seen_counts = rng.integers(0, args.seen_per_user + 1, users)
     offsets = np.zeros(users + 1, dtype=np.int32)
@@ -179,16 +196,29 @@ def scoring_case(args, device) -> tuple[float, float, int]:
     user_table = UserTable.of(model)
     light = copy.deepcopy(model)
     light.cut_users()
-    payload = model_bytes(light, {"kind": "dot_bias", "n_users": 1, "n_items": items,
-                                  "factors": factors, "y_range": list(Y_RANGE)}, {})
+    payload = model_bytes(
+        light,
+        {
+            "kind": "dot_bias",
+            "n_users": 1,
+            "n_items": items,
+            "factors": factors,
+            "y_range": list(Y_RANGE),
+        },
+        {},
+    )
     rows_per_batch = 65536
     batches = [
         pa.RecordBatch.from_arrays(
             [
                 pa.array(np.arange(start, min(start + rows_per_batch, users), dtype=np.int32)),
                 pa.ListArray.from_arrays(
-                    pa.array(offsets[start : min(start + rows_per_batch, users) + 1] - offsets[start]),
-                    pa.array(seen_items[offsets[start] : offsets[min(start + rows_per_batch, users)]]),
+                    pa.array(
+                        offsets[start : min(start + rows_per_batch, users) + 1] - offsets[start]
+                    ),
+                    pa.array(
+                        seen_items[offsets[start] : offsets[min(start + rows_per_batch, users)]]
+                    ),
                 ),
             ],
             names=[USER_IDX, ITEMS],
@@ -199,15 +229,19 @@ def scoring_case(args, device) -> tuple[float, float, int]:
     block = args.users_per_block
 
     def recspark_run():
-        return list(recommend_batches(iter(batches), payload, args.top_n, block, setting, users=user_table))
+        return list(
+            recommend_batches(iter(batches), payload, args.top_n, block, setting, users=user_table)
+        )
 
-    recommend_batches(iter(batches[:1]), payload, args.top_n, block, setting, users=user_table)  # warm
+    recommend_batches(
+        iter(batches[:1]), payload, args.top_n, block, setting, users=user_table
+    )  # warm
     ours_seconds, ours = timed(recspark_run, device)
 
-    user_vectors = model.user_factors.weight.detach().to(device)
-    item_vectors = model.item_factors.weight.detach().to(device)
-    item_bias = model.item_bias.weight.detach().reshape(-1).to(device)
-    user_bias = model.user_bias.weight.detach().reshape(-1).to(device)
+    user_vectors = weight(model, "user_factors").detach().to(device)
+    item_vectors = weight(model, "item_factors").detach().to(device)
+    item_bias = weight(model, "item_bias").detach().reshape(-1).to(device)
+    user_bias = weight(model, "user_bias").detach().reshape(-1).to(device)
     seen_rows = torch.as_tensor(np.repeat(np.arange(users), seen_counts), device=device)
     seen_cols = torch.as_tensor(seen_items.astype(np.int64), device=device)
     offsets_t = torch.as_tensor(offsets.astype(np.int64), device=device)
@@ -252,13 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "parquet", "score"])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"device {device} ({device_name}), "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}",
+        flush=True,
+    )
     rows = []
     if "train" not in args.skip or "parquet" not in args.skip:
         data = planted_ratings(args.ratings, args.users, args.items)
         on_device = {name: torch.as_tensor(c).to(device) for name, c in data.items()}
-        on_device[USER_IDX], on_device[ITEM_IDX] = on_device[USER_IDX].long(), on_device[ITEM_IDX].long()
+        on_device[USER_IDX], on_device[ITEM_IDX] = (
+            on_device[USER_IDX].long(),
+            on_device[ITEM_IDX].long(),
+        )
         recspark_epoch(on_device, args, device)  # warm-up: allocator, kernels
         memory = recspark_epoch(on_device, args, device)
         if "train" not in args.skip:
@@ -266,20 +307,35 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("dot_bias epoch, in memory", memory, "plain torch biased MF", plain))
         if "parquet" not in args.skip:
             with tempfile.TemporaryDirectory() as folder:
-                table = pa.table({name: c.astype(np.int32) if name != RATING else c
-                                  for name, c in data.items()})
-                pq.write_table(table, Path(folder) / "part-0.parquet", row_group_size=args.row_group)
+                table = pa.table(
+                    {name: c.astype(np.int32) if name != RATING else c for name, c in data.items()}
+                )
+                pq.write_table(
+                    table, Path(folder) / "part-0.parquet", row_group_size=args.row_group
+                )
                 fed = parquet_epoch(Path(folder), args, device)
-            rows.append(("dot_bias epoch, Parquet + Prefetcher", fed, "the same epoch in memory", memory))
+            rows.append(
+                ("dot_bias epoch, Parquet + Prefetcher", fed, "the same epoch in memory", memory)
+            )
     if "score" not in args.skip:
         ours, plain, differ = scoring_case(args, device)
-        rows.append((f"top-{args.top_n}, {args.score_users} users x {args.score_items} items, "
-                     f"{args.users_per_block}/block", ours, "plain torch matmul+mask+topk", plain))
+        rows.append(
+            (
+                f"top-{args.top_n}, {args.score_users} users x {args.score_items} items, "
+                f"{args.users_per_block}/block",
+                ours,
+                "plain torch matmul+mask+topk",
+                plain,
+            )
+        )
         print(f"top-k lists that differ from plain torch: {differ} of {args.score_users}")
     width = max(len(r[0]) for r in rows)
     print(f"\n{'case':<{width}}  {'recspark s':>10}  {'reference s':>11}  {'ratio':>6}  reference")
     for name, ours, reference_name, reference in rows:
-        print(f"{name:<{width}}  {ours:>10.3f}  {reference:>11.3f}  {ours / reference:>6.2f}  {reference_name}")
+        ratio = ours / reference
+        print(
+            f"{name:<{width}}  {ours:>10.3f}  {reference:>11.3f}  {ratio:>6.2f}  {reference_name}"
+        )
     return 0
 
 

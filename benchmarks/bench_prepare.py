@@ -104,9 +104,18 @@ def generate(root: str, users: int, items: int, ratings: int) -> None:
     if (Path(root) / "data" / "ratings").exists():
         return
     command = [
-        sys.executable, "-m", "recspark.cli", "generate", "--set", f"paths.root={root}",
-        "--set", f"synthetic.users={users}", "--set", f"synthetic.items={items}",
-        "--set", f"synthetic.ratings={ratings}",
+        sys.executable,
+        "-m",
+        "recspark.cli",
+        "generate",
+        "--set",
+        f"paths.root={root}",
+        "--set",
+        f"synthetic.users={users}",
+        "--set",
+        f"synthetic.items={items}",
+        "--set",
+        f"synthetic.ratings={ratings}",
     ]
     print("generating:", " ".join(command), file=sys.stderr, flush=True)
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -114,10 +123,19 @@ def generate(root: str, users: int, items: int, ratings: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", action="append", required=True,
-                        help="paths.root holding data/ratings (repeatable: one run per root)")
-    parser.add_argument("--generate", nargs=3, type=int, metavar=("USERS", "ITEMS", "RATINGS"),
-                        help="generate the data first when a root has none")
+    parser.add_argument(
+        "--root",
+        action="append",
+        required=True,
+        help="paths.root holding data/ratings (repeatable: one run per root)",
+    )
+    parser.add_argument(
+        "--generate",
+        nargs=3,
+        type=int,
+        metavar=("USERS", "ITEMS", "RATINGS"),
+        help="generate the data first when a root has none",
+    )
     parser.add_argument("--config", default=None, help="YAML config (default conf/default.yaml)")
     parser.add_argument("--run-date", default="2026-01-01")
     parser.add_argument("--driver-memory", default="4g")
@@ -134,9 +152,19 @@ def main() -> None:
         if args.generate:
             generate(root, *args.generate)
         command = [
-            sys.executable, __file__, "--child", "--root", root, "--run-date", args.run_date,
-            "--driver-memory", args.driver_memory,
-            "--shuffle-partitions", str(args.shuffle_partitions), "--local-dir", args.local_dir,
+            sys.executable,
+            __file__,
+            "--child",
+            "--root",
+            root,
+            "--run-date",
+            args.run_date,
+            "--driver-memory",
+            args.driver_memory,
+            "--shuffle-partitions",
+            str(args.shuffle_partitions),
+            "--local-dir",
+            args.local_dir,
         ]
         if args.config:
             command += ["--config", args.config]
@@ -146,8 +174,15 @@ def main() -> None:
             raise SystemExit(f"prepare failed on {root}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
-    header = ("input_rows", "users", "items", "seconds", "rows_per_second",
-              "python_peak_rss_mb", "jvm_peak_rss_mb")
+    header = (
+        "input_rows",
+        "users",
+        "items",
+        "seconds",
+        "rows_per_second",
+        "python_peak_rss_mb",
+        "jvm_peak_rss_mb",
+    )
     print("\n| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for result in results:

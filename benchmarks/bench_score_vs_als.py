@@ -48,23 +48,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1, help="recspark training epochs (untimed)")
     parser.add_argument("--als-iterations", type=int, default=2, help="ALS iterations (untimed)")
     parser.add_argument("--repeat", type=int, default=1, help="timings per side; the best counts")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for every command (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every command (repeatable)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("recspark").setLevel(logging.INFO)
     args = parse_args(argv)
     overrides = [
-        f"paths.root={args.root}", f"run_date={RUN_DATE}",
-        f"synthetic.users={args.users}", f"synthetic.items={args.items}",
+        f"paths.root={args.root}",
+        f"run_date={RUN_DATE}",
+        f"synthetic.users={args.users}",
+        f"synthetic.items={args.items}",
         f"synthetic.ratings={args.ratings}",
-        "model.kind=dot_bias", f"model.factors={args.factors}",
-        f"train.epochs={args.epochs}", "train.batch_size=65536", "train.lr=0.02",
-        f"score.top_n={args.top_n}", "score.exclude_seen=true",
+        "model.kind=dot_bias",
+        f"model.factors={args.factors}",
+        f"train.epochs={args.epochs}",
+        "train.batch_size=65536",
+        "train.lr=0.02",
+        f"score.top_n={args.top_n}",
+        "score.exclude_seen=true",
         *args.overrides,
     ]
     config = load_config(None, overrides)
@@ -78,8 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.ml.recommendation import ALS
 
     ratings = spark.read.parquet(str(layout.prepared(RUN_DATE) / "train"))
-    als = ALS(userCol="user_idx", itemCol="item_idx", ratingCol="rating", rank=args.factors,
-              maxIter=args.als_iterations, regParam=0.1, seed=42).fit(ratings)
+    als = ALS(
+        userCol="user_idx",
+        itemCol="item_idx",
+        ratingCol="rating",
+        rank=args.factors,
+        maxIter=args.als_iterations,
+        regParam=0.1,
+        seed=42,
+    ).fit(ratings)
     als.userFactors.count()
 
     score_times, als_times, summary = [], [], None
@@ -91,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         als.recommendForAllUsers(args.top_n).write.mode("overwrite").parquet(str(target))
         als_times.append(time.perf_counter() - started)
-        print(f"attempt {attempt + 1}: recspark score {score_times[-1]:.1f}s, "
-              f"ALS recommendForAllUsers {als_times[-1]:.1f}s", file=sys.stderr, flush=True)
+        print(
+            f"attempt {attempt + 1}: recspark score {score_times[-1]:.1f}s, "
+            f"ALS recommendForAllUsers {als_times[-1]:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     best_score, best_als = min(score_times), min(als_times)
     print(
         f"{args.ratings:,} ratings, {args.users:,} users x {args.items:,} items, "
@@ -101,14 +127,24 @@ def main(argv: list[str] | None = None) -> int:
         f"Spark ALS recommendForAllUsers (to Parquet): {best_als:8.1f} s\n"
         f"speed-up: {best_als / best_score:.2f}x (first attempts, cold: {score_times[0]:.1f} s vs "
         f"{als_times[0]:.1f} s, {als_times[0] / score_times[0]:.2f}x)",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
-    print(json.dumps({
-        "command": "bench_score_vs_als", "status": "ok",
-        "counts": summary["counts"] if summary else {},
-        "metrics": {"score_seconds": score_times, "als_seconds": als_times,
-                    "speedup": best_als / best_score},
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "command": "bench_score_vs_als",
+                "status": "ok",
+                "counts": summary["counts"] if summary else {},
+                "metrics": {
+                    "score_seconds": score_times,
+                    "als_seconds": als_times,
+                    "speedup": best_als / best_score,
+                },
+            }
+        ),
+        flush=True,
+    )
     spark.stop()
     return 0
 

@@ -31,7 +31,10 @@ def run(command: str, overrides: dict[str, object]) -> tuple[float, dict]:
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "recspark.cli", command, *arguments],
-        cwd=REPO, capture_output=True, text=True, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     seconds = time.perf_counter() - started
     summary = json.loads(done.stdout.strip().splitlines()[-1])

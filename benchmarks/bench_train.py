@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reader-workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--optimizers", nargs="+", default=["adam", "sparse_adam"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--feeds", nargs="+", default=["petastorm", "arrow"],
-                        choices=["petastorm", "arrow"])
+    parser.add_argument(
+        "--feeds", nargs="+", default=["petastorm", "arrow"], choices=["petastorm", "arrow"]
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = row_groups(path)
         print(
             f"train split: {sum(counts):,} rows in {len(counts)} row groups; "
-            f"batch {args.batch_size}; torch {torch.__version__}, {torch.get_num_threads()} threads",
+            f"batch {args.batch_size}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads",
             file=sys.stderr,
         )
         devices = [torch.device("cpu")] + (
@@ -138,15 +140,24 @@ def main(argv: list[str] | None = None) -> int:
         for feed in feeds:
             for workers in args.reader_workers if feed == "petastorm" else [1]:
                 speed, seconds = time_feed(path, args.batch_size, workers, feed)
-                label = f"feed {feed}" + (f", {workers} reader threads" if feed == "petastorm" else "")
+                label = f"feed {feed}" + (
+                    f", {workers} reader threads" if feed == "petastorm" else ""
+                )
                 lines.append(f"{label:<50} {speed:>14,.0f} {seconds:>9.2f}")
         for device in devices:
             name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
             for feed in feeds:
                 for optimizer in args.optimizers:
                     speed = time_training(
-                        path, args.users, args.items, optimizer, device, args.batch_size,
-                        args.factors, args.lr, feed,
+                        path,
+                        args.users,
+                        args.items,
+                        optimizer,
+                        device,
+                        args.batch_size,
+                        args.factors,
+                        args.lr,
+                        feed,
                     )
                     label = f"train dot_bias/{args.factors} {optimizer} on {name}, {feed} feed"
                     lines.append(f"{label:<50} {speed:>14,.0f} {sum(counts) / speed:>9.2f}")

@@ -67,6 +67,7 @@ def als_rmse(
         F.count(F.lit(1)).alias("rows"),
     ).first()
     seconds = time.perf_counter() - started
+    assert row is not None  # an aggregate has one row
     return {
         "rmse": row["rmse"],
         "clipped_rmse": row["clipped"],

@@ -1,4 +1,7 @@
-"""spark-submit entry point for `recspark benchmark`: spark-submit jobs/benchmark.py [--config FILE] [--set k=v]."""
+"""spark-submit entry point for `recspark benchmark`.
+
+spark-submit jobs/benchmark.py [--config FILE] [--set k=v]
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""spark-submit entry point for `recspark evaluate`: spark-submit jobs/evaluate.py [--config FILE] [--set k=v]."""
+"""spark-submit entry point for `recspark evaluate`.
+
+spark-submit jobs/evaluate.py [--config FILE] [--set k=v]
+"""
 
 import sys
 

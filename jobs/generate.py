@@ -1,4 +1,7 @@
-"""spark-submit entry point for `recspark generate`: spark-submit jobs/generate.py [--config FILE] [--set k=v]."""
+"""spark-submit entry point for `recspark generate`.
+
+spark-submit jobs/generate.py [--config FILE] [--set k=v]
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""spark-submit entry point for `recspark nightly`: spark-submit jobs/nightly.py [--config FILE] [--set k=v]."""
+"""spark-submit entry point for `recspark nightly`.
+
+spark-submit jobs/nightly.py [--config FILE] [--set k=v]
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""spark-submit entry point for `recspark prepare`: spark-submit jobs/prepare.py [--config FILE] [--set k=v]."""
+"""spark-submit entry point for `recspark prepare`.
+
+spark-submit jobs/prepare.py [--config FILE] [--set k=v]
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""spark-submit entry point for `recspark recommend`: spark-submit jobs/recommend.py [--config FILE] [--set k=v]."""
+"""spark-submit entry point for `recspark recommend`.
+
+spark-submit jobs/recommend.py [--config FILE] [--set k=v]
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""spark-submit entry point for `recspark score`: spark-submit jobs/score.py [--config FILE] [--set k=v]."""
+"""spark-submit entry point for `recspark score`.
+
+spark-submit jobs/score.py [--config FILE] [--set k=v]
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""spark-submit entry point for `recspark train`: spark-submit jobs/train.py [--config FILE] [--set k=v]."""
+"""spark-submit entry point for `recspark train`.
+
+spark-submit jobs/train.py [--config FILE] [--set k=v]
+"""
 
 import sys
 

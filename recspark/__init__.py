@@ -1,10 +1,11 @@
 """recspark: a recommender that runs as distributed batch jobs on Apache Spark.
 
-Stages (one module per concern): :mod:`recspark.data.synthetic` (the embedded data set),
-:mod:`recspark.data.sources` (reading and checking), :mod:`recspark.data.indexing` (stable id maps),
-:mod:`recspark.data.splitting`, :mod:`recspark.train.feeding` (Petastorm), :mod:`recspark.model.base`,
-:mod:`recspark.train.loop`, :mod:`recspark.serve.scoring`, :mod:`recspark.evaluate.metrics`,
-:mod:`recspark.core.storage` (layout and safe publishing) and :mod:`recspark.core.config`. The commands in
+The rooms, upstream first: :mod:`recspark.core` (config, errors, storage and safe publishing,
+Spark), :mod:`recspark.data` (the embedded synthetic data set, reading and checking inputs,
+stable id maps, splits), :mod:`recspark.model` (one typed spec per kind, the registry that builds
+them, saving), :mod:`recspark.train` (the feeds, the loop, the objectives, publication),
+:mod:`recspark.serve` (the scoring kernel and jobs, fold-in), :mod:`recspark.evaluate` (metrics,
+baselines, reports) and :mod:`recspark.ops` (nightly, locks, history). The stages of
 :mod:`recspark.commands` wire them together; :mod:`recspark.cli` runs them.
 """
 

@@ -50,11 +50,19 @@ LONGEST_FIRST = (
 
 
 def pytest_collection_modifyitems(config, items):
-    """Order the modules of :data:`LONGEST_FIRST` first; tests keep their order within a module."""
+    """Order the modules of :data:`LONGEST_FIRST` first; tests keep their order within a module.
+
+    The names are the end-to-end modules' (``tests.e2e.test_nightly`` is ``test_nightly``); a unit
+    module of the same name (``tests.unit.ops.test_nightly``, the JVM-free half split out of it)
+    takes seconds, so it goes with the rest of the unit lane, after them.
+    """
 
     def rank(item) -> int:
-        name = item.module.__name__.rpartition(".")[2] if item.module else ""
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        module = item.module.__name__ if item.module else ""
+        name = module.rpartition(".")[2]
+        if module.startswith("tests.unit.") or name not in LONGEST_FIRST:
+            return len(LONGEST_FIRST)
+        return LONGEST_FIRST.index(name)
 
     items.sort(key=rank)  # stable: each module's own order is kept
 
@@ -120,7 +128,7 @@ def ml100k_u1(spark, ml100k, tmp_path_factory) -> tuple[Path, dict]:
     """MovieLens 100K's u1 split (u1.base -> u1.test, ``split.method: given``) prepared once for
     the session, as ``prepare`` prepares it with ``conf/movielens-100k.yaml``.
 
-    ``input.format: auto`` here, which tests/test_prepare.py checks on this run: it resolves to
+    ``input.format: auto`` here, which tests/e2e/test_prepare.py checks on this run: it resolves to
     the shipped config's ``movielens-100k`` (asserted below), so the tables are the shipped
     config's. Returns the root holding ``prepared/2026-01-01`` and prepare's summary fields.
     Nothing may change it: a test that trains on it copies ``prepared/`` into a root of its own
@@ -148,6 +156,17 @@ def copy_prepared(source: Path, target: Path) -> Path:
     """Copy the prepared runs under root ``source`` into root ``target``; returns ``target``."""
     shutil.copytree(source / "prepared", target / "prepared")
     return target
+
+
+@pytest.fixture
+def marker(tmp_path, monkeypatch) -> Path:
+    """Where the crafted Parquet file's pickle would write (tests/fixtures/, issue 28); no test of
+    tests/unit/core/test_untrusted_files.py or tests/e2e/test_untrusted_files.py may see it
+    appear."""
+    path = tmp_path / "pickle-ran"
+    monkeypatch.setenv("RECSPARK_PICKLE_MARKER", str(path))
+    yield path
+    assert not path.exists(), "the crafted file's pickle ran"
 
 
 @pytest.fixture(scope="session")
@@ -197,11 +216,11 @@ def run_quietly(command: str, overrides: list[str]) -> tuple[int, dict]:
 def tiny_trained(spark, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """generate -> prepare -> train of :func:`tiny_overrides`, once for the session.
 
-    The commands are given ``paths.root`` as a ``file://`` URI (tests/test_pipeline.py goes on to
-    score and evaluate it so, and checks all five stages); tests/test_recommend.py queries its
-    model with a plain path, and tests/test_ranking.py trains a ranking model on a copy of its
-    data and prepared split. Returns the root, a local path, and the summaries by command. Tests
-    add outputs under it (scores, evaluations, similar-items tables) but never replace these.
+    The commands are given ``paths.root`` as a ``file://`` URI (tests/e2e/test_pipeline.py goes on
+    to score and evaluate it so, and checks all five stages); tests/e2e/test_recommend.py queries
+    its model with a plain path, and tests/e2e/test_ranking.py trains a ranking model on a copy of
+    its data and prepared split. Returns the root, a local path, and the summaries by command.
+    Tests add outputs under it (scores, evaluations, similar-items tables) but never replace these.
     """
     root = tmp_path_factory.mktemp("tiny-run")
     overrides = tiny_overrides(root.as_uri())

@@ -172,5 +172,5 @@ def table_files(folder: Location | str) -> list[Location]:
 
 
 def check_parquet_folder(folder: Location | str) -> None:
-    """:func:`check_parquet_files` over :func:`table_files`; nothing to check in a missing folder."""
+    """:func:`check_parquet_files` over :func:`table_files`; a missing folder is left alone."""
     check_parquet_files(table_files(folder))

@@ -33,8 +33,8 @@ _DEFAULTS = {
     "spark.sql.adaptive.enabled": "true",
 }
 
-# What Delta Lake needs besides its jars; set only when Delta's jars are on the session and the key is
-# not set already.
+# What Delta Lake needs besides its jars; set only when Delta's jars are on the session and the key
+# is not set already.
 _DELTA = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",

@@ -33,7 +33,8 @@ _CHECKSUM = "org.apache.hadoop.fs.ChecksumException"
 _CHECKSUM_FILE = re.compile(r"Checksum error: (?P<file>.+?) at -?\d+(?: exp: |\s*$)", re.MULTILINE)
 # The wording of Spark's config checks, around the key they refuse: ConfigBuilder.checkValue
 # ("'0' in KEY is invalid. ..."), its type conversions ("KEY should be boolean, but was x"; "The
-# value of KEY should be one of ..."), SparkConf's getters ("Illegal value for config key KEY: ...").
+# value of KEY should be one of ..."), SparkConf's getters ("Illegal value for config key KEY:
+# ...").
 _REFUSED = (
     r"' in {key} is invalid\b",
     r"(?<![\w.-]){key} should be \w+, but was ",

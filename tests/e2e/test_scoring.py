@@ -1,0 +1,130 @@
+"""The scoring kernel: top-k with deterministic ties, seen-item masking, the MLP's split layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
+from recspark.model.registry import build_model
+from recspark.serve.kernel import UserTable
+from recspark.serve.scoring import (
+    ScoringPlan,
+    WorkerWarmup,
+    item_side_payload,
+    recommend_all,
+    recommend_listed,
+)
+
+
+def test_recommend_all_in_spark_matches_brute_force(spark):
+    torch.manual_seed(1)
+    model = build_model("dot_bias", n_users=40, n_items=25, factors=3, y_range=(1.0, 5.5)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.7)
+    users = pd.DataFrame(
+        {
+            "user_idx": np.arange(40, dtype=np.int32),
+            "bias": model.user_bias.weight.detach().numpy().reshape(-1),
+            "factors": list(model.user_factors.weight.detach().numpy()),
+        }
+    )
+    rng = np.random.default_rng(0)
+    rated = pd.DataFrame(
+        [
+            (u, i)
+            for u in range(40)
+            for i in rng.choice(25, size=int(rng.integers(0, 24)), replace=False)
+        ],
+        columns=["user_idx", "item_idx"],
+    ).astype("int32")
+    spec = {"kind": "dot_bias", "n_users": 40, "n_items": 25, "factors": 3, "y_range": [1.0, 5.5]}
+    frame = recommend_all(
+        spark,
+        spark.createDataFrame(users),
+        seen_items(spark.createDataFrame(rated)),
+        ScoringPlan(
+            item_side_payload(model, spec, {}),
+            top_n=5,
+            users_per_block=7,
+            device="cpu",
+            partitions=3,
+        ),
+    )
+    got = frame.toPandas().sort_values(["user_idx", "rank"])
+    with torch.no_grad():
+        scores = model.score_items(torch.arange(40), torch.arange(25)).numpy()
+    for user in range(40):
+        row = scores[user].copy()
+        row[rated.loc[rated.user_idx == user, "item_idx"].to_numpy()] = -np.inf
+        expected = [i for i in np.argsort(-row, kind="stable")[:5] if np.isfinite(row[i])]
+        mine = got[got.user_idx == user]
+        assert mine["item_idx"].tolist() == expected
+        assert mine["rank"].tolist() == list(range(1, len(expected) + 1))
+    # The same lists from per-user arrays (prepare's rated/ table), carrying a raw id along.
+    names = spark.createDataFrame(
+        pd.DataFrame(
+            {"user_idx": np.arange(40, dtype=np.int32), "user_id": [f"u{i}" for i in range(40)]}
+        )
+    )
+    grouped = (
+        recommend_all(
+            spark,
+            spark.createDataFrame(users),
+            rated_lists(spark.createDataFrame(rated)),
+            ScoringPlan(
+                item_side_payload(model, spec, {}),
+                top_n=5,
+                users_per_block=4,
+                device="cpu",
+                partitions=2,
+            ),
+            user_columns=names,
+        )
+        .toPandas()
+        .sort_values(["user_idx", "rank"])
+    )
+    assert (grouped["user_id"] == "u" + grouped["user_idx"].astype(str)).all()
+    pd.testing.assert_frame_equal(
+        grouped.drop(columns="user_id").reset_index(drop=True), got.reset_index(drop=True)
+    )
+    # And from the broadcast user table over rated_by_every_user's rows (one per user of the
+    # map, the empty ones included): the same lists, with no join.
+    listed = rated_by_every_user(names, spark.createDataFrame(rated))
+    broadcast = (
+        recommend_listed(
+            spark,
+            listed,
+            UserTable.of(model),
+            ScoringPlan(
+                item_side_payload(model, spec, {}),
+                top_n=5,
+                users_per_block=4,
+                device="cpu",
+                partitions=2,
+            ),
+            carry=("user_id",),
+        )
+        .toPandas()
+        .sort_values(["user_idx", "rank"])
+        .reset_index(drop=True)
+    )
+    pd.testing.assert_frame_equal(broadcast, grouped.reset_index(drop=True))
+
+
+def test_warming_starts_a_worker_per_task_with_the_scoring_code_imported(spark):
+    """What score and evaluate start first: every task's Python worker imported the kernel
+    (so the scoring tasks after it skip torch's import), and the job took one row per task."""
+    seen = WorkerWarmup(spark, tasks=2).result(timeout=120)
+    assert len(seen) == 2
+    assert all(ready for _, ready in seen)
+    assert all(pid > 0 for pid, _ in seen)
+
+
+def test_a_failed_warm_up_is_logged_not_raised(spark, caplog, monkeypatch):
+    monkeypatch.setattr(spark, "range", lambda *args: (_ for _ in ()).throw(RuntimeError("no")))
+    with caplog.at_level("WARNING", logger="recspark.serve.scoring"):
+        assert WorkerWarmup(spark).result(timeout=60) == []
+    assert "warming the Python workers failed (scoring goes on cold): no" in caplog.text
