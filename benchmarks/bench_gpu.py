@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 from recspark.core.constants import ITEM_IDX, ITEMS, RATING, USER_IDX  # noqa: E402
 from recspark.model.registry import build_model  # noqa: E402
 from recspark.model.saving import model_bytes  # noqa: E402
+from recspark.model.spec import make_spec  # noqa: E402
 from recspark.serve.kernel import UserTable, recommend_batches  # noqa: E402
 from recspark.train.loop import train_epoch  # noqa: E402
 from recspark.train.optim import make_optimizer  # noqa: E402
@@ -104,9 +105,9 @@ def device_batches(data: dict[str, torch.Tensor], batch_size: int):
 
 def recspark_epoch(data, args, device) -> float:
     torch.manual_seed(0)
-    model = build_model("dot_bias", args.users, args.items, args.factors, y_range=Y_RANGE).to(
-        device
-    )
+    model = build_model(
+        make_spec("dot_bias", args.users, args.items, factors=args.factors, y_range=Y_RANGE)
+    ).to(device)
     optimizer = make_optimizer(model, "adam", lr=args.lr)
     seconds, _ = timed(
         lambda: train_epoch(model, device_batches(data, args.batch_size), optimizer, None, device),
@@ -154,9 +155,9 @@ def plain_epoch(data, args, device) -> float:
 def parquet_epoch(folder: Path, args, device) -> float:
     """The epoch fed from Parquet row groups (pyarrow reads, the Prefetcher overlaps)."""
     torch.manual_seed(0)
-    model = build_model("dot_bias", args.users, args.items, args.factors, y_range=Y_RANGE).to(
-        device
-    )
+    model = build_model(
+        make_spec("dot_bias", args.users, args.items, factors=args.factors, y_range=Y_RANGE)
+    ).to(device)
     optimizer = make_optimizer(model, "adam", lr=args.lr)
 
     def read():
@@ -184,7 +185,7 @@ def scoring_case(args, device) -> tuple[float, float, int]:
     """(recspark seconds, plain torch seconds, users whose lists differ) for top-N of every user."""
     torch.manual_seed(0)
     users, items, factors = args.score_users, args.score_items, args.score_factors
-    model = build_model("dot_bias", users, items, factors, y_range=Y_RANGE)
+    model = build_model(make_spec("dot_bias", users, items, factors=factors, y_range=Y_RANGE))
     with torch.no_grad():
         for table in ("user_factors", "item_factors", "item_bias"):
             weight(model, table).normal_(0, 0.3)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from recspark.model.registry import build_model
+from recspark.model.spec import make_spec
 from recspark.train.objectives.base import RunContext
 from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingObjective, RankingSettings
@@ -68,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[tuple[str, Any, Any, bool, Any, list[tuple[float, float, float]]]] = []
     for name, sparse, make, by_rows in cases:
         model = build_model(
-            "dot_bias", args.users, args.items, args.factors, (1.0, 5.5), sparse=sparse
+            make_spec(
+                "dot_bias",
+                args.users,
+                args.items,
+                factors=args.factors,
+                y_range=(1.0, 5.5),
+                sparse=sparse,
+            )
         )
         runs.append((name, model, make(model.parameters()), by_rows, RatingObjective(), []))
     if args.lists_head:
@@ -78,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
             ("head, head_rows", args.head_rows),
         ):
             model = build_model(
-                "dot_bias",
-                args.users,
-                args.items,
-                args.factors,
-                (1.0, 5.5),
-                sparse=True,
-                lists_head=True,
+                make_spec(
+                    "dot_bias",
+                    args.users,
+                    args.items,
+                    factors=args.factors,
+                    y_range=(1.0, 5.5),
+                    sparse=True,
+                    lists_head=True,
+                )
             )
             objective = JointObjective(RankingObjective(RankingSettings()), 0.3, head_rows)
             objective.start_epoch(model, torch.device("cpu"), RunContext(args.users, args.items))

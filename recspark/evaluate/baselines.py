@@ -39,6 +39,7 @@ from recspark.core.constants import BIAS, FACTORS, ITEM_IDX, PREDICTION, RATING,
 from recspark.core.errors import BadInputError
 from recspark.model.registry import build_model
 from recspark.model.saving import model_bytes
+from recspark.model.spec import make_spec
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ def dot_payload(item_vectors: np.ndarray, item_bias: np.ndarray | None = None) -
     n_items, factors = item_vectors.shape
     kind = "dot" if item_bias is None else "dot_bias"
     spec = {"kind": kind, "n_users": 1, "n_items": n_items, "factors": factors, "y_range": None}
-    model = build_model(kind=kind, n_users=1, n_items=n_items, factors=factors, y_range=None)
+    model = build_model(
+        make_spec(kind=kind, n_users=1, n_items=n_items, factors=factors, y_range=None)
+    )
     with torch.no_grad():
         _weight(model, "user_factors").zero_()
         _weight(model, "item_factors").copy_(torch.as_tensor(item_vectors, dtype=torch.float32))

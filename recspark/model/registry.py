@@ -25,23 +25,8 @@ from recspark.model.spec import (
     BlendSpec,
     FactorSpec,
     ModelSpec,
-    spec_from_dict,
 )
 from recspark.model.tables import embedding_size
-
-#: The order of :func:`build_model`'s positional arguments in its keyword form (older callers).
-POSITIONAL = (
-    "n_users",
-    "n_items",
-    "factors",
-    "y_range",
-    "hidden",
-    "dropouts",
-    "embedding_dropout",
-    "user_factors",
-    "item_factors",
-    "sparse",
-)
 
 
 def _features(spec: FactorSpec) -> dict[str, Any]:
@@ -113,19 +98,16 @@ BUILDERS: dict[str, Callable[[ModelSpec], EmbeddingModel]] = {
 assert set(BUILDERS) == set(BUILT_MODEL_KINDS), "the registry builds what choices names"
 
 
-def build_model(
-    spec: ModelSpec | str | None = None, *args: Any, **arguments: Any
-) -> EmbeddingModel:
+def build_model(spec: ModelSpec) -> EmbeddingModel:
     """Build the model ``spec`` describes; table sizes come from the id maps, never the batches.
 
     Parameters
     ----------
     spec
-        A :class:`~recspark.model.spec.ModelSpec`. Callers that hold a stored spec's plain dict
-        may pass it as keyword arguments instead (``build_model(**stored)``, what ``model.pt``
-        holds), or the kind followed by its arguments in the order of :data:`POSITIONAL`
-        (``build_model("dot", 3, 4, factors=2)``); both are read by
-        :meth:`~recspark.model.spec.ModelSpec.from_stored`.
+        A :class:`~recspark.model.spec.ModelSpec`: from the config
+        (:func:`recspark.train.spec.model_spec`), from a stored ``model.pt``
+        (:func:`~recspark.model.spec.spec_from_dict`), or made by hand
+        (:func:`~recspark.model.spec.make_spec`).
 
     Raises
     ------
@@ -134,11 +116,6 @@ def build_model(
     ValueError
         For an unknown kind, an argument its kind does not take, or an impossible shape.
     """
-    if not isinstance(spec, ModelSpec):
-        if spec is not None:
-            arguments["kind"] = spec
-        arguments.update(zip(POSITIONAL, args, strict=False))
-        spec = spec_from_dict(arguments)
     if spec.n_users <= 0 or spec.n_items <= 0:
         raise BadInputError(
             f"empty tables ({spec.n_users} users, {spec.n_items} items): prepare found no data"

@@ -214,6 +214,12 @@ def spec_from_dict(stored: Mapping[str, Any] | ModelSpec) -> ModelSpec:
     return stored if isinstance(stored, ModelSpec) else ModelSpec.from_stored(stored)
 
 
+def make_spec(kind: str, n_users: int, n_items: int, **options: Any) -> ModelSpec:
+    """The spec of a ``kind`` model with these table sizes and ``options`` (the names ``model.pt``
+    stores: ``factors``, ``y_range``, ``hidden``, ...), checked as a stored spec is."""
+    return ModelSpec.from_stored({"kind": kind, "n_users": n_users, "n_items": n_items, **options})
+
+
 def _default(spec_field: dataclasses.Field[Any]) -> Any:
     if spec_field.default is not dataclasses.MISSING:
         return spec_field.default

@@ -235,11 +235,12 @@ def train_worker(job: WorkerJob) -> bytes:
     every process returns it.
     """
     from recspark.model.registry import build_model
+    from recspark.model.spec import spec_from_dict
 
     device = _start_process(job)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        model = build_model(**job.spec)
+        model = build_model(spec_from_dict(job.spec))
         model.load_state_dict(
             load_plain(job.initial_state, "the initial weights", "state dict", _ADVICE)
         )

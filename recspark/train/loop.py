@@ -47,6 +47,7 @@ from torch import nn
 
 from recspark.core.torch_utils import epoch_seed, seed_everything
 from recspark.model.registry import build_model
+from recspark.model.spec import spec_from_dict
 from recspark.train.batching import (
     AUTO_BATCH_BOUNDS,
     AUTO_BATCH_STEPS,
@@ -130,7 +131,7 @@ class TrainSettings:
 def init_model(spec: dict[str, Any], seed: int) -> nn.Module:
     """Build a model from :func:`recspark.model.registry.build_model` arguments under ``seed``."""
     seed_everything(seed)
-    return build_model(**spec)
+    return build_model(spec_from_dict(spec))
 
 
 def settings_fingerprint(values: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import torch
 from recspark.cli import main
 from recspark.core.storage import Layout
 from recspark.model.registry import build_model
+from recspark.model.spec import spec_from_dict
 from tests.e2e.test_score_job import RUN_DATE, publish_hand_made_run, set_args
 
 USERS, ITEMS = 60, 40
@@ -32,7 +33,7 @@ def planted_ratings(spark, tmp_path_factory):
         "factors": 2,
         "y_range": [1.0, 5.5],
     }
-    model = build_model(**spec)
+    model = build_model(spec_from_dict(spec))
     with torch.no_grad():
         model.user_factors.weight.normal_(0, 1.0)
         model.item_factors.weight.normal_(0, 1.0)

@@ -21,6 +21,7 @@ from recspark.data.prepared import PreparedRun, write_manifest
 from recspark.model.published import index_fingerprint, save_model
 from recspark.model.registry import build_model
 from recspark.model.saving import write_factor_tables
+from recspark.model.spec import spec_from_dict
 from tests.conftest import ML100K_U1_DATE, REPO, copy_prepared
 from tests.fixtures.paused_score import command as paused_score_command
 
@@ -129,7 +130,7 @@ def plant(root: Path, listed: bool = False, input_fingerprint: str | None = None
     """Five users (string ids) x six items (long ids); item i scores 10 - i for every user, items
     2 and 3 tie. User "c" has rated all but two items; user "e" is known but rated nothing."""
     spec = {"kind": "dot", "n_users": 5, "n_items": 6, "factors": 2}
-    model = build_model(**spec)
+    model = build_model(spec_from_dict(spec))
     with torch.no_grad():
         model.user_factors.weight.copy_(torch.tensor([[1.0, 1.0]] * 5))
         model.item_factors.weight.copy_(

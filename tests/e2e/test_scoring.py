@@ -8,6 +8,7 @@ import torch
 
 from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
 from recspark.model.registry import build_model
+from recspark.model.spec import make_spec
 from recspark.serve.kernel import UserTable
 from recspark.serve.scoring import (
     ScoringPlan,
@@ -20,7 +21,9 @@ from recspark.serve.scoring import (
 
 def test_recommend_all_in_spark_matches_brute_force(spark):
     torch.manual_seed(1)
-    model = build_model("dot_bias", n_users=40, n_items=25, factors=3, y_range=(1.0, 5.5)).eval()
+    model = build_model(
+        make_spec("dot_bias", n_users=40, n_items=25, factors=3, y_range=(1.0, 5.5))
+    ).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0, 0.7)

@@ -15,6 +15,7 @@ from recspark.model.autorec import Blend
 from recspark.model.ease import MAX_ITEMS, EaseModel, ease_weights
 from recspark.model.lists import lists_model
 from recspark.model.registry import build_model
+from recspark.model.spec import make_spec
 from recspark.serve.foldin import RankingFoldIn, fold_in
 from recspark.serve.kernel import ScoringKernel
 
@@ -28,7 +29,7 @@ def history() -> np.ndarray:
 
 def _fitted(history: np.ndarray, regularization: float = 5.0) -> EaseModel:
     users, items = np.nonzero(history)
-    model = build_model(kind="ease", n_users=USERS, n_items=ITEMS)
+    model = build_model(make_spec(kind="ease", n_users=USERS, n_items=ITEMS))
     # Every pair twice: x is binary, so repeats change nothing.
     model.fit(np.r_[users, users], np.r_[items, items], regularization)
     return model.eval()
@@ -37,7 +38,9 @@ def _fitted(history: np.ndarray, regularization: float = 5.0) -> EaseModel:
 def _blend(history: np.ndarray, weight: float = 2 / 3) -> tuple[Blend, tuple]:
     """A ranking dot_bias (random rows) and EASE blended; the blend and its two parts."""
     torch.manual_seed(0)
-    main_model = build_model(kind="dot_bias", n_users=USERS, n_items=ITEMS, factors=4, y_range=None)
+    main_model = build_model(
+        make_spec(kind="dot_bias", n_users=USERS, n_items=ITEMS, factors=4, y_range=None)
+    )
     partner = _fitted(history)
     return Blend([main_model, partner], [1 - weight, weight]).eval(), (main_model, partner)
 

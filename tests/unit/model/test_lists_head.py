@@ -20,6 +20,7 @@ from recspark.model.ensemble import Ensemble
 from recspark.model.lists import HeadView, has_lists_head, lists_model
 from recspark.model.registry import build_model
 from recspark.model.saving import model_from_bytes
+from recspark.model.spec import make_spec, spec_from_dict
 from recspark.model.tables import FeaturedTable
 from recspark.serve.scoring import item_side_payload
 from recspark.train.objectives.joint import JointObjective
@@ -32,19 +33,21 @@ N_USERS, N_ITEMS = 9, 6
 def _model(kind: str = "dot_bias", members: int = 1, featured: bool = False, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(
-        kind,
-        N_USERS,
-        N_ITEMS,
-        4,
-        y_range=None if kind == "dot" else (1.0, 5.5),
-        hidden=[5],
-        dropouts=[0.0],
-        item_factors=4,
-        user_factors=3,
-        members=members,
-        lists_head=True,
-        user_features=2 if featured else 0,
-        item_features=3 if featured else 0,
+        make_spec(
+            kind,
+            N_USERS,
+            N_ITEMS,
+            factors=4,
+            y_range=None if kind == "dot" else (1.0, 5.5),
+            hidden=[5],
+            dropouts=[0.0],
+            item_factors=4,
+            user_factors=3,
+            members=members,
+            lists_head=True,
+            user_features=2 if featured else 0,
+            item_features=3 if featured else 0,
+        )
     )
     with torch.no_grad():
         for parameter in model.parameters():
@@ -75,7 +78,7 @@ def test_the_lists_model_scores_head_plus_rating_weight_times_the_rating_logit(k
     assert spec["kind"] == "dot_bias" and spec["y_range"] is None
     assert torch.allclose(lists.score_items(users, items), expected, atol=1e-5)
     # A plain model: its own spec rebuilds it, and the scoring payload scores as it does.
-    rebuilt = build_model(**spec)
+    rebuilt = build_model(spec_from_dict(spec))
     rebuilt.load_state_dict(lists.state_dict())
     assert torch.allclose(rebuilt.score_items(users, items), expected, atol=1e-5)
     light, _, _ = model_from_bytes(item_side_payload(lists, spec, {"objective": "ranking"}))
@@ -101,7 +104,7 @@ def test_an_mlps_lists_are_its_head_alone():
 
 
 def test_a_model_without_a_head_is_its_own_lists_model():
-    model = build_model("dot_bias", N_USERS, N_ITEMS, 4)
+    model = build_model(make_spec("dot_bias", N_USERS, N_ITEMS, factors=4))
     assert not has_lists_head(model)
     assert lists_model(model, 0.5) == (model, None)
 
@@ -176,15 +179,17 @@ def test_the_one_pass_joint_loss_equals_the_two_passes_and_their_gradients(
 
     torch.manual_seed(0)
     model = build_model(
-        "dot_bias",
-        N_USERS,
-        N_ITEMS,
-        4,
-        sparse=sparse,
-        members=members,
-        lists_head=True,
-        user_features=2 if featured else 0,
-        item_features=3 if featured else 0,
+        make_spec(
+            "dot_bias",
+            N_USERS,
+            N_ITEMS,
+            factors=4,
+            sparse=sparse,
+            members=members,
+            lists_head=True,
+            user_features=2 if featured else 0,
+            item_features=3 if featured else 0,
+        )
     )
     if featured:
         rng = np.random.default_rng(1)
@@ -240,7 +245,9 @@ def test_the_penalty_by_rows_adds_into_the_one_pass_lookups_of_the_item_rows(hea
     from recspark.train.objectives.base import RunContext
 
     torch.manual_seed(0)
-    model = build_model("dot_bias", N_USERS, N_ITEMS, 4, sparse=True, lists_head=True)
+    model = build_model(
+        make_spec("dot_bias", N_USERS, N_ITEMS, factors=4, sparse=True, lists_head=True)
+    )
     users, items = torch.tensor([0, 1, 2, 2]), torch.tensor([3, 0, 5, 3])
     batch = {"user_idx": users, "item_idx": items, "rating": torch.tensor([4.0, 2.0, 5.0, 1.0])}
     settings = RankingSettings(negatives=3)
@@ -266,7 +273,14 @@ def test_the_penalty_by_rows_adds_into_the_one_pass_lookups_of_the_item_rows(hea
 def test_the_heads_rows_learn_at_lr_times_head_lr_scale(optimizer):
     torch.manual_seed(0)
     model = build_model(
-        "dot_bias", N_USERS, N_ITEMS, 4, sparse=optimizer == "sparse_adam", lists_head=True
+        make_spec(
+            "dot_bias",
+            N_USERS,
+            N_ITEMS,
+            factors=4,
+            sparse=optimizer == "sparse_adam",
+            lists_head=True,
+        )
     )
     optimizers = make_optimizer(model, optimizer, lr=0.01, head_lr_scale=0.25)
     head = {id(p) for p in model.head_parameters()}
@@ -314,7 +328,9 @@ def _planted(seed: int = 0):
 def test_the_head_learns_which_items_a_user_picks_and_the_rating_head_still_predicts():
     n_users, n_items, taste, kind, data = _planted()
     torch.manual_seed(0)
-    model = build_model("dot_bias", n_users, n_items, 4, y_range=(1.0, 5.5), lists_head=True)
+    model = build_model(
+        make_spec("dot_bias", n_users, n_items, factors=4, y_range=(1.0, 5.5), lists_head=True)
+    )
     settings = RankingSettings(loss="softmax", negatives=n_items)
     objective = JointObjective(RankingObjective(settings), head_weight=1.0)
     optimizers = make_optimizer(model, "adam", lr=0.05)
@@ -368,7 +384,7 @@ def _ddp_worker(rank: int, port: int, folder: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.manual_seed(1)
-        model = build_model("dot_bias", 20, 15, 4, lists_head=True)
+        model = build_model(make_spec("dot_bias", 20, 15, factors=4, lists_head=True))
         _joint_gradients(DistributedDataParallel(model), _half_batch(rank))
         grads = [
             p.grad.clone()
@@ -395,7 +411,7 @@ def test_data_parallel_processes_share_the_heads_gradients(tmp_path):
         port = probe.getsockname()[1]
     mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
     torch.manual_seed(1)
-    model = build_model("dot_bias", 20, 15, 4, lists_head=True)
+    model = build_model(make_spec("dot_bias", 20, 15, factors=4, lists_head=True))
     each = []
     for rank in (0, 1):
         model.zero_grad()

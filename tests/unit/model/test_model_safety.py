@@ -20,6 +20,7 @@ from recspark.core.storage import Layout
 from recspark.model.published import load_published_model, save_model
 from recspark.model.registry import build_model
 from recspark.model.saving import load_model, load_plain, model_bytes
+from recspark.model.spec import make_spec, spec_from_dict
 from recspark.train.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from recspark.train.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
 from tests.e2e.test_score_job import RUN_DATE
@@ -55,7 +56,7 @@ HOOKS = [TouchHook, ShellHook]
 
 def small_model():
     spec = {"kind": "dot_bias", "n_users": 4, "n_items": 3, "factors": 2}
-    return build_model(**spec), spec
+    return build_model(spec_from_dict(spec)), spec
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -127,7 +128,9 @@ def test_every_optimizer_and_schedule_checkpoints_as_plain_data(tmp_path, optimi
     """What a checkpoint keeps (model, optimizer and schedule state, history) loads back with
     weights_only=True, equal to what was saved."""
     sparse = optimizer.startswith("sparse")
-    model = build_model(kind="mlp", n_users=6, n_items=5, hidden=[4], dropouts=[0.0], sparse=sparse)
+    model = build_model(
+        make_spec(kind="mlp", n_users=6, n_items=5, hidden=[4], dropouts=[0.0], sparse=sparse)
+    )
     optimizers = make_optimizer(model, optimizer, 0.01)
     steps = Schedule(optimizers, schedule, 0.01, epochs=2, steps_per_epoch=3)
     for _ in range(2):

@@ -23,6 +23,7 @@ from recspark.core.errors import BadInputError
 from recspark.model.ensemble import Ensemble
 from recspark.model.registry import build_model
 from recspark.model.saving import model_from_bytes
+from recspark.model.spec import make_spec, spec_from_dict
 from recspark.model.tables import FeaturedTable, embedding_size
 from recspark.serve.scoring import item_side_payload
 
@@ -60,7 +61,7 @@ def _features(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
 def _model(kind: str, featured: bool, seed: int = 0, scale: float = 0.5):
     """A model with every weight drawn at ``scale``, so outputs are far from their start."""
     torch.manual_seed(seed)
-    model = build_model(**_spec(kind, featured))
+    model = build_model(spec_from_dict(_spec(kind, featured)))
     if featured:
         model.set_side_features(*_features())
     with torch.no_grad():
@@ -116,7 +117,7 @@ def test_predictions_stay_inside_y_range(kind, featured):
 @SUITE
 def test_biases_and_feature_embeddings_start_at_zero(kind, featured):
     torch.manual_seed(0)
-    model = build_model(**_spec(kind, featured))
+    model = build_model(spec_from_dict(_spec(kind, featured)))
     if featured:
         model.set_side_features(*_features())
     if kind == "dot_bias":
@@ -160,7 +161,7 @@ def test_the_scoring_payload_scores_exported_user_rows_as_the_whole_model(kind, 
 @SUITE
 def test_a_saved_state_rebuilds_the_same_model_from_its_spec(kind, featured):
     model = _model(kind, featured)
-    rebuilt = build_model(**_spec(kind, featured))
+    rebuilt = build_model(spec_from_dict(_spec(kind, featured)))
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(*_all_pairs()), model(*_all_pairs()))
@@ -195,7 +196,7 @@ def test_model_bytes_load_back_exactly_whichever_device_builds_them(
 def test_construction_is_repeatable_under_a_seed(kind, featured):
     def weights(seed):
         torch.manual_seed(seed)
-        return build_model(**_spec(kind, featured)).state_dict()
+        return build_model(spec_from_dict(_spec(kind, featured))).state_dict()
 
     first, again, other = weights(11), weights(11), weights(12)
     assert all(torch.equal(first[k], again[k]) for k in first)
@@ -251,7 +252,7 @@ def test_the_penalty_gradient_by_rows_is_the_autograd_one(kind, extra, sparse):
         "bias_penalty": 0.5,
         **extra,
     }
-    graph, by_rows = build_model(**spec), build_model(**spec)
+    graph, by_rows = build_model(spec_from_dict(spec)), build_model(spec_from_dict(spec))
     by_rows.load_state_dict(graph.state_dict())
     users, items = torch.randint(0, 50, (64,)), torch.randint(0, 30, (64,))
     ratings = torch.rand(64) * 4 + 1
@@ -288,25 +289,25 @@ def test_a_featured_row_is_its_own_row_plus_its_weighted_feature_embeddings():
 
 
 def test_side_features_that_do_not_fit_are_refused():
-    featured = build_model(**_spec("dot_bias", True))
+    featured = build_model(spec_from_dict(_spec("dot_bias", True)))
     with pytest.raises(ValueError, match="do not fit"):
         featured.set_side_features(user=np.ones((N_USERS, USER_FEATURES + 1)))
     with pytest.raises(ValueError, match="NaN"):
         featured.set_side_features(item=np.full((N_ITEMS, ITEM_FEATURES), np.nan))
-    plain = build_model(**_spec("dot_bias", False))
+    plain = build_model(spec_from_dict(_spec("dot_bias", False)))
     with pytest.raises(ValueError, match="built without them"):
         plain.set_side_features(user=np.ones((N_USERS, USER_FEATURES)))
 
 
 def test_build_model_refuses_empty_tables_and_unknown_kinds():
     with pytest.raises(BadInputError, match="empty tables"):
-        build_model("dot", 0, 3)
+        build_model(make_spec("dot", 0, 3))
     with pytest.raises(ValueError, match="unknown model kind 'svd'"):
-        build_model("svd", 3, 3)
+        build_model(make_spec("svd", 3, 3))
 
 
 def test_the_mlp_embedding_widths_follow_fastais_rule():
-    model = build_model("mlp", 943, 1682)
+    model = build_model(make_spec("mlp", 943, 1682))
     assert model.user_factors.embedding_dim == embedding_size(943) == 74
     assert model.item_factors.embedding_dim == embedding_size(1682) == 102
     assert embedding_size(10**9) == 600
@@ -339,7 +340,7 @@ def test_the_dot_models_recover_a_planted_low_rank_matrix(kind):
     values = torch.tensor(truth[users, items], dtype=torch.float32)
     u, i = torch.as_tensor(users), torch.as_tensor(items)
     torch.manual_seed(0)
-    model = build_model(kind, n_users, n_items, factors=rank, y_range=None)
+    model = build_model(make_spec(kind, n_users, n_items, factors=rank, y_range=None))
     with torch.no_grad():  # a larger start than the default 0.01 so 600 full-batch steps suffice
         model.user_factors.weight.normal_(0, 0.3)
         model.item_factors.weight.normal_(0, 0.3)
@@ -370,12 +371,14 @@ def test_side_features_predict_films_nobody_rated_from_their_genre():
     for featured in (False, True):
         torch.manual_seed(0)
         model = build_model(
-            "dot_bias",
-            n_users,
-            n_items,
-            factors=2,
-            y_range=(0.5, 5.5),
-            item_features=2 if featured else 0,
+            make_spec(
+                "dot_bias",
+                n_users,
+                n_items,
+                factors=2,
+                y_range=(0.5, 5.5),
+                item_features=2 if featured else 0,
+            )
         )
         if featured:
             model.set_side_features(item=item_weights)
@@ -391,7 +394,7 @@ def test_an_ensemble_is_its_members_mean_everywhere_the_jobs_read_it(featured):
     """forward, score_items, the exported rows through the scoring payload, and a rebuild."""
     spec = _spec("dot_bias", featured, members=3)
     torch.manual_seed(0)
-    model = build_model(**spec)
+    model = build_model(spec_from_dict(spec))
     assert isinstance(model, Ensemble) and len(model.members) == 3
     if featured:
         model.set_side_features(*_features())
@@ -412,7 +415,7 @@ def test_an_ensemble_is_its_members_mean_everywhere_the_jobs_read_it(featured):
         assert light_spec["n_users"] == 1
         scored = light.score_vectors(model.user_factors.weight, None, torch.arange(N_ITEMS))
         torch.testing.assert_close(scored.reshape(-1), each.mean(0), rtol=1e-5, atol=1e-5)
-        rebuilt = build_model(**spec)
+        rebuilt = build_model(spec_from_dict(spec))
         rebuilt.load_state_dict(model.state_dict())
         torch.testing.assert_close(rebuilt.eval()(users, items), model(users, items))
 
@@ -424,7 +427,7 @@ def test_ensemble_members_learn_as_if_each_were_trained_alone():
 
     spec = _spec("dot_bias", False, members=2)
     torch.manual_seed(5)
-    ensemble = build_model(**spec)
+    ensemble = build_model(spec_from_dict(spec))
     alone = [copy.deepcopy(member) for member in ensemble.members]
     rng = np.random.default_rng(0)
     batches = [
@@ -465,4 +468,4 @@ def test_ensemble_members_learn_as_if_each_were_trained_alone():
 
 def test_an_ensemble_of_mlps_is_refused():
     with pytest.raises(ValueError, match="ensemble averages"):
-        build_model(**_spec("mlp", False, members=2))
+        build_model(spec_from_dict(_spec("mlp", False, members=2)))

@@ -10,6 +10,7 @@ from recspark.core.errors import BadInputError
 from recspark.model.mf import DotBias, DotProduct
 from recspark.model.mlp import EmbeddingNet
 from recspark.model.registry import build_model
+from recspark.model.spec import make_spec
 from recspark.serve.foldin import (
     RankingFoldIn,
     fold_in,
@@ -21,7 +22,9 @@ from recspark.serve.foldin import (
 
 def _dot_model(kind: str, items: int = 80, factors: int = 4, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    model = build_model(kind, n_users=3, n_items=items, factors=factors, y_range=(0.5, 5.5))
+    model = build_model(
+        make_spec(kind, n_users=3, n_items=items, factors=factors, y_range=(0.5, 5.5))
+    )
     with torch.no_grad():
         model.item_factors.weight.copy_(torch.randn(items, factors, generator=generator) * 0.6)
         if isinstance(model, DotBias):
@@ -118,14 +121,16 @@ def test_fold_in_needs_a_positive_regularization_and_known_items():
 def test_mlp_fold_in_predicts_the_planted_users_other_ratings():
     torch.manual_seed(11)
     model = build_model(
-        "mlp",
-        n_users=50,
-        n_items=120,
-        user_factors=6,
-        item_factors=6,
-        hidden=[32],
-        dropouts=[0.0],
-        y_range=(0.5, 5.5),
+        make_spec(
+            "mlp",
+            n_users=50,
+            n_items=120,
+            user_factors=6,
+            item_factors=6,
+            hidden=[32],
+            dropouts=[0.0],
+            y_range=(0.5, 5.5),
+        )
     ).eval()
     assert isinstance(model, EmbeddingNet)
     with torch.no_grad():

@@ -15,12 +15,13 @@ import torch
 from recspark.core.config import load_config
 from recspark.core.errors import BadInputError, ConfigError
 from recspark.model.registry import build_model
+from recspark.model.spec import make_spec
 from recspark.serve.kernel import ScoringKernel, recommend_batches
 from recspark.serve.scoring import item_side_payload
 
 
 def test_kernel_leaves_out_ineligible_items_and_shortens_lists():
-    model = build_model("dot", n_users=2, n_items=6, factors=1)
+    model = build_model(make_spec("dot", n_users=2, n_items=6, factors=1))
     with torch.no_grad():
         model.item_factors.weight.copy_(torch.tensor([[6.0], [5.0], [4.0], [3.0], [2.0], [1.0]]))
     kernel = ScoringKernel(model.eval(), torch.device("cpu"))
@@ -40,7 +41,7 @@ def test_kernel_leaves_out_ineligible_items_and_shortens_lists():
 
 
 def test_recommend_batches_apply_the_mask_to_every_user():
-    model = build_model("dot", n_users=1, n_items=4, factors=1)
+    model = build_model(make_spec("dot", n_users=1, n_items=4, factors=1))
     with torch.no_grad():
         model.item_factors.weight.copy_(torch.tensor([[4.0], [3.0], [2.0], [1.0]]))
     payload = item_side_payload(

@@ -64,9 +64,10 @@ def test_titles_tables_of_three_layouts(tmp_path):
 def test_a_known_users_list_leaves_out_what_it_rated_and_rare_items():
     """The list is the model's ranking of the eligible items the user has not rated."""
     from recspark.model.registry import build_model
+    from recspark.model.spec import make_spec
     from recspark.serve.recommend import known_user_list
 
-    model = build_model("dot", n_users=1, n_items=6, factors=1)
+    model = build_model(make_spec("dot", n_users=1, n_items=6, factors=1))
     with torch.no_grad():
         model.user_factors.weight.fill_(1.0)
         model.item_factors.weight.copy_(torch.tensor([[6.0], [5.0], [4.0], [3.0], [2.0], [1.0]]))

@@ -14,6 +14,7 @@ import torch
 
 from recspark.core.errors import BadInputError
 from recspark.model.registry import build_model
+from recspark.model.spec import make_spec
 from recspark.serve.kernel import ScoringKernel, UserTable, recommend_batches
 from recspark.serve.scoring import (
     item_side_payload,
@@ -84,7 +85,7 @@ def test_top_k_refuses_nan_scores():
 def test_kernel_matches_the_model_pair_by_pair(kind):
     torch.manual_seed(0)
     model = build_model(
-        kind, n_users=30, n_items=90, factors=6, hidden=[16, 8], dropouts=[0.0, 0.0]
+        make_spec(kind, n_users=30, n_items=90, factors=6, hidden=[16, 8], dropouts=[0.0, 0.0])
     )
     with torch.no_grad():
         for parameter in model.parameters():
@@ -130,7 +131,7 @@ def test_best_columns_finds_topks_values_on_wide_blocks(columns):
 
 
 def test_kernel_masks_seen_items_and_keeps_short_lists():
-    model = build_model("dot", n_users=2, n_items=5, factors=1)
+    model = build_model(make_spec("dot", n_users=2, n_items=5, factors=1))
     with torch.no_grad():
         model.item_factors.weight.copy_(torch.tensor([[5.0], [4.0], [3.0], [2.0], [1.0]]))
     kernel = ScoringKernel(model.eval(), torch.device("cpu"))
@@ -142,7 +143,7 @@ def test_kernel_masks_seen_items_and_keeps_short_lists():
 
 
 def test_recommend_batches_reads_arrow_lists_and_masks_rated_items():
-    model = build_model("dot_bias", n_users=1, n_items=4, factors=2, y_range=None)
+    model = build_model(make_spec("dot_bias", n_users=1, n_items=4, factors=2, y_range=None))
     with torch.no_grad():
         model.item_factors.weight.copy_(
             torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
@@ -199,7 +200,7 @@ def test_recommend_batches_reads_arrow_lists_and_masks_rated_items():
 
 
 def test_a_broadcast_user_table_refuses_users_it_does_not_have():
-    model = build_model("dot", n_users=3, n_items=4, factors=2).eval()
+    model = build_model(make_spec("dot", n_users=3, n_items=4, factors=2)).eval()
     payload = item_side_payload(
         model, {"kind": "dot", "n_users": 3, "n_items": 4, "factors": 2}, {}
     )

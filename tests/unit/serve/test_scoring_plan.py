@@ -8,6 +8,7 @@ import pyarrow as pa
 import torch
 
 from recspark.model.registry import build_model
+from recspark.model.spec import make_spec
 from recspark.serve.kernel import UserTable
 from recspark.serve.scoring import ScoringPlan, TaskInputs, item_side_payload, score_partition
 from tests.fixtures.score_pause import paused
@@ -27,7 +28,7 @@ class _Counters:
 
 
 def _inputs() -> tuple[TaskInputs, list[pa.RecordBatch]]:
-    model = build_model("dot", n_users=3, n_items=4, factors=1).eval()
+    model = build_model(make_spec("dot", n_users=3, n_items=4, factors=1)).eval()
     with torch.no_grad():
         model.item_factors.weight.copy_(torch.tensor([[1.0], [4.0], [3.0], [2.0]]))
         model.user_factors.weight.copy_(torch.tensor([[1.0], [-1.0], [2.0]]))

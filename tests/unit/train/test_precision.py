@@ -14,7 +14,7 @@ import torch
 from recspark.core.config import load_config
 from recspark.core.errors import ConfigError
 from recspark.model.registry import build_model
-from recspark.model.spec import DotSpec
+from recspark.model.spec import DotSpec, spec_from_dict
 from recspark.train.artifacts import SUMMARY_METRICS, TrainedModel, training_metrics
 from recspark.train.loop import FitResult, fit, init_model, train_epoch
 from recspark.train.objectives.base import RunContext
@@ -198,7 +198,7 @@ def small_model(kind: str) -> torch.nn.Module:
     spec = {"kind": kind, "n_users": 40, "n_items": 50, "factors": 5, "y_range": None}
     if kind == "mlp":
         spec = {**MLP_SPEC, "n_users": 40, "n_items": 50, "y_range": None}
-    model = build_model(**spec)
+    model = build_model(spec_from_dict(spec))
     for parameter in model.parameters():  # biases start at zero: give every weight a gradient
         torch.nn.init.normal_(parameter, std=0.5)
     return model

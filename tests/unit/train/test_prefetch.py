@@ -101,6 +101,7 @@ def test_leaving_early_stops_the_reader_without_reading_everything():
 def test_training_through_the_prefetcher_matches_training_without_it():
     """The wrapper changes when batches are read, never what the loop computes."""
     from recspark.model.registry import build_model
+    from recspark.model.spec import make_spec
     from recspark.train.loop import train_epoch
     from recspark.train.optim import make_optimizer
 
@@ -120,7 +121,7 @@ def test_training_through_the_prefetcher_matches_training_without_it():
     results = []
     for wrapped in (False, True):
         torch.manual_seed(1)
-        model = build_model("dot_bias", n_users=30, n_items=20, factors=4)
+        model = build_model(make_spec("dot_bias", n_users=30, n_items=20, factors=4))
         optimizer = make_optimizer(model, "adam", lr=0.05)
         device = torch.device("cpu")
         if wrapped:
@@ -210,6 +211,7 @@ def test_leaving_the_feed_early_stops_the_thread_before_the_reader(numbered, mon
     from petastorm.reader import Reader
 
     from recspark.model.registry import build_model
+    from recspark.model.spec import make_spec
     from recspark.train.loop import train_epoch
     from recspark.train.optim import make_optimizer
 
@@ -221,7 +223,7 @@ def test_leaving_the_feed_early_stops_the_thread_before_the_reader(numbered, mon
         stop(reader)
 
     monkeypatch.setattr(Reader, "stop", recording_stop)
-    model = build_model("dot_bias", n_users=FEED_ROWS, n_items=50, factors=4)
+    model = build_model(make_spec("dot_bias", n_users=FEED_ROWS, n_items=50, factors=4))
     optimizer = make_optimizer(model, "adam", lr=0.01)
     with open_feed(numbered, 256, shuffle=True, seed=1, shuffle_buffer=1500) as batches:
         prefetchers.append(batches)

@@ -19,6 +19,7 @@ import torch
 from recspark.core.config import load_config
 from recspark.core.errors import ConfigError
 from recspark.model.registry import build_model
+from recspark.model.spec import make_spec
 from recspark.train.loop import TrainSettings, fit, train_epoch
 from recspark.train.objectives import for_name, ranking
 from recspark.train.objectives.base import RunContext
@@ -190,15 +191,17 @@ def train_planted(kind: str, settings: RankingSettings, epochs: int, lr: float, 
     train, _, _ = planted_interactions()
     torch.manual_seed(0)  # the same starting weights: runs differ only by the sampling seed
     model = build_model(
-        kind,
-        240,
-        CLUSTERS * CLUSTER_SIZE,
-        factors=16,
-        y_range=None,
-        hidden=[32],
-        dropouts=[0.0],
-        user_factors=16,
-        item_factors=16,
+        make_spec(
+            kind,
+            240,
+            CLUSTERS * CLUSTER_SIZE,
+            factors=16,
+            y_range=None,
+            hidden=[32],
+            dropouts=[0.0],
+            user_factors=16,
+            item_factors=16,
+        )
     )
     optimizer = make_optimizer(model, "adam", lr)
     counts = np.bincount(train["item_idx"], minlength=CLUSTERS * CLUSTER_SIZE)
@@ -259,7 +262,7 @@ def test_ranking_epochs_are_repeatable_and_depend_on_the_sampling_seed():
 def test_validation_ranks_positives_against_a_fixed_sample():
     _, validation, _ = planted_interactions()
     model, _ = train_planted("dot", RankingSettings(negatives=500), 25, 0.01)
-    untrained = build_model("dot", 240, CLUSTERS * CLUSTER_SIZE, factors=16)
+    untrained = build_model(make_spec("dot", 240, CLUSTERS * CLUSTER_SIZE, factors=16))
     objective = RankingObjective(RankingSettings(validation_items=50))
     context = RunContext(n_items=CLUSTERS * CLUSTER_SIZE, seed=1)
     cpu = torch.device("cpu")
@@ -294,7 +297,7 @@ def test_threshold_and_confidence_pick_and_weigh_the_positives():
         confidence="rating",
         confidence_alpha=1.0,
     )
-    model = build_model("dot", 3, 4, factors=4)
+    model = build_model(make_spec("dot", 3, 4, factors=4))
     before = model.user_factors.weight.detach().clone()
     optimizer = make_optimizer(model, "sgd", 0.1, momentum=0.0)
     context = RunContext(n_items=4, seed=0, epoch=1)
@@ -328,7 +331,7 @@ def test_the_ranking_batch_loss_is_the_softmax_over_the_catalogue_by_hand():
     """A strategy, not a loop: one batch's loss, what it counts, and nothing stepped."""
     assert not hasattr(ranking, "train_epoch") and not hasattr(ranking, "validation_loss")
     torch.manual_seed(0)
-    model = build_model("dot", 3, 5, factors=4, y_range=None)
+    model = build_model(make_spec("dot", 3, 5, factors=4, y_range=None))
     batch = {
         "user_idx": torch.tensor([0, 1, 2, 1]),
         "item_idx": torch.tensor([4, 0, 2, 3]),
@@ -382,7 +385,9 @@ def test_fit_trains_the_ranking_objective_from_parquet(tmp_path):
     train, validation, cluster_of = planted_interactions()
     train_path = write_table(tmp_path / "train", train.sample(frac=1.0, random_state=0))
     validation_path = write_table(tmp_path / "validation", validation)
-    model = build_model("dot_bias", 240, CLUSTERS * CLUSTER_SIZE, factors=16, y_range=None)
+    model = build_model(
+        make_spec("dot_bias", 240, CLUSTERS * CLUSTER_SIZE, factors=16, y_range=None)
+    )
     counts = np.bincount(train["item_idx"], minlength=CLUSTERS * CLUSTER_SIZE)
     settings = TrainSettings(epochs=20, batch_size=256, lr=0.05, weight_decay=1e-4, patience=20)
     objective = for_name(

@@ -22,6 +22,7 @@ import torch
 import recspark.train.batching
 from recspark.model.registry import build_model
 from recspark.model.saving import carry_weights
+from recspark.model.spec import make_spec
 from recspark.train.checkpoints import load_checkpoint, save_checkpoint
 from recspark.train.feeding import open_feed, row_groups
 from recspark.train.loop import (
@@ -323,7 +324,7 @@ def test_fit_with_auto_epochs_runs_as_many_as_the_train_rows_ask(prepared, monke
 
 def test_schedules_follow_their_shapes():
     def lrs(name: str, epochs: int = 4, steps: int = 10, **options) -> list[float]:
-        model = build_model("dot", 5, 5, 2)
+        model = build_model(make_spec("dot", 5, 5, factors=2))
         optimizer = make_optimizer(model, "adam", 0.1)
         schedule = Schedule(optimizer, name, 0.1, epochs, steps, **options)
         seen = []

@@ -15,6 +15,7 @@ import torch
 
 from recspark.core.constants import ITEM_IDX, RATING, USER_IDX
 from recspark.model.registry import build_model
+from recspark.model.spec import make_spec
 from recspark.train import loop
 from recspark.train.batching import plan_feed
 from recspark.train.checkpoints import Checkpoint, capture, resume_state, save_checkpoint
@@ -87,7 +88,7 @@ def test_a_plan_gives_every_process_the_same_steps():
 
 
 def test_early_stopping_keeps_the_best_weights_and_counts_patience():
-    model = build_model("dot", 4, 4, 2)
+    model = build_model(make_spec("dot", 4, 4, factors=2))
     state = Checkpoint()
     track_best(state, 1.0, 1, model, patience=2, epochs=5)
     assert (state.best_epoch, state.waited, state.stopped_early) == (1, 0, False)
@@ -107,7 +108,7 @@ def test_early_stopping_keeps_the_best_weights_and_counts_patience():
 
 
 def test_resume_restores_a_saved_checkpoint_and_starts_fresh_without_one(tmp_path):
-    model = build_model("dot_bias", 5, 5, 2)
+    model = build_model(make_spec("dot_bias", 5, 5, factors=2))
     optimizer = make_optimizer(model, "adam", 0.1)
     schedule = Schedule(optimizer, "one_cycle", 0.1, 3, 4)
     fresh = resume_state(
@@ -121,7 +122,7 @@ def test_resume_restores_a_saved_checkpoint_and_starts_fresh_without_one(tmp_pat
     history = [record(1).published(), record(2).published()]
     capture(state, model=model, optimizer=optimizer, schedule=schedule, history=history)
     save_checkpoint(str(tmp_path), state)
-    other = build_model("dot_bias", 5, 5, 2)
+    other = build_model(make_spec("dot_bias", 5, 5, factors=2))
     other_optimizer = make_optimizer(other, "adam", 0.1)
     other_schedule = Schedule(other_optimizer, "one_cycle", 0.1, 3, 4)
     resumed = resume_state(
