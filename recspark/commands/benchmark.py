@@ -66,6 +66,7 @@ from recspark.core.config import Config, load_config
 from recspark.core.errors import ConfigError
 from recspark.core.location import shown
 from recspark.core.storage import Layout, read_json
+from recspark.data.inputs import ratings_path
 from recspark.data.prepared import MANIFEST, PreparedRun, read_manifest
 from recspark.evaluate.assessment import (
     EvaluationSplit,
@@ -158,7 +159,7 @@ def _contender_config(
         config = config.model_copy(update={s: getattr(tuned, s) for s in sections})
     if name != "recspark":
         root = dataset.layout.root / "contenders" / name
-        source = prepare.input_path(dataset.config)
+        source = ratings_path(dataset.config.input, dataset.config.paths.root)
         config = config.model_copy(
             update={
                 "paths": config.paths.model_copy(update={"root": str(root)}),
@@ -203,7 +204,7 @@ def ensure_prepared(spark: SparkSession, dataset: Dataset) -> PreparedRun:
             generate.run(config, spark)
     if (layout.prepared(config.run_date) / MANIFEST).exists():
         manifest = read_manifest(layout, config.run_date)
-        same_input = manifest.input.path == prepare.input_path(config)
+        same_input = manifest.input.path == ratings_path(config.input, config.paths.root)
         if same_input and manifest.split == config.split.model_dump():
             return manifest
     log.info("%s: preparing", dataset.name)

@@ -76,7 +76,7 @@ def precheck(config: Config) -> None:
     """
     train.precheck(config)
     layout = Layout(config.paths.root)
-    if not NightlyState(layout, recommendations_table(config, layout)).busy():
+    if not NightlyState(layout, recommendations_table(config.score, layout)).busy():
         prepare.precheck(config)
 
 
@@ -96,7 +96,7 @@ def run(config: Config, spark: SparkSession) -> StageResult:
 def _run_locked(config: Config, spark: SparkSession) -> dict[str, Any]:
     """:func:`run` under the run lock: recover, skip a date already published, else run it."""
     layout = Layout(config.paths.root)
-    state = NightlyState(layout, recommendations_table(config, layout))
+    state = NightlyState(layout, recommendations_table(config.score, layout))
     run_date = str(config.run_date)
     run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     with RunLock(

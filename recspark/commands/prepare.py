@@ -60,7 +60,6 @@ from recspark.data.prepare import (
     check_split,
     feed_files,
     flag_split,
-    input_path,
     prepared_counts,
     previous_maps,
     rating_stats,
@@ -78,8 +77,7 @@ from recspark.data.quarantine import (
 
 log = logging.getLogger(__name__)
 
-# input_path is the name benchmark and nightly have always called through this module.
-__all__ = ["input_path", "precheck", "run"]
+__all__ = ["STAGE", "precheck", "run"]
 
 
 def precheck(config: Config) -> None:

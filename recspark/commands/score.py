@@ -43,7 +43,7 @@ def run(config: Config, spark: SparkSession) -> StageResult:
     """Publish the top-N of every user of the model published for ``config.run_date``."""
     layout = Layout(config.paths.root)
     context = PublishedContext.open(layout, config.run_date)  # id maps checked before any task
-    output = recommendations_table(config, layout)
+    output = recommendations_table(config.score, layout)
     return score(
         spark, context, output, config.score, device=config.train.device, run_date=config.run_date
     )

@@ -18,12 +18,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recspark.core.config import Config, InputConfig, SplitConfig
+from recspark.core.config import InputConfig, SplitConfig
 from recspark.core.constants import ITEM_ID, ITEM_IDX, RATING, TIMESTAMP, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
 from recspark.core.storage import Layout, latest_date
 from recspark.data.indexing import check_index
-from recspark.data.inputs import SOURCE, ratings_path
+from recspark.data.inputs import SOURCE
 from recspark.data.listing import fingerprint
 from recspark.data.prepared import PreparedInput, PreparedRun, RatingStats, TableFacts
 from recspark.data.quarantine import RowCounts
@@ -39,15 +39,6 @@ log = logging.getLogger(__name__)
 FEED_COLUMNS = [USER_IDX, ITEM_IDX, RATING, TIMESTAMP]
 TABLES = ("train", "validation", "cold_start")
 INDEXES = ("user_index", "item_index")
-
-
-def input_path(config: Config) -> str:
-    """:func:`recspark.data.inputs.ratings_path` of a whole config.
-
-    For :mod:`recspark.ops.nightly`, which holds the whole config to run every stage; stage code
-    calls ``ratings_path(config.input, config.paths.root)``.
-    """
-    return ratings_path(config.input, config.paths.root)
 
 
 def flag_split(indexed: DataFrame, split: SplitConfig, columns: list[str]) -> DataFrame:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from recspark.core.config import Config
 from recspark.core.errors import QualityGateError
 from recspark.core.storage import SUCCESS, Layout, clean_leftovers, write_json
+from recspark.data.inputs import ratings_path
 from recspark.data.listing import fingerprint
-from recspark.data.prepare import input_path
 from recspark.data.quarantine import REJECTED
 from recspark.model.published import published_version
 from recspark.ops import history, retention
@@ -57,7 +57,7 @@ def _now() -> str:
 
 def input_fingerprint(config: Config) -> str:
     """The digest of the input files (and validation files) a run of ``config`` reads."""
-    paths = [input_path(config)]
+    paths = [ratings_path(config.input, config.paths.root)]
     if config.input.validation_path:
         paths.append(config.input.validation_path)
     return fingerprint(paths)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recspark.core.config import Config
+from recspark.core.config import ScoreConfig
 from recspark.core.constants import RUN_DATE
 from recspark.core.errors import BadInputError, ConfigError
 from recspark.core.location import Location
@@ -277,9 +277,9 @@ class OutputTable:
                 spark.conf.set(key, before)
 
 
-def recommendations_table(config: Config, layout: Layout) -> OutputTable:
+def recommendations_table(score: ScoreConfig, layout: Layout) -> OutputTable:
     """``recommendations/`` as ``score.table_format`` and ``score.table`` say."""
-    return OutputTable(layout.recommendations, config.score.table_format, config.score.table)
+    return OutputTable(layout.recommendations, score.table_format, score.table)
 
 
 def _table_location(spark: SparkSession, name: str) -> str | None:
