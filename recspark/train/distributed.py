@@ -302,12 +302,12 @@ def _run_distributor(distributor: Any, job: WorkerJob) -> bytes:
 def fit_distributed(
     model: nn.Module,
     spec: dict[str, Any],
+    *,
     train_path: str,
     validation_path: str,
     settings: TrainSettings,
     device: torch.device,
     num_processes: int,
-    *,
     local_mode: bool = True,
     cpu_threads: int | None = None,
     device_setting: str = "auto",
