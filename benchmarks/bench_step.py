@@ -67,17 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     batch = {"user_idx": users, "item_idx": items, "rating": ratings}
     # (name, model, optimizer, penalty by rows, objective, timings of each step)
     runs: list[tuple[str, Any, Any, bool, Any, list[tuple[float, float, float]]]] = []
+    spec = make_spec("dot_bias", args.users, args.items, factors=args.factors, y_range=(1.0, 5.5))
     for name, sparse, make, by_rows in cases:
-        model = build_model(
-            make_spec(
-                "dot_bias",
-                args.users,
-                args.items,
-                factors=args.factors,
-                y_range=(1.0, 5.5),
-                sparse=sparse,
-            )
-        )
+        model = build_model(spec.replace(sparse=sparse))
         runs.append((name, model, make(model.parameters()), by_rows, RatingObjective(), []))
     if args.lists_head:
         for name, head_rows in (
@@ -85,17 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             ("head, one pass", None),
             ("head, head_rows", args.head_rows),
         ):
-            model = build_model(
-                make_spec(
-                    "dot_bias",
-                    args.users,
-                    args.items,
-                    factors=args.factors,
-                    y_range=(1.0, 5.5),
-                    sparse=True,
-                    lists_head=True,
-                )
-            )
+            model = build_model(spec.replace(sparse=True, lists_head=True))
             objective = JointObjective(RankingObjective(RankingSettings()), 0.3, head_rows)
             objective.start_epoch(model, torch.device("cpu"), RunContext(args.users, args.items))
             if name == "head, two passes":
