@@ -51,9 +51,9 @@ from recspark.model.registry import build_model  # noqa: E402
 from recspark.model.saving import model_bytes  # noqa: E402
 from recspark.model.spec import make_spec  # noqa: E402
 from recspark.serve.kernel import UserTable, recommend_batches  # noqa: E402
-from recspark.train.loop import train_epoch  # noqa: E402
 from recspark.train.optim import make_optimizer  # noqa: E402
 from recspark.train.prefetch import Prefetcher  # noqa: E402
+from recspark.train.steps import train_epoch  # noqa: E402
 
 Y_RANGE = (1.0, 5.5)
 

@@ -30,9 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from recspark.train.batching import plan_feed
 from recspark.train.feeding import open_feed, petastorm_available, row_groups
-from recspark.train.loop import init_model, plan_feed, train_epoch
+from recspark.train.loop import init_model
 from recspark.train.optim import Schedule, is_sparse_optimizer, make_optimizer
+from recspark.train.steps import train_epoch
 
 
 def write_synthetic(

@@ -4,8 +4,7 @@
 supported input, MovieLens ``u.data`` and ``ratings.dat``, CSV or TSV with or without a header,
 Parquet, the synthetic table, into standard column names), :func:`~recspark.data.checks.check_rows`
 and :func:`~recspark.data.checks.cast_ids` with the id types
-:func:`~recspark.data.checks.infer_id_types` decides. The steps live in modules of one job each,
-and the names the stages and tests have always used are importable from here too:
+:func:`~recspark.data.checks.infer_id_types` decides. The steps live in modules of one job each:
 :mod:`recspark.data.listing` (finding the files), :mod:`recspark.data.sniffing` (formats and
 layouts), :mod:`recspark.data.columns` (column names), :mod:`recspark.data.reading` (Spark
 readers), :mod:`recspark.data.reasons` (quarantine reasons), :mod:`recspark.data.checks` (row
@@ -17,68 +16,11 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 
 from recspark.core.constants import ITEM_ID, RATING, TIMESTAMP, USER_ID
-from recspark.data.checks import cast_ids, check_rows, infer_id_types, split_valid
-from recspark.data.columns import (
-    COLUMN_ALIASES,
-    is_number,
-    looks_like_header,
-    resolve_columns,
-    split_header,
-    wanted_columns,
-)
-from recspark.data.dedup import aggregate_events, mark_duplicates, mark_repeated_events
-from recspark.data.listing import data_entries, data_files, fingerprint, first_line, head_lines
+from recspark.data.checks import cast_ids, check_rows, infer_id_types
 from recspark.data.reading import read_raw
-from recspark.data.reasons import MAX_ID_LENGTH, RAW_LINE, REASONS, STANDARD_COLUMNS
-from recspark.data.sniffing import (
-    DELIMITERS,
-    FIXED_FIELD_COUNT,
-    FORMATS,
-    HEADER_FORMATS,
-    TextLayout,
-    check_delimiter,
-    detect_format,
-    header_groups,
-    inspect_input,
-    text_layout,
-)
+from recspark.data.sniffing import DELIMITERS, detect_format
 
-__all__ = [
-    "COLUMN_ALIASES",
-    "DELIMITERS",
-    "FIXED_FIELD_COUNT",
-    "FORMATS",
-    "HEADER_FORMATS",
-    "MAX_ID_LENGTH",
-    "RAW_LINE",
-    "REASONS",
-    "STANDARD_COLUMNS",
-    "TextLayout",
-    "aggregate_events",
-    "cast_ids",
-    "check_delimiter",
-    "check_rows",
-    "data_entries",
-    "data_files",
-    "detect_format",
-    "fingerprint",
-    "first_line",
-    "head_lines",
-    "header_groups",
-    "infer_id_types",
-    "inspect_input",
-    "is_number",
-    "looks_like_header",
-    "mark_duplicates",
-    "mark_repeated_events",
-    "read_ratings",
-    "read_raw",
-    "resolve_columns",
-    "split_header",
-    "split_valid",
-    "text_layout",
-    "wanted_columns",
-]
+__all__ = ["read_ratings"]
 
 
 def read_ratings(

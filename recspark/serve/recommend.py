@@ -126,7 +126,7 @@ def ranking_settings(
         confidence_alpha=float(recorded.get("confidence_alpha", 1.0)),
     )
     if settings.loss == "bpr" and settings.sampling_alpha > 0:
-        from recspark.train.objectives.ranking import item_popularity
+        from recspark.train.objectives.sampling import item_popularity
 
         counts = item_popularity(train, n_items, settings.positive_threshold)
         settings = dataclasses.replace(settings, item_counts=counts)

@@ -23,9 +23,9 @@ from recspark.model.lists import lists_model
 from recspark.model.published import LISTS_FOLDER, ModelMeta, index_fingerprint, save_model
 from recspark.model.saving import MODEL_FILE, raw_ids, write_factor_tables
 from recspark.model.spec import ModelSpec
-from recspark.train.loop import FitResult
 from recspark.train.precision import resolve_precision
 from recspark.train.publication_gate import ValidationScores
+from recspark.train.records import FitResult
 from recspark.train.warm import Carried
 
 # The train command's summary line: these keys of metrics.json.

@@ -26,11 +26,13 @@ from recspark.model.autorec import AutoRec, Blend
 from recspark.model.base import EmbeddingModel
 from recspark.model.ease import EaseModel
 from recspark.model.spec import AutoRecSpec, BlendSpec, EaseSpec, ModelSpec
-from recspark.train.loop import evaluate_split, fit, init_model, validation_fields
+from recspark.train.loop import fit, init_model
 from recspark.train.objectives import for_name
 from recspark.train.objectives.ranking import RankingSettings
 from recspark.train.publication_gate import ValidationScores
+from recspark.train.records import validation_fields
 from recspark.train.spec import train_settings
+from recspark.train.validation import evaluate_split
 
 
 class BlendFit(NamedTuple):

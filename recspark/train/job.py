@@ -40,11 +40,12 @@ from recspark.train.artifacts import Published, TrainedModel, publish_model
 from recspark.train.blend import fit_blend
 from recspark.train.checkpoints import remove_checkpoints
 from recspark.train.feeding import row_groups
-from recspark.train.loop import FitResult, fit, init_model, settings_fingerprint
+from recspark.train.loop import fit, init_model, settings_fingerprint
 from recspark.train.objectives import for_name
 from recspark.train.objectives.base import Objective
 from recspark.train.objectives.joint import JointObjective
-from recspark.train.objectives.ranking import RankingObjective, RankingSettings, item_popularity
+from recspark.train.objectives.ranking import RankingObjective, RankingSettings
+from recspark.train.objectives.sampling import item_popularity
 from recspark.train.publication_gate import (
     ValidationScores,
     best_figures,
@@ -52,6 +53,7 @@ from recspark.train.publication_gate import (
     publication_refusal,
     starting_figures,
 )
+from recspark.train.records import FitResult
 from recspark.train.spec import model_spec, side_features, train_settings
 from recspark.train.warm import Carried, warm_start
 

@@ -13,8 +13,7 @@ in one process and in every process of a data-parallel run (:mod:`recspark.train
 :class:`~recspark.train.processes.LocalProcess` or its distributed subclass says how to wrap the
 model and how to add numbers up across processes; :mod:`recspark.train.batching` sizes batches,
 epochs and each process's share. It knows nothing of Spark or of where artifacts go; the train
-job (:mod:`recspark.train.job`) wires it to paths and writes what it returns. The names that
-moved to those modules are still importable from here.
+job (:mod:`recspark.train.job`) wires it to paths and writes what it returns.
 
 The feed (:func:`recspark.train.feeding.open_feed`) overlaps with the step: a background thread
 reads, shuffles and casts the next batch (on a GPU also copies it) while this one trains, for
@@ -48,52 +47,19 @@ from torch import nn
 from recspark.core.torch_utils import epoch_seed, seed_everything
 from recspark.model.registry import build_model
 from recspark.model.spec import spec_from_dict
-from recspark.train.batching import (
-    AUTO_BATCH_BOUNDS,
-    AUTO_BATCH_STEPS,
-    AUTO_EPOCH_BOUNDS,
-    AUTO_EPOCH_ROWS,
-    FeedPlan,
-    auto_batch_size,
-    auto_epochs,
-    plan_feed,
-)
+from recspark.train.batching import FeedPlan, auto_epochs, plan_feed
 from recspark.train.checkpoints import Checkpoint, capture, resume_state, save_checkpoint
 from recspark.train.feeding import FeedSpec, read_feed, row_groups
 from recspark.train.objectives.base import Objective, RunContext, ValidationFigures
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.optim import Optimizers, Schedule, make_optimizer
 from recspark.train.processes import LocalProcess
-from recspark.train.records import VALIDATION_FIELDS, EpochRecord, FitResult, validation_fields
-from recspark.train.steps import NAN_CHECK_STEPS, PenalisedModel, train_epoch
+from recspark.train.records import EpochRecord, FitResult
+from recspark.train.steps import train_epoch
 from recspark.train.stopping import track_best
-from recspark.train.validation import VALIDATION_BATCH, evaluate_split
+from recspark.train.validation import evaluate_split
 
-# Names that moved to modules of their own, still importable from here.
-__all__ = [
-    "AUTO_BATCH_BOUNDS",
-    "AUTO_BATCH_STEPS",
-    "AUTO_EPOCH_BOUNDS",
-    "AUTO_EPOCH_ROWS",
-    "NAN_CHECK_STEPS",
-    "VALIDATION_BATCH",
-    "VALIDATION_FIELDS",
-    "EpochRecord",
-    "FeedPlan",
-    "FitResult",
-    "LocalProcess",
-    "PenalisedModel",
-    "TrainSettings",
-    "auto_batch_size",
-    "auto_epochs",
-    "evaluate_split",
-    "fit",
-    "init_model",
-    "plan_feed",
-    "settings_fingerprint",
-    "train_epoch",
-    "validation_fields",
-]
+__all__ = ["TrainSettings", "fit", "init_model", "settings_fingerprint"]
 
 log = logging.getLogger(__name__)
 

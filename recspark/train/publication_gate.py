@@ -18,8 +18,9 @@ from torch import nn
 
 from recspark.core.constants import RATING
 from recspark.core.location import Location
-from recspark.train.loop import FitResult, evaluate_split, validation_fields
 from recspark.train.objectives.base import Objective, RunContext
+from recspark.train.records import FitResult, validation_fields
+from recspark.train.validation import evaluate_split
 
 # How much lower a validation loss must be to count as an improvement (as in the loop).
 IMPROVEMENT = 1e-7

@@ -24,6 +24,8 @@ from pyspark.sql import types as T
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location
 from recspark.data import sources
+from recspark.data.reasons import REASONS
+from recspark.data.sniffing import inspect_input
 from tests.e2e.test_prepare import load_udata, prepare, prepared_ratings, read
 from tests.e2e.test_sources import rows, write
 from tests.unit.data.test_input_hardening import CSV_HEADER, run_cli
@@ -85,7 +87,7 @@ def test_every_kind_of_bad_id_gets_its_own_reason_and_the_ids_stay_integers(spar
         (u, i) for u, i, r in rows(checked, "user_id", "item_id", "reason") if r is None
     )
     assert good_ids == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (9223372036854775807, 1)]
-    assert set(bad.values()) <= set(sources.REASONS)
+    assert set(bad.values()) <= set(REASONS)
 
 
 def test_max_id_length_is_configurable(spark, tmp_path):
@@ -151,7 +153,7 @@ def test_prepare_quarantines_a_non_utf8_id_and_keeps_the_clean_split(spark, tmp_
     two = prepare(spark, tmp_path / "b", **settings, **{"input.path": dirty})
     assert two["counts"]["quarantined"] == 1
     assert two["counts"]["quarantined_by_reason"]["non_utf8_user"] == 1
-    assert set(two["counts"]["quarantined_by_reason"]) == set(sources.REASONS)
+    assert set(two["counts"]["quarantined_by_reason"]) == set(REASONS)
     manifest = json.loads(Location(two["outputs"]["manifest"]).read_text())
     assert manifest["input"]["id_types"] == {"user_id": "bigint", "item_id": "bigint"}
     assert read(two, "user_index")["user_id"].dtype == np.int64
@@ -227,9 +229,7 @@ def test_reading_by_position_happens_only_without_a_header_or_when_asked(spark, 
     with pytest.raises(BadInputError, match=r"found \['1', '2', '3'\]"):
         sources.read_raw(spark, numbers, "csv", header=True)
     with pytest.raises(BadInputError, match="movielens-100k files have no header"):
-        sources.inspect_input(
-            write(tmp_path / "u.data", "1\t2\t3\t4\n"), "movielens-100k", header=True
-        )
+        inspect_input(write(tmp_path / "u.data", "1\t2\t3\t4\n"), "movielens-100k", header=True)
 
 
 # -- 7. over the threshold, the quarantine is kept ------------------------------------------------
@@ -377,7 +377,7 @@ def test_fuzz_malformed_lines_in_ml100k_are_all_quarantined(spark, ml100k, tmp_p
     )
     # Every bad line is in the quarantine with a reason; none of the good lines is.
     quarantine = read(summary, "quarantine")
-    assert quarantine["reason"].isin(sources.REASONS).all()
+    assert quarantine["reason"].isin(REASONS).all()
     assert {
         "wrong_field_count",
         "non_utf8_user",

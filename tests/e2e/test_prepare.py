@@ -15,7 +15,7 @@ from recspark.cli import main
 from recspark.commands.prepare import run
 from recspark.core.config import load_config
 from recspark.core.location import Location
-from recspark.data.sources import REASONS
+from recspark.data.reasons import REASONS
 from tests.e2e.test_sources import BAD_LINES
 
 TABLES = ("train", "validation", "cold_start")

@@ -24,9 +24,7 @@ from recspark.core.location import Location
 from recspark.core.storage import Layout
 from recspark.model.ease import EaseModel, ease_weights
 from recspark.model.published import load_published_model
-from recspark.train.objectives.ranking import (
-    item_popularity,
-)
+from recspark.train.objectives.sampling import item_popularity
 from tests.conftest import tiny_overrides
 
 

@@ -9,6 +9,8 @@ from pyspark.sql import types as T
 
 from recspark.core.errors import BadInputError, MissingInputError
 from recspark.data import sources
+from recspark.data.checks import split_valid
+from recspark.data.dedup import aggregate_events, mark_duplicates, mark_repeated_events
 from tests.unit.data.test_sources import write
 
 
@@ -132,7 +134,7 @@ def test_every_kind_of_bad_line_gets_its_reason(spark, tmp_path):
     raw = sources.read_raw(spark, path, "movielens-100k")
     checked = sources.check_rows(raw, 1.0, 5.0)
     checked = sources.cast_ids(checked, {"user_id": T.LongType(), "item_id": T.LongType()})
-    marked = sources.mark_duplicates(checked)
+    marked = mark_duplicates(checked)
     found = rows(marked, "raw_line", "reason")
     expected = dict(BAD_LINES)
     expected.update(
@@ -154,7 +156,7 @@ def test_every_kind_of_bad_line_gets_its_reason(spark, tmp_path):
     assert sorted(by_line.pop("1\t10\t4\t100"), key=str) == [None, "duplicate_row"]
     for line, reasons in by_line.items():
         assert reasons == [expected[line]], line
-    good_rows, bad_rows = sources.split_valid(marked)
+    good_rows, bad_rows = split_valid(marked)
     assert rows(good_rows, "user_id", "item_id", "rating", "timestamp") == [
         (1, 10, 4.0, 100),
         (1, 11, 5.0, 200),
@@ -182,7 +184,7 @@ def test_weight_checks_and_string_ids_stay_strings(spark, tmp_path):
     checked = sources.check_rows(raw)
     types = sources.infer_id_types(checked)
     assert types == {"user_id": T.StringType(), "item_id": T.StringType()}
-    marked = sources.mark_repeated_events(sources.cast_ids(checked, types), has_timestamp=False)
+    marked = mark_repeated_events(sources.cast_ids(checked, types), has_timestamp=False)
     assert rows(marked, "user_id", "item_id", "reason") == [
         ("42", "song1", None),
         ("alice", "song1", None),
@@ -192,8 +194,8 @@ def test_weight_checks_and_string_ids_stay_strings(spark, tmp_path):
         ("bob", "song4", "weight_out_of_range"),
         ("carol", "song1", "weight_out_of_range"),
     ]
-    good, _ = sources.split_valid(marked)
-    pairs = sources.aggregate_events(good)
+    good, _ = split_valid(marked)
+    pairs = aggregate_events(good)
     assert rows(pairs, "user_id", "item_id", "rating", "weight") == [
         ("42", "song1", 1.0, 1.0),
         ("alice", "song1", 2.0, 5.0),
@@ -210,15 +212,15 @@ def test_repeated_events_with_timestamps_drop_only_redeliveries(spark):
         ],
         "raw_line string, user_id long, item_id long, rating float, timestamp long, reason string",
     )
-    marked = sources.mark_repeated_events(frame, has_timestamp=True)
+    marked = mark_repeated_events(frame, has_timestamp=True)
     assert rows(marked, "raw_line", "reason") == [
         ("l1", "duplicate_row"),
         ("l1", None),
         ("l2", None),
         ("l3", None),
     ]
-    good, _ = sources.split_valid(marked)
-    assert rows(sources.aggregate_events(good), "user_id", "item_id", "rating", "timestamp") == [
+    good, _ = split_valid(marked)
+    assert rows(aggregate_events(good), "user_id", "item_id", "rating", "timestamp") == [
         (1, 7, 2.0, 11),
         (2, 7, 1.0, 10),
     ]

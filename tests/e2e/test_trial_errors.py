@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from recspark.cli import main
-from recspark.data import sources
+from recspark.data.listing import head_lines
 from tests.conftest import tiny_overrides
 from tests.e2e.test_input_hardening import run_cli
 from tests.unit.core.test_trial_errors import (
@@ -171,7 +171,7 @@ def test_recommend_with_a_windows_1252_titles_csv_says_so(trained, tmp_path, cap
 def test_a_gzip_csv_named_gz_is_read(spark, tmp_path, capsys, fmt):
     data = tmp_path / "ratings.csv.gz"
     data.write_bytes(gzip.compress(csv_text().encode()))
-    assert sources.head_lines(str(data), 2) == [HEADER, "1,1,3.0,1011"]
+    assert head_lines(str(data), 2) == [HEADER, "1,1,3.0,1011"]
 
     status, summary = run_cli("prepare", prepare_settings(tmp_path / "root", data, fmt), capsys)
 

@@ -41,12 +41,8 @@ from recspark.train.objectives.base import (
     ValidationFigures,
     batch_tensors,
 )
-from recspark.train.objectives.ranking import (
-    SOFTMAX_BLOCK,
-    RankingObjective,
-    shared_negative_hits,
-    softmax_loss,
-)
+from recspark.train.objectives.losses import SOFTMAX_BLOCK, shared_negative_hits, softmax_loss
+from recspark.train.objectives.ranking import RankingObjective
 from recspark.train.objectives.rating import RatingObjective
 
 # Rows the heads' validation ranks at most (evenly strided): the rating figures use every row.

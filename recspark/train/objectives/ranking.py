@@ -14,7 +14,7 @@ negative items. Two losses (``ranking.loss``):
   the catalogue is larger (:func:`catalogue_softmax_loss`).
 
 The losses themselves live in :mod:`recspark.train.objectives.losses` and the sampler in
-:mod:`recspark.train.objectives.sampling` (their names are still importable from here).
+:mod:`recspark.train.objectives.sampling`.
 Negatives are drawn with probability proportional to ``(count + 1) ** ranking.sampling_alpha``,
 ``count`` being an item's number of positives in the train split (one Spark aggregate,
 :func:`item_popularity`): ``0`` samples uniformly, ``1`` as often as items are seen (word2vec uses
@@ -54,31 +54,11 @@ from recspark.train.objectives.losses import (
     bpr_loss,
     catalogue_softmax_loss,
     scorer,
-    shared_negative_hits,
     softmax_loss,
 )
-from recspark.train.objectives.sampling import (
-    REDRAW_ROUNDS,
-    NegativeSampler,
-    comparison_items,
-    item_popularity,
-)
+from recspark.train.objectives.sampling import NegativeSampler, comparison_items
 
-# Names that moved to modules of their own, still importable from here.
-__all__ = [
-    "REDRAW_ROUNDS",
-    "SOFTMAX_BLOCK",
-    "NegativeSampler",
-    "RankingObjective",
-    "RankingSettings",
-    "bpr_loss",
-    "catalogue_softmax_loss",
-    "comparison_items",
-    "item_popularity",
-    "ranking_loss",
-    "shared_negative_hits",
-    "softmax_loss",
-]
+__all__ = ["RankingObjective", "RankingSettings", "ranking_loss"]
 
 LOSSES = ("softmax", "bpr")
 CONFIDENCE = ("none", "weight", "rating")

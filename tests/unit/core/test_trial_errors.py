@@ -18,7 +18,7 @@ import pytest
 from recspark.core import spark_errors
 from recspark.core.errors import BadInputError, ConfigError
 from recspark.core.output_root import check_writable
-from recspark.data import sources
+from recspark.data.listing import head_lines
 from recspark.data.titles import read_titles
 from tests.e2e.test_input_hardening import run_cli
 
@@ -206,11 +206,11 @@ def test_the_root_check_leaves_no_trace(tmp_path):
 def test_a_bzip2_head_is_read_and_a_truncated_gzip_is_named(tmp_path):
     data = tmp_path / "ratings.csv.bz2"
     data.write_bytes(bz2.compress(csv_text().encode()))
-    assert sources.head_lines(str(data), 2) == [HEADER, "1,1,3.0,1011"]
+    assert head_lines(str(data), 2) == [HEADER, "1,1,3.0,1011"]
     cut = tmp_path / "cut.csv.gz"
     cut.write_bytes(gzip.compress(csv_text().encode())[:20])
     with pytest.raises(BadInputError, match=r"cut\.csv\.gz is not a whole gzip file"):
-        sources.head_lines(str(cut), 2)
+        head_lines(str(cut), 2)
 
 
 def test_a_gzip_csv_not_named_gz_is_refused_naming_gzip(tmp_path, capsys, no_spark):

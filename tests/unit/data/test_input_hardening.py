@@ -13,8 +13,9 @@ import pytest
 
 from recspark.cli import main
 from recspark.core.errors import BadInputError, MissingInputError
-from recspark.data import sources
+from recspark.data.columns import looks_like_header, wanted_columns
 from recspark.data.inputs import precheck_input
+from recspark.data.sniffing import inspect_input
 from tests.e2e.test_sources import write
 
 CSV_HEADER = "user_id,item_id,rating,timestamp"
@@ -27,17 +28,17 @@ def run_cli(command: str, settings: dict, capsys) -> tuple[int, dict]:
 
 
 def test_looks_like_header():
-    wanted = sources.wanted_columns("user_id", "item_id", "rating", "timestamp", None)
-    assert sources.looks_like_header(["userId", "movieId", "rating"], wanted)
-    assert sources.looks_like_header(["customer", "product", "stars", "ts"], wanted)
-    assert not sources.looks_like_header(["u1", "i1", "4"], wanted)
-    assert not sources.looks_like_header(["1", "2", "NaN"], wanted)
+    wanted = wanted_columns("user_id", "item_id", "rating", "timestamp", None)
+    assert looks_like_header(["userId", "movieId", "rating"], wanted)
+    assert looks_like_header(["customer", "product", "stars", "ts"], wanted)
+    assert not looks_like_header(["u1", "i1", "4"], wanted)
+    assert not looks_like_header(["1", "2", "NaN"], wanted)
 
 
 def test_a_tsv_file_read_as_csv_names_the_format_to_set(tmp_path, capsys, no_spark):
     tsv = write(tmp_path / "r.csv", "user_id\titem_id\trating\n1\t2\t3\n")
     with pytest.raises(BadInputError, match=re.escape("set input.format: tsv")):
-        sources.inspect_input(tsv, "csv")
+        inspect_input(tsv, "csv")
     status, summary = run_cli(
         "prepare",
         {"input.path": tsv, "input.format": "csv", "paths.root": tmp_path / "root"},
@@ -46,13 +47,13 @@ def test_a_tsv_file_read_as_csv_names_the_format_to_set(tmp_path, capsys, no_spa
     assert status == 1 and "input.format: tsv" in summary["error"]
     csv = write(tmp_path / "r.tsv", "user_id,item_id,rating\n1,2,3\n")
     with pytest.raises(BadInputError, match=re.escape("set input.format: csv")):
-        sources.inspect_input(csv, "tsv")
+        inspect_input(csv, "tsv")
     dat = write(tmp_path / "ratings.dat", "1::2::3::4\n")
     with pytest.raises(BadInputError, match=re.escape("set input.format: movielens-1m")):
-        sources.inspect_input(dat, "csv")
+        inspect_input(dat, "csv")
     # One malformed first line does not decide the format: the lines after it have the delimiter.
     mixed = write(tmp_path / "m.csv", "1\t2\t3\n1,2,3\n2,2,3\n")
-    assert sources.inspect_input(mixed, "csv", header=False)[0] == "csv"
+    assert inspect_input(mixed, "csv", header=False)[0] == "csv"
 
 
 def precheck_cases(tmp_path: Path) -> list[tuple[dict, str]]:
@@ -116,7 +117,7 @@ def test_nightly_leaves_a_held_lock_or_a_crashed_run_to_the_run_itself(tmp_path)
 
 
 def test_precheck_input_takes_plain_values_and_skips_remote_inputs(tmp_path):
-    wanted = sources.wanted_columns("user_id", "item_id", "rating", "timestamp", None)
+    wanted = wanted_columns("user_id", "item_id", "rating", "timestamp", None)
     good = write(tmp_path / "r.csv", CSV_HEADER + "\n1,2,3,4\n")
     precheck_input(good, "auto", wanted)
     precheck_input("s3a://bucket/ratings/", "csv", wanted)  # another filesystem: not checked here

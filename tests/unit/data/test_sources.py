@@ -10,6 +10,7 @@ import pytest
 
 from recspark.core.errors import BadInputError, MissingInputError
 from recspark.data import sources
+from recspark.data.columns import resolve_columns, split_header, wanted_columns
 
 
 def write(path, text: str):
@@ -34,14 +35,14 @@ def test_detect_format_from_the_files(tmp_path):
 
 
 def test_header_and_column_resolution():
-    assert sources.split_header('\ufeff"userId",movieId,rating,timestamp,,', ",") == [
+    assert split_header('\ufeff"userId",movieId,rating,timestamp,,', ",") == [
         "userId",
         "movieId",
         "rating",
         "timestamp",
     ]
-    wanted = sources.wanted_columns("user_id", "item_id", "rating", "timestamp", None)
-    found = sources.resolve_columns(["userId", "movieId", "rating", "timestamp"], wanted, "x")
+    wanted = wanted_columns("user_id", "item_id", "rating", "timestamp", None)
+    found = resolve_columns(["userId", "movieId", "rating", "timestamp"], wanted, "x")
     assert found == {
         "user_id": "userId",
         "item_id": "movieId",
@@ -49,6 +50,4 @@ def test_header_and_column_resolution():
         "timestamp": "timestamp",
     }
     with pytest.raises(BadInputError, match=r"lacks column\(s\) \['stars'\]"):
-        sources.resolve_columns(
-            ["u", "i", "r"], {"user_id": "u", "item_id": "i", "rating": "stars"}, "x"
-        )
+        resolve_columns(["u", "i", "r"], {"user_id": "u", "item_id": "i", "rating": "stars"}, "x")

@@ -422,8 +422,8 @@ def test_an_ensemble_is_its_members_mean_everywhere_the_jobs_read_it(featured):
 
 def test_ensemble_members_learn_as_if_each_were_trained_alone():
     """The loop gives every member its own loss: Adam steps equal those of lone members."""
-    from recspark.train.loop import train_epoch
     from recspark.train.optim import Optimizers
+    from recspark.train.steps import train_epoch
 
     spec = _spec("dot_bias", False, members=2)
     torch.manual_seed(5)

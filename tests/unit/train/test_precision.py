@@ -16,21 +16,18 @@ from recspark.core.errors import ConfigError
 from recspark.model.registry import build_model
 from recspark.model.spec import DotSpec, spec_from_dict
 from recspark.train.artifacts import SUMMARY_METRICS, TrainedModel, training_metrics
-from recspark.train.loop import FitResult, fit, init_model, train_epoch
+from recspark.train.loop import fit, init_model
 from recspark.train.objectives.base import RunContext
-from recspark.train.objectives.ranking import (
-    NegativeSampler,
-    RankingObjective,
-    RankingSettings,
-    catalogue_softmax_loss,
-    ranking_loss,
-    softmax_loss,
-)
+from recspark.train.objectives.losses import catalogue_softmax_loss, softmax_loss
+from recspark.train.objectives.ranking import RankingObjective, RankingSettings, ranking_loss
 from recspark.train.objectives.rating import RatingObjective
+from recspark.train.objectives.sampling import NegativeSampler
 from recspark.train.optim import Optimizers
 from recspark.train.precision import autocast, matmul_precision, resolve_precision
 from recspark.train.publication_gate import ValidationScores
+from recspark.train.records import FitResult
 from recspark.train.spec import train_settings
+from recspark.train.steps import train_epoch
 from recspark.train.warm import Carried
 from tests.unit.train.test_training import SPEC, planted_ratings, quick, write_prepared
 

@@ -102,8 +102,8 @@ def test_training_through_the_prefetcher_matches_training_without_it():
     """The wrapper changes when batches are read, never what the loop computes."""
     from recspark.model.registry import build_model
     from recspark.model.spec import make_spec
-    from recspark.train.loop import train_epoch
     from recspark.train.optim import make_optimizer
+    from recspark.train.steps import train_epoch
 
     generator = torch.Generator().manual_seed(0)
     users = torch.randint(0, 30, (512,), generator=generator)
@@ -212,8 +212,8 @@ def test_leaving_the_feed_early_stops_the_thread_before_the_reader(numbered, mon
 
     from recspark.model.registry import build_model
     from recspark.model.spec import make_spec
-    from recspark.train.loop import train_epoch
     from recspark.train.optim import make_optimizer
+    from recspark.train.steps import train_epoch
 
     prefetchers, alive_at_stop = [], []
     stop = Reader.stop

@@ -20,19 +20,14 @@ from recspark.core.config import load_config
 from recspark.core.errors import ConfigError
 from recspark.model.registry import build_model
 from recspark.model.spec import make_spec
-from recspark.train.loop import TrainSettings, fit, train_epoch
+from recspark.train.loop import TrainSettings, fit
 from recspark.train.objectives import for_name, ranking
 from recspark.train.objectives.base import RunContext
-from recspark.train.objectives.ranking import (
-    NegativeSampler,
-    RankingObjective,
-    RankingSettings,
-    bpr_loss,
-    comparison_items,
-    shared_negative_hits,
-    softmax_loss,
-)
+from recspark.train.objectives.losses import bpr_loss, shared_negative_hits, softmax_loss
+from recspark.train.objectives.ranking import RankingObjective, RankingSettings
+from recspark.train.objectives.sampling import NegativeSampler, comparison_items
 from recspark.train.optim import make_optimizer
+from recspark.train.steps import train_epoch
 
 
 def _sigmoid(x: float) -> float:

@@ -23,23 +23,17 @@ import recspark.train.batching
 from recspark.model.registry import build_model
 from recspark.model.saving import carry_weights
 from recspark.model.spec import make_spec
+from recspark.train.batching import auto_batch_size, auto_epochs, plan_feed
 from recspark.train.checkpoints import load_checkpoint, save_checkpoint
 from recspark.train.feeding import open_feed, row_groups
-from recspark.train.loop import (
-    EpochRecord,
-    TrainSettings,
-    auto_batch_size,
-    auto_epochs,
-    evaluate_split,
-    fit,
-    init_model,
-    plan_feed,
-)
+from recspark.train.loop import TrainSettings, fit, init_model
 from recspark.train.objectives import for_name
 from recspark.train.objectives.base import ValidationFigures
 from recspark.train.objectives.ranking import RankingObjective, RankingSettings
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.optim import Schedule, make_optimizer
+from recspark.train.records import EpochRecord
+from recspark.train.validation import evaluate_split
 
 CPU = torch.device("cpu")
 SPEC = {"kind": "dot_bias", "n_users": 300, "n_items": 120, "factors": 6, "y_range": [0.5, 5.5]}

@@ -58,27 +58,6 @@ def test_an_epoch_of_no_time_has_no_rate():
     assert math.isnan(made.rows_per_second)
 
 
-def test_the_loop_still_answers_every_name_the_train_job_imports():
-    for name in (
-        "VALIDATION_FIELDS",
-        "FitResult",
-        "TrainSettings",
-        "evaluate_split",
-        "fit",
-        "init_model",
-        "settings_fingerprint",
-        "validation_fields",
-        "train_epoch",
-        "plan_feed",
-        "auto_epochs",
-        "auto_batch_size",
-        "EpochRecord",
-        "LocalProcess",
-    ):
-        assert hasattr(loop, name), name
-    assert loop.FitResult is FitResult
-
-
 def test_a_plan_gives_every_process_the_same_steps():
     plans = [plan_feed([3000, 1000, 500], 400, rank, 2) for rank in range(2)]
     assert {plan.steps_per_epoch for plan in plans} == {plans[0].max_steps}
