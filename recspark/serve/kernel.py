@@ -284,28 +284,51 @@ def recommend_batches(
             bias = bias.astype(np.float32)
             vectors = _fixed_width(batch.column(FACTORS), n)
         starts, rated = _rated_csr(batch.column(ITEMS), n)
-        for start in range(0, n, block):
-            stop = min(start + block, n)
-            low, high = starts[start], starts[stop]
-            seen_rows = np.repeat(np.arange(stop - start), np.diff(starts[start : stop + 1]))
-            index, score, valid = kernel.block(
-                vectors[start:stop], bias[start:stop], top_n, seen_rows, rated[low:high], ineligible
+        index, score, valid = _top_n_rows(
+            kernel, vectors, bias, (starts, rated), top_n=top_n, block=block, ineligible=ineligible
+        )
+        # One output batch per input batch: each batch crossing to the JVM costs a fixed
+        # overhead there, so 128-user blocks are gathered here first.
+        columns = index.shape[1]
+        keep = valid.reshape(-1)
+        owner = np.repeat(np.arange(n), columns)[keep]
+        out = {USER_IDX: pa.array(user_idx[owner])}
+        for name in carry:
+            out[name] = batch.column(name).take(pa.array(owner))
+        chosen = index.reshape(-1)[keep].astype(np.int32)
+        out[ITEM_IDX] = pa.array(chosen)
+        if item_ids is not None:
+            out[ITEM_ID] = item_ids.take(pa.array(chosen))
+        out[RANK] = pa.array(np.tile(np.arange(1, columns + 1, dtype=np.int32), n)[keep])
+        out[SCORE] = pa.array(score.reshape(-1)[keep].astype(np.float32))
+        if counters is not None:
+            counters.users.add(int(valid[:, 0].sum()) if columns else 0)
+            counters.rows.add(len(chosen))
+        yield pa.RecordBatch.from_pydict(out)
+
+
+def _top_n_rows(
+    kernel: ScoringKernel,
+    vectors: np.ndarray,
+    bias: np.ndarray,
+    rated: tuple[np.ndarray, np.ndarray],
+    *,
+    top_n: int,
+    block: int,
+    ineligible: torch.Tensor | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(item_idx, score, valid)``, each ``rows x min(top_n, items)``, for every row of
+    ``vectors``, scored ``block`` rows at a time; ``rated`` is the rows' CSR ``(starts, items)``."""
+    starts, items = rated
+    parts = []
+    for start in range(0, len(vectors), block):
+        stop = min(start + block, len(vectors))
+        low, high = starts[start], starts[stop]
+        seen_rows = np.repeat(np.arange(stop - start), np.diff(starts[start : stop + 1]))
+        parts.append(
+            kernel.block(
+                vectors[start:stop], bias[start:stop], top_n, seen_rows, items[low:high], ineligible
             )
-            columns = index.shape[1]
-            keep = valid.reshape(-1)
-            owner = np.repeat(np.arange(start, stop), columns)[keep]
-            out = {USER_IDX: pa.array(user_idx[owner])}
-            for name in carry:
-                out[name] = batch.column(name).take(pa.array(owner))
-            chosen = index.reshape(-1)[keep].astype(np.int32)
-            out[ITEM_IDX] = pa.array(chosen)
-            if item_ids is not None:
-                out[ITEM_ID] = item_ids.take(pa.array(chosen))
-            out[RANK] = pa.array(
-                np.tile(np.arange(1, columns + 1, dtype=np.int32), stop - start)[keep]
-            )
-            out[SCORE] = pa.array(score.reshape(-1)[keep].astype(np.float32))
-            if counters is not None:
-                counters.users.add(int(valid[:, 0].sum()) if columns else 0)
-                counters.rows.add(len(chosen))
-            yield pa.RecordBatch.from_pydict(out)
+        )
+    index, score, valid = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+    return index, score, valid
