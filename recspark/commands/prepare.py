@@ -66,7 +66,14 @@ from recspark.data.prepare import (
     split_tables,
     write_feed,
 )
-from recspark.data.prepared import RATED, RatingStats, rated_by_every_user, write_manifest
+from recspark.data.prepared import (
+    ITEM_COUNTS,
+    RATED,
+    RatingStats,
+    rated_by_every_user,
+    train_item_counts,
+    write_manifest,
+)
 from recspark.data.quarantine import (
     QUARANTINE,
     RowCounts,
@@ -173,7 +180,9 @@ def run(config: Config, spark: SparkSession) -> StageResult:
         for frame in cached:
             frame.unpersist()
     final = layout.prepared(config.run_date)
-    outputs = {name: str(final / name) for name in (*TABLES, *INDEXES, RATED, QUARANTINE)}
+    outputs = {
+        name: str(final / name) for name in (*TABLES, *INDEXES, RATED, ITEM_COUNTS, QUARANTINE)
+    }
     outputs["manifest"] = str(final / "manifest.json")
     log.info(
         "prepared %d users, %d items: %d train, %d validation, %d cold-start, %d quarantined",
@@ -237,6 +246,8 @@ def _publish(
         rated_by_every_user(user_index, flagged).repartition(
             files["validation"], USER_IDX
         ).sortWithinPartitions(USER_IDX).write.parquet(str(folder / RATED))
+        # Train ratings per item (item-sized): which items score, evaluate and recommend list.
+        train_item_counts(tables["train"]).coalesce(1).write.parquet(str(folder / ITEM_COUNTS))
         rows = {name: parquet_rows(folder / name) for name in (*TABLES, *INDEXES)}
         check_split(rows)
         train_stats = rating_stats(spark, str(folder / "train"))

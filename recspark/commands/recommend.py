@@ -44,7 +44,7 @@ from recspark.core.config import Config, RankingConfig, RecommendConfig
 from recspark.core.constants import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError, ConfigError, MissingInputError
 from recspark.core.storage import Layout, latest_date
-from recspark.data.prepared import eligible_items, rated, read_manifest
+from recspark.data.prepared import eligible_in_run, rated, read_manifest
 from recspark.evaluate.explore import write_exploration
 from recspark.model.published_context import PublishedContext
 from recspark.serve.foldin import parse_ratings
@@ -141,7 +141,7 @@ def _catalogue(
     item_index = spark.read.parquet(str(context.prepared / "item_index"))
     item_ids = item_ids_by_index(item_index.select(ITEM_ID, ITEM_IDX).toPandas(), n_items)
     train = spark.read.parquet(str(context.prepared / "train"))
-    eligible = eligible_items(train, n_items, min_ratings)
+    eligible = eligible_in_run(spark, context.prepared, n_items, min_ratings)
     labels = title_labels(item_ids, settings.titles_path)
     return _Catalogue(item_index, item_ids, train, eligible, labels)
 

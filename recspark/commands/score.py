@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config, ScoreConfig
 from recspark.core.storage import Layout
-from recspark.data.prepared import eligible_items
+from recspark.data.prepared import eligible_in_run
 from recspark.model.published_context import PublishedContext
 from recspark.serve.kernel import UserTable
 from recspark.serve.recommendation_table import model_users, recommendation_table
@@ -64,11 +64,7 @@ def score(
     # a command that refuses runs no Spark job).
     WorkerWarmup(spark)
     published, lists, prepared = context.published, context.lists, context.prepared
-    eligible = eligible_items(
-        spark.read.parquet(str(prepared / "train")),
-        published.spec.n_items,
-        settings.min_item_ratings,
-    )
+    eligible = eligible_in_run(spark, prepared, published.spec.n_items, settings.min_item_ratings)
     counters = ScoreCounters.create(spark)
     user_table = model_users(
         spark, lists.model, lists.factors, prepared, settings.broadcast_users_mb

@@ -3,7 +3,8 @@
 ``prepare`` publishes ``prepared/<run_date>/``: the splits (``train/``, ``validation/``,
 ``cold_start/``), the id maps (``user_index/``, ``item_index/``), the quarantine, ``rated/`` (one
 row per user of the id map with every item it rated, sorted: what ``score`` excludes and its list of
-users) and ``manifest.json``. This module names them and reads them in one place; the manifest is
+users), ``item_counts/`` (train ratings per item index: which items may be listed) and
+``manifest.json``. This module names them and reads them in one place; the manifest is
 :class:`PreparedRun`, written by :func:`write_manifest` and read by :func:`read_manifest`.
 """
 
@@ -24,12 +25,21 @@ from recspark.core import parquet_safety
 from recspark.core.constants import ITEM_IDX, ITEMS, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError, MissingInputError
 from recspark.core.location import Location
-from recspark.core.storage import Layout, parquet_files, parquet_rows, read_json, write_json
+from recspark.core.storage import (
+    Layout,
+    parquet_files,
+    parquet_rows,
+    read_json,
+    read_parquet,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 RATED_SPLITS = ("train", "validation", "cold_start")
 RATED = "rated"  # prepare's (user_idx, items) table: every item of RATED_SPLITS per user
+ITEM_COUNTS = "item_counts"  # prepare's (item_idx, train_ratings) table, one row per rated item
+TRAIN_RATINGS = "train_ratings"
 MANIFEST = "manifest.json"
 
 
@@ -181,14 +191,7 @@ def item_rating_counts(train: DataFrame, n_items: int, item_col: str = ITEM_IDX)
     # pyspark's stubs type toPandas() as a protocol that cannot be indexed; it is a pandas frame.
     counts = cast(pd.DataFrame, train.groupBy(item_col).count().toPandas())
     index = counts[item_col].to_numpy(dtype=np.int64)
-    if len(index) and (index.min() < 0 or index.max() >= n_items):
-        raise BadInputError(
-            f"the train split has item indices outside the model's {n_items} items: the model and "
-            "the prepared run disagree; re-run train on this prepared run"
-        )
-    out = np.zeros(n_items, dtype=np.int64)
-    out[index] = counts["count"].to_numpy()
-    return out
+    return _counts_array(index, counts["count"].to_numpy(), n_items)
 
 
 def eligible_items(
@@ -204,6 +207,50 @@ def eligible_items(
     if min_item_ratings <= 0:
         return np.ones(n_items, dtype=bool)
     return item_rating_counts(train, n_items, item_col) >= min_item_ratings
+
+
+def train_item_counts(train: DataFrame) -> DataFrame:
+    """``(item_idx, train_ratings)``: the train split's ratings per item, one row per item it
+    holds. ``prepare`` writes it once per run (``item_counts/``), so that ``score``, ``evaluate``
+    and ``recommend`` read an item-sized table instead of aggregating every rating again."""
+    return train.groupBy(F.col(ITEM_IDX).cast("int").alias(ITEM_IDX)).agg(
+        F.count(F.lit(1)).alias(TRAIN_RATINGS)
+    )
+
+
+def eligible_in_run(
+    spark: SparkSession, prepared: Path | Location, n_items: int, min_item_ratings: int
+) -> np.ndarray:
+    """:func:`eligible_items` over the prepared run's train split: from its ``item_counts/``
+    table (item-sized, read on the driver) when ``prepare`` wrote one, else by aggregating
+    ``train/`` in Spark (runs prepared before the table existed)."""
+    if min_item_ratings <= 0:
+        return np.ones(n_items, dtype=bool)
+    folder = Location(prepared) / ITEM_COUNTS
+    if not (folder / "_SUCCESS").exists():
+        train = spark.read.parquet(str(Location(prepared) / "train"))
+        return eligible_items(train, n_items, min_item_ratings)
+    table = read_parquet(folder, columns=[ITEM_IDX, TRAIN_RATINGS])
+    index = table.column(ITEM_IDX).to_numpy().astype(np.int64)
+    return _counts_array(index, table.column(TRAIN_RATINGS).to_numpy(), n_items) >= min_item_ratings
+
+
+def _counts_array(index: np.ndarray, counts: np.ndarray, n_items: int) -> np.ndarray:
+    """One count per item index from ``(index, count)`` pairs; items absent count 0.
+
+    Raises
+    ------
+    BadInputError
+        When an index is outside ``[0, n_items)``: the split is not the model's.
+    """
+    if len(index) and (index.min() < 0 or index.max() >= n_items):
+        raise BadInputError(
+            f"the train split has item indices outside the model's {n_items} items: the model and "
+            "the prepared run disagree; re-run train on this prepared run"
+        )
+    out = np.zeros(n_items, dtype=np.int64)
+    out[index] = counts
+    return out
 
 
 def rated(spark: SparkSession, prepared: Path | Location, names=RATED_SPLITS) -> DataFrame:
@@ -226,7 +273,7 @@ def rated_by_user(spark: SparkSession, prepared: Path | Location) -> DataFrame:
 
 # The tables of a prepared run that pyarrow reads (the trainer's feed, the id maps, the rated
 # lists); the others are read by Spark's own reader alone.
-PYARROW_TABLES = ("train", "validation", "user_index", "item_index", RATED)
+PYARROW_TABLES = ("train", "validation", "user_index", "item_index", RATED, ITEM_COUNTS)
 
 
 def check_tables(prepared: Path | Location, names: tuple[str, ...] = PYARROW_TABLES) -> None:

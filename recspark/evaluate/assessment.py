@@ -18,7 +18,7 @@ from recspark.core.choices import BASELINE_NAMES
 from recspark.core.config import EvaluateConfig, ScoreConfig
 from recspark.core.constants import USER_IDX
 from recspark.core.location import Location
-from recspark.data.prepared import eligible_items, seen_items
+from recspark.data.prepared import eligible_in_run, seen_items
 from recspark.evaluate.baselines import (
     Fitted,
     Scorer,
@@ -118,7 +118,11 @@ def read_split(
         train_users=train_users,
         n_items=n_items,
         k=k,
-        eligible=eligible_items(train, n_items, min_item_ratings) if min_item_ratings > 0 else None,
+        eligible=(
+            eligible_in_run(spark, prepared, n_items, min_item_ratings)
+            if min_item_ratings > 0
+            else None
+        ),
         rare_item_ratings=rare_item_ratings,
         item_features=item_features,
     )

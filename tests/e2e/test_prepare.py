@@ -270,6 +270,10 @@ def test_synthetic_format_with_chronological_split(spark, tmp_path):
     held = got[got.table != "train"]
     latest = ratings.sort_values("timestamp").groupby("user_id").tail(2)  # round(6 * 0.34) = 2
     assert sorted(pairs(held, "user_id", "item_id")) == sorted(pairs(latest, "user_id", "item_id"))
+    # item_counts/: the train split's ratings per item, what score's eligible items come from.
+    counts = read(summary, "item_counts").set_index("item_idx")["train_ratings"]
+    expected = read(summary, "train").groupby("item_idx").size()
+    assert counts.sort_index().to_dict() == expected.sort_index().to_dict()
 
 
 def test_implicit_events_aggregate_into_counts_and_weights(spark, tmp_path):
