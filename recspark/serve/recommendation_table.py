@@ -18,7 +18,6 @@ from pyspark.sql.pandas.types import to_arrow_type
 from recspark.core.constants import (
     ITEM_ID,
     ITEM_IDX,
-    ITEMS,
     MODEL_VERSION,
     RANK,
     SCORE,
@@ -31,7 +30,8 @@ from recspark.data.prepared import RATED, lists_every_user, rated_by_user
 from recspark.model.base import EmbeddingModel
 from recspark.model.saving import raw_ids
 from recspark.serve.kernel import UserTable
-from recspark.serve.scoring import ScoringPlan, recommend_all, recommend_listed
+from recspark.serve.rated_files import recommend_rated_files
+from recspark.serve.scoring import ScoringPlan, recommend_all
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,14 @@ def recommendation_table(
     item_ids = raw_ids(index, ITEM_ID, ITEM_IDX, parquet_rows(index))
     item_ids = item_ids.cast(to_arrow_type(id_type))
     if isinstance(model_users, UserTable):
-        listed = spark.read.parquet(str(prepared / RATED))
-        if not exclude_seen:
-            listed = listed.withColumn(ITEMS, F.lit(None).cast("array<int>"))
-        recommendations = recommend_listed(
-            spark, listed, model_users, plan, carry=(USER_ID,), item_ids=item_ids
+        recommendations = recommend_rated_files(
+            spark,
+            prepared / RATED,
+            model_users,
+            plan,
+            carry=(USER_ID,),
+            item_ids=item_ids,
+            exclude_seen=exclude_seen,
         )
     else:
         carried = USER_ID in model_users.columns

@@ -275,11 +275,22 @@ def _map_users(
     )
     shared = spark.sparkContext.broadcast(inputs)
     counters = plan.counters
-    carried = [users.schema[name] for name in carry]
+    schema = output_schema([users.schema[name] for name in carry], item_ids)
+
+    def score(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        # score_partition is looked up as this module's global when Spark pickles the closure.
+        return score_partition(iter(batches), shared.value, counters)
+
+    return users.mapInArrow(score, schema)
+
+
+def output_schema(carried: list[StructField], item_ids: pa.Array | None) -> StructType:
+    """The scoring tasks' rows: ``user_idx``, the ``carried`` columns, ``item_idx``, ``item_id``
+    (with ``item_ids``), ``rank``, ``score``."""
     item_id_field = (
         [] if item_ids is None else [StructField(ITEM_ID, from_arrow_type(item_ids.type))]
     )
-    schema = StructType(
+    return StructType(
         [
             StructField(USER_IDX, IntegerType(), False),
             *carried,
@@ -289,12 +300,6 @@ def _map_users(
             StructField(SCORE, FloatType(), False),
         ]
     )
-
-    def score(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-        # score_partition is looked up as this module's global when Spark pickles the closure.
-        return score_partition(iter(batches), shared.value, counters)
-
-    return users.mapInArrow(score, schema)
 
 
 def score_partition(
