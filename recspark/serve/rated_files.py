@@ -1,18 +1,18 @@
 """Scoring tasks that read ``prepare``'s ``rated/`` files themselves, with pyarrow.
 
-When the model's user table is broadcast (:func:`recspark.serve.scoring.recommend_listed`'s
-case), the score job needs nothing from Spark's SQL engine on the way in: ``rated/`` already holds
-one row per user with every item it rated. Read by Spark, those rows would be decoded into the
-JVM's row format and encoded again as Arrow for the Python workers, array element by array
-element: at 100 rated items per user that is most of the JVM's share of a scoring task. Here the
-driver lists the files' row groups (their footers, checked by
-:mod:`recspark.core.parquet_safety`), cuts them into one slice per task (or more, for large
-groups), and each task opens its slices with pyarrow (through :mod:`recspark.core.location`, so on
-any store) and hands the Arrow batches straight to the kernel. Spark schedules the tasks (one
-``range`` partition each, no shuffle) and writes what they return.
+When the model's user table is broadcast (it fits ``score.broadcast_users_mb``), the score job
+needs nothing from Spark's SQL engine on the way in: ``rated/`` already holds one row per user
+with every item it rated. Read by Spark, those rows would be decoded into the JVM's row format and
+encoded again as Arrow for the Python workers, array element by array element: at 100 rated items
+per user that is most of the JVM's share of a scoring task. Here the driver lists the files' row
+groups (their footers, checked by :mod:`recspark.core.parquet_safety`), cuts them into one slice
+per task (or more, for large groups), and each task opens its slices with pyarrow (through
+:mod:`recspark.core.location`, so on any store) and hands the Arrow batches straight to the
+kernel. Spark schedules the tasks (one ``range`` partition each, no shuffle) and writes what they
+return.
 
-The lists are those of :func:`~recspark.serve.scoring.recommend_listed`: the same kernel over the
-same rows, in the same order within a file.
+The lists are those of :func:`~recspark.serve.scoring.recommend_all` over the same users: the same
+kernel over the same rows (``tests/e2e/test_scoring.py`` compares them).
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def recommend_rated_files(
     """Top-N ``(user_idx, *carry, item_idx, [item_id,] rank, score)`` for every row of the
     ``(user_idx, items, *carry)`` Parquet files under ``folder`` (``prepare``'s ``rated/``),
     read by the scoring tasks. ``exclude_seen`` False ignores ``items``. Other parameters as in
-    :func:`recspark.serve.scoring.recommend_listed`."""
+    :func:`recspark.serve.scoring.recommend_all`; ``plan.partitions`` (else the session's default
+    parallelism) is the number of tasks the rows are cut into."""
     files = parquet_files(folder)
     if not files:
         raise FileNotFoundError(f"no Parquet files in {folder}")

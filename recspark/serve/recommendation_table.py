@@ -3,7 +3,7 @@ plans it, with raw user and item ids and the model's version.
 
 The model's user table reaches the scoring tasks one of two ways (:func:`model_users`): as arrays
 broadcast with the item side when it fits ``score.broadcast_users_mb`` and ``prepare``'s ``rated/``
-lists every user (the tasks then read ``rated/`` as it lies, no shuffle), or as the
+lists every user (the tasks then read ``rated/``'s files themselves, no shuffle), or as the
 ``user_factors`` table joined by user with the rated items (one shuffle of one row per user).
 """
 

@@ -4,14 +4,14 @@ Executors receive the item side of the model once, as a broadcast (item factors 
 MLP's weights), with the mask of the items that may be recommended at all (one bool per item:
 enough training ratings, ``score.min_item_ratings``). Each scoring task receives one row per user
 with every item it rated as one array (``prepare`` writes these rows once per run as ``rated/``)
-and reads them as Arrow buffers
-(``mapInArrow``): the list columns are the block's sparse mask (and matrix) without a per-row loop.
-The users' vectors come one of two ways: with a user table small enough to broadcast
-(:func:`recommend_listed`), the table rides the broadcast and the tasks read ``rated/`` as it
-lies, with no shuffle at all; otherwise (:func:`recommend_all`) the rows of the ``user_factors``
-table are joined by user with the rated arrays (one shuffle of one row per user). Candidate
-user x item pairs never become rows, and no rating crosses a shuffle at scoring time. Blocks are
-formed from user-sorted partitions, so re-running with the same model gives identical lists.
+as Arrow buffers: the list columns are the block's sparse mask (and matrix) without a per-row
+loop. The users' vectors come one of two ways: with a user table small enough to broadcast, the
+table rides the broadcast and the tasks read ``rated/``'s files themselves
+(:mod:`recspark.serve.rated_files`), with no shuffle and no Spark decoding at all; otherwise
+(:func:`recommend_all`) the rows of the ``user_factors`` table are joined by user with the rated
+arrays (one shuffle of one row per user). Candidate user x item pairs never become rows, and no
+rating crosses a shuffle at scoring time. Blocks are formed from user-sorted partitions, so
+re-running with the same model gives identical lists.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def recommend_all(
     The user rows, each user's rated items (one array per user) and ``user_columns`` are
     hash-partitioned by ``user_idx`` into the same partitions and joined without a further
     shuffle: a scoring task receives one row per user, never one row per rating. When the model's
-    user table is small enough to broadcast, :func:`recommend_listed` avoids these shuffles.
+    user table is small enough to broadcast,
+    :func:`recspark.serve.rated_files.recommend_rated_files` avoids these shuffles.
 
     Parameters
     ----------
@@ -212,41 +213,6 @@ def _with_rated_items(users: DataFrame, seen: DataFrame | None, count: int) -> D
         F.col(ITEMS).cast("array<int>").alias(ITEMS),
     ).repartition(count, USER_IDX)
     return users.join(lists, USER_IDX, "left")
-
-
-def recommend_listed(
-    spark: SparkSession,
-    users: DataFrame,
-    user_table: UserTable,
-    plan: ScoringPlan,
-    *,
-    carry: tuple[str, ...] = (),
-    item_ids: pa.Array | None = None,
-) -> DataFrame:
-    """Top-N ``(user_idx, *carry, item_idx, rank, score)`` for every row of ``users``, no shuffle.
-
-    ``users`` is ``(user_idx, items, *carry)``, one row per user (``prepare``'s ``rated/`` table;
-    ``items`` null or empty excludes nothing), read as it lies: the model's user table is
-    broadcast with the item side, and each task looks its users' vectors up in it. Use it when the
-    user table fits the executors' Python workers (``score.broadcast_users_mb``);
-    :func:`recommend_all` joins the table instead. Other parameters as in :func:`recommend_all`;
-    ``plan.partitions``: when ``users`` is read as fewer partitions, it is repartitioned by user
-    (one shuffle) so every core has a task.
-    """
-    missing = [c for c in (USER_IDX, ITEMS, *carry) if c not in users.columns]
-    if missing:
-        raise ValueError(f"users lacks column(s) {missing}; it has {users.columns}")
-    count = plan.tasks(spark)
-    rows = users.select(
-        F.col(USER_IDX).cast("int").alias(USER_IDX),
-        F.col(ITEMS).cast("array<int>").alias(ITEMS),
-        *carry,
-    )
-    if rows.rdd.getNumPartitions() < count:
-        rows = rows.repartition(count, USER_IDX).sortWithinPartitions(USER_IDX)
-    return _map_users(
-        spark, rows, plan, user_table=user_table, carry=tuple(carry), item_ids=item_ids
-    )
 
 
 def _map_users(

@@ -6,20 +6,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recspark.core.location import Location
 from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
 from recspark.model.registry import build_model
 from recspark.model.spec import make_spec
 from recspark.serve.kernel import UserTable
+from recspark.serve.rated_files import recommend_rated_files
 from recspark.serve.scoring import (
     ScoringPlan,
     WorkerWarmup,
     item_side_payload,
     recommend_all,
-    recommend_listed,
 )
 
 
-def test_recommend_all_in_spark_matches_brute_force(spark):
+def test_recommend_all_in_spark_matches_brute_force(spark, tmp_path):
     torch.manual_seed(1)
     model = build_model(
         make_spec("dot_bias", n_users=40, n_items=25, factors=3, y_range=(1.0, 5.5))
@@ -94,12 +95,14 @@ def test_recommend_all_in_spark_matches_brute_force(spark):
         grouped.drop(columns="user_id").reset_index(drop=True), got.reset_index(drop=True)
     )
     # And from the broadcast user table over rated_by_every_user's rows (one per user of the
-    # map, the empty ones included): the same lists, with no join.
-    listed = rated_by_every_user(names, spark.createDataFrame(rated))
+    # map, the empty ones included) written as prepare writes rated/, the tasks reading the
+    # files themselves: the same lists, with no join.
+    folder = tmp_path / "rated"
+    rated_by_every_user(names, spark.createDataFrame(rated)).write.parquet(str(folder))
     broadcast = (
-        recommend_listed(
+        recommend_rated_files(
             spark,
-            listed,
+            Location(folder),
             UserTable.of(model),
             ScoringPlan(
                 item_side_payload(model, spec, {}),
