@@ -96,7 +96,12 @@ def score(
                 f"to {output.root}: nothing was published"
             )
 
-    written = output.publish(spark, context.layout, table, run_date, check)
+    # Named in Spark's UI and event log: the job that scores every user and writes the rows.
+    spark.sparkContext.setJobDescription(f"recspark score {run_date}: score every user, write")
+    try:
+        written = output.publish(spark, context.layout, table, run_date, check)
+    finally:
+        spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]  # None clears it
     users = counters.users.value
     log.info("published %d rows for %d users to %s", written.rows, users, written.location)
     outputs = {

@@ -13,7 +13,7 @@ import logging
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import to_arrow_type
+from pyspark.sql.pandas.types import from_arrow_type, to_arrow_type
 
 from recspark.core.constants import (
     ITEM_ID,
@@ -58,9 +58,9 @@ def recommendation_table(
     is ``plan.eligible``, the items that may be listed (:func:`recommend_all`).
     """
     index = prepared / "item_index"
-    id_type = spark.read.parquet(str(index)).schema[ITEM_ID].dataType  # as Spark reads it
     item_ids = raw_ids(index, ITEM_ID, ITEM_IDX, parquet_rows(index))
-    item_ids = item_ids.cast(to_arrow_type(id_type))
+    # As Spark reads the id map (its type for the file's Arrow type), without a Spark read.
+    item_ids = item_ids.cast(to_arrow_type(from_arrow_type(item_ids.type)))
     if isinstance(model_users, UserTable):
         recommendations = recommend_rated_files(
             spark,

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
+from recspark.core import parquet_safety
 from recspark.core.config import ScoreConfig
 from recspark.core.constants import RUN_DATE
 from recspark.core.errors import BadInputError, ConfigError
@@ -202,7 +204,8 @@ class OutputTable:
         if date is None:
             return None
         files = parquet_files(self.partition(date))
-        return spark.read.parquet(str(files[0])).schema if files else None
+        # From the footer, as Spark would read it, without a Spark job.
+        return from_arrow_schema(parquet_safety.read_schema(files[0])) if files else None
 
     def check_id_types(self, spark: SparkSession, frame: DataFrame, run_date) -> None:
         """Refuse a date whose columns change type from what the table holds."""
