@@ -23,6 +23,7 @@ the mix, and Delta would refuse the commit with a less telling message.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -146,15 +147,31 @@ class OutputTable:
             .partitionBy(RUN_DATE)
             .save(str(self.root))
         )
-        from delta.tables import DeltaTable
-
-        last = DeltaTable.forPath(spark, str(self.root)).history(1).first()
-        assert last is not None, "a Delta table just written has a history"
-        rows = int((last["operationMetrics"] or {}).get("numOutputRows", 0))
+        version, commit = self.last_commit()
+        rows = int((commit.get("operationMetrics") or {}).get("numOutputRows", 0))
         if check is not None:
             # The commit is atomic, so a mismatch can only be reported, not held back.
             check(rows)
-        return Published(rows, str(self.root), int(last["version"]))
+        return Published(rows, str(self.root), version)
+
+    def last_commit(self) -> tuple[int, dict]:
+        """The Delta table's newest version and its ``commitInfo`` (operation, metrics), read
+        from its log's JSON file: what ``DESCRIBE HISTORY ... LIMIT 1`` gives, without a job."""
+        versions = self._versions()
+        if not versions:
+            raise BadInputError(f"{self.root} has no Delta commit")
+        latest = max(versions)
+        with (self.root / DELTA_LOG / f"{latest:020d}.json").open("r") as handle:
+            actions = [json.loads(line) for line in handle if line.strip()]
+        info: dict = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+        return latest, info
+
+    def _versions(self) -> list[int]:
+        return [
+            int(match.group(1))
+            for child in (self.root / DELTA_LOG).iterdir()
+            if (match := _COMMIT.match(child.name))
+        ]
 
     def register(self, spark: SparkSession) -> None:
         """Create the catalog entry when missing, sync a Parquet table's partitions, refresh."""
@@ -239,11 +256,7 @@ class OutputTable:
         or the Delta table's latest version (its commits are this table's only writes)."""
         if not self.is_delta:
             return publish_token(self.partition(run_date))
-        versions = [
-            int(match.group(1))
-            for child in (self.root / DELTA_LOG).iterdir()
-            if (match := _COMMIT.match(child.name))
-        ]
+        versions = self._versions()
         return f"delta-version-{max(versions)}" if versions else None
 
     def has_date(self, spark: SparkSession, run_date) -> bool:
