@@ -33,6 +33,9 @@ _DEFAULTS = {
     "spark.sql.adaptive.enabled": "true",
 }
 
+# Spark's key for the module its Python worker daemon runs (pyspark.daemon by default).
+_DAEMON = "spark.python.daemon.module"
+
 # What Delta Lake needs besides its jars; set only when Delta's jars are on the session and the key
 # is not set already.
 _DELTA = {
@@ -111,6 +114,11 @@ def get_spark(
             settings["spark.driver.extraClassPath"] = ":".join(fetched)
         else:
             settings["spark.jars"] = jars
+    master_set = settings.get("spark.master") or submitted.get("spark.master", "")
+    if master_set.startswith("local") and not submitted.contains(_DAEMON):
+        # One machine, the workers run this interpreter: they find recspark, so its daemon can
+        # import torch once for every worker it forks (see recspark.serve.worker_daemon).
+        settings.setdefault(_DAEMON, "recspark.serve.worker_daemon")
     packages = settings.get("spark.jars.packages") or submitted.get("spark.jars.packages", "")
     if _mentions_delta(jars, packages):
         for key, value in _DELTA.items():
