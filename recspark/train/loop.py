@@ -53,6 +53,7 @@ from recspark.train.feeding import FeedSpec, read_feed, row_groups
 from recspark.train.objectives.base import Objective, RunContext, ValidationFigures
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.optim import Optimizers, Schedule, make_optimizer
+from recspark.train.phases import PhaseClock
 from recspark.train.processes import LocalProcess
 from recspark.train.records import EpochRecord, FitResult
 from recspark.train.steps import train_epoch
@@ -121,6 +122,7 @@ class _Run:
     device: torch.device
     train_path: str
     validation_path: str
+    clock: PhaseClock  # the seconds of feed, step, validation and checkpoints, added up
 
 
 def _optimizer_and_schedule(
@@ -174,11 +176,13 @@ def _train_and_validate(
     """
     settings, plan, parallel, epoch = run.settings, run.plan, run.parallel, context.epoch
     seed_everything(epoch_seed(settings.seed, epoch, parallel.rank))
+    clock = run.clock
     started = time.perf_counter()
     with read_feed(run.train_path, _epoch_feed(run, epoch), run.device) as batches:
+        opened, waited = time.perf_counter(), clock.seconds["feed"]
         train_loss, rows = train_epoch(
             run.trained,
-            batches,
+            clock.waited(batches),
             run.optimizer,
             run.schedule,
             run.device,
@@ -188,19 +192,24 @@ def _train_and_validate(
             context=context,
             precision=settings.precision,
         )
+        stepped = time.perf_counter()
     train_sum, total_rows = parallel.sum([train_loss * rows, rows])
     elapsed = time.perf_counter() - started
-    figures = evaluate_split(
-        run.trained,
-        run.validation_path,
-        run.device,
-        run.objective,
-        context,
-        parallel=parallel,
-        seed=settings.seed,
-        precision=settings.precision,
-        feed=settings.feed,
-    )
+    # Opening and closing the reader count as feed; the loop's time less its waits, as step.
+    clock.add("step", stepped - opened - (clock.seconds["feed"] - waited))
+    clock.add("feed", elapsed - (stepped - opened))
+    with clock.timing("validation"):
+        figures = evaluate_split(
+            run.trained,
+            run.validation_path,
+            run.device,
+            run.objective,
+            context,
+            parallel=parallel,
+            seed=settings.seed,
+            precision=settings.precision,
+            feed=settings.feed,
+        )
     if not math.isfinite(figures.loss):
         raise FloatingPointError(
             f"the validation loss is {figures.loss} after epoch {epoch}: lower train.lr"
@@ -293,6 +302,7 @@ def _start(
         device=device,
         train_path=train_path,
         validation_path=validation_path,
+        clock=PhaseClock(),
     )
     return run, state
 
@@ -371,9 +381,11 @@ def fit(
             _log_epoch(record, figures, epochs, seconds, state)
         state.epoch = epoch
         if checkpoint_dir is not None:
-            _save(run, state, result.history, checkpoint_dir)
+            with run.clock.timing("checkpoint"):
+                _save(run, state, result.history, checkpoint_dir)
         if on_epoch is not None:
             on_epoch(record, model)
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
+    result.seconds_by_phase = dict(run.clock.seconds)
     return result
