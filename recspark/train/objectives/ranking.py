@@ -335,9 +335,11 @@ class RankingObjective(Objective):
                 valid = items_sample[None, :] != item_block[:, None]
                 losses = softmax_loss(positive, scores, valid=valid, reduce=False)
                 loss_sum += float(losses.double().sum())
-                above = ((scores > positive[:, None]) & valid).double().sum(dim=1)
-                ties = ((scores == positive[:, None]) & valid).double().sum(dim=1)
-                compared = valid.double().sum(dim=1).clamp_min(1)
+                # Counted as integers, then as float64 per row: the same sums as counting in
+                # float64, without a float64 copy of the block per count.
+                above = ((scores > positive[:, None]) & valid).sum(dim=1).double()
+                ties = ((scores == positive[:, None]) & valid).sum(dim=1).double()
+                compared = valid.sum(dim=1).clamp_min(1).double()
                 above_sum += float(((above + 0.5 * ties) / compared).sum())
                 positives += len(user_block)
         if positives == 0:
