@@ -56,6 +56,7 @@ from recspark.train.publication_gate import (
 )
 from recspark.train.records import FitResult
 from recspark.train.spec import model_spec, side_features, train_settings
+from recspark.train.validation import HeldSplit
 from recspark.train.warm import Carried, warm_start
 
 if TYPE_CHECKING:
@@ -153,10 +154,13 @@ def run_fit(
     checkpoint_dir: Location,
     fingerprint: str,
     head_lr_scale: float | None = None,
+    validation: HeldSplit | None = None,
 ) -> FitResult:
     """Train in this process, or data-parallel when ``train.num_processes > 1``.
 
     ``spark``'s master says whether the processes of a data-parallel run start on the driver.
+    ``validation`` holds the validation batches an earlier pass here read (one process only:
+    the processes of a data-parallel run validate their own shards).
     """
     settings = train_settings(train, head_lr_scale)
     device = resolve_device(train.device)
@@ -175,6 +179,7 @@ def run_fit(
             checkpoint_dir=str(checkpoint_dir),
             resume=train.resume,
             fingerprint=fingerprint,
+            validation=validation,
         )
     from recspark.train.distributed import fit_distributed
 
@@ -300,6 +305,7 @@ def _train(
         prepared=prepared,
         spark=spark,
     )
+    held = HeldSplit()  # read by the starting weights' pass, kept for every epoch's
     with clock.timing("validation"):
         start = starting_figures(
             model,
@@ -309,6 +315,7 @@ def _train(
             config.train.seed,
             precision=config.train.precision,
             feed=config.train.feed,
+            held=held,
         )
     result = run_fit(
         config.train,
@@ -320,6 +327,7 @@ def _train(
         checkpoint_dir=layout.checkpoints / str(config.run_date),
         fingerprint=fingerprint,
         head_lr_scale=config.lists.head_lr_scale if config.lists_head else None,
+        validation=held,
     )
     clock.merge(result.seconds_by_phase)
     model.cpu()

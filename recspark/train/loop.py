@@ -58,7 +58,7 @@ from recspark.train.processes import LocalProcess
 from recspark.train.records import EpochRecord, FitResult
 from recspark.train.steps import train_epoch
 from recspark.train.stopping import track_best
-from recspark.train.validation import evaluate_split
+from recspark.train.validation import HeldSplit, evaluate_split
 
 __all__ = ["TrainSettings", "fit", "init_model", "settings_fingerprint"]
 
@@ -123,6 +123,7 @@ class _Run:
     train_path: str
     validation_path: str
     clock: PhaseClock  # the seconds of feed, step, validation and checkpoints, added up
+    validation: HeldSplit  # the validation batches, read by the first pass
 
 
 def _optimizer_and_schedule(
@@ -209,6 +210,7 @@ def _train_and_validate(
             seed=settings.seed,
             precision=settings.precision,
             feed=settings.feed,
+            held=run.validation,
         )
     if not math.isfinite(figures.loss):
         raise FloatingPointError(
@@ -270,6 +272,7 @@ def _start(
     checkpoint_dir: str | None,
     resume: bool,
     fingerprint: str,
+    validation: HeldSplit | None,
 ) -> tuple[_Run, Checkpoint]:
     """Set a run up: plan its feed and epochs, build the optimizer and schedule, restore the
     checkpoint when resuming, and only then wrap the model (DistributedDataParallel broadcasts
@@ -303,6 +306,7 @@ def _start(
         train_path=train_path,
         validation_path=validation_path,
         clock=PhaseClock(),
+        validation=validation or HeldSplit(),
     )
     return run, state
 
@@ -320,6 +324,7 @@ def fit(
     resume: bool = False,
     fingerprint: str = "",
     parallel: LocalProcess | None = None,
+    validation: HeldSplit | None = None,
 ) -> FitResult:
     """Train ``model`` in place and leave it holding the weights of its best validation epoch.
 
@@ -341,6 +346,10 @@ def fit(
         Continue from ``checkpoint_dir/last.pt`` when it exists and matches ``fingerprint``.
     parallel
         Collective operations across processes; None is a single process.
+    validation
+        The validation split's batches as an earlier pass of this process read them (the
+        starting weights'), or an empty holder; None: the first epoch's pass reads them. Every
+        epoch's pass reuses them.
     """
     run, state = _start(
         model,
@@ -353,6 +362,7 @@ def fit(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         fingerprint=fingerprint,
+        validation=validation,
     )
     result = FitResult(
         history=[EpochRecord.from_saved(entry, run.objective.name) for entry in state.history],

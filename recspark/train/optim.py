@@ -62,7 +62,7 @@ class RowAdam(torch.optim.SparseAdam):
     """
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
