@@ -108,9 +108,9 @@ class RowAdam(torch.optim.SparseAdam):
 class Optimizers:
     """One or more torch optimizers stepped as one.
 
-    ``sparse_adam`` needs two: :class:`torch.optim.SparseAdam` for the embedding tables (sparse
-    gradients) and Adam for any dense layers. The object answers the parts of the optimizer
-    interface the loop uses: ``zero_grad``, ``step``, ``param_groups``, ``state_dict``.
+    ``sparse_adam`` needs two: :class:`RowAdam` (SparseAdam's arithmetic) for the embedding
+    tables (sparse gradients) and Adam for any dense layers. The object answers the parts of the
+    optimizer interface the loop uses: ``zero_grad``, ``step``, ``param_groups``, ``state_dict``.
     """
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]):
@@ -160,7 +160,7 @@ def make_optimizer(
 ) -> Optimizers:
     """SGD with momentum, Adam, AdamW, or a sparse path for large tables.
 
-    ``sparse_adam`` runs SparseAdam over the embedding tables and Adam over dense layers;
+    ``sparse_adam`` runs :class:`RowAdam` over the embedding tables and Adam over dense layers;
     ``sparse_sgd`` runs SGD with momentum over all of them (SGD accepts sparse gradients). Both
     need a model built with ``sparse=True``, and touch only the rows a batch uses, so a step costs
     the batch, not the table. ``weight_decay`` here is the optimizer's decay of every weight. The
