@@ -54,7 +54,6 @@ from recspark.train.objectives.losses import (
     bpr_loss,
     catalogue_softmax_loss,
     scorer,
-    shared_negative_hits,
     softmax_loss,
 )
 from recspark.train.objectives.sampling import NegativeSampler, comparison_items
@@ -242,15 +241,20 @@ def ranking_loss(
 def _share_above(
     scores: torch.Tensor, positive: torch.Tensor, items: torch.Tensor, sample: torch.Tensor
 ) -> torch.Tensor:
-    """Per row, the share of the sample's items scored above the row's positive, ties counting
-    half, the positive itself left out; float64. The positive's own entries of ``scores`` are
-    then set to minus infinity, so that a softmax over them leaves the positive out too.
+    """Per row, the share of the ``sample``'s items (sorted, distinct) scored above the row's
+    positive, ties counting half, the positive itself left out; float64. The positive's own
+    entries of ``scores`` are then set to minus infinity, so that a softmax over them leaves the
+    positive out too.
 
     Counted as ``(compared + sum of sign(score - positive)) / 2`` over the items compared: one
     pass of the block for the signs (exact integers in float32 at any sample size a block holds)
     instead of comparisons, masks and counts of the whole block each.
     """
-    hit_rows, hit_columns = shared_negative_hits(items, sample)
+    # The sample is sorted and its items distinct (comparison_items): one search finds the one
+    # column, if any, that holds a row's own item.
+    columns = torch.searchsorted(sample, items.contiguous()).clamp_max_(len(sample) - 1)
+    hit_rows = (sample[columns] == items).nonzero().squeeze(1)
+    hit_columns = columns[hit_rows]
     signs = (scores - positive[:, None]).sign_()
     total = signs.sum(dim=1).index_add_(0, hit_rows, -signs[hit_rows, hit_columns])
     compared = (len(sample) - torch.bincount(hit_rows, minlength=len(items))).double()

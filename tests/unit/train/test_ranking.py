@@ -415,7 +415,7 @@ def test_the_validation_share_above_counts_as_comparisons_do():
     """The sign-sum count: each row's share of the sample scored above its positive, ties half,
     its own item left out (and masked for the softmax), as counting comparisons gives it."""
     generator = torch.Generator().manual_seed(0)
-    sample = torch.tensor([1, 4, 6, 7, 9])
+    sample = torch.tensor([1, 4, 6, 7, 9])  # sorted and distinct, as comparison_items gives
     items = torch.randint(0, 10, (300,), generator=generator)
     scores = torch.randint(0, 3, (300, 5), generator=generator).float()  # many ties
     positive = torch.randint(0, 3, (300,), generator=generator).float()
