@@ -8,14 +8,15 @@ prints milliseconds per phase and rows per second for:
 - ``adam``: dense tables, torch's Adam (fused), penalty through autograd;
 - ``torch SparseAdam``: sparse tables, torch's SparseAdam, penalty through autograd (the old
   ``sparse_adam``);
-- ``sparse_adam``: the same with the penalty's gradient added by rows after backward
-  (:meth:`EmbeddingModel.add_penalty_gradient`), what ``train`` runs with ``lists.source:
-  ratings``;
+- ``SparseAdam, by rows``: the same with the penalty's gradient added by rows after backward
+  (:meth:`EmbeddingModel.add_penalty_gradient`), the old ``sparse_adam``;
+- ``sparse_adam``: the same with :class:`~recspark.train.optim.RowAdam` (SparseAdam's arithmetic
+  without its sort, issue 31), what ``train`` runs with ``lists.source: ratings``;
 - with ``--lists-head``, the default ``lists.source: head`` (:mod:`recspark.train.objectives.joint`,
   100 shared negatives, ``lists.head_weight`` 0.3) three ways: ``head, two passes`` (the rating
   and ranking objectives each over the model), ``head, one pass`` (both heads from one lookup of
   the item rows, what ``train`` runs) and ``head, head_rows`` (the head on the first
-  ``--head-rows`` rows, the default).
+  ``--head-rows`` rows, the default; ``head, SparseAdam`` the same stepped by torch's SparseAdam).
 
 Example::
 
@@ -36,6 +37,7 @@ from recspark.train.objectives.base import RunContext
 from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingObjective, RankingSettings
 from recspark.train.objectives.rating import RatingObjective
+from recspark.train.optim import RowAdam
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = (
         ("adam", False, lambda p: torch.optim.Adam(p, lr=0.01, fused=True), False),
         ("torch SparseAdam", True, lambda p: torch.optim.SparseAdam(list(p), lr=0.01), False),
-        ("sparse_adam", True, lambda p: torch.optim.SparseAdam(list(p), lr=0.01), True),
+        ("SparseAdam, by rows", True, lambda p: torch.optim.SparseAdam(list(p), lr=0.01), True),
+        ("sparse_adam", True, lambda p: RowAdam(list(p), lr=0.01), True),
     )
     print(
         f"dot_bias {args.users:,} x {args.items:,} x {args.factors}, batch {args.batch:,}, "
@@ -72,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(spec.replace(sparse=sparse))
         runs.append((name, model, make(model.parameters()), by_rows, RatingObjective(), []))
     if args.lists_head:
-        for name, head_rows in (
-            ("head, two passes", None),
-            ("head, one pass", None),
-            ("head, head_rows", args.head_rows),
+        for name, head_rows, adam in (
+            ("head, two passes", None, RowAdam),
+            ("head, one pass", None, RowAdam),
+            ("head, SparseAdam", args.head_rows, torch.optim.SparseAdam),
+            ("head, head_rows", args.head_rows, RowAdam),
         ):
             model = build_model(spec.replace(sparse=True, lists_head=True))
             objective = JointObjective(RankingObjective(RankingSettings()), 0.3, head_rows)
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "head, two passes":
                 # The fallback, each objective's own pass: swapped in on purpose, for timing.
                 objective._fused_loss = lambda *_: None  # type: ignore[method-assign]
-            optimizer = torch.optim.SparseAdam(list(model.parameters()), lr=0.01)
+            optimizer = adam(list(model.parameters()), lr=0.01)
             runs.append((name, model, optimizer, True, objective, []))
 
     def step(model, optimizer, by_rows, objective) -> tuple[float, float, float]:
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, *_, phases in runs:
         means = [1000 * sum(p[k] for p in phases) / len(phases) for k in range(3)]
         print(
-            f"{name:<18} forward {means[0]:7.1f}  backward {means[1]:7.1f}  optimizer "
+            f"{name:<20} forward {means[0]:7.1f}  backward {means[1]:7.1f}  optimizer "
             f"{means[2]:7.1f}  => {args.batch / sum(means) * 1000:>11,.0f} rows/s"
         )
     return 0

@@ -6,12 +6,16 @@ recspark commands, then, on the same prepared train/validation split and the sam
 
 - recspark: the ``train`` command (``dot_bias``, settings below, every artifact published),
   validation RMSE as the trainer reports it;
-- Spark ALS (``--als-rank``, ``--als-iterations``, ``--als-reg``): fit on train, RMSE of its
+- Spark ALS (rank ``--factors``, ``--als-iterations``, ``--als-reg``): fit on train, RMSE of its
   predictions on validation (raw, and clipped to the rating range, which only helps ALS).
 
 Wall times cover training to a model and its validation RMSE. Generating and preparing are timed
 too but are common to both. ``--reuse`` skips them when ``paths.root`` already holds the prepared
 split. Extra ``--set key=value`` overrides go to every command.
+
+:func:`measure_train_vs_als` is the measurement as a function (the one-run benchmark of issue 31
+calls it with its own session); ``main`` prints its result as a table, with recspark's seconds by
+phase (``feed``, ``step``, ``validation``, ``checkpoint``, ``write``, ``other``).
 
 Example (issue 4's line: 10M ratings, 100k users x 20k items, ALS rank 32 x 10 iterations)::
 
@@ -22,10 +26,11 @@ Example (issue 4's line: 10M ratings, 100k users x 20k items, ALS rank 32 x 10 i
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from recspark.cli import run_command
 from recspark.core.config import load_config
@@ -37,6 +42,8 @@ RECSPARK_SETTINGS = {
     "model.factors": 32,
     "synthetic.factors": 32,
 }
+# Spark ALS's regParam here (issue 4's line).
+ALS_REG = 0.1
 
 
 def als_rmse(
@@ -76,15 +83,91 @@ def als_rmse(
     }
 
 
+def _config(root: str, *, ratings: int, users: int, items: int, factors: int, overrides=()):
+    """The benchmark's config: the synthetic data set's size and recspark's settings at ``root``."""
+    base = {
+        "paths.root": root,
+        "run_date": "2026-01-15",
+        "synthetic.users": users,
+        "synthetic.items": items,
+        "synthetic.ratings": ratings,
+        "spark.master": "local[2]",
+        **RECSPARK_SETTINGS,
+        "model.factors": factors,
+        "synthetic.factors": factors,
+    }
+    return load_config(None, [f"{key}={value}" for key, value in base.items()] + list(overrides))
+
+
+def measure_train_vs_als(
+    spark,
+    root: str,
+    *,
+    ratings: int,
+    users: int,
+    items: int,
+    factors: int = 32,
+    als_iterations: int = 10,
+    als_reg: float = ALS_REG,
+    overrides: Sequence[str] = (),
+    reuse: bool = True,
+) -> dict[str, Any]:
+    """recspark's train and Spark ALS on the same prepared split at ``root``, in one session.
+
+    Generates and prepares the synthetic data set first when ``root`` holds no prepared run (or
+    ``reuse`` is off). ``spark`` is the session both run in (the commands get it through
+    :func:`recspark.core.spark.get_spark`, which returns the active one).
+
+    Returns
+    -------
+    ``recspark_seconds`` (the train command's wall time), ``recspark_rmse`` (its best epoch's
+    validation RMSE), ``als_seconds`` (fit, predict and RMSE), ``als_rmse`` (raw; the clipped
+    figure is ``als_clipped_rmse``), ``phases`` (the train command's ``seconds_by_phase``),
+    and the facts beside them: ``epochs``, ``rows_per_second``, ``train_rows``,
+    ``validation_rows``, ``prepare_seconds`` (``{command: seconds}``, empty when reused).
+    """
+    from recspark.core.storage import Layout
+
+    config = _config(
+        root, ratings=ratings, users=users, items=items, factors=factors, overrides=overrides
+    )
+    prepared = Layout(config.paths.root).prepared(config.run_date)
+    prepare_seconds: dict[str, float] = {}
+    if not (reuse and (prepared / "manifest.json").exists()):
+        for command in ("generate", "prepare"):
+            started = time.perf_counter()
+            run_command(command, config)
+            prepare_seconds[command] = time.perf_counter() - started
+    started = time.perf_counter()
+    trained = run_command("train", config)
+    recspark_seconds = time.perf_counter() - started
+    low, high = config.input.rating_min, config.input.rating_max
+    als = als_rmse(spark, prepared, factors, als_iterations, als_reg, low, high)
+    metrics = trained["metrics"]
+    return {
+        "recspark_seconds": recspark_seconds,
+        "recspark_rmse": metrics["validation_rmse"],
+        "als_seconds": als["seconds"],
+        "als_rmse": als["rmse"],
+        "als_clipped_rmse": als["clipped_rmse"],
+        "phases": metrics.get("seconds_by_phase", {}),
+        "epochs": metrics["epochs"],
+        "rows_per_second": metrics["rows_per_second"],
+        "train_rows": trained["counts"]["train"],
+        "validation_rows": als["rows"],
+        "prepare_seconds": prepare_seconds,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="runs/bench-train-vs-als")
     parser.add_argument("--ratings", type=int, default=10_000_000)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)
-    parser.add_argument("--als-rank", type=int, default=32)
+    parser.add_argument("--factors", type=int, default=32, help="recspark's and ALS's rank")
     parser.add_argument("--als-iterations", type=int, default=10)
-    parser.add_argument("--als-reg", type=float, default=0.1)
+    parser.add_argument("--als-reg", type=float, default=ALS_REG)
     parser.add_argument("--reuse", action="store_true", help="keep an existing prepared split")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -94,67 +177,58 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("recspark").setLevel(logging.INFO)
-
-    base = {
-        "paths.root": args.root,
-        "run_date": "2026-01-15",
-        "synthetic.users": args.users,
-        "synthetic.items": args.items,
-        "synthetic.ratings": args.ratings,
-        "spark.master": "local[2]",
-        **RECSPARK_SETTINGS,
-    }
-    overrides = [f"{key}={value}" for key, value in base.items()] + args.overrides
-    config = load_config(None, overrides)
-    from recspark.core.storage import Layout
-
-    layout = Layout(config.paths.root)
-    prepared = layout.prepared(config.run_date)
-    times: dict[str, float] = {}
-    if not (args.reuse and (prepared / "manifest.json").exists()):
-        for command in ("generate", "prepare"):
-            started = time.perf_counter()
-            summary = run_command(command, config)
-            times[command] = time.perf_counter() - started
-            print(f"{command}: {json.dumps(summary['counts'])}", file=sys.stderr)
-
-    started = time.perf_counter()
-    trained = run_command("train", config)
-    times["recspark"] = time.perf_counter() - started
     from recspark.core.spark import get_spark
 
+    config = _config(
+        args.root,
+        ratings=args.ratings,
+        users=args.users,
+        items=args.items,
+        factors=args.factors,
+        overrides=args.overrides,
+    )
     spark = get_spark(master=config.spark.master, conf=config.spark.conf)
+    result = measure_train_vs_als(
+        spark,
+        args.root,
+        ratings=args.ratings,
+        users=args.users,
+        items=args.items,
+        factors=args.factors,
+        als_iterations=args.als_iterations,
+        als_reg=args.als_reg,
+        overrides=args.overrides,
+        reuse=args.reuse,
+    )
+    print(
+        f"{result['train_rows']:,} train / {result['validation_rows']:,} validation ratings, "
+        f"{args.users:,} users x {args.items:,} items"
+    )
+    for command, seconds in result["prepare_seconds"].items():
+        print(f"{command}: {seconds:.1f} s")
     low, high = config.input.rating_min, config.input.rating_max
-    als = als_rmse(spark, prepared, args.als_rank, args.als_iterations, args.als_reg, low, high)
-    times["als"] = als["seconds"]
-
-    metrics = trained["metrics"]
     rows = [
         (
             "recspark dot_bias",
-            metrics["validation_rmse"],
-            times["recspark"],
-            f"{metrics['epochs']} epochs, {metrics['rows_per_second']:,.0f} rows/s",
+            result["recspark_rmse"],
+            result["recspark_seconds"],
+            f"{result['epochs']} epochs, {result['rows_per_second']:,.0f} rows/s",
         ),
         (
-            f"Spark ALS rank {args.als_rank} x {args.als_iterations}",
-            als["rmse"],
-            times["als"],
-            f"regParam {args.als_reg}; clipped to [{low:g}, {high:g}]: {als['clipped_rmse']:.4f}",
+            f"Spark ALS rank {args.factors} x {args.als_iterations}",
+            result["als_rmse"],
+            result["als_seconds"],
+            f"regParam {args.als_reg}; clipped to [{low:g}, {high:g}]: "
+            f"{result['als_clipped_rmse']:.4f}",
         ),
     ]
-    print(
-        f"{trained['counts']['train']:,} train / {als['rows']:,} validation ratings, "
-        f"{trained['counts']['users']:,} users x {trained['counts']['items']:,} items"
-    )
-    for command in ("generate", "prepare"):
-        if command in times:
-            print(f"{command}: {times[command]:.1f} s")
     print(f"{'contender':<28} {'valid RMSE':>10} {'wall s':>8}  notes")
     for name, rmse, seconds, notes in rows:
         print(f"{name:<28} {rmse:>10.4f} {seconds:>8.1f}  {notes}")
-    best_als = min(als["rmse"], als["clipped_rmse"])
-    wins = metrics["validation_rmse"] < best_als and times["recspark"] < times["als"]
+    phases = ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["phases"].items())
+    print(f"recspark seconds by phase: {phases}")
+    best_als = min(result["als_rmse"], result["als_clipped_rmse"])
+    wins = result["recspark_rmse"] < best_als and result["recspark_seconds"] < result["als_seconds"]
     print(f"recspark lower RMSE and less wall time than ALS: {'yes' if wins else 'no'}")
     return 0
 

@@ -8,6 +8,7 @@ figures) and ``loss.png``, written to a staging folder and moved into place at o
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,6 +24,7 @@ from recspark.model.lists import lists_model
 from recspark.model.published import LISTS_FOLDER, ModelMeta, index_fingerprint, save_model
 from recspark.model.saving import MODEL_FILE, raw_ids, write_factor_tables
 from recspark.model.spec import ModelSpec
+from recspark.train.phases import PhaseClock
 from recspark.train.precision import resolve_precision
 from recspark.train.publication_gate import ValidationScores
 from recspark.train.records import FitResult
@@ -44,6 +46,7 @@ SUMMARY_METRICS = (
     "num_processes",
     "model_version",
     "warm_start_from",
+    "seconds_by_phase",
 )
 
 
@@ -147,13 +150,18 @@ def publish_model(
     objective: str,
     manifest: PreparedRun,
     lists_rating_weight: float | None = None,
+    clock: PhaseClock | None = None,
 ) -> Published:
     """Write ``models/RUN_DATE`` atomically: the model, its factor tables, metrics and curve.
 
     ``manifest`` is the prepared run it was trained on; ``objective`` ``model.objective``;
     ``lists_rating_weight`` (``lists.rating_weight``) for a model with a ranking head, whose
-    lists model's tables go under ``lists/``.
+    lists model's tables go under ``lists/``. ``clock`` holds the run's seconds by phase
+    (:mod:`recspark.train.phases`): the writing is added to it, and ``metrics.json`` reports it as
+    ``seconds_by_phase`` (all but the writing of ``metrics.json`` itself).
     """
+    clock = clock or PhaseClock()
+    writing = time.perf_counter()
     prepared = layout.prepared(run_date)
     final = layout.model(run_date)
     spec, model = trained.spec, trained.model
@@ -169,10 +177,6 @@ def publish_model(
             lists, _ = lists_model(model, lists_rating_weight or 0.0)
             for name in write_factor_tables(lists, folder / LISTS_FOLDER, user_ids, item_ids):
                 names[f"lists_{name}"] = f"{LISTS_FOLDER}/{name}"
-        metrics = training_metrics(train, trained, model_version)
-        if trained.blend is not None:
-            metrics["blend"] = trained.blend
-        write_json(folder / "metrics.json", metrics)
         history = trained.result.history
         if history:
             loss_curve(
@@ -182,6 +186,12 @@ def publish_model(
                 folder / "loss.png",
                 trained.loss_name,
             )
+        metrics = training_metrics(train, trained, model_version)
+        if trained.blend is not None:
+            metrics["blend"] = trained.blend
+        clock.add("write", time.perf_counter() - writing)
+        metrics["seconds_by_phase"] = clock.report()
+        write_json(folder / "metrics.json", metrics)
     outputs = {name: str(final / relative) for name, relative in names.items()}
     outputs.update(model=str(final / MODEL_FILE), metrics=str(final / "metrics.json"))
     if history:

@@ -181,6 +181,7 @@ class WorkerResult:
             "stopped_early": self.result.stopped_early,
             "resumed_from_epoch": self.result.resumed_from_epoch,
             "devices": self.result.devices,
+            "seconds_by_phase": self.result.seconds_by_phase,
         }
 
     @classmethod
@@ -202,6 +203,7 @@ class WorkerResult:
                 stopped_early=output["stopped_early"],
                 resumed_from_epoch=output["resumed_from_epoch"],
                 devices=list(output.get("devices") or []),
+                seconds_by_phase=dict(output.get("seconds_by_phase") or {}),
             ),
         )
 

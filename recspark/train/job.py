@@ -46,6 +46,7 @@ from recspark.train.objectives.base import Objective
 from recspark.train.objectives.joint import JointObjective
 from recspark.train.objectives.ranking import RankingObjective, RankingSettings
 from recspark.train.objectives.sampling import item_popularity
+from recspark.train.phases import PhaseClock
 from recspark.train.publication_gate import (
     ValidationScores,
     best_figures,
@@ -55,6 +56,7 @@ from recspark.train.publication_gate import (
 )
 from recspark.train.records import FitResult
 from recspark.train.spec import model_spec, side_features, train_settings
+from recspark.train.validation import HeldSplit
 from recspark.train.warm import Carried, warm_start
 
 if TYPE_CHECKING:
@@ -152,10 +154,13 @@ def run_fit(
     checkpoint_dir: Location,
     fingerprint: str,
     head_lr_scale: float | None = None,
+    validation: HeldSplit | None = None,
 ) -> FitResult:
     """Train in this process, or data-parallel when ``train.num_processes > 1``.
 
     ``spark``'s master says whether the processes of a data-parallel run start on the driver.
+    ``validation`` holds the validation batches an earlier pass here read (one process only:
+    the processes of a data-parallel run validate their own shards).
     """
     settings = train_settings(train, head_lr_scale)
     device = resolve_device(train.device)
@@ -174,6 +179,7 @@ def run_fit(
             checkpoint_dir=str(checkpoint_dir),
             resume=train.resume,
             fingerprint=fingerprint,
+            validation=validation,
         )
     from recspark.train.distributed import fit_distributed
 
@@ -215,6 +221,7 @@ def train_and_publish(config: Config, spark: SparkSession) -> TrainRun:
     TrainingRejectedError
         When the run did not learn (:func:`publication_refusal`) and ``train.allow_worse`` is off.
     """
+    clock = PhaseClock()
     layout = Layout(config.paths.root)
     manifest = read_manifest(layout, config.run_date)
     prepared = layout.prepared(config.run_date)
@@ -245,17 +252,20 @@ def train_and_publish(config: Config, spark: SparkSession) -> TrainRun:
         config.train.num_processes,
     )
     started = time.perf_counter()
-    trained, start = _train(config, spark, model, spec, carried, manifest=manifest, rows=rows)
-    trained = dataclasses.replace(trained, seconds=time.perf_counter() - started)
-    _gate(
-        config.model,
-        config.train,
-        best=trained.best,
-        start=start,
-        manifest=manifest,
-        prepared=prepared,
-        run_date=config.run_date,
+    trained, start = _train(
+        config, spark, model, spec, carried, manifest=manifest, rows=rows, clock=clock
     )
+    trained = dataclasses.replace(trained, seconds=time.perf_counter() - started)
+    with clock.timing("validation"):
+        _gate(
+            config.model,
+            config.train,
+            best=trained.best,
+            start=start,
+            manifest=manifest,
+            prepared=prepared,
+            run_date=config.run_date,
+        )
     published = publish_model(
         layout,
         trained,
@@ -264,6 +274,7 @@ def train_and_publish(config: Config, spark: SparkSession) -> TrainRun:
         objective=config.model.objective,
         manifest=manifest,
         lists_rating_weight=config.lists.rating_weight if config.lists_head else None,
+        clock=clock,
     )
     remove_checkpoints(checkpoint_dir)
     return TrainRun(trained.spec, rows, carried, published, trained.blend)
@@ -278,9 +289,10 @@ def _train(
     *,
     manifest: PreparedRun,
     rows: int,
+    clock: PhaseClock,
 ) -> tuple[TrainedModel, ValidationScores]:
     """Fit the model (and a blend's partner); the figures of its starting weights beside it,
-    which the publication gate compares with."""
+    which the publication gate compares with. The fit's phases are added to ``clock``."""
     layout = Layout(config.paths.root)
     prepared = layout.prepared(config.run_date)
     device = resolve_device(config.train.device)
@@ -293,15 +305,18 @@ def _train(
         prepared=prepared,
         spark=spark,
     )
-    start = starting_figures(
-        model,
-        prepared,
-        device,
-        objective,
-        config.train.seed,
-        precision=config.train.precision,
-        feed=config.train.feed,
-    )
+    held = HeldSplit()  # read by the starting weights' pass, kept for every epoch's
+    with clock.timing("validation"):
+        start = starting_figures(
+            model,
+            prepared,
+            device,
+            objective,
+            config.train.seed,
+            precision=config.train.precision,
+            feed=config.train.feed,
+            held=held,
+        )
     result = run_fit(
         config.train,
         spark,
@@ -312,7 +327,9 @@ def _train(
         checkpoint_dir=layout.checkpoints / str(config.run_date),
         fingerprint=fingerprint,
         head_lr_scale=config.lists.head_lr_scale if config.lists_head else None,
+        validation=held,
     )
+    clock.merge(result.seconds_by_phase)
     model.cpu()
     trained = TrainedModel(
         model,

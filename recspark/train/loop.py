@@ -53,11 +53,12 @@ from recspark.train.feeding import FeedSpec, read_feed, row_groups
 from recspark.train.objectives.base import Objective, RunContext, ValidationFigures
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.optim import Optimizers, Schedule, make_optimizer
+from recspark.train.phases import PhaseClock
 from recspark.train.processes import LocalProcess
 from recspark.train.records import EpochRecord, FitResult
 from recspark.train.steps import train_epoch
 from recspark.train.stopping import track_best
-from recspark.train.validation import evaluate_split
+from recspark.train.validation import HeldSplit, evaluate_split
 
 __all__ = ["TrainSettings", "fit", "init_model", "settings_fingerprint"]
 
@@ -121,6 +122,8 @@ class _Run:
     device: torch.device
     train_path: str
     validation_path: str
+    clock: PhaseClock  # the seconds of feed, step, validation and checkpoints, added up
+    validation: HeldSplit  # the validation batches, read by the first pass
 
 
 def _optimizer_and_schedule(
@@ -174,11 +177,13 @@ def _train_and_validate(
     """
     settings, plan, parallel, epoch = run.settings, run.plan, run.parallel, context.epoch
     seed_everything(epoch_seed(settings.seed, epoch, parallel.rank))
+    clock = run.clock
     started = time.perf_counter()
     with read_feed(run.train_path, _epoch_feed(run, epoch), run.device) as batches:
+        opened, waited = time.perf_counter(), clock.seconds["feed"]
         train_loss, rows = train_epoch(
             run.trained,
-            batches,
+            clock.waited(batches),
             run.optimizer,
             run.schedule,
             run.device,
@@ -188,19 +193,25 @@ def _train_and_validate(
             context=context,
             precision=settings.precision,
         )
+        stepped = time.perf_counter()
     train_sum, total_rows = parallel.sum([train_loss * rows, rows])
     elapsed = time.perf_counter() - started
-    figures = evaluate_split(
-        run.trained,
-        run.validation_path,
-        run.device,
-        run.objective,
-        context,
-        parallel=parallel,
-        seed=settings.seed,
-        precision=settings.precision,
-        feed=settings.feed,
-    )
+    # Opening and closing the reader count as feed; the loop's time less its waits, as step.
+    clock.add("step", stepped - opened - (clock.seconds["feed"] - waited))
+    clock.add("feed", elapsed - (stepped - opened))
+    with clock.timing("validation"):
+        figures = evaluate_split(
+            run.trained,
+            run.validation_path,
+            run.device,
+            run.objective,
+            context,
+            parallel=parallel,
+            seed=settings.seed,
+            precision=settings.precision,
+            feed=settings.feed,
+            held=run.validation,
+        )
     if not math.isfinite(figures.loss):
         raise FloatingPointError(
             f"the validation loss is {figures.loss} after epoch {epoch}: lower train.lr"
@@ -261,6 +272,7 @@ def _start(
     checkpoint_dir: str | None,
     resume: bool,
     fingerprint: str,
+    validation: HeldSplit | None,
 ) -> tuple[_Run, Checkpoint]:
     """Set a run up: plan its feed and epochs, build the optimizer and schedule, restore the
     checkpoint when resuming, and only then wrap the model (DistributedDataParallel broadcasts
@@ -293,6 +305,8 @@ def _start(
         device=device,
         train_path=train_path,
         validation_path=validation_path,
+        clock=PhaseClock(),
+        validation=validation or HeldSplit(),
     )
     return run, state
 
@@ -310,6 +324,7 @@ def fit(
     resume: bool = False,
     fingerprint: str = "",
     parallel: LocalProcess | None = None,
+    validation: HeldSplit | None = None,
 ) -> FitResult:
     """Train ``model`` in place and leave it holding the weights of its best validation epoch.
 
@@ -331,6 +346,10 @@ def fit(
         Continue from ``checkpoint_dir/last.pt`` when it exists and matches ``fingerprint``.
     parallel
         Collective operations across processes; None is a single process.
+    validation
+        The validation split's batches as an earlier pass of this process read them (the
+        starting weights'), or an empty holder; None: the first epoch's pass reads them. Every
+        epoch's pass reuses them.
     """
     run, state = _start(
         model,
@@ -343,6 +362,7 @@ def fit(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         fingerprint=fingerprint,
+        validation=validation,
     )
     result = FitResult(
         history=[EpochRecord.from_saved(entry, run.objective.name) for entry in state.history],
@@ -371,9 +391,11 @@ def fit(
             _log_epoch(record, figures, epochs, seconds, state)
         state.epoch = epoch
         if checkpoint_dir is not None:
-            _save(run, state, result.history, checkpoint_dir)
+            with run.clock.timing("checkpoint"):
+                _save(run, state, result.history, checkpoint_dir)
         if on_epoch is not None:
             on_epoch(record, model)
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
+    result.seconds_by_phase = dict(run.clock.seconds)
     return result

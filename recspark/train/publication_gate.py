@@ -20,7 +20,7 @@ from recspark.core.constants import RATING
 from recspark.core.location import Location
 from recspark.train.objectives.base import Objective, RunContext
 from recspark.train.records import FitResult, validation_fields
-from recspark.train.validation import evaluate_split
+from recspark.train.validation import HeldSplit, evaluate_split
 
 # How much lower a validation loss must be to count as an improvement (as in the loop).
 IMPROVEMENT = 1e-7
@@ -64,10 +64,12 @@ def starting_figures(
     *,
     precision: str = "auto",
     feed: str = "auto",
+    held: HeldSplit | None = None,
 ) -> ValidationScores:
     """The validation figures of ``model``'s weights before the first epoch (fresh or warm
     started), at ``precision`` (``train.precision``): what the run must improve on to be
-    published. The model is left on the CPU."""
+    published. The model is left on the CPU; the batches read are kept in ``held`` if given
+    (:class:`~recspark.train.validation.HeldSplit`), for the run's own passes."""
     context = RunContext(
         n_users=getattr(model, "n_users", None), n_items=getattr(model, "n_items", None), seed=seed
     )
@@ -79,6 +81,7 @@ def starting_figures(
         context,
         precision=precision,
         feed=feed,
+        held=held,
     )
     model.cpu()
     return ValidationScores.from_fields(validation_fields(figures))

@@ -113,3 +113,5 @@ class FitResult:
     stopped_early: bool = False
     resumed_from_epoch: int = 0
     devices: list[str] = field(default_factory=list)  # one per process, rank order
+    # Seconds per phase of recspark.train.phases (the leading process's); empty when not timed.
+    seconds_by_phase: dict[str, float] = field(default_factory=dict)

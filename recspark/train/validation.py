@@ -4,9 +4,17 @@
 process reads its own shard of row groups when there are enough of them) and pools the
 objective's validation figures (:class:`~recspark.train.objectives.base.ValidationFigures`) over
 processes. The training loop calls it after every epoch; the train job calls it on the test split.
+A run that validates the same split many times reads it once: a :class:`HeldSplit` keeps the
+batches of its first pass for the next ones (they are read unshuffled, so every pass sees the same
+batches in the same order, read again or not).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +29,14 @@ from recspark.train.processes import LocalProcess
 VALIDATION_BATCH = 65536
 
 
+@dataclass
+class HeldSplit:
+    """A split's validation batches, read by the first :func:`evaluate_split` given it and kept
+    for the passes after it (one process's share: hold one per split and process)."""
+
+    batches: list[dict[str, Any]] | None = None
+
+
 def evaluate_split(
     model: nn.Module,
     path: str,
@@ -32,6 +48,7 @@ def evaluate_split(
     seed: int = 0,
     precision: str = "auto",
     feed: str = "auto",
+    held: HeldSplit | None = None,
 ) -> ValidationFigures:
     """The objective's validation figures of ``model`` over a whole prepared split.
 
@@ -51,6 +68,9 @@ def evaluate_split(
         float32 sums whatever it is.
     feed
         ``train.feed`` (:func:`recspark.train.feeding.open_feed`).
+    held
+        Where the split's batches are kept between passes: read into it when empty, read from
+        it when not; None reads the split and keeps nothing.
 
     Raises
     ------
@@ -69,7 +89,14 @@ def evaluate_split(
         shard_count=parallel.world_size if sharded else None,
         feed=feed,
     )
-    with read_feed(path, spec, device) as batches:
+    with contextlib.ExitStack() as stack:
+        batches: Iterable[dict[str, Any]]
+        if held is not None and held.batches is not None:
+            batches = held.batches
+        else:
+            batches = stack.enter_context(read_feed(path, spec, device))
+            if held is not None:
+                held.batches = batches = list(batches)
         precision = resolve_precision(precision, device)
         with matmul_precision(precision), autocast(precision, device):
             figures = objective.validation(core, batches, device, context or RunContext())

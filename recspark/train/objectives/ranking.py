@@ -238,6 +238,30 @@ def ranking_loss(
     )
 
 
+def _share_above(
+    scores: torch.Tensor, positive: torch.Tensor, items: torch.Tensor, sample: torch.Tensor
+) -> torch.Tensor:
+    """Per row, the share of the ``sample``'s items (sorted, distinct) scored above the row's
+    positive, ties counting half, the positive itself left out; float64. The positive's own
+    entries of ``scores`` are then set to minus infinity, so that a softmax over them leaves the
+    positive out too.
+
+    Counted as ``(compared + sum of sign(score - positive)) / 2`` over the items compared: one
+    pass of the block for the signs (exact integers in float32 at any sample size a block holds)
+    instead of comparisons, masks and counts of the whole block each.
+    """
+    # The sample is sorted and its items distinct (comparison_items): one search finds the one
+    # column, if any, that holds a row's own item.
+    columns = torch.searchsorted(sample, items.contiguous()).clamp_max_(len(sample) - 1)
+    hit_rows = (sample[columns] == items).nonzero().squeeze(1)
+    hit_columns = columns[hit_rows]
+    signs = (scores - positive[:, None]).sign_()
+    total = signs.sum(dim=1).index_add_(0, hit_rows, -signs[hit_rows, hit_columns])
+    compared = (len(sample) - torch.bincount(hit_rows, minlength=len(items))).double()
+    scores[hit_rows, hit_columns] = -torch.inf
+    return (compared + total.double()) / 2 / compared.clamp_min(1)
+
+
 class RankingObjective(Objective):
     """BPR or sampled softmax over sampled negatives; see the module docstring.
 
@@ -332,13 +356,8 @@ class RankingObjective(Objective):
                 user_block, item_block = users[start : start + block], items[start : start + block]
                 positive = core(user_block, item_block).float()
                 scores = scorer(core).score_items(user_block, items_sample).float()
-                valid = items_sample[None, :] != item_block[:, None]
-                losses = softmax_loss(positive, scores, valid=valid, reduce=False)
-                loss_sum += float(losses.double().sum())
-                above = ((scores > positive[:, None]) & valid).double().sum(dim=1)
-                ties = ((scores == positive[:, None]) & valid).double().sum(dim=1)
-                compared = valid.double().sum(dim=1).clamp_min(1)
-                above_sum += float(((above + 0.5 * ties) / compared).sum())
+                above_sum += float(_share_above(scores, positive, item_block, items_sample).sum())
+                loss_sum += float(softmax_loss(positive, scores, reduce=False).double().sum())
                 positives += len(user_block)
         if positives == 0:
             if context.world_size == 1:

@@ -409,3 +409,22 @@ def test_a_ranking_model_must_not_have_a_y_range():
         load_config(None, ["ranking.loss=warp"])
     config = load_config(None, ["model.objective=ranking", "ranking.negatives=7"])
     assert config.ranking.negatives == 7 and config.ranking.loss == "softmax"
+
+
+def test_the_validation_share_above_counts_as_comparisons_do():
+    """The sign-sum count: each row's share of the sample scored above its positive, ties half,
+    its own item left out (and masked for the softmax), as counting comparisons gives it."""
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.tensor([1, 4, 6, 7, 9])  # sorted and distinct, as comparison_items gives
+    items = torch.randint(0, 10, (300,), generator=generator)
+    scores = torch.randint(0, 3, (300, 5), generator=generator).float()  # many ties
+    positive = torch.randint(0, 3, (300,), generator=generator).float()
+    valid = sample[None, :] != items[:, None]
+    above = ((scores > positive[:, None]) & valid).double().sum(dim=1)
+    ties = ((scores == positive[:, None]) & valid).double().sum(dim=1)
+    expected = (above + 0.5 * ties) / valid.double().sum(dim=1)
+    expected_loss = softmax_loss(positive, scores, valid=valid, reduce=False)
+    masked = scores.clone()
+    assert torch.equal(ranking._share_above(masked, positive, items, sample), expected)
+    assert torch.equal(softmax_loss(positive, masked, reduce=False), expected_loss)
+    assert bool((~valid).any())  # some rows' own item is in the sample

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import recspark.train.batching
+import recspark.train.validation
 from recspark.model.registry import build_model
 from recspark.model.saving import carry_weights
 from recspark.model.spec import make_spec
@@ -33,7 +34,7 @@ from recspark.train.objectives.ranking import RankingObjective, RankingSettings
 from recspark.train.objectives.rating import RatingObjective
 from recspark.train.optim import Schedule, make_optimizer
 from recspark.train.records import EpochRecord
-from recspark.train.validation import evaluate_split
+from recspark.train.validation import HeldSplit, evaluate_split
 
 CPU = torch.device("cpu")
 SPEC = {"kind": "dot_bias", "n_users": 300, "n_items": 120, "factors": 6, "y_range": [0.5, 5.5]}
@@ -545,3 +546,19 @@ def test_warm_start_carries_known_rows_and_leaves_new_ones_fresh():
     assert torch.equal(new.layers[0].weight, old.layers[0].weight)
     with pytest.raises(ValueError, match="warm_start=false"):
         carry_weights(old, new.state_dict(), {**old_spec, "n_users": 7, "n_items": 5})
+
+
+def test_a_held_split_is_read_once_and_gives_the_same_figures(prepared, monkeypatch):
+    model = init_model(SPEC, 0)
+    path = str(prepared / "validation")
+    read = evaluate_split(model, path, CPU)
+    held = HeldSplit()
+    first = evaluate_split(model, path, CPU, held=held)
+    assert held.batches is not None and sum(len(b["user_idx"]) for b in held.batches) == 2400
+
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("a held split was read again")
+
+    monkeypatch.setattr(recspark.train.validation, "read_feed", no_second_read)
+    again = evaluate_split(model, path, CPU, held=held)
+    assert read == first == again and first.rows == 2400
