@@ -113,6 +113,7 @@ def bench_overrides(
         f"synthetic.users={users}",
         f"synthetic.items={items}",
         f"synthetic.ratings={ratings}",
+        f"synthetic.factors={factors}",  # as bench_train_vs_als plants them: one data set
         "model.kind=dot_bias",
         f"model.factors={factors}",
         f"train.epochs={epochs}",
