@@ -33,7 +33,7 @@ import posixpath
 import re
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -435,18 +435,16 @@ class Location:
             self.filesystem.delete_file(self.fs_path)
 
     def _delete_one_by_one(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda entry: entry.location.unlink(), self.listing()))
+        _each(lambda entry: entry.location.unlink(), self.listing())
         self.filesystem.delete_dir(self.fs_path)  # what is left: folder markers
 
     def move_to(self, target: Location, last: str | None = None) -> None:
         """Move this file or folder to ``target`` (which must not exist).
 
         Local disks and HDFS rename (atomic). Object stores have no rename: every file is copied
-        (server-side) and then the source deleted, with the file named ``last`` (a ``_SUCCESS``
-        marker) copied after all the others, so a reader that requires it never sees a part.
+        (server-side, several requests at a time) and then the source deleted, with the file
+        named ``last`` (a ``_SUCCESS`` marker) copied after all the others have been, so a reader
+        that requires it never sees a part.
         """
         if (self.scheme, self.authority) != (target.scheme, target.authority):
             raise ValueError(f"cannot move {self} to another filesystem ({target})")
@@ -460,7 +458,30 @@ class Location:
             return
         files = self.files()
         base = len(self.fs_path.rstrip("/")) + 1
-        ordered = sorted(files, key=lambda file: (file.name == last, file.uri))
-        for file in ordered:
+        marker = [file for file in files if file.name == last]
+        rest = [file for file in files if file.name != last]
+
+        def copy(file: Location) -> None:
             self.filesystem.copy_file(file.fs_path, target.fs_path + "/" + file.fs_path[base:])
+
+        # Server-side copies are independent requests: many at once, the marker after them all.
+        _each(copy, rest)
+        _each(copy, marker)
         self.rmtree()
+
+
+# Requests to an object store in flight at once when copying or deleting a folder's files.
+_PARALLEL_REQUESTS = 16
+
+
+def _each(action: Callable[[Any], None], items: list[Any]) -> None:
+    """``action`` on every item, several at a time (one request each); the first error raises,
+    after every started action has ended."""
+    if len(items) <= 1:
+        for item in items:
+            action(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(_PARALLEL_REQUESTS, len(items))) as pool:
+        list(pool.map(action, items))

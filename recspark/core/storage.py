@@ -16,10 +16,13 @@ Everything is first written under ``_staging/`` on the same filesystem and then 
 (:func:`publish`), the folder's ``_SUCCESS`` marker last: a job killed midway leaves the previous
 output whole and no half output visible, and re-running a date replaces its output whole. On a
 local disk or HDFS the move is a rename. Object stores have no rename: the move copies the files
-server-side, the marker after all the others, so a reader that requires ``_SUCCESS`` (as
-recspark's readers do, and as downstream Parquet readers must) never sees a part; a publish
-killed in that window is rolled back by :func:`clean_leftovers` at the next run. A Delta table
-(``score.table_format: delta``) needs none of this: its log commits a date atomically.
+server-side (several at a time), the marker after all the others, so a reader that requires
+``_SUCCESS`` (as recspark's readers do, and as downstream Parquet readers must) never sees a part;
+a publish killed in that window is rolled back by :func:`clean_leftovers` at the next run. What
+keeps that cheap is few files, each costing a handful of requests to write, commit and copy:
+tables are written as few, large files, and Spark commits them once on an object store
+(:mod:`recspark.core.s3_commit`). A Delta table (``score.table_format: delta``) needs none of
+this: its log commits a date atomically.
 """
 
 from __future__ import annotations

@@ -21,11 +21,18 @@ from pyspark.sql import types as T
 from recspark.core.config import InputConfig, SplitConfig
 from recspark.core.constants import ITEM_ID, ITEM_IDX, RATING, TIMESTAMP, USER_ID, USER_IDX
 from recspark.core.errors import BadInputError
+from recspark.core.s3_commit import staging_writer
 from recspark.core.storage import Layout, latest_date
 from recspark.data.indexing import check_index
 from recspark.data.inputs import SOURCE
 from recspark.data.listing import fingerprint
-from recspark.data.prepared import PreparedInput, PreparedRun, RatingStats, TableFacts
+from recspark.data.prepared import (
+    PreparedInput,
+    PreparedRun,
+    RatingStats,
+    TableFacts,
+    rated_by_every_user,
+)
 from recspark.data.quarantine import RowCounts
 from recspark.data.splitting import (
     COLD_START_FLAG,
@@ -76,6 +83,36 @@ def feed_files(good_rows: int, rows_per_file: int) -> dict[str, int]:
     """How many Parquet files each split table is written as."""
     files = max(4, math.ceil(good_rows / rows_per_file))
     return {"train": files, "validation": max(2, files // 4), "cold_start": 1}
+
+
+def table_files(rows: int, rows_per_file: int) -> int:
+    """Files for a table of at most ``rows`` rows: one per ``rows_per_file`` rows, at least one.
+
+    The id maps and the quarantine are written this way rather than as one file per shuffle
+    partition (``spark.sql.shuffle.partitions``, 200 by default): on an object store every file
+    costs a dozen requests to write, commit and publish, and a map of a few thousand ids is one
+    small file.
+    """
+    return max(1, math.ceil(rows / rows_per_file))
+
+
+def write_index(index: DataFrame, path: str, *, good_rows: int, rows_per_file: int) -> None:
+    """An id map as Parquet, :func:`table_files` files for ``good_rows`` rows (a map has no more
+    ids than rows); ``coalesce``, as the map is persisted and small beside the rows."""
+    files = table_files(good_rows, rows_per_file)
+    staging_writer(index.coalesce(files), path).parquet(path)
+
+
+def write_rated(user_index: DataFrame, flagged: DataFrame, path: str, *, files: int) -> None:
+    """``rated/``: every user of the id map with every item it rated in any split, one array per
+    user, in ``files`` files grouped and sorted by user: the users ``score`` scores and what it
+    leaves out, grouped once here instead of reshuffling every rating at each scoring run."""
+    rated = (
+        rated_by_every_user(user_index, flagged)
+        .repartition(files, USER_IDX)
+        .sortWithinPartitions(USER_IDX)
+    )
+    staging_writer(rated, path).parquet(path)
 
 
 def check_split(rows: dict[str, int]) -> None:
@@ -239,15 +276,14 @@ def write_feed(
     shuffling row groups plus a small buffer is enough for SGD.
     """
     order = F.xxhash64(F.col(USER_IDX), F.col(ITEM_IDX), F.lit(seed))
-    (
+    ordered = (
         frame.select(*columns)
         .withColumn("_order", order)
         .repartition(files, "_order")
         .sortWithinPartitions("_order", USER_IDX, ITEM_IDX)
         .drop("_order")
-        .write.option("parquet.block.size", row_group_mb << 20)
-        .parquet(path)
     )
+    staging_writer(ordered, path).option("parquet.block.size", row_group_mb << 20).parquet(path)
 
 
 def rating_stats(spark: SparkSession, path: str) -> RatingStats:

@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame
 from recspark.core.constants import REASON
 from recspark.core.errors import BadInputError
 from recspark.core.location import Location
+from recspark.core.s3_commit import staging_writer
 from recspark.core.storage import Layout, staged
 from recspark.data.reasons import (
     NON_NUMERIC_ITEM,
@@ -68,7 +69,8 @@ def rejected_folder(layout: Layout, run_date: dt.date | str) -> Location:
 def write_quarantine(bad: DataFrame, folder: Location, rows: int, rows_per_file: int) -> None:
     """The quarantined rows, with their raw line and parsed fields beside the reason."""
     files = max(1, math.ceil(rows / rows_per_file))
-    bad.coalesce(files).write.parquet(str(folder / QUARANTINE))
+    path = folder / QUARANTINE
+    staging_writer(bad.coalesce(files), path).parquet(str(path))
 
 
 def _bad_rows_message(counts: RowCounts, max_bad_fraction: float, where: Location) -> str:

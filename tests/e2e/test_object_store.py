@@ -23,6 +23,9 @@ import pytest
 from recspark.cli import main
 from recspark.core import location
 from recspark.core.location import Location
+from recspark.core.storage import parquet_files, parquet_rows
+from recspark.data.prepare import write_index
+from recspark.data.quarantine import write_quarantine
 from recspark.ops.history import read_history
 from tests.conftest import tiny_overrides
 from tests.e2e.test_nightly import DAY1, DAY2, as_arguments, planted_ratings
@@ -225,3 +228,20 @@ def test_a_folder_of_more_than_a_thousand_objects_is_removed_whole(s3):
     assert len(folder.files()) == 1001
     folder.rmtree()
     assert not folder.exists() and folder.files() == []
+
+
+def test_tables_staged_on_a_store_are_few_files_committed_once(s3, spark):
+    """An id map spread over many partitions is written as one file per ``rows_per_file`` rows,
+    and Spark's commit leaves no ``_temporary`` behind (each file moved once, at task commit)."""
+    folder = Location(f"s3a://{BUCKET}/staged-{uuid.uuid4().hex[:8]}")
+    ids = spark.range(3000).selectExpr("id AS user_id", "CAST(id AS INT) AS user_idx")
+    write_index(ids.repartition(12), str(folder / "user_index"), good_rows=3000, rows_per_file=2000)
+    write_quarantine(ids.repartition(5), folder, rows=3000, rows_per_file=2_000_000)
+    relative = sorted(entry.relative for entry in folder.listing())
+    assert [name for name in relative if name.endswith(".parquet")] == [
+        name for name in relative if name.startswith(("user_index/part-", "quarantine/part-"))
+    ]
+    assert len(parquet_files(folder / "user_index")) == 2
+    assert len(parquet_files(folder / "quarantine")) == 1
+    assert not [name for name in relative if "_temporary" in name]
+    assert parquet_rows(folder / "user_index") == parquet_rows(folder / "quarantine") == 3000
