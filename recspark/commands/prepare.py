@@ -35,6 +35,7 @@ from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config, InputConfig
 from recspark.core.constants import ITEM_ID, ITEM_IDX, TIMESTAMP, USER_ID, USER_IDX, WEIGHT
 from recspark.core.location import Location
+from recspark.core.s3_commit import staging_writer
 from recspark.core.storage import Layout, parquet_rows, staged
 from recspark.data.checks import cast_ids, check_rows, split_valid
 from recspark.data.dedup import aggregate_events, mark_duplicates, mark_repeated_events
@@ -65,12 +66,13 @@ from recspark.data.prepare import (
     rating_stats,
     split_tables,
     write_feed,
+    write_index,
+    write_rated,
 )
 from recspark.data.prepared import (
     ITEM_COUNTS,
     RATED,
     RatingStats,
-    rated_by_every_user,
     train_item_counts,
     write_manifest,
 )
@@ -236,18 +238,21 @@ def _publish(
     tables = split_tables(flagged)
     final = layout.prepared(config.run_date)
     with staged(layout, final, f"prepared-{config.run_date}") as folder:
-        user_index.write.parquet(str(folder / "user_index"))
-        item_index.write.parquet(str(folder / "item_index"))
+        for name, index in (("user_index", user_index), ("item_index", item_index)):
+            write_index(
+                index,
+                str(folder / name),
+                good_rows=counts.good,
+                rows_per_file=config.prepare.rows_per_file,
+            )
         write_quarantine(bad, folder, counts.bad, config.prepare.rows_per_file)
         files = _write_tables(config, folder, tables, good_rows=counts.good, columns=feed_columns)
-        # Every user of the id map with every item it rated, one array per user: the users
-        # `score` scores and what it leaves out, grouped once here instead of reshuffling
-        # every rating at each scoring run.
-        rated_by_every_user(user_index, flagged).repartition(
-            files["validation"], USER_IDX
-        ).sortWithinPartitions(USER_IDX).write.parquet(str(folder / RATED))
+        write_rated(user_index, flagged, str(folder / RATED), files=files["validation"])
         # Train ratings per item (item-sized): which items score, evaluate and recommend list.
-        train_item_counts(tables["train"]).coalesce(1).write.parquet(str(folder / ITEM_COUNTS))
+        counts_path = str(folder / ITEM_COUNTS)
+        staging_writer(train_item_counts(tables["train"]).coalesce(1), counts_path).parquet(
+            counts_path
+        )
         rows = {name: parquet_rows(folder / name) for name in (*TABLES, *INDEXES)}
         check_split(rows)
         train_stats = rating_stats(spark, str(folder / "train"))
