@@ -37,6 +37,7 @@ from recspark.core.config import ScoreConfig
 from recspark.core.constants import RUN_DATE
 from recspark.core.errors import BadInputError, ConfigError
 from recspark.core.location import Location
+from recspark.core.s3_commit import staging_writer
 from recspark.core.storage import (
     Layout,
     clean_leftovers,
@@ -132,7 +133,8 @@ class OutputTable:
         for path in clean_leftovers(layout, final, name):
             log.info("removed %s, left by an earlier run that did not finish", path)
         with staged(layout, final, name) as staging:
-            frame.write.mode("overwrite").parquet(str(staging))
+            # One file per scoring task, committed once on an object store.
+            staging_writer(frame, staging).mode("overwrite").parquet(str(staging))
             rows = parquet_rows(staging)
             if check is not None:
                 check(rows)
