@@ -7,6 +7,9 @@ absent, then times recspark's ``prepare`` command (its ``run``, Spark already st
 both times and both sides' row counts (which should agree table by table). ``--profile`` also
 prints the Spark jobs of each side with their durations, from the Spark UI's REST API.
 
+recspark goes first in each attempt: in a fresh session its first attempt also pays for the JVM's
+warm-up, so call this after other work in the session, or with ``repeat=2`` (the best counts).
+
 Not a test: it prints figures and asserts nothing about them. Example::
 
     .venv/bin/python benchmarks/bench_prepare_vs_plain.py --root /tmp/prep-10m --profile
