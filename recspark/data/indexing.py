@@ -10,7 +10,9 @@ Python worker is involved.
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+import re
+
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -18,6 +20,9 @@ from recspark.core.errors import BadInputError
 
 # monotonically_increasing_id() is (partition index << 33) + the row's position in the partition.
 _POSITION_BITS = 33
+# Bytes of one id map row as Spark holds it, besides the id: the row header and the int index.
+_ROW_BYTES = 16
+_TEXT_ID_BYTES = 64  # a typical text id (a UUID is 36 characters), with its length and offset
 
 
 def check_index(index: DataFrame, id_col: str, idx_col: str, where: str = "the id map") -> int:
@@ -142,10 +147,39 @@ def _number_in_order(ids: DataFrame, id_col: str, idx_col: str, start: int) -> D
     )
 
 
+def fits_broadcast(spark: SparkSession, rows: int, id_type: T.DataType) -> bool:
+    """Whether ``rows`` ids of ``id_type`` (with an int beside each) fit Spark's broadcast limit.
+
+    For tables whose size Spark misjudges: an id map, the ids of a split (see :func:`apply_index`).
+    """
+    id_bytes = 8 if isinstance(id_type, T.NumericType) else _TEXT_ID_BYTES
+    return 0 <= rows * (id_bytes + _ROW_BYTES) <= _broadcast_limit(spark)
+
+
+def _broadcast_limit(spark: SparkSession) -> int:
+    """Spark's ``spark.sql.autoBroadcastJoinThreshold`` in bytes; -1 when broadcasting is off."""
+    setting = (spark.conf.get("spark.sql.autoBroadcastJoinThreshold") or "10MB").strip().lower()
+    match = re.fullmatch(r"(-?[0-9]+)\s*([kmgt]?)b?", setting)
+    if match is None:
+        return -1  # a form this does not read: leave the choice to Spark
+    number, unit = match.groups()
+    return int(number) * 1024 ** "_kmgt".find(unit or "_") if int(number) >= 0 else -1
+
+
 def apply_index(frame: DataFrame, index: DataFrame, id_col: str, idx_col: str) -> DataFrame:
     """Add ``idx_col`` to ``frame`` from an id map.
 
     Every id of ``frame`` must be in the map (build the map from the same rows first); a row whose
     id is missing would be dropped by this inner join.
+
+    The map is counted first (one job; a persisted map is then in memory for its own write) and
+    broadcast when it fits Spark's ``spark.sql.autoBroadcastJoinThreshold``. Spark cannot tell
+    by itself: a map built by :func:`extend_index` comes from a checkpoint whose size Spark
+    estimates from the ratings it was drawn from, so it would shuffle every rating by id to join
+    a map of a few thousand rows (and a plan fixed by ``persist`` before the map is computed keeps
+    that choice).
     """
-    return frame.join(index.select(id_col, idx_col), on=id_col, how="inner")
+    mapping = index.select(id_col, idx_col)
+    if fits_broadcast(index.sparkSession, mapping.count(), mapping.schema[id_col].dataType):
+        mapping = F.broadcast(mapping)
+    return frame.join(mapping, on=id_col, how="inner")

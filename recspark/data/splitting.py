@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from recspark.core.constants import ITEM_IDX, TIMESTAMP, USER_IDX
+from recspark.data.indexing import fits_broadcast
 
 METHODS = ("random", "user_stratified", "chronological")
 VALIDATION_FLAG = "_validation"
@@ -132,11 +133,28 @@ def flag_cold_start(
     cold-start slice as three filters of it.
     """
     train = flagged.where(~F.col(flag_col))
-    users = train.select(user_col).distinct().withColumn("_known_user", F.lit(True))
-    items = train.select(item_col).distinct().withColumn("_known_item", F.lit(True))
+    # Spark cannot size the distinct ids before it computes them, so it would shuffle every row
+    # by id to join a few thousand ids back; one approximate count (a single pass, no shuffle)
+    # tells whether they fit its broadcast limit.
+    counted = train.agg(
+        F.approx_count_distinct(user_col), F.approx_count_distinct(item_col)
+    ).first()
+    assert counted is not None  # a global aggregate has one row
+    users = _known(train, user_col, "_known_user", counted[0])
+    items = _known(train, item_col, "_known_item", counted[1])
     marked = flagged.join(users, user_col, "left").join(items, item_col, "left")
     unknown = F.col("_known_user").isNull() | F.col("_known_item").isNull()
     return marked.select(*flagged.columns, (F.col(flag_col) & unknown).alias(cold_col))
+
+
+def _known(train: DataFrame, id_col: str, known_col: str, about: int) -> DataFrame:
+    """``(id_col, known_col)``: the distinct ids of ``train``, broadcast when ``about`` (their
+    approximate count) fits Spark's broadcast limit."""
+    ids = train.select(id_col).distinct().withColumn(known_col, F.lit(True))
+    # approx_count_distinct errs by a few percent: allow for it.
+    if fits_broadcast(train.sparkSession, int(about * 1.1), train.schema[id_col].dataType):
+        ids = F.broadcast(ids)
+    return ids
 
 
 def set_apart_cold_start(
