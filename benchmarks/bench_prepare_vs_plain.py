@@ -41,7 +41,7 @@ RUN_DATE = "2026-01-15"
 PLAIN = "plain_prepared"  # under root: the plain prepare's tables
 
 
-def _config(root: str, ratings: int, users: int, items: int) -> Config:
+def _config(root: str, ratings: int, users: int, items: int, factors: int = 32) -> Config:
     return load_config(
         None,
         [
@@ -50,6 +50,9 @@ def _config(root: str, ratings: int, users: int, items: int) -> Config:
             f"synthetic.users={users}",
             f"synthetic.items={items}",
             f"synthetic.ratings={ratings}",
+            # As bench_train_vs_als and bench_score_vs_als plant them: bench_all's parts share
+            # one data set.
+            f"synthetic.factors={factors}",
         ],
     )
 
