@@ -33,6 +33,8 @@ _DEFAULTS = {
     "spark.sql.adaptive.enabled": "true",
 }
 
+_SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
+
 # Spark's key for the module its Python worker daemon runs (pyspark.daemon by default).
 _DAEMON = "spark.python.daemon.module"
 
@@ -121,7 +123,13 @@ def get_spark(
         settings.setdefault(_DAEMON, "recspark.serve.worker_daemon")
     packages = settings.get("spark.jars.packages") or submitted.get("spark.jars.packages", "")
     if _mentions_delta(jars, packages):
-        for key, value in _DELTA.items():
+        delta = dict(_DELTA)
+        if master_set.startswith("local"):
+            # Delta rebuilds a table's state in 50 tasks by default, sized for clusters and long
+            # logs: on one machine, for tables of a few dozen files (recspark's own), one task
+            # per core does it in a fraction of the time.
+            delta[_SNAPSHOT_PARTITIONS] = str(os.cpu_count() or 1)
+        for key, value in delta.items():
             if not submitted.contains(key) and key not in settings:
                 settings[key] = value
     for key, value in settings.items():

@@ -314,17 +314,17 @@ class WorkerWarmup:
         self._thread.start()
 
     def _run(self) -> None:
-        schema = StructType(
-            [StructField("pid", IntegerType(), False), StructField("ready", IntegerType(), False)]
-        )
         try:
-            self._spark.sparkContext.setJobDescription("recspark: start and warm Python workers")
+            context = self._spark.sparkContext
+            context.setJobDescription("recspark: start and warm Python workers")
+            # An RDD job, not a DataFrame one: in a fresh JVM it is submitted at once, while
+            # planning a query would take longer than the driver's own work it should overlap.
             rows = (
-                self._spark.range(0, self._tasks, 1, self._tasks)
-                .mapInArrow(_warm_worker, schema)
+                context.parallelize(range(self._tasks), self._tasks)
+                .mapPartitions(_warm_worker)
                 .collect()  # one row per task: bounded by the cores, not the data
             )
-            self._seen = [(row.pid, bool(row.ready)) for row in rows]
+            self._seen = [(int(pid), bool(ready)) for pid, ready in rows]
         except Exception as exc:  # best effort, see the class docstring
             log.warning("warming the Python workers failed (scoring goes on cold): %s", exc)
 
@@ -333,19 +333,14 @@ class WorkerWarmup:
         return list(self._seen)
 
 
-def _warm_worker(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body of :class:`WorkerWarmup`: unpickling it imported this module (and torch)."""
+def _warm_worker(rows: Iterable[int]) -> Iterator[tuple[int, bool]]:
+    """mapPartitions body of :class:`WorkerWarmup`: unpickling it imported this module (and
+    torch); one ``(pid, kernel imported)`` per task."""
     import sys
 
-    for batch in batches:
-        yield pa.RecordBatch.from_pydict(
-            {
-                "pid": pa.array([os.getpid()] * batch.num_rows, pa.int32()),
-                "ready": pa.array(
-                    [int("recspark.serve.kernel" in sys.modules)] * batch.num_rows, pa.int32()
-                ),
-            }
-        )
+    for _ in rows:
+        pass
+    yield os.getpid(), "recspark.serve.kernel" in sys.modules
 
 
 def task_device(setting: str) -> torch.device:
