@@ -130,7 +130,8 @@ def test_warming_starts_a_worker_per_task_with_the_scoring_code_imported(spark):
 
 
 def test_a_failed_warm_up_is_logged_not_raised(spark, caplog, monkeypatch):
-    monkeypatch.setattr(spark, "range", lambda *args: (_ for _ in ()).throw(RuntimeError("no")))
+    fail = lambda *args: (_ for _ in ()).throw(RuntimeError("no"))  # noqa: E731
+    monkeypatch.setattr(spark.sparkContext, "parallelize", fail)
     with caplog.at_level("WARNING", logger="recspark.serve.scoring"):
         assert WorkerWarmup(spark).result(timeout=60) == []
     assert "warming the Python workers failed (scoring goes on cold): no" in caplog.text
