@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
-import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -31,6 +30,7 @@ from pyspark.sql import SparkSession
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from plain_prepare import TABLES, plain_prepare  # noqa: E402
+from spark_timeline import JobTime, jobs_since, last_job_id  # noqa: E402
 
 from recspark.commands import generate, prepare  # noqa: E402
 from recspark.core.config import Config, load_config  # noqa: E402
@@ -55,44 +55,6 @@ def _config(root: str, ratings: int, users: int, items: int, factors: int = 32) 
             f"synthetic.factors={factors}",
         ],
     )
-
-
-def spark_jobs(spark: SparkSession, since: int = -1) -> list[dict]:
-    """The session's Spark jobs with an id above ``since``: id, seconds and description, oldest
-    first, from the UI's REST API (empty when the UI is off)."""
-    url = spark.sparkContext.uiWebUrl
-    if not url:
-        return []
-    app = spark.sparkContext.applicationId
-    with urllib.request.urlopen(f"{url}/api/v1/applications/{app}/jobs") as response:
-        jobs = json.load(response)
-    found = []
-    for job in jobs:
-        if job["jobId"] <= since or "completionTime" not in job:
-            continue
-        seconds = _seconds(job["completionTime"]) - _seconds(job["submissionTime"])
-        found.append(
-            {
-                "job": job["jobId"],
-                "seconds": round(seconds, 2),
-                "stages": len(job["stageIds"]),
-                "what": (job.get("description") or job["name"])[:90],
-            }
-        )
-    return sorted(found, key=lambda job: job["job"])
-
-
-def _seconds(stamp: str) -> float:
-    """Seconds of a REST API time stamp (``2026-12-07T16:30:01.123GMT``)."""
-    match = re.search(r"T(\d+):(\d+):([\d.]+)", stamp)
-    assert match is not None, stamp
-    hours, minutes, seconds = match.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-def _last_job(spark: SparkSession) -> int:
-    jobs = spark.sparkContext.statusTracker().getJobIdsForGroup(None)
-    return max(jobs, default=-1)
 
 
 def measure_prepare_vs_plain(
@@ -135,13 +97,13 @@ def measure_prepare_vs_plain(
     summary: dict = {}
     plain_rows: dict[str, int] = {}
     for _ in range(repeat):
-        since = _last_job(spark)
+        since = last_job_id(spark)
         started = time.perf_counter()
         summary = prepare.run(config, spark).summary()
         times["recspark"].append(time.perf_counter() - started)
         if profile:
-            jobs["recspark"] = spark_jobs(spark, since)
-        since = _last_job(spark)
+            jobs["recspark"] = [asdict(job) for job in jobs_since(spark, since)]
+        since = last_job_id(spark)
         started = time.perf_counter()
         plain_rows = plain_prepare(
             spark,
@@ -155,7 +117,7 @@ def measure_prepare_vs_plain(
         )
         times["plain"].append(time.perf_counter() - started)
         if profile:
-            jobs["plain"] = spark_jobs(spark, since)
+            jobs["plain"] = [asdict(job) for job in jobs_since(spark, since)]
     prepared = layout.prepared(RUN_DATE)
     recspark_rows = {"input_rows": summary["counts"]["input_rows"]}
     recspark_rows.update({name: parquet_rows(prepared / name) for name in TABLES})
@@ -195,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     for side, side_jobs in result.pop("jobs", {}).items():
         print(f"{side}: {sum(job['seconds'] for job in side_jobs):.1f} s in jobs", file=sys.stderr)
         for job in side_jobs:
-            print(
-                f"  job {job['job']:4d} {job['seconds']:7.2f} s {job['stages']} stage(s) "
-                f"{job['what']}",
-                file=sys.stderr,
-            )
+            print("  " + JobTime(**job).line(), file=sys.stderr)
     print(json.dumps(result), flush=True)
     spark.stop()
     return 0
