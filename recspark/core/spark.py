@@ -35,9 +35,6 @@ _DEFAULTS = {
 
 _SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
 
-# Spark's key for the module its Python worker daemon runs (pyspark.daemon by default).
-_DAEMON = "spark.python.daemon.module"
-
 # What Delta Lake needs besides its jars; set only when Delta's jars are on the session and the key
 # is not set already.
 _DELTA = {
@@ -117,10 +114,6 @@ def get_spark(
         else:
             settings["spark.jars"] = jars
     master_set = settings.get("spark.master") or submitted.get("spark.master", "")
-    if master_set.startswith("local") and not submitted.contains(_DAEMON):
-        # One machine, the workers run this interpreter: they find recspark, so its daemon can
-        # import torch once for every worker it forks (see recspark.serve.worker_daemon).
-        settings.setdefault(_DAEMON, "recspark.serve.worker_daemon")
     packages = settings.get("spark.jars.packages") or submitted.get("spark.jars.packages", "")
     if _mentions_delta(jars, packages):
         delta = dict(_DELTA)
