@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config, ScoreConfig
@@ -32,9 +32,14 @@ from recspark.core.storage import Layout
 from recspark.data.prepared import eligible_in_run
 from recspark.model.published_context import PublishedContext
 from recspark.serve.kernel import UserTable
-from recspark.serve.recommendation_table import model_users, recommendation_table
+from recspark.serve.recommendation_table import (
+    model_users,
+    recommendation_files,
+    recommendation_table,
+)
 from recspark.serve.scoring import ScoreCounters, ScoringPlan, WorkerWarmup, item_side_payload
 from recspark.serve.tables import OutputTable, recommendations_table
+from recspark.serve.task_files import TaskFiles
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +83,25 @@ def score(
         eligible=eligible,
         counters=counters,
     )
-    table = recommendation_table(
-        spark,
-        user_table,
-        prepared,
-        plan,
-        exclude_seen=settings.exclude_seen,
-        model_version=context.model_version,
-    )
+    if isinstance(user_table, UserTable) and not output.is_delta:
+        # The tasks read rated/ and write the published files themselves: no Spark SQL.
+        table: DataFrame | TaskFiles = recommendation_files(
+            spark,
+            user_table,
+            prepared,
+            plan,
+            exclude_seen=settings.exclude_seen,
+            model_version=context.model_version,
+        )
+    else:
+        table = recommendation_table(
+            spark,
+            user_table,
+            prepared,
+            plan,
+            exclude_seen=settings.exclude_seen,
+            model_version=context.model_version,
+        )
 
     def check(rows: int) -> None:
         # The rows are counted from what was written, so the summary describes the published

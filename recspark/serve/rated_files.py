@@ -17,7 +17,7 @@ kernel over the same rows (``tests/e2e/test_scoring.py`` compares them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -26,14 +26,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_type
-from pyspark.sql.types import StructField
+from pyspark.sql.types import StructField, StructType
 
 from recspark.core import location, parquet_safety
 from recspark.core.constants import ITEMS, USER_IDX
 from recspark.core.location import Location
 from recspark.core.storage import parquet_files
 from recspark.serve.kernel import UserTable
-from recspark.serve.scoring import ScoringPlan, TaskInputs, output_schema, score_partition
+from recspark.serve.scoring import (
+    ScoringPlan,
+    TaskInputs,
+    output_schema,
+    score_partition,
+)
 
 #: Input rows per Arrow batch handed to the kernel (Spark's own default for Arrow batches).
 BATCH_ROWS = 10_000
@@ -68,7 +73,20 @@ def slices(folder: Location, tasks: int) -> list[Slice]:
     ]
 
 
-def recommend_rated_files(
+@dataclass(frozen=True, eq=False)
+class RatedTasks:
+    """The scoring tasks over ``rated/``'s files, planned once by the driver: ``count`` tasks
+    share out the slices numbered ``0 .. slices - 1``; in a task, ``score(chosen)`` gives the
+    top-N batches of the slices numbered ``chosen``, rows as ``schema``
+    (:func:`~recspark.serve.scoring.output_schema`)."""
+
+    count: int
+    slices: int
+    score: Callable[[Iterable[int]], Iterator[pa.RecordBatch]]
+    schema: StructType
+
+
+def rated_tasks(
     spark: SparkSession,
     folder: Location,
     user_table: UserTable,
@@ -77,12 +95,11 @@ def recommend_rated_files(
     carry: tuple[str, ...] = (),
     item_ids: pa.Array | None = None,
     exclude_seen: bool = True,
-) -> DataFrame:
-    """Top-N ``(user_idx, *carry, item_idx, [item_id,] rank, score)`` for every row of the
-    ``(user_idx, items, *carry)`` Parquet files under ``folder`` (``prepare``'s ``rated/``),
-    read by the scoring tasks. ``exclude_seen`` False ignores ``items``. Other parameters as in
-    :func:`recspark.serve.scoring.recommend_all`; ``plan.partitions`` (else the session's default
-    parallelism) is the number of tasks the rows are cut into."""
+) -> RatedTasks:
+    """Plan the scoring tasks over the ``(user_idx, items, *carry)`` Parquet files under
+    ``folder`` (``prepare``'s ``rated/``): footers checked, rows cut into slices, the inputs
+    broadcast. ``plan.partitions`` (else the session's default parallelism) is the number of
+    tasks; other parameters as in :func:`recommend_rated_files`."""
     files = parquet_files(folder)
     if not files:
         raise FileNotFoundError(f"no Parquet files in {folder}")
@@ -106,14 +123,46 @@ def recommend_rated_files(
     shared = spark.sparkContext.broadcast((inputs, cut, location.settings(), exclude_seen))
     counters = plan.counters
 
-    def score(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+    def score(chosen: Iterable[int]) -> Iterator[pa.RecordBatch]:
+        # A closure, pickled by value: it calls score_partition as this module holds it.
         task_inputs, task_slices, storage, exclude = shared.value
-        chosen = [int(i) for batch in batches for i in batch.column(0).to_pylist()]
         rows = read_slices([task_slices[i] for i in chosen], task_inputs.carry, storage, exclude)
         return score_partition(rows, task_inputs, counters)
 
-    units = spark.range(0, len(cut), 1, numPartitions=max(1, min(count, len(cut))))
-    return units.mapInArrow(score, output_schema(carried, item_ids))
+    tasks = max(1, min(count, len(cut)))
+    return RatedTasks(tasks, len(cut), score, output_schema(carried, item_ids))
+
+
+def recommend_rated_files(
+    spark: SparkSession,
+    folder: Location,
+    user_table: UserTable,
+    plan: ScoringPlan,
+    *,
+    carry: tuple[str, ...] = (),
+    item_ids: pa.Array | None = None,
+    exclude_seen: bool = True,
+) -> DataFrame:
+    """Top-N ``(user_idx, *carry, item_idx, [item_id,] rank, score)`` for every row of the
+    ``(user_idx, items, *carry)`` Parquet files under ``folder`` (``prepare``'s ``rated/``),
+    read by the scoring tasks. ``exclude_seen`` False ignores ``items``. Other parameters as in
+    :func:`recspark.serve.scoring.recommend_all`; ``plan.partitions`` (else the session's default
+    parallelism) is the number of tasks the rows are cut into."""
+    tasks = rated_tasks(
+        spark,
+        folder,
+        user_table,
+        plan,
+        carry=carry,
+        item_ids=item_ids,
+        exclude_seen=exclude_seen,
+    )
+
+    def score(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        return tasks.score(int(i) for batch in batches for i in batch.column(0).to_pylist())
+
+    units = spark.range(0, tasks.slices, 1, numPartitions=tasks.count)
+    return units.mapInArrow(score, tasks.schema)
 
 
 def read_slices(

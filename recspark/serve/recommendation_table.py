@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_type, to_arrow_type
@@ -30,8 +31,9 @@ from recspark.data.prepared import RATED, lists_every_user, rated_by_user
 from recspark.model.base import EmbeddingModel
 from recspark.model.saving import raw_ids
 from recspark.serve.kernel import UserTable
-from recspark.serve.rated_files import recommend_rated_files
+from recspark.serve.rated_files import rated_tasks, recommend_rated_files
 from recspark.serve.scoring import ScoringPlan, recommend_all
+from recspark.serve.task_files import TaskFiles
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,7 @@ def recommendation_table(
     the raw item ids are broadcast with the model (one per item, like the item factors), and so
     is ``plan.eligible``, the items that may be listed (:func:`recommend_all`).
     """
-    index = prepared / "item_index"
-    item_ids = raw_ids(index, ITEM_ID, ITEM_IDX, parquet_rows(index))
-    # As Spark reads the id map (its type for the file's Arrow type), without a Spark read.
-    item_ids = item_ids.cast(to_arrow_type(from_arrow_type(item_ids.type)))
+    item_ids = item_id_array(prepared)
     if isinstance(model_users, UserTable):
         recommendations = recommend_rated_files(
             spark,
@@ -90,6 +89,37 @@ def recommendation_table(
         F.col(SCORE).cast("float").alias(SCORE),
         F.lit(model_version).alias(MODEL_VERSION),
     )
+
+
+def recommendation_files(
+    spark: SparkSession,
+    model_users: UserTable,
+    prepared: Location,
+    plan: ScoringPlan,
+    *,
+    exclude_seen: bool,
+    model_version: str,
+) -> TaskFiles:
+    """The rows of :func:`recommendation_table` for a broadcast user table, written to Parquet by
+    the scoring tasks themselves (:mod:`recspark.serve.task_files`): no Spark SQL on the way in
+    or out."""
+    tasks = rated_tasks(
+        spark,
+        prepared / RATED,
+        model_users,
+        plan,
+        carry=(USER_ID,),
+        item_ids=item_id_array(prepared),
+        exclude_seen=exclude_seen,
+    )
+    return TaskFiles(spark, tasks, model_version)
+
+
+def item_id_array(prepared: Location) -> pa.Array:
+    """The raw item id of every item index, typed as Spark reads the id map (without a read)."""
+    index = prepared / "item_index"
+    item_ids = raw_ids(index, ITEM_ID, ITEM_IDX, parquet_rows(index))
+    return item_ids.cast(to_arrow_type(from_arrow_type(item_ids.type)))
 
 
 def model_users(

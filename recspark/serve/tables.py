@@ -27,6 +27,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -38,6 +39,10 @@ from recspark.core.constants import RUN_DATE
 from recspark.core.errors import BadInputError, ConfigError
 from recspark.core.location import Location
 from recspark.core.s3_commit import staging_writer
+
+if TYPE_CHECKING:
+    from recspark.serve.task_files import TaskFiles
+
 from recspark.core.storage import (
     Layout,
     clean_leftovers,
@@ -108,11 +113,12 @@ class OutputTable:
         self,
         spark: SparkSession,
         layout: Layout,
-        frame: DataFrame,
+        frame: DataFrame | TaskFiles,
         run_date,
         check=None,
     ) -> Published:
-        """Write ``frame`` as the rows of ``run_date``, replacing that date whole.
+        """Write ``frame`` as the rows of ``run_date``, replacing that date whole (a Parquet table
+        may take :class:`~recspark.serve.task_files.TaskFiles`, rows its tasks write themselves).
 
         ``check(rows)`` runs once the rows are written: for Parquet before they are published
         (counted from the staged files' footers; raising publishes nothing), for Delta after the
@@ -133,8 +139,11 @@ class OutputTable:
         for path in clean_leftovers(layout, final, name):
             log.info("removed %s, left by an earlier run that did not finish", path)
         with staged(layout, final, name) as staging:
-            # One file per scoring task, committed once on an object store.
-            staging_writer(frame, staging).mode("overwrite").parquet(str(staging))
+            if isinstance(frame, DataFrame):
+                # One file per scoring task, committed once on an object store.
+                staging_writer(frame, staging).mode("overwrite").parquet(str(staging))
+            else:
+                frame.write(staging)  # the tasks write their own files
             rows = parquet_rows(staging)
             if check is not None:
                 check(rows)
@@ -226,7 +235,7 @@ class OutputTable:
         # From the footer, as Spark would read it, without a Spark job.
         return from_arrow_schema(parquet_safety.read_schema(files[0])) if files else None
 
-    def check_id_types(self, spark: SparkSession, frame: DataFrame, run_date) -> None:
+    def check_id_types(self, spark: SparkSession, frame: DataFrame | TaskFiles, run_date) -> None:
         """Refuse a date whose columns change type from what the table holds."""
         existing = self.schema(spark)
         if existing is None:

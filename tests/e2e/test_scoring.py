@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from recspark.core.location import Location
@@ -11,13 +13,14 @@ from recspark.data.prepared import rated_by_every_user, rated_lists, seen_items
 from recspark.model.registry import build_model
 from recspark.model.spec import make_spec
 from recspark.serve.kernel import UserTable
-from recspark.serve.rated_files import recommend_rated_files
+from recspark.serve.rated_files import rated_tasks, recommend_rated_files
 from recspark.serve.scoring import (
     ScoringPlan,
     WorkerWarmup,
     item_side_payload,
     recommend_all,
 )
+from recspark.serve.task_files import TaskFiles
 
 
 def test_recommend_all_in_spark_matches_brute_force(spark, tmp_path):
@@ -118,6 +121,36 @@ def test_recommend_all_in_spark_matches_brute_force(spark, tmp_path):
         .reset_index(drop=True)
     )
     pd.testing.assert_frame_equal(broadcast, grouped.reset_index(drop=True))
+    # The same rows written by the tasks themselves as the published files: raw item ids, the
+    # model version, one file per task; a file no task reported (a failed attempt's) is removed.
+    staging = Location(tmp_path / "staging")
+    staging.mkdir()
+    (staging / "part-00000-stray.snappy.parquet").write_bytes(b"left by a failed attempt")
+    tasks = rated_tasks(
+        spark,
+        Location(folder),
+        UserTable.of(model),
+        ScoringPlan(
+            item_side_payload(model, spec, {}),
+            top_n=5,
+            users_per_block=4,
+            device="cpu",
+            partitions=2,
+        ),
+        carry=("user_id",),
+        item_ids=pa.array([f"i{i}" for i in range(25)]),
+    )
+    rows = TaskFiles(spark, tasks, "v1").write(staging)
+    files = sorted(path.name for path in staging.glob("*.parquet"))
+    assert len(files) == 2 and "stray" not in " ".join(files)
+    written = pq.read_table(str(staging.local)).to_pandas()
+    assert list(written.columns) == ["user_id", "item_id", "rank", "score", "model_version"]
+    assert rows == len(written) == len(broadcast)
+    assert (written["model_version"] == "v1").all()
+    mine = written.sort_values(["user_id", "rank"]).reset_index(drop=True)
+    theirs = broadcast.sort_values(["user_id", "rank"]).reset_index(drop=True)
+    assert mine["item_id"].tolist() == ["i" + str(i) for i in theirs["item_idx"]]
+    assert mine["score"].tolist() == theirs["score"].tolist()
 
 
 def test_warming_starts_a_worker_per_task_with_the_scoring_code_imported(spark):
