@@ -139,6 +139,11 @@ def precheck_input(
     given = split_method == "given"
     if given and not (validation_path or test_path):
         raise BadInputError(NO_VALIDATION_PATH)
+    if given and validation_path and validation_path == test_path:
+        raise BadInputError(
+            f"input.validation_path and input.test_path are both {test_path}: a table is one "
+            "split or the other (unset input.validation_path to draw validation from input.path)"
+        )
     if input_format == "synthetic" and not is_remote(path) and not Location(path).exists():
         raise MissingInputError(
             f"input {path} does not exist: run `recspark generate` with the same paths.root "

@@ -38,6 +38,10 @@ def test_wanted_columns_leave_the_rating_out_of_implicit_input():
 def test_precheck_fails_a_given_split_without_its_validation_table(tmp_path):
     with pytest.raises(BadInputError, match=r"input\.validation_path is not set"):
         inputs.precheck_input("r.csv", "csv", {}, split_method="given")
+    with pytest.raises(BadInputError, match="one split or the other"):
+        inputs.precheck_input(
+            "r.csv", "csv", {}, split_method="given", validation_path="t.csv", test_path="t.csv"
+        )
 
 
 def test_prepared_counts_keep_the_summary_keys_in_order():
