@@ -64,6 +64,7 @@ def data_overrides(root: Path, data: Path) -> list[str]:
         f"run_date={RUN_DATE}",
         f"input.path={data / 'u1.base'}",
         f"input.validation_path={data / 'u1.test'}",
+        "input.test_path=null",  # u1.test as validation, the protocol these figures were set on
     ]
 
 

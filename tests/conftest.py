@@ -126,7 +126,8 @@ ML100K_U1_DATE = "2026-01-01"
 @pytest.fixture(scope="session")
 def ml100k_u1(spark, ml100k, tmp_path_factory) -> tuple[Path, dict]:
     """MovieLens 100K's u1 split (u1.base -> u1.test, ``split.method: given``) prepared once for
-    the session, as ``prepare`` prepares it with ``conf/movielens-100k.yaml``.
+    the session, as ``prepare`` prepares it with ``conf/movielens-100k.yaml`` but for u1.test,
+    which is its validation split here (as before issue 33), not a test split.
 
     ``input.format: auto`` here, which tests/e2e/test_prepare.py checks on this run: it resolves to
     the shipped config's ``movielens-100k`` (asserted below), so the tables are the shipped
@@ -143,6 +144,7 @@ def ml100k_u1(spark, ml100k, tmp_path_factory) -> tuple[Path, dict]:
         f"paths.root={root}",
         f"input.path={ml100k / 'u1.base'}",
         f"input.validation_path={ml100k / 'u1.test'}",
+        "input.test_path=null",  # u1.test as validation: the protocol the accuracy marks assume
         "input.format=auto",
     ]
     config = load_config(REPO / "conf" / "movielens-100k.yaml", overrides)

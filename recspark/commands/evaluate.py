@@ -1,9 +1,13 @@
 """evaluate: how good the trained model is, next to baselines fitted on the same split.
 
-Rating metrics (RMSE, MAE) on the validation split, with the cold-start rows (users or items that
+Every figure is measured on the prepared run's test split when it has one (``split.test_fraction``
+or ``input.test_path``: rows that nothing in training read), else on its validation split, the one
+that also chose the model; the summary (``metrics.split``) and the report (``split``) name it.
+Rating metrics (RMSE, MAE) on that split, with the cold-start rows (users or items that
 training never saw) reported apart. Ranking metrics at ``evaluate.k`` for every user with a
-validation item rated at or above ``evaluate.relevance_threshold`` (0: every validation item is
-relevant): each model ranks every item the user did not rate in training among the items with at
+held-out item rated at or above ``evaluate.relevance_threshold`` (0: every validation item is
+relevant): each model ranks every item the user did not rate in training (nor in validation,
+measured on test) among the items with at
 least ``score.min_item_ratings`` training ratings, the candidates ``score`` publishes. Baselines
 (``evaluate.baselines``: global mean, user+item biases, Spark ALS, most popular, ALS
 ``implicitPrefs``) are fitted on the same training split in the same run and measured by the same
@@ -30,6 +34,7 @@ from pyspark.sql import SparkSession
 from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config
 from recspark.core.storage import Layout
+from recspark.data.prepared import read_manifest
 from recspark.data.side_info import item_genre_flags
 from recspark.evaluate.assessment import SUMMARY_BASELINE_KEYS, KernelSettings, read_split
 from recspark.evaluate.evaluation import EvaluationSettings, evaluate_published
@@ -66,6 +71,7 @@ def run(config: Config, spark: SparkSession) -> StageResult:
         config.score.min_item_ratings,
         rare_item_ratings=settings.rare_item_ratings,
         item_features=item_feature_frame(spark, genres) if genres is not None else None,
+        split=read_manifest(layout, context.published.meta.index_date).evaluation_split,
     )
     evaluation = evaluate_published(
         spark,
@@ -90,11 +96,12 @@ def run(config: Config, spark: SparkSession) -> StageResult:
 
 
 def summary(evaluation: EvaluationReport, files: EvaluationFiles) -> StageResult:
-    """The summary line: the model's figures (row counts moved to ``counts``), each baseline's
+    """The summary line: the model's figures (row counts moved to ``counts``) and the split they
+    were measured on (``split``), each baseline's
     :data:`~recspark.evaluate.assessment.SUMMARY_BASELINE_KEYS` and the best contenders."""
-    metrics = dict(evaluation.metrics)
+    metrics = {"split": evaluation.split, **evaluation.metrics}
     counts = {
-        "validation": metrics.pop("validation_rows"),
+        evaluation.split: metrics.pop(f"{evaluation.split}_rows"),
         "cold_start": metrics.pop("cold_start_rows", None),
         "ranked_users": metrics.pop("ranked_users"),
     }
@@ -119,7 +126,7 @@ def summary(evaluation: EvaluationReport, files: EvaluationFiles) -> StageResult
 
 STAGE = Stage(
     name="evaluate",
-    purpose="Rating and ranking metrics of the trained model on the validation split.",
+    purpose="Rating and ranking metrics of the trained model on the test (or validation) split.",
     sections=("paths", "run_date", "evaluate", "score", "spark"),
     example="recspark evaluate --set evaluate.k=20",
     run=run,

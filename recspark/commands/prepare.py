@@ -1,8 +1,10 @@
 """prepare: check every row, index ids stably, split, and publish Parquet for training.
 
 Reads ``input.*`` and writes ``prepared/RUN_DATE/`` (see :mod:`recspark.core.storage`): ``train``,
-``validation`` and ``cold_start`` (``user_idx``, ``item_idx``, ``rating``, ``timestamp`` and
-``weight`` when the input has one), ``user_index`` and ``item_index`` (raw id -> dense index),
+``validation`` and ``cold_start``, and ``test`` and ``test_cold_start`` with a test split
+(``split.test_fraction``, or ``input.test_path`` for a given split) (``user_idx``, ``item_idx``,
+``rating``, ``timestamp`` and ``weight`` when the input has one), ``user_index`` and
+``item_index`` (raw id -> dense index),
 ``rated`` (``user_idx``, ``user_id``, ``items``: one row per user of the id map with every item
 it rated in any split, empty when none: the users ``score`` scores and what it leaves out),
 ``quarantine`` (every rejected row with its ``reason``) and ``manifest.json``. When the quarantined
@@ -53,7 +55,6 @@ from recspark.data.inputs import (
 from recspark.data.prepare import (
     FEED_COLUMNS,
     INDEXES,
-    TABLES,
     PreparedCounts,
     PreviousMaps,
     ReadFacts,
@@ -61,9 +62,11 @@ from recspark.data.prepare import (
     check_split,
     feed_files,
     flag_split,
+    has_test_split,
     prepared_counts,
     previous_maps,
     rating_stats,
+    split_table_names,
     split_tables,
     write_feed,
     write_index,
@@ -99,6 +102,7 @@ def precheck(config: Config) -> None:
         header=header_setting(settings.header),
         validation_path=settings.validation_path,
         split_method=config.split.method,
+        test_path=settings.test_path,
     )
 
 
@@ -128,7 +132,7 @@ def _write_tables(
 ) -> dict[str, int]:
     """The split tables as feed files; return how many files each was written as."""
     files = feed_files(good_rows, config.prepare.rows_per_file)
-    for name in TABLES:
+    for name in tables:
         write_feed(
             tables[name],
             str(folder / name),
@@ -182,17 +186,20 @@ def run(config: Config, spark: SparkSession) -> StageResult:
         for frame in cached:
             frame.unpersist()
     final = layout.prepared(config.run_date)
+    names = split_table_names(has_test_split(config.split, settings))
     outputs = {
-        name: str(final / name) for name in (*TABLES, *INDEXES, RATED, ITEM_COUNTS, QUARANTINE)
+        name: str(final / name) for name in (*names, *INDEXES, RATED, ITEM_COUNTS, QUARANTINE)
     }
     outputs["manifest"] = str(final / "manifest.json")
     log.info(
-        "prepared %d users, %d items: %d train, %d validation, %d cold-start, %d quarantined",
+        "prepared %d users, %d items: %d train, %d validation, %d cold-start, %s test, "
+        "%d quarantined",
         summary_counts.users,
         summary_counts.items,
         summary_counts.train,
         summary_counts.validation,
         summary_counts.cold_start,
+        "no" if summary_counts.test is None else summary_counts.test,
         counts.bad,
     )
     return StageResult(
@@ -213,8 +220,10 @@ def _index_and_split(
     indexed = apply_index(
         apply_index(good, user_index, USER_ID, USER_IDX), item_index, ITEM_ID, ITEM_IDX
     )
-    # Persisted so that the three tables are filters of one computed split.
-    flagged = flag_split(indexed, config.split, columns).persist(StorageLevel.MEMORY_AND_DISK)
+    # Persisted so that the split tables are filters of one computed split.
+    carve = config.split.method == "given" and not config.input.validation_path
+    flagged = flag_split(indexed, config.split, columns, carve_validation=carve)
+    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     return user_index, item_index, flagged
 
 
@@ -235,7 +244,8 @@ def _publish(
     feed_columns = FEED_COLUMNS + ([WEIGHT] if read.has_weight else [])
     user_index, item_index, flagged = _index_and_split(config, good, previous, columns=feed_columns)
     cached += [user_index, item_index, flagged]
-    tables = split_tables(flagged)
+    has_test = has_test_split(config.split, config.input)
+    tables = split_tables(flagged, has_test)
     final = layout.prepared(config.run_date)
     with staged(layout, final, f"prepared-{config.run_date}") as folder:
         for name, index in (("user_index", user_index), ("item_index", item_index)):
@@ -253,7 +263,7 @@ def _publish(
         staging_writer(train_item_counts(tables["train"]).coalesce(1), counts_path).parquet(
             counts_path
         )
-        rows = {name: parquet_rows(folder / name) for name in (*TABLES, *INDEXES)}
+        rows = {name: parquet_rows(folder / name) for name in (*tables, *INDEXES)}
         check_split(rows)
         train_stats = rating_stats(spark, str(folder / "train"))
         summary_counts = prepared_counts(rows, counts, previous.sizes, config.input.implicit)

@@ -78,7 +78,8 @@ class InputConfig(_Section):
     path: str | None = None
     format: Literal["auto"] | InputFormat = "synthetic"
     columns: ColumnsConfig = Field(default_factory=lambda: ColumnsConfig.model_validate({}))
-    validation_path: str | None = None
+    validation_path: str | None = None  # split.method: given (optional when test_path is set)
+    test_path: str | None = None  # split.method: given: the test split, read by evaluate only
     rating_min: float = 1.0
     rating_max: float = 5.0
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
@@ -99,7 +100,24 @@ class InputConfig(_Section):
 class SplitConfig(_Section):
     method: Literal["random", "user_stratified", "chronological", "given"] = "random"
     validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # The share held out as the test split, which only evaluate and the nightly gate read
+    # (0: no test split; evaluate then reports on validation). given: input.test_path instead.
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> SplitConfig:
+        if self.method == "given" and self.test_fraction > 0:
+            raise ValueError(
+                "split.test_fraction applies to the drawn splits: with split.method 'given' set "
+                "input.test_path instead"
+            )
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"validation_fraction ({self.validation_fraction}) + test_fraction "
+                f"({self.test_fraction}) must stay below 1, to leave rows to train on"
+            )
+        return self
 
 
 class PrepareConfig(_Section):

@@ -31,6 +31,7 @@ PATH_KEYS = (
     ("paths", "root"),
     ("input", "path"),
     ("input", "validation_path"),
+    ("input", "test_path"),
     ("model", "side_info", "path"),
     ("recommend", "titles_path"),
     ("benchmark", "movielens_path"),

@@ -25,15 +25,18 @@ from recspark.data.checks import infer_id_types
 from recspark.data.reading import read_raw
 from recspark.data.sniffing import DELIMITERS, PARQUET_FORMATS, detect_format, inspect_input
 
-SOURCE = "source"  # in the quarantine: "input" or "validation" (input.validation_path)
+SOURCE = "source"  # in the quarantine: "input", "validation" or "test" (input.*_path)
+# split.method: given: the extra tables, by the ``source`` they get.
+GIVEN_TABLES = (("validation", "validation_path"), ("test", "test_path"))
 INTEGER_ID_FORMATS = ("movielens-100k", "movielens-1m")
 
 # A URI with a scheme other than file: (s3a://, hdfs://): the local checks do not apply to it.
 _REMOTE = re.compile(r"^(?!file:)[A-Za-z][A-Za-z0-9+.-]+:")
 
 NO_VALIDATION_PATH = (
-    "split.method is 'given' but input.validation_path is not set: point it at the validation "
-    "table (e.g. ml-100k/u1.test with u1.base as input.path)"
+    "split.method is 'given' but input.validation_path is not set, nor input.test_path: point "
+    "input.test_path at the test table (e.g. ml-100k/u1.test with u1.base as input.path; "
+    "validation is then drawn from the input) or input.validation_path at the validation table"
 )
 NO_TIMESTAMP = (
     "split.method is 'chronological' but the input has no timestamp column: set "
@@ -100,12 +103,14 @@ def precheck_input(
     header: bool | None = None,
     validation_path: str | None = None,
     split_method: str = "random",
+    test_path: str | None = None,
 ) -> None:
     """The checks of the input that need no Spark, so that a bad input fails in a second.
 
-    The input (and ``validation_path`` for ``split.method: given``) exists and holds data, its
-    format is known and matches the files, a text file's first line has the format's delimiter,
-    the header or Parquet schema has the configured columns, both inputs have the same columns,
+    The input (and ``validation_path`` and ``test_path`` for ``split.method: given``) exists and
+    holds data, its format is known and matches the files, a text file's first line has the
+    format's delimiter, the header or Parquet schema has the configured columns, all inputs have
+    the same columns,
     and a chronological split has a timestamp. Run before the Spark session starts (the CLI
     calls the command's ``precheck``); :func:`recspark.data.reading.read_raw` makes the same
     checks again.
@@ -113,8 +118,8 @@ def precheck_input(
 
     Parameters
     ----------
-    path, validation_path
-        ``input.path`` and ``input.validation_path``.
+    path, validation_path, test_path
+        ``input.path``, ``input.validation_path`` and ``input.test_path``.
     input_format
         ``input.format`` (``auto`` allowed).
     wanted
@@ -132,26 +137,29 @@ def precheck_input(
         For any of the problems above, saying which key to set.
     """
     given = split_method == "given"
-    if given and not validation_path:
+    if given and not (validation_path or test_path):
         raise BadInputError(NO_VALIDATION_PATH)
+    if given and validation_path and validation_path == test_path:
+        raise BadInputError(
+            f"input.validation_path and input.test_path are both {test_path}: a table is one "
+            "split or the other (unset input.validation_path to draw validation from input.path)"
+        )
     if input_format == "synthetic" and not is_remote(path) and not Location(path).exists():
         raise MissingInputError(
             f"input {path} does not exist: run `recspark generate` with the same paths.root "
             "first, or set input.path"
         )
     found: dict[str, list[str]] = {}
-    for where in [path, validation_path] if given else [path]:
+    extra = {"validation_path": validation_path, "test_path": test_path} if given else {}
+    for where in [path, *extra.values()]:
         if where is not None and not is_remote(where):
             found[where] = inspect_input(where, input_format, wanted, header)[1]
-    if (
-        path in found
-        and validation_path in found
-        and set(found[path]) != set(found[validation_path])
-    ):
-        raise BadInputError(
-            f"input.path has columns {found[path]} but input.validation_path has "
-            f"{found[validation_path]}: give both the same columns"
-        )
+    for key, where in extra.items():
+        if path in found and where in found and set(found[path]) != set(found[where]):
+            raise BadInputError(
+                f"input.path has columns {found[path]} but input.{key} has {found[where]}: give "
+                "both the same columns"
+            )
     if split_method == "chronological" and path in found and TIMESTAMP not in found[path]:
         raise BadInputError(NO_TIMESTAMP)
 
@@ -175,13 +183,14 @@ def read_input(spark: SparkSession, settings: InputConfig, path: str, fmt: str) 
 def read_inputs(
     spark: SparkSession, settings: InputConfig, split_method: str, path: str, fmt: str
 ) -> RawInputs:
-    """The input with a ``source`` column, and the validation table under it for a given split.
+    """The input with a ``source`` column, and the validation and test tables under it for a given
+    split (those of ``input.validation_path`` and ``input.test_path`` that are set).
 
     Returns
     -------
     RawInputs
-        The ``read_raw`` rows of both with ``source`` (``input`` or ``validation``), and the
-        delimiters of their text formats (for :func:`recspark.data.checks.cast_ids`).
+        The ``read_raw`` rows of all with ``source`` (``input``, ``validation`` or ``test``), and
+        the delimiters of their text formats (for :func:`recspark.data.checks.cast_ids`).
 
     Raises
     ------
@@ -191,18 +200,21 @@ def read_inputs(
     raw = read_input(spark, settings, path, fmt).withColumn(SOURCE, F.lit("input"))
     formats = [fmt]
     if split_method == "given":
-        validation_path = settings.validation_path
-        if not validation_path:
+        if not (settings.validation_path or settings.test_path):
             raise BadInputError(NO_VALIDATION_PATH)
-        validation_fmt = input_format(validation_path, settings.format)
-        formats.append(validation_fmt)
-        validation_raw = read_input(spark, settings, validation_path, validation_fmt)
-        if set(validation_raw.columns) != set(raw.columns) - {SOURCE}:
-            raise BadInputError(
-                f"input.path has columns {raw.columns[:-1]} but input.validation_path has "
-                f"{validation_raw.columns}: give both the same columns"
-            )
-        raw = raw.unionByName(validation_raw.withColumn(SOURCE, F.lit("validation")))
+        for source, key in GIVEN_TABLES:
+            where = getattr(settings, key)
+            if not where:
+                continue
+            where_fmt = input_format(where, settings.format)
+            formats.append(where_fmt)
+            table = read_input(spark, settings, where, where_fmt)
+            if set(table.columns) != set(raw.columns) - {SOURCE}:
+                raise BadInputError(
+                    f"input.path has columns {raw.columns[:-1]} but input.{key} has "
+                    f"{table.columns}: give both the same columns"
+                )
+            raw = raw.unionByName(table.withColumn(SOURCE, F.lit(source)))
     if split_method == "chronological" and TIMESTAMP not in raw.columns:
         raise BadInputError(NO_TIMESTAMP)
     delimiters = tuple(sorted({DELIMITERS[f] for f in formats if f in DELIMITERS}))

@@ -36,53 +36,109 @@ from recspark.data.prepared import (
 from recspark.data.quarantine import RowCounts
 from recspark.data.splitting import (
     COLD_START_FLAG,
+    TEST_FLAG,
     VALIDATION_FLAG,
     flag_cold_start,
-    flag_validation,
+    flag_holdouts,
 )
 
 log = logging.getLogger(__name__)
 
 FEED_COLUMNS = [USER_IDX, ITEM_IDX, RATING, TIMESTAMP]
 TABLES = ("train", "validation", "cold_start")
+# Written when the run has a test split (split.test_fraction, or input.test_path when given):
+# the test rows whose user and item are in train, and the rest, apart as cold_start is.
+TEST_TABLES = ("test", "test_cold_start")
 INDEXES = ("user_index", "item_index")
 
 
-def flag_split(indexed: DataFrame, split: SplitConfig, columns: list[str]) -> DataFrame:
-    """``columns`` of the indexed good rows with the validation and cold-start flags.
+def has_test_split(split: SplitConfig, settings: InputConfig) -> bool:
+    """Whether ``split`` and ``input`` hold out a test split (read by evaluate and the gate)."""
+    if split.method == "given":
+        return bool(settings.test_path)
+    return split.test_fraction > 0
 
-    A given split (``split.method: given``) keeps each row where it came from (``source``); the
+
+def split_table_names(has_test: bool) -> tuple[str, ...]:
+    """The split tables a run writes: :data:`TABLES`, and :data:`TEST_TABLES` with a test split."""
+    return TABLES + TEST_TABLES if has_test else TABLES
+
+
+def flag_split(
+    indexed: DataFrame, split: SplitConfig, columns: list[str], *, carve_validation: bool = False
+) -> DataFrame:
+    """``columns`` of the indexed good rows with the validation, test and cold-start flags.
+
+    A given split (``split.method: given``) keeps each row where it came from (``source``); with
+    ``carve_validation`` (a given test table and no validation table) validation is drawn from
+    the input's rows, user_stratified with ``split.validation_fraction`` and ``split.seed``. The
     others draw from a hash of the raw ids, so a rating's side of the split does not depend on
     the id maps.
     """
     if split.method == "given":
-        flagged = indexed.withColumn(VALIDATION_FLAG, F.col(SOURCE) == "validation")
+        flagged = _given_split(indexed, split, carve_validation)
     else:
-        flagged = flag_validation(
+        flagged = flag_holdouts(
             indexed,
             split.method,
             split.validation_fraction,
             split.seed,
+            split.test_fraction,
             user_col=USER_ID,
             item_col=ITEM_ID,
         )
-    return flag_cold_start(flagged.select(*columns, VALIDATION_FLAG))
+    return flag_cold_start(flagged.select(*columns, VALIDATION_FLAG, TEST_FLAG))
 
 
-def split_tables(flagged: DataFrame) -> dict[str, DataFrame]:
-    """train, validation and cold_start as filters of :func:`flag_split`'s rows."""
-    validation_rows = F.col(VALIDATION_FLAG) & ~F.col(COLD_START_FLAG)
-    return {
-        "train": flagged.where(~F.col(VALIDATION_FLAG)),
-        "validation": flagged.where(validation_rows),
-        "cold_start": flagged.where(F.col(COLD_START_FLAG)),
+def _given_split(indexed: DataFrame, split: SplitConfig, carve_validation: bool) -> DataFrame:
+    """The flags of a given split: each row's ``source``, or a validation part carved per user
+    from the input's rows (see :func:`flag_split`)."""
+    source = F.col(SOURCE)
+    if not carve_validation:
+        return indexed.withColumn(VALIDATION_FLAG, source == "validation").withColumn(
+            TEST_FLAG, source == "test"
+        )
+    carved = flag_holdouts(
+        indexed.where(source == "input"),
+        "user_stratified",
+        split.validation_fraction,
+        split.seed,
+        user_col=USER_ID,
+        item_col=ITEM_ID,
+    )
+    given = indexed.where(source != "input").withColumn(VALIDATION_FLAG, F.lit(False))
+    return carved.unionByName(given.withColumn(TEST_FLAG, source == "test"))
+
+
+def split_tables(flagged: DataFrame, has_test: bool = False) -> dict[str, DataFrame]:
+    """The tables of :func:`split_table_names` as filters of :func:`flag_split`'s rows.
+
+    ``cold_start`` holds validation's rows whose user or item is not in train, and
+    ``test_cold_start`` test's: each held-out split's cold rows stay apart from it, so a figure
+    is never measured on rows the model could not have learned.
+    """
+    validation, test, cold = (F.col(c) for c in (VALIDATION_FLAG, TEST_FLAG, COLD_START_FLAG))
+    tables = {
+        "train": flagged.where(~validation & ~test),
+        "validation": flagged.where(validation & ~cold),
+        "cold_start": flagged.where(validation & cold),
     }
+    if has_test:
+        tables.update(test=flagged.where(test & ~cold), test_cold_start=flagged.where(test & cold))
+    return tables
 
 
 def feed_files(good_rows: int, rows_per_file: int) -> dict[str, int]:
     """How many Parquet files each split table is written as."""
     files = max(4, math.ceil(good_rows / rows_per_file))
-    return {"train": files, "validation": max(2, files // 4), "cold_start": 1}
+    held_out = max(2, files // 4)
+    return {
+        "train": files,
+        "validation": held_out,
+        "cold_start": 1,
+        "test": held_out,
+        "test_cold_start": 1,
+    }
 
 
 def table_files(rows: int, rows_per_file: int) -> int:
@@ -116,12 +172,17 @@ def write_rated(user_index: DataFrame, flagged: DataFrame, path: str, *, files: 
 
 
 def check_split(rows: dict[str, int]) -> None:
-    """Fail when the split left train or validation empty."""
+    """Fail when the split left train or validation (or a test split it was asked for) empty."""
     if rows["train"] == 0 or rows["validation"] == 0:
         raise BadInputError(
             f"the split left train with {rows['train']} and validation with "
             f"{rows['validation']} rows (and {rows['cold_start']} cold-start rows): give "
             "more data or change split.*"
+        )
+    if rows.get("test") == 0:
+        raise BadInputError(
+            f"the split left test empty (and {rows['test_cold_start']} cold-start test rows): "
+            "give more data, raise split.test_fraction or check input.test_path"
         )
 
 
@@ -141,6 +202,8 @@ class PreparedCounts:
     quarantined: int
     quarantined_by_reason: dict[str, int]
     aggregated_events: int | None = None  # implicit input only: events folded into pairs
+    test: int | None = None  # with a test split only
+    test_cold_start: int | None = None
 
     def to_dict(self) -> dict[str, int | dict[str, int]]:
         """The counts as the summary line and ``manifest.json`` hold them."""
@@ -153,6 +216,10 @@ class PreparedCounts:
             "train": self.train,
             "validation": self.validation,
             "cold_start": self.cold_start,
+        }
+        if self.test is not None:
+            counts.update(test=self.test, test_cold_start=self.test_cold_start or 0)
+        counts |= {
             "quarantined": self.quarantined,
             "quarantined_by_reason": self.quarantined_by_reason,
         }
@@ -177,7 +244,13 @@ def prepared_counts(
         cold_start=rows["cold_start"],
         quarantined=counts.bad,
         quarantined_by_reason=counts.by_reason,
-        aggregated_events=(counts.good - sum(rows[name] for name in TABLES) if implicit else None),
+        aggregated_events=(
+            counts.good - sum(rows.get(name, 0) for name in TABLES + TEST_TABLES)
+            if implicit
+            else None
+        ),
+        test=rows.get("test"),
+        test_cold_start=rows.get("test_cold_start"),
     )
 
 
@@ -230,14 +303,17 @@ def build_manifest(
         What was written: the counts, every table's rows, the train ratings' statistics and the
         split tables' columns.
     """
-    validation_path = settings.validation_path if split.method == "given" else None
+    given = split.method == "given"
+    validation_path = settings.validation_path if given else None
+    test_path = settings.test_path if given else None
     return PreparedRun(
         run_date=str(run_date),
         input=PreparedInput(
             path=read.path,
             format=read.format,
             validation_path=validation_path,
-            fingerprint=fingerprint([read.path, validation_path]),
+            test_path=test_path,
+            fingerprint=fingerprint([read.path, validation_path, test_path]),
             implicit=settings.implicit,
             columns=settings.columns.model_dump(),
             has_timestamp=read.has_timestamp,
@@ -255,7 +331,7 @@ def build_manifest(
             settings.implicit, train_stats, settings.rating_min, settings.rating_max
         ),
         columns=feed_columns,
-        tables={name: TableFacts(rows=rows[name]) for name in TABLES},
+        tables={name: TableFacts(rows=rows[name]) for name in TABLES + TEST_TABLES if name in rows},
         row_group_mb=row_group_mb,
     )
 

@@ -1,11 +1,13 @@
 """The tables a prepared run holds, as the later stages read them.
 
 ``prepare`` publishes ``prepared/<run_date>/``: the splits (``train/``, ``validation/``,
-``cold_start/``), the id maps (``user_index/``, ``item_index/``), the quarantine, ``rated/`` (one
-row per user of the id map with every item it rated, sorted: what ``score`` excludes and its list of
-users), ``item_counts/`` (train ratings per item index: which items may be listed) and
-``manifest.json``. This module names them and reads them in one place; the manifest is
-:class:`PreparedRun`, written by :func:`write_manifest` and read by :func:`read_manifest`.
+``cold_start/``, and ``test/`` and ``test_cold_start/`` when the run holds out a test split, which
+only evaluate and the nightly gate read), the id maps (``user_index/``, ``item_index/``), the
+quarantine, ``rated/`` (one row per user of the id map with every item it rated, sorted: what
+``score`` excludes and its list of users), ``item_counts/`` (train ratings per item index: which
+items may be listed) and ``manifest.json``. This module names them and reads them in one place; the
+manifest is :class:`PreparedRun`, written by :func:`write_manifest` and read by
+:func:`read_manifest`.
 """
 
 from __future__ import annotations
@@ -36,11 +38,19 @@ from recspark.core.storage import (
 
 log = logging.getLogger(__name__)
 
-RATED_SPLITS = ("train", "validation", "cold_start")
+RATED_SPLITS = ("train", "validation", "cold_start", "test", "test_cold_start")
 RATED = "rated"  # prepare's (user_idx, items) table: every item of RATED_SPLITS per user
 ITEM_COUNTS = "item_counts"  # prepare's (item_idx, train_ratings) table, one row per rated item
 TRAIN_RATINGS = "train_ratings"
 MANIFEST = "manifest.json"
+VALIDATION = "validation"
+TEST = "test"
+
+
+def cold_start_table(split: str) -> str:
+    """The table of ``split``'s rows whose user or item is not in train: ``cold_start`` for
+    validation, ``test_cold_start`` for test."""
+    return "cold_start" if split == VALIDATION else f"{split}_cold_start"
 
 
 class _Read(BaseModel):
@@ -54,6 +64,7 @@ class PreparedInput(_Read):
     path: str | None = None
     format: str | None = None
     validation_path: str | None = None  # split.method: given
+    test_path: str | None = None  # split.method: given
     fingerprint: str | None = None  # :func:`recspark.data.sources.fingerprint` of the input files
     implicit: bool = False
     columns: dict[str, str | None] = Field(default_factory=dict)  # input.columns
@@ -95,6 +106,17 @@ class PreparedRun(_Read):
     columns: list[str] = Field(default_factory=list)  # the split tables' columns
     tables: dict[str, TableFacts] = Field(default_factory=dict)
     row_group_mb: int | None = None
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the run holds out a test split (runs prepared before there was one do not)."""
+        return TEST in self.tables
+
+    @property
+    def evaluation_split(self) -> str:
+        """The split ``evaluate`` and the nightly gate report on: ``test`` when the run has one,
+        else ``validation`` (the split that also chose the model)."""
+        return TEST if self.has_test else VALIDATION
 
 
 def write_manifest(folder: Location, manifest: PreparedRun) -> Location:
@@ -254,8 +276,13 @@ def _counts_array(index: np.ndarray, counts: np.ndarray, n_items: int) -> np.nda
 
 
 def rated(spark: SparkSession, prepared: Path | Location, names=RATED_SPLITS) -> DataFrame:
-    """``(user_idx, item_idx)`` of every rating in the prepared run's splits."""
-    frames = [spark.read.parquet(str(prepared / name)).select(USER_IDX, ITEM_IDX) for name in names]
+    """``(user_idx, item_idx)`` of every rating in the prepared run's splits (of ``names``, those
+    the run has: a run without a test split has no ``test/``)."""
+    frames = [
+        spark.read.parquet(str(prepared / name)).select(USER_IDX, ITEM_IDX)
+        for name in names
+        if name in ("train", VALIDATION) or (prepared / name).exists()
+    ]
     return reduce(DataFrame.unionByName, frames)
 
 

@@ -1,4 +1,4 @@
-"""Train/validation splits that depend only on the data and a seed.
+"""Train/validation/test splits that depend only on the data and a seed.
 
 Spark's ``rand(seed)`` depends on how rows are partitioned, so a re-run on another cluster could
 move rows between splits. Here each row's draw is a hash of (user, item, seed) instead: the same
@@ -9,7 +9,16 @@ Methods (``split.method``): ``random`` sends each rating to validation with prob
 ``validation_fraction``; ``user_stratified`` sends ``round(n * fraction)`` of each user's ``n``
 ratings, chosen by the draw; ``chronological`` sends each user's latest ``round(n * fraction)``
 ratings by timestamp. The per-user methods always leave a user at least one rating in train.
-``given`` is not a split of one table: ``prepare`` reads ``input.validation_path`` instead.
+``given`` is not a split of one table: ``prepare`` reads ``input.validation_path`` and
+``input.test_path`` instead (and carves validation, user_stratified, from the input when only the
+test table is given).
+
+With a ``test_fraction`` (``split.test_fraction``) the same draw or order also holds out a test
+split, disjoint from validation: ``random`` sends draws below ``test_fraction`` to test and the
+next ``validation_fraction`` to validation; the per-user methods take each user's first
+``round(n * test_fraction)`` rows of the order to test and the next ``round(n *
+validation_fraction)`` to validation (chronological: the latest to test, the ones before them to
+validation). At ``test_fraction`` 0 the validation rows are exactly those without a test split.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from recspark.data.indexing import fits_broadcast
 
 METHODS = ("random", "user_stratified", "chronological")
 VALIDATION_FLAG = "_validation"
+TEST_FLAG = "_test"
 COLD_START_FLAG = "_cold_start"
 _SCALE = 1 << 30
 
@@ -46,6 +56,42 @@ def flag_validation(
 ) -> DataFrame:
     """Add a boolean ``flag_col``: True for the rows that go to validation.
 
+    :func:`flag_holdouts` with no test split.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, a fraction outside (0, 1), or a missing column.
+    """
+    flagged = flag_holdouts(
+        ratings,
+        method,
+        validation_fraction,
+        seed,
+        user_col=user_col,
+        item_col=item_col,
+        timestamp_col=timestamp_col,
+        flag_col=flag_col,
+    )
+    return flagged.drop(TEST_FLAG)
+
+
+def flag_holdouts(
+    ratings: DataFrame,
+    method: str,
+    validation_fraction: float,
+    seed: int,
+    test_fraction: float = 0.0,
+    *,
+    user_col: str = USER_IDX,
+    item_col: str = ITEM_IDX,
+    timestamp_col: str = TIMESTAMP,
+    flag_col: str = VALIDATION_FLAG,
+    test_col: str = TEST_FLAG,
+) -> DataFrame:
+    """Add booleans ``flag_col`` and ``test_col``: True for the rows that go to validation and to
+    test (never both).
+
     Parameters
     ----------
     ratings
@@ -56,12 +102,45 @@ def flag_validation(
         In (0, 1).
     seed
         Same seed and rows, same split.
+    test_fraction
+        In [0, 1), with ``validation_fraction + test_fraction`` below 1; 0: no test rows.
 
     Raises
     ------
     ValueError
-        For an unknown method, a fraction outside (0, 1), or a missing column.
+        For an unknown method, fractions out of range, or a missing column.
     """
+    needed = [user_col, item_col] + ([timestamp_col] if method == "chronological" else [])
+    _check_holdouts(ratings, method, validation_fraction, test_fraction, needed)
+    draw = row_draw(seed, user_col, item_col)
+    if method == "random":
+        return ratings.withColumn(test_col, draw < test_fraction).withColumn(
+            flag_col, (draw >= test_fraction) & (draw < test_fraction + validation_fraction)
+        )
+    if method == "user_stratified":
+        order = [draw, F.col(item_col)]
+    else:
+        order = [F.col(timestamp_col).desc(), draw, F.col(item_col)]
+    per_user = Window.partitionBy(user_col)
+    count = F.count(F.lit(1)).over(per_user)
+    # Each user keeps at least one rating in train: test is held out first, validation from
+    # what is left.
+    held_test = F.least(F.round(count * test_fraction), count - 1)
+    held_out = held_test + F.least(F.round(count * validation_fraction), count - 1 - held_test)
+    position = F.row_number().over(per_user.orderBy(*order))
+    return ratings.withColumn(test_col, position <= held_test).withColumn(
+        flag_col, (position > held_test) & (position <= held_out)
+    )
+
+
+def _check_holdouts(
+    ratings: DataFrame,
+    method: str,
+    validation_fraction: float,
+    test_fraction: float,
+    needed: list[str],
+) -> None:
+    """Raise a ``ValueError`` for an unknown method, fractions out of range or missing columns."""
     if method not in METHODS:
         raise ValueError(
             f"unknown split method {method!r}: use one of {list(METHODS)}; "
@@ -69,22 +148,13 @@ def flag_validation(
         )
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    needed = [user_col, item_col] + ([timestamp_col] if method == "chronological" else [])
+    if not 0.0 <= test_fraction < 1.0 - validation_fraction:
+        raise ValueError(
+            f"test_fraction must be in [0, 1 - validation_fraction), got {test_fraction}"
+        )
     missing = [c for c in needed if c not in ratings.columns]
     if missing:
         raise ValueError(f"split needs column(s) {missing}; the table has {ratings.columns}")
-    draw = row_draw(seed, user_col, item_col)
-    if method == "random":
-        return ratings.withColumn(flag_col, draw < validation_fraction)
-    if method == "user_stratified":
-        order = [draw, F.col(item_col)]
-    else:
-        order = [F.col(timestamp_col).desc(), draw, F.col(item_col)]
-    per_user = Window.partitionBy(user_col)
-    count = F.count(F.lit(1)).over(per_user)
-    held_out = F.least(F.round(count * validation_fraction), count - 1)
-    position = F.row_number().over(per_user.orderBy(*order))
-    return ratings.withColumn(flag_col, position <= held_out)
 
 
 def split_ratings(
@@ -125,14 +195,19 @@ def flag_cold_start(
     item_col: str = ITEM_IDX,
     flag_col: str = VALIDATION_FLAG,
     cold_col: str = COLD_START_FLAG,
+    test_col: str = TEST_FLAG,
 ) -> DataFrame:
-    """Add a boolean ``cold_col``: True for validation rows whose user or item is not in train.
+    """Add a boolean ``cold_col``: True for held-out rows whose user or item is not in train.
 
-    ``flagged`` is :func:`flag_validation`'s output (train rows have ``flag_col`` False). Doing this
-    on the flagged table lets a caller persist it once and write train, validation and the
-    cold-start slice as three filters of it.
+    ``flagged`` is :func:`flag_validation`'s or :func:`flag_holdouts`' output: train rows have
+    ``flag_col`` (and ``test_col``, when the table has it) False; validation and test rows are
+    both held out. Doing this on the flagged table lets a caller persist it once and write train,
+    validation, test and the cold-start slice as filters of it.
     """
-    train = flagged.where(~F.col(flag_col))
+    held_out = F.col(flag_col)
+    if test_col in flagged.columns:
+        held_out = held_out | F.col(test_col)
+    train = flagged.where(~held_out)
     # Spark cannot size the distinct ids before it computes them, so it would shuffle every row
     # by id to join a few thousand ids back; one approximate count (a single pass, no shuffle)
     # tells whether they fit its broadcast limit.
@@ -144,7 +219,7 @@ def flag_cold_start(
     items = _known(train, item_col, "_known_item", counted[1])
     marked = flagged.join(users, user_col, "left").join(items, item_col, "left")
     unknown = F.col("_known_user").isNull() | F.col("_known_item").isNull()
-    return marked.select(*flagged.columns, (F.col(flag_col) & unknown).alias(cold_col))
+    return marked.select(*flagged.columns, (held_out & unknown).alias(cold_col))
 
 
 def _known(train: DataFrame, id_col: str, known_col: str, about: int) -> DataFrame:

@@ -1,9 +1,11 @@
 """Measuring one contender (the model or a baseline) on a prepared split, by the same code for all.
 
-The split is read once (:func:`read_split`) and shared: every contender ranks every item the user
-did not rate in training (among the items with at least ``score.min_item_ratings`` training ratings
-when evaluate asks for that filter: the lists ``score`` publishes), and rating metrics are computed
-where the contender predicts ratings."""
+The split is read once (:func:`read_split`) and shared. It is the run's test split when prepare held
+one out, else its validation split (the one that also chose the model's epoch and settings). Every
+contender ranks every item the user did not rate in training (nor, measured on test, in validation:
+those are the user's known ratings too) (among the items with at least ``score.min_item_ratings``
+training ratings when evaluate asks for that filter: the lists ``score`` publishes), and rating
+metrics are computed where the contender predicts ratings."""
 
 from __future__ import annotations
 
@@ -18,7 +20,13 @@ from recspark.core.choices import BASELINE_NAMES
 from recspark.core.config import EvaluateConfig, ScoreConfig
 from recspark.core.constants import USER_IDX
 from recspark.core.location import Location
-from recspark.data.prepared import eligible_in_run, seen_items
+from recspark.data.prepared import (
+    VALIDATION,
+    cold_start_table,
+    eligible_in_run,
+    rated,
+    seen_items,
+)
 from recspark.evaluate.baselines import (
     Fitted,
     Scorer,
@@ -67,11 +75,11 @@ class EvaluationSplit:
     """One prepared run's split, read once and shared by the model and every baseline."""
 
     train: DataFrame
-    validation: DataFrame
-    cold_start: DataFrame
+    validation: DataFrame  # the held-out rows measured on: those of ``split``
+    cold_start: DataFrame  # the held-out rows of ``split`` whose user or item is not in train
     relevant: DataFrame
-    users: DataFrame  # users with relevant validation items: the ones ranked
-    seen: DataFrame  # (user_idx, seen): training items, excluded from every list
+    users: DataFrame  # users with relevant held-out items: the ones ranked
+    seen: DataFrame  # (user_idx, seen): items rated outside ``split``, excluded from every list
     popularity: DataFrame
     train_users: int
     n_items: int
@@ -79,6 +87,7 @@ class EvaluationSplit:
     eligible: np.ndarray | None = None  # items any list may hold (one bool per item); None: all
     rare_item_ratings: int = 5  # beyond accuracy: a listed item with fewer train ratings is rare
     item_features: DataFrame | None = None  # (item_idx, feature, value): intra-list diversity
+    split: str = VALIDATION  # which split ``validation`` holds: validation or test
 
 
 def read_split(
@@ -91,8 +100,13 @@ def read_split(
     *,
     rare_item_ratings: int = 5,
     item_features: DataFrame | None = None,
+    split: str = VALIDATION,
 ) -> EvaluationSplit:
     """Read ``prepared/`` and derive what every contender is measured against.
+
+    ``split`` names the held-out split measured on (:attr:`recspark.data.prepared.PreparedRun.
+    evaluation_split`): ``validation``, or ``test``, whose lists also leave out what the user
+    rated in validation.
 
     With ``min_item_ratings`` > 0 (``score.min_item_ratings``) the lists hold only items with at
     least that many training ratings, as the published lists do
@@ -102,10 +116,15 @@ def read_split(
     (:func:`recspark.evaluate.metrics.assess`).
     """
     train = spark.read.parquet(str(prepared / "train"))
-    validation = spark.read.parquet(str(prepared / "validation"))
-    cold_path = prepared / "cold_start"
+    validation = spark.read.parquet(str(prepared / split))
+    cold_path = prepared / cold_start_table(split)
     cold_start = spark.read.parquet(str(cold_path)) if cold_path.exists() else validation.limit(0)
     relevant = relevant_items(validation, relevance_threshold)
+    known = (
+        train
+        if split == VALIDATION
+        else rated(spark, prepared, ("train", VALIDATION, "cold_start"))
+    )
     popularity, train_users = item_popularity(train)
     return EvaluationSplit(
         train=train,
@@ -113,7 +132,7 @@ def read_split(
         cold_start=cold_start,
         relevant=relevant,
         users=relevant.select(USER_IDX).distinct(),
-        seen=seen_items(train),
+        seen=seen_items(known),
         popularity=popularity.cache(),
         train_users=train_users,
         n_items=n_items,
@@ -125,6 +144,7 @@ def read_split(
         ),
         rare_item_ratings=rare_item_ratings,
         item_features=item_features,
+        split=split,
     )
 
 

@@ -4,10 +4,11 @@
 The model is measured as it publishes its lists (:func:`published_contender`: its whole bytes
 predict ratings in Spark tasks, and the kernel ranks through the lists' model, a ranking head's or
 its own); every baseline of ``evaluate.baselines`` is fitted on the same training split in the same
-run (:func:`compare_baselines`); both go through
+run (:func:`compare_baselines`), on the split :func:`~recspark.evaluate.assessment.read_split` read
+(the run's test split when it has one); both go through
 :func:`~recspark.evaluate.assessment.assess_contender`, so the same users, excluded items, ``k``
 and relevance threshold hold for all. :func:`rating_distribution` counts the histograms of the
-predicted and true validation ratings.
+predicted and true held-out ratings.
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def rating_distribution(
     predict_pairs: Callable[[DataFrame], DataFrame] | None,
     rating_range: tuple[float, float],
 ) -> RatingDistribution:
-    """Histograms of the predicted (when the model predicts ratings) and the true validation
-    ratings, over bins from half a star below ``input.rating_min`` to half above the max."""
+    """Histograms of the predicted (when the model predicts ratings) and the true held-out
+    ratings (of ``split.split``), over bins from half a star below ``input.rating_min`` to half
+    above the max."""
     low, high = rating_range[0] - 0.5, rating_range[1] + 0.5
     predicted = None
     if predict_pairs is not None:
@@ -125,11 +127,14 @@ def evaluate_published(
     metrics: Figures = assess_contender(
         spark, split, contender.predict, contender.scorer, kernel=run.kernel
     )
+    # The row count is named after the split it counts.
+    metrics[f"{split.split}_rows"] = metrics.pop("validation_rows")
     log.info("model: RMSE %s, NDCG@%d %s", metrics["rmse"], settings.k, metrics["ndcg_at_k"])
     baselines = compare_baselines(spark, split, settings, run.kernel)
     published = context.published
     return EvaluationReport(
         run_date=run.run_date,
+        split=split.split,
         model_version=published.model_version,
         model_kind=published.spec.kind,
         k=settings.k,

@@ -36,7 +36,7 @@ class BaselineResult:
 @dataclass(frozen=True)
 class RatingDistribution:
     """Histogram counts of the predicted (None: the model predicts no ratings) and the true
-    validation ratings over the same bins of ``[low, high]``."""
+    held-out ratings over the same bins of ``[low, high]``."""
 
     low: float
     high: float
@@ -52,11 +52,17 @@ class RatingDistribution:
         }
 
 
-def definitions(rare_item_ratings: int) -> dict[str, str]:
+def definitions(rare_item_ratings: int, split: str = "validation") -> dict[str, str]:
     """What each figure of the report means, as ``evaluation.json`` spells it out."""
+    rated_before = "in train" if split == "validation" else "in train or validation"
     return {
+        "split": (
+            "the held-out split every figure is measured on: test (held out from every choice "
+            "of training) or validation (when the run has no test split: the split that also "
+            "chose the model's epoch and settings)"
+        ),
         "ranking": (
-            "users with a relevant validation item; every item not rated in train with at "
+            f"users with a relevant {split} item; every item not rated {rated_before} with at "
             "least min_item_ratings train ratings is ranked"
         ),
         "novelty": "mean -log2((train raters of item + 1) / (train users + 1)) over listed items",
@@ -65,18 +71,18 @@ def definitions(rare_item_ratings: int) -> dict[str, str]:
             f"share of list entries whose item has fewer than {rare_item_ratings} train ratings"
         ),
         "heldout_rare_item_share": (
-            "the same share over the ranked users' validation items (their own choices)"
+            f"the same share over the ranked users' {split} items (their own choices)"
         ),
         "popularity_bias": (
             "log_popularity (mean log(1 + train ratings) of listed items) minus "
-            "heldout_log_popularity (the same over the ranked users' validation items)"
+            f"heldout_log_popularity (the same over the ranked users' {split} items)"
         ),
         "intra_list_diversity": (
             "mean over lists of the mean pairwise 1 - cosine of the items' genre flags; "
             "null without genres (model.side_info or recommend.titles_path)"
         ),
         "best": "per metric, the best contender(s): lowest RMSE/MAE, highest otherwise",
-        "cold_start": "validation rows whose user or item is absent from train, reported apart",
+        "cold_start": f"{split} rows whose user or item is absent from train, reported apart",
     }
 
 
@@ -95,6 +101,7 @@ class EvaluationReport:
     metrics: Figures
     baselines: dict[str, BaselineResult]
     rating_distribution: RatingDistribution
+    split: str = "validation"  # the held-out split measured on: test or validation
 
     def table(self) -> dict[str, Figures]:
         """Contender name -> figures: the model first, then the baselines in config order."""
@@ -104,6 +111,7 @@ class EvaluationReport:
         """``evaluation.json``'s content, with the best contenders and the plots written."""
         return {
             "run_date": self.run_date,
+            "split": self.split,
             "model_version": self.model_version,
             "model_kind": self.model_kind,
             "k": self.k,
@@ -113,7 +121,7 @@ class EvaluationReport:
             "metrics": self.metrics,
             "baselines": {name: b.as_json() for name, b in self.baselines.items()},
             "rating_distribution": self.rating_distribution.as_json(),
-            "definitions": definitions(self.rare_item_ratings),
+            "definitions": definitions(self.rare_item_ratings, self.split),
             "best": best,
             "plots": plots,
         }

@@ -1,11 +1,16 @@
 """The quality gate: may a candidate model be published, judged against the last published run?
 
-A rating model is judged by its validation RMSE (lower is better): it may exceed the baseline's by
-at most ``nightly.max_rmse_increase`` and, when set, stay under ``nightly.max_rmse``. A ranking
-model (``model.objective: ranking``) is judged by its validation NDCG@k (higher is better), since
-its scores are not ratings: it may fall short of the baseline's by at most
-``nightly.max_ndcg_decrease`` and, when set, stay above ``nightly.min_ndcg``. Either gate gives a
-:class:`GateResult`, which the journal, the history record and the summary line carry as it is.
+A rating model is judged by its RMSE (lower is better): it may exceed the baseline's by at most
+``nightly.max_rmse_increase`` and, when set, stay under ``nightly.max_rmse``. A ranking model
+(``model.objective: ranking``) is judged by its NDCG@k (higher is better), since its scores are not
+ratings: it may fall short of the baseline's by at most ``nightly.max_ndcg_decrease`` and, when
+set, stay above ``nightly.min_ndcg``. Either gate gives a :class:`GateResult`, which the journal,
+the history record and the summary line carry as it is.
+
+The figures are evaluate's, on the split it measured (``split``): the test split when the run holds
+one out, which nothing in training read, else validation, the split that also chose the model. A
+baseline measured on the other split (a run of before the test split) is not compared with: the
+gate then applies its absolute bound alone and says so.
 
 The gate reads its baseline as a :class:`Baseline`, the three figures it needs, not as the history
 record that holds them: :mod:`recspark.ops.history` stores a :class:`GateResult` in each record, so
@@ -46,8 +51,9 @@ class _Rule(NamedTuple):
     bound_setting: str
 
 
-_RATING = _Rule(RMSE, "validation RMSE", False, "nightly.max_rmse_increase", "nightly.max_rmse")
-_RANKING = _Rule(NDCG, "validation NDCG@k", True, "nightly.max_ndcg_decrease", "nightly.min_ndcg")
+_RATING = _Rule(RMSE, "RMSE", False, "nightly.max_rmse_increase", "nightly.max_rmse")
+_RANKING = _Rule(NDCG, "NDCG@k", True, "nightly.max_ndcg_decrease", "nightly.min_ndcg")
+VALIDATION = "validation"
 
 
 class Baseline(Protocol):
@@ -63,6 +69,9 @@ class Baseline(Protocol):
     @property
     def metrics(self) -> Mapping[str, bool | int | float | None]: ...
 
+    @property
+    def gate(self) -> GateResult | None: ...
+
 
 class GateResult(BaseModel):
     """The gate's decision and the figures it used.
@@ -77,6 +86,9 @@ class GateResult(BaseModel):
 
     passed: bool
     reason: str = ""
+    # The split the candidate's figure was measured on; None in records of before the test
+    # split, whose figures were all validation figures.
+    split: str | None = None
     baseline_run_date: str | None = None
     baseline_model_version: str | None = None
     # The rating gate's figures.
@@ -127,26 +139,31 @@ def quality_gate(
     baseline: Baseline | None,
     max_rmse_increase: float,
     max_rmse: float | None = None,
+    split: str = VALIDATION,
 ) -> GateResult:
-    """Decide whether a rating model may be published, by its validation RMSE.
+    """Decide whether a rating model may be published, by its RMSE.
 
     Parameters
     ----------
     candidate_rmse
-        The candidate's validation RMSE.
+        The candidate's RMSE, on ``split``.
     baseline
         The history record of the last published run before this date, or None on a first run.
     max_rmse_increase
         How much worse than the baseline's RMSE the candidate may be.
     max_rmse
         An absolute ceiling, applied with or without a baseline (None: none).
+    split
+        ``test`` or ``validation``: a baseline measured on another split is not compared with.
 
     Returns
     -------
     GateResult
         ``passed``, ``reason`` and the figures the decision used.
     """
-    return _gate(_RATING, candidate_rmse, baseline, max_worse=max_rmse_increase, bound=max_rmse)
+    return _gate(
+        _RATING, candidate_rmse, baseline, max_worse=max_rmse_increase, bound=max_rmse, split=split
+    )
 
 
 def ranking_gate(
@@ -154,10 +171,13 @@ def ranking_gate(
     baseline: Baseline | None,
     max_ndcg_decrease: float,
     min_ndcg: float | None = None,
+    split: str = VALIDATION,
 ) -> GateResult:
     """Decide whether a ranking model (``model.objective: ranking``) may be published, by its
-    validation NDCG@k: its scores are not ratings, so RMSE says nothing about it."""
-    return _gate(_RANKING, candidate_ndcg, baseline, max_worse=max_ndcg_decrease, bound=min_ndcg)
+    NDCG@k on ``split``: its scores are not ratings, so RMSE says nothing about it."""
+    return _gate(
+        _RANKING, candidate_ndcg, baseline, max_worse=max_ndcg_decrease, bound=min_ndcg, split=split
+    )
 
 
 def judge(
@@ -174,19 +194,30 @@ def judge(
     objective
         ``model.objective``: ``rating`` or ``ranking``.
     evaluated, trained
-        The ``metrics`` of evaluate's and train's summaries (evaluate's RMSE is computed in Spark
-        on the saved model; train's validation RMSE stands in when evaluate has none).
+        The ``metrics`` of evaluate's and train's summaries (evaluate's figures are computed in
+        Spark on the saved model, on the split its ``split`` names; train's validation RMSE stands
+        in when evaluate, measuring on validation, has none).
     baseline
         The history record of the last published run, or None.
     settings
         ``nightly.*``: the gate's thresholds.
     """
+    split = evaluated.get("split") or VALIDATION
     if objective == "ranking":
         return ranking_gate(
-            evaluated.get(NDCG), baseline, settings.max_ndcg_decrease, settings.min_ndcg
+            evaluated.get(NDCG), baseline, settings.max_ndcg_decrease, settings.min_ndcg, split
         )
-    candidate = evaluated.get(RMSE, trained.get("validation_rmse"))
-    return quality_gate(candidate, baseline, settings.max_rmse_increase, settings.max_rmse)
+    candidate = evaluated.get(RMSE)
+    if candidate is None and split == VALIDATION:
+        candidate = trained.get("validation_rmse")
+    return quality_gate(candidate, baseline, settings.max_rmse_increase, settings.max_rmse, split)
+
+
+def baseline_split(baseline: Baseline) -> str:
+    """The split the baseline's figures were measured on: its gate's, or validation for a run
+    of before the test split (its gate names none)."""
+    gate = baseline.gate
+    return (gate.split if gate is not None else None) or VALIDATION
 
 
 def _gate(
@@ -196,11 +227,16 @@ def _gate(
     *,
     max_worse: float,
     bound: float | None,
+    split: str = VALIDATION,
 ) -> GateResult:
-    key, label, higher_is_better, max_worse_setting, bound_setting = rule
+    key, name, higher_is_better, max_worse_setting, bound_setting = rule
+    label = f"{split} {name}"
     change = f"{key}_{'decrease' if higher_is_better else 'increase'}"
-    base = baseline.metrics.get(key) if baseline is not None else None
+    # Only a figure of the same split is compared with: test and validation figures differ.
+    comparable = baseline is not None and baseline_split(baseline) == split
+    base = baseline.metrics.get(key) if baseline is not None and comparable else None
     figures: dict[str, Any] = {
+        "split": split,
         f"candidate_{key}": candidate,
         "baseline_run_date": baseline.run_date if baseline is not None else None,
         "baseline_model_version": baseline.model_version if baseline is not None else None,
@@ -225,7 +261,12 @@ def _gate(
             f"{figures['baseline_model_version']}), more than {max_worse_setting}={max_worse}"
         )
         return GateResult(passed=False, reason=reason, **figures)
-    if base is None:
+    if baseline is not None and not comparable:
+        reason = (
+            f"the last published run ({figures['baseline_run_date']}) was measured on "
+            f"{baseline_split(baseline)}, not {split}: no baseline to compare with"
+        )
+    elif base is None:
         reason = "first published run: no baseline to compare with"
     else:
         reason = f"within {max_worse_setting} of {figures['baseline_run_date']}"

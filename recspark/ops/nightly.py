@@ -56,10 +56,9 @@ def _now() -> str:
 
 
 def input_fingerprint(config: Config) -> str:
-    """The digest of the input files (and validation files) a run of ``config`` reads."""
+    """The digest of the input files (and validation and test files) a run of ``config`` reads."""
     paths = [ratings_path(config.input, config.paths.root)]
-    if config.input.validation_path:
-        paths.append(config.input.validation_path)
+    paths += [p for p in (config.input.validation_path, config.input.test_path) if p]
     return fingerprint(paths)
 
 

@@ -24,6 +24,7 @@ def _overrides(root: Path, ml100k: Path) -> list[str]:
         f"paths.root={root}",
         f"input.path={ml100k / 'u1.base'}",
         f"input.validation_path={ml100k / 'u1.test'}",
+        "input.test_path=null",  # u1.test as validation: the protocol the marks below were set on
     ]
 
 

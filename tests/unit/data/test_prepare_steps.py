@@ -38,6 +38,10 @@ def test_wanted_columns_leave_the_rating_out_of_implicit_input():
 def test_precheck_fails_a_given_split_without_its_validation_table(tmp_path):
     with pytest.raises(BadInputError, match=r"input\.validation_path is not set"):
         inputs.precheck_input("r.csv", "csv", {}, split_method="given")
+    with pytest.raises(BadInputError, match="one split or the other"):
+        inputs.precheck_input(
+            "r.csv", "csv", {}, split_method="given", validation_path="t.csv", test_path="t.csv"
+        )
 
 
 def test_prepared_counts_keep_the_summary_keys_in_order():
@@ -58,13 +62,47 @@ def test_prepared_counts_keep_the_summary_keys_in_order():
     assert (as_dict["new_users"], as_dict["new_items"], as_dict["input_rows"]) == (6, 20, 107)
     implicit = prepare.prepared_counts(ROWS, row_counts(104), {}, True).to_dict()
     assert implicit["aggregated_events"] == 4
+    # A test split's tables follow the cold-start rows, and count among the written rows.
+    rows = {**ROWS, "test": 12, "test_cold_start": 2}
+    tested = prepare.prepared_counts(rows, row_counts(120), {}, True).to_dict()
+    assert list(tested)[5:10] == ["train", "validation", "cold_start", "test", "test_cold_start"]
+    assert tested["aggregated_events"] == 120 - 114
 
 
 def test_feed_files_and_the_empty_split_check():
-    assert prepare.feed_files(10, 2_000_000) == {"train": 4, "validation": 2, "cold_start": 1}
-    assert prepare.feed_files(40, 2) == {"train": 20, "validation": 5, "cold_start": 1}
+    assert prepare.feed_files(10, 2_000_000) == {
+        "train": 4,
+        "validation": 2,
+        "cold_start": 1,
+        "test": 2,
+        "test_cold_start": 1,
+    }
+    assert prepare.feed_files(40, 2)["validation"] == prepare.feed_files(40, 2)["test"] == 5
     with pytest.raises(BadInputError, match="the split left train"):
         prepare.check_split({**ROWS, "validation": 0})
+    # A test split asked for and left empty fails too; none asked for is not checked.
+    with pytest.raises(BadInputError, match="the split left test empty"):
+        prepare.check_split({**ROWS, "test": 0, "test_cold_start": 3})
+    prepare.check_split(ROWS)
+
+
+def test_a_test_split_is_asked_for_by_its_fraction_or_its_given_table():
+    given = SplitConfig.model_validate({"method": "given"})
+    assert prepare.has_test_split(given, InputConfig.model_validate({"test_path": "u1.test"}))
+    assert not prepare.has_test_split(given, InputConfig.model_validate({}))
+    drawn = SplitConfig.model_validate({"test_fraction": 0.1})
+    assert prepare.has_test_split(drawn, InputConfig.model_validate({}))
+    assert not prepare.has_test_split(
+        SplitConfig.model_validate({}), InputConfig.model_validate({})
+    )
+    assert prepare.split_table_names(True) == (*prepare.TABLES, "test", "test_cold_start")
+
+
+def test_split_fractions_must_leave_rows_to_train_on():
+    with pytest.raises(ValueError, match="must stay below 1"):
+        SplitConfig.model_validate({"validation_fraction": 0.5, "test_fraction": 0.5})
+    with pytest.raises(ValueError, match=r"set input\.test_path instead"):
+        SplitConfig.model_validate({"method": "given", "test_fraction": 0.2})
 
 
 def test_the_manifest_holds_the_sections_it_was_prepared_with(tmp_path):

@@ -53,7 +53,7 @@ def test_evaluation_json_keeps_its_keys():
     report = evaluation_report()
     written = report.as_json({"rmse": ["model"]}, ["metrics_vs_baselines.png"])
     assert set(written) == {
-        "run_date", "model_version", "model_kind", "k", "relevance_threshold",
+        "run_date", "split", "model_version", "model_kind", "k", "relevance_threshold",
         "min_item_ratings", "eligible_items", "metrics", "baselines", "rating_distribution",
         "definitions", "best", "plots",
     }  # fmt: skip
@@ -67,6 +67,9 @@ def test_evaluation_json_keeps_its_keys():
     }  # fmt: skip
     assert "fewer than 5 train ratings" in written["definitions"]["rare_item_share"]
     assert list(report.table()) == ["model", "global_mean"]
+    # Without a test split the figures are validation figures, and the report says so.
+    assert written["split"] == "validation"
+    assert written["definitions"]["cold_start"].startswith("validation rows")
 
 
 def test_the_evaluation_folder_is_written_whole(tmp_path, capsys):
