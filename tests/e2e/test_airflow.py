@@ -140,8 +140,8 @@ def task_state(home: Path) -> tuple[str | None, int | None]:
     return (row[0], row[1]) if row else (None, None)
 
 
-def dags_test(home: Path, recspark_home: Path, timeout: float = 600) -> dict:
-    """``airflow dags test recspark_nightly FIRES``: the task's state and tries, and the log.
+def dags_test(home: Path, recspark_home: Path, conf: dict | None = None, timeout=600) -> dict:
+    """``airflow dags test recspark_nightly FIRES [-c CONF]``: the task's state, tries, and log.
 
     ``dags test`` waits out a retry's delay (20 minutes) in a loop: once the task is
     ``up_for_retry`` Airflow has decided, and the run is stopped there.
@@ -150,7 +150,8 @@ def dags_test(home: Path, recspark_home: Path, timeout: float = 600) -> dict:
     log = home / "dags-test.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [str(AIRFLOW_BIN / "airflow"), "dags", "test", "recspark_nightly", FIRES],
+            [str(AIRFLOW_BIN / "airflow"), "dags", "test", "recspark_nightly", FIRES]
+            + (["-c", json.dumps(conf)] if conf else []),
             env=airflow_env(home, recspark_home),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -238,14 +239,17 @@ def test_a_gate_rejection_fails_the_task_without_a_retry(migrated, ratings, tmp_
 
 
 @needs_airflow
-def test_a_crash_is_retried(migrated, tmp_path):
-    """nightly exits 1 (here: its input is gone): up for retry, as any failure but a rejection."""
+def test_a_crash_is_retried_and_a_manual_run_names_its_day(migrated, tmp_path):
+    """nightly exits 1 (here: its input is gone): up for retry, as any failure but a rejection.
+    The run is given its day as a manual run is (``-c '{"run_date": ...}'``), not from the date."""
     deploy = tmp_path / "deploy"
     deployment(deploy, **tiny_nightly(deploy, str(tmp_path / "no-such-export")))
-    run = dags_test(fresh_home(migrated, tmp_path / "home"), deploy)
+    home = fresh_home(migrated, tmp_path / "home")
+    run = dags_test(home, deploy, conf={"run_date": "2026-02-14"})
     assert run["state"] == "up_for_retry", run["log"][-5000:]
     assert "Error code is: 1" in run["log"] and "AirflowFailException" not in run["log"]
     assert "no-such-export does not exist" in run["log"]
+    assert "--set run_date=2026-02-14" in run["log"] and YESTERDAY not in run["log"]
 
 
 # -- a night end to end ------------------------------------------------------------------------
