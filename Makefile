@@ -40,9 +40,10 @@ PYTHON ?= $(shell for version in $(PYTHONS); do for candidate in python$$version
 	&& exit 0; done; done)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+AIRFLOW_STAMP := .venv-airflow/.installed
 JARS := .jars/spark-$(SPARK_LINE)/.fetched
 
-.PHONY: setup demo test test-fast test-all lint clean jars
+.PHONY: setup demo test test-fast test-all lint clean jars airflow
 
 setup: $(STAMP) $(JARS)
 
@@ -63,8 +64,9 @@ demo: setup
 # Two pytest-xdist workers, a module each at a time (module fixtures run once): much of the suite
 # waits on JVMs, subprocesses and servers, so two halves overlap well even on two cores. Modules go
 # out in the order tests/conftest.py collects them (longest first); xdist would otherwise hand out
-# the modules with the most tests first and leave the long end-to-end ones for last.
-test: setup
+# the modules with the most tests first and leave the long end-to-end ones for last. On the pinned
+# stack it sets up Airflow's venv too (`make airflow`), so that tests/e2e/test_airflow.py runs.
+test: setup $(if $(filter pinned,$(STACK)),$(AIRFLOW_STAMP))
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(TESTS)
 
 # The unit lane alone: tests/unit/ needs no JVM, Spark, jars or servers (tests/unit/conftest.py
@@ -86,6 +88,26 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Airflow 3 in a venv of its own, .venv-airflow/ (apache-airflow and its Spark provider, the whole
+# tree pinned in constraints-airflow.txt): tests/e2e/test_airflow.py imports, renders and runs the
+# example DAGs of conf/scheduler/ with it. Not part of recspark's install; `make test` sets it up
+# (93 s here from PyPI, ~640 MB), and the Airflow tests skip, naming this target,
+# where it is absent.
+AIRFLOW_PYTHONS := 3.12 3.11
+AIRFLOW_PYTHON ?= $(shell for version in $(AIRFLOW_PYTHONS); do for candidate in python$$version \
+	$$(ls -d "$$(pyenv root 2>/dev/null)"/versions/$$version*/bin/python$$version 2>/dev/null \
+	| sort -V | tail -n 1); do $$candidate -c 'import sys; print(sys.executable)' 2>/dev/null \
+	&& exit 0; done; done)
+airflow: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): constraints-airflow.txt
+	@[ -n "$(AIRFLOW_PYTHON)" ] || { echo "make airflow needs Python $(AIRFLOW_PYTHONS) (on PATH or through pyenv)" >&2; exit 2; }
+	rm -rf .venv-airflow
+	$(AIRFLOW_PYTHON) -m venv .venv-airflow
+	.venv-airflow/bin/pip install --quiet --upgrade pip
+	.venv-airflow/bin/pip install --quiet -c constraints-airflow.txt apache-airflow apache-airflow-providers-apache-spark
+	@touch $@
 
 # Spark's extra jars for cluster storage (the S3A connector matching pyspark's Hadoop and its AWS
 # SDK bundle, Delta Lake for that Spark line), fetched through Maven from deps/spark-X.Y/pom.xml into

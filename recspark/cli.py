@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from recspark.commands.stage import Stage
 from recspark.core.config import Config, load_config
-from recspark.core.errors import ConfigError, RecsparkError
+from recspark.core.errors import EXIT_BAD_CONFIG, ConfigError, RecsparkError, exit_status
 
 if TYPE_CHECKING:
     pass
@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
             help=text.purpose,
             description=f"{text.purpose}\n\nconfig sections read: {', '.join(text.sections)} "
             "(docs/INTERFACE.md lists every key).\nIt prints one JSON summary line last on "
-            "stdout; the exit status is 0 on success, 2 for a bad config, 1 otherwise.",
+            "stdout; the exit status is 0 on success, 2 for a bad config, 3 when a gate rejected "
+            "the result (nothing published; do not retry), 1 otherwise.",
             epilog=f"example:\n  {text.example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -219,17 +220,15 @@ def main(
     except UsageError as exc:
         known = args_list[0] if args_list[0] in COMMAND_NAMES else None
         print(summary_line(known, None, status="error", error=str(exc), seconds=0.0), flush=True)
-        return 2
+        return EXIT_BAD_CONFIG
     config = None
     clock = {"started": time.perf_counter()}
     try:
         config = load_config(args.config, args.overrides)
         fields = run_command(args.command, config, clock)
         status = 0
-    except ConfigError as exc:
-        fields, status = {"status": "error", "error": str(exc)}, 2
-    except RecsparkError as exc:
-        fields, status = {"status": "error", "error": str(exc)}, 1
+    except RecsparkError as exc:  # a config error (2), a gate's rejection (3), or another (1)
+        fields, status = {"status": "error", "error": str(exc)}, exit_status(exc)
     except Exception as exc:  # a bug or an environment failure: keep the trace for the log
         traceback.print_exc(file=sys.stderr)
         message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
@@ -237,7 +236,7 @@ def main(
             "status": "error",
             "error": f"unexpected failure ({message}); the stack trace is on stderr",
         }
-        status = 1
+        status = exit_status(exc)
     fields["seconds"] = round(time.perf_counter() - clock["started"], 3)
     if stop_session:
         stop_spark()

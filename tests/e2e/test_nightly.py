@@ -213,7 +213,7 @@ def test_rerunning_a_published_date_changes_nothing(story):
 
 def test_a_corrupted_input_is_stopped_by_the_gate_and_the_last_output_stays(story):
     status, day3 = story["day3"]
-    assert status == 1 and day3["status"] == "error"
+    assert status == 3 and day3["status"] == "error"
     assert day3["error"].startswith("quality gate: validation RMSE") and DAY2 in day3["error"]
     layout = Layout(story["root"])
     assert not layout.recommendations_partition(DAY3).exists()

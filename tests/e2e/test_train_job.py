@@ -162,7 +162,7 @@ def test_a_run_that_did_not_learn_is_not_published_and_the_old_model_stays(
     assert status == 0, good
     published = (root / "models" / "2026-01-15" / "model.pt").read_bytes()
     status, bad = train(root, **settings)
-    assert status == 1 and bad["status"] == "error", bad
+    assert status == 3 and bad["status"] == "error", bad
     assert "was not published" in bad["error"] and reason in bad["error"], bad["error"]
     assert "train.allow_worse=true" in bad["error"]
     assert (root / "models" / "2026-01-15" / "model.pt").read_bytes() == published

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from recspark.cli import main, stages
+from recspark.core import errors
 from recspark.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[3]
@@ -131,3 +132,39 @@ def test_a_config_file_cannot_run_code(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(config)
     assert not marker.exists()
+
+
+# -- exit statuses: what a scheduler retries -------------------------------------------------------
+
+
+def every_error_class() -> list[type[errors.RecsparkError]]:
+    found = [
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, errors.RecsparkError)
+    ]
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+@pytest.mark.parametrize("error_class", every_error_class(), ids=lambda cls: cls.__name__)
+def test_a_gate_rejection_has_its_own_exit_status(error_class):
+    """3 for a rejection (retrying repeats the verdict), 2 for a bad config, 1 for the rest."""
+    expected = {
+        "QualityGateError": 3,
+        "TrainingRejectedError": 3,
+        "RejectedError": 3,
+        "ConfigError": 2,
+    }.get(error_class.__name__, 1)
+    assert errors.exit_status(error_class("why")) == expected
+
+
+def test_an_unexpected_failure_exits_1():
+    assert errors.exit_status(RuntimeError("a bug")) == 1
+    assert errors.exit_status(OSError("disk gone")) == 1
+
+
+def test_the_help_names_every_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        main(["nightly", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0 on success, 2 for a bad config, 3 when a gate rejected the result" in out
