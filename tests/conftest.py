@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ~65, trial_paths_config ~60.
 LONGEST_FIRST = (
     "test_nightly",
+    "test_airflow",
     "test_tables",
     "test_movielens",
     "test_prepare",
