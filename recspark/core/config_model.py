@@ -191,5 +191,5 @@ class TrackingConfig(Section):
     required: bool = True
     experiment: str = Field("recspark", min_length=1)
     model_name: str = Field("recspark", min_length=1)
-    register: bool = True  # train registers its model as a new version of model_name
+    register_model: bool = True  # train registers its model as a new version of model_name
     timeout_seconds: float = Field(5.0, gt=0.0)  # the reachability check before Spark starts

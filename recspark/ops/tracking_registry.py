@@ -59,7 +59,7 @@ def log_published_model(
     ``tags`` go on the version (its ``model_version`` and run date)."""
     from recspark.serve.pyfunc import log_lists_model
 
-    register = run.settings.model_name if run.settings.register else None
+    register = run.settings.model_name if run.settings.register_model else None
     with tempfile.TemporaryDirectory(prefix="recspark-pyfunc-") as scratch:
         # Copied even when local: MLflow names an artifact folder after its source's name.
         published = copy_folder(model_folder, Path(scratch) / "published")
