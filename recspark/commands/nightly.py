@@ -249,10 +249,10 @@ def _run_stages(
             crown(config.tracking, version)
     except BaseException as exc:
         record = unit.recover_failed(layout, state, journal, exc)
-        _end_tracking(config, parent, tracked, record)
         # Past the commit the run is published whatever failed after it (recovery rolled it
         # forward); only an interrupt still propagates.
         if record.status != history.PUBLISHED or not isinstance(exc, Exception):
+            _end_tracking(config, parent, tracked, record)
             raise
         log.warning("run %s is published; a step after the commit failed: %s", run_id, exc)
     removed, retention_error = unit.prune(layout, state, config.nightly.keep_runs, run_date, spark)
@@ -283,14 +283,18 @@ def _end_tracking(
     record: HistoryRecord,
 ) -> None:
     """Log how the night ended on its MLflow run: the decision, the figures, and on the version
-    train registered its status (a rejected one its alias)."""
+    train registered its status (a rejected one its alias). The night is decided by then: a
+    server that fails here is warned about, not allowed to change the outcome."""
     if parent is None:
         return
-    parent.set_tags({"decision": record.status, "model_version": record.model_version})
-    parent.log_metrics(record.metrics)
-    version = _version(tracked)
-    if version is not None and record.status != history.PUBLISHED:
-        mark_version(config.tracking, version, record.status)
+    try:
+        parent.set_tags({"decision": record.status, "model_version": record.model_version})
+        parent.log_metrics(record.metrics)
+        version = _version(tracked)
+        if version is not None and record.status != history.PUBLISHED:
+            mark_version(config.tracking, version, record.status)
+    except Exception as error:  # the record is written; the registry just lags behind it
+        log.warning("could not log the end of run %s to MLflow: %s", record.run_id, error)
 
 
 def _run_stage(

@@ -101,7 +101,7 @@ def test_the_train_run_holds_settings_curves_artifacts_and_datasets(nights, clie
     )
     assert metrics["validation_rmse"] == pytest.approx(day2["metrics"]["validation_rmse"])
     curve = client.get_metric_history(train_id, "train_loss")
-    assert sorted(point.step for point in curve) == list(range(1, metrics["epochs"] + 1))
+    assert sorted(point.step for point in curve) == list(range(1, int(metrics["epochs"]) + 1))
     assert {a.path for a in client.list_artifacts(train_id)} >= {"loss.png", "metrics.json"}
     datasets = {d.dataset.name: d.dataset for d in train.inputs.dataset_inputs}
     assert datasets["input"].digest and datasets[f"train {DAY2}"].digest
@@ -114,15 +114,15 @@ def test_the_train_run_holds_settings_curves_artifacts_and_datasets(nights, clie
 
 def test_the_champion_is_the_last_published_version_and_the_rejected_one_is_marked(nights, client):
     summaries = {day: summary for day, (_, summary) in nights["summaries"].items()}
-    versions = {v.version: v for v in client.search_model_versions(f"name = '{MODEL}'")}
+    versions = {str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")}
     assert len(versions) == 3  # every night's candidate is registered
     day2_version = summaries[DAY2]["tracking"]["registered_version"]
     assert summaries[DAY2]["tracking"]["champion"] == day2_version
     champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert champion.version == day2_version
+    assert str(champion.version) == day2_version
     assert champion.tags["model_version"] == summaries[DAY2]["metrics"]["model_version"]
     rejected = client.get_model_version_by_alias(MODEL, "rejected")
-    assert rejected.version not in (day2_version, summaries[DAY1]["tracking"]["champion"])
+    assert str(rejected.version) not in (day2_version, summaries[DAY1]["tracking"]["champion"])
     assert rejected.tags["nightly_status"] == "rejected" and rejected.tags["run_date"] == DAY3
 
 
