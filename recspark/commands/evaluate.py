@@ -23,6 +23,10 @@ Writes the report folder ``evaluation/RUN_DATE/``: ``evaluation.json``, ``traini
 (rating models only: a ranking model's scores are not ratings, so its RMSE and MAE are None),
 published whole like every output.
 
+With tracking on (``tracking.uri``) the evaluation is logged to MLflow as one run (settings,
+figures, the report folder; :mod:`recspark.ops.tracking_records`), named in the summary's
+``tracking`` field.
+
 This module is the wiring: the report is built in the evaluate room
 (:mod:`recspark.evaluate.evaluation`, :mod:`recspark.evaluate.evaluation_report`).
 """
@@ -41,10 +45,39 @@ from recspark.evaluate.evaluation import EvaluationSettings, evaluate_published
 from recspark.evaluate.evaluation_report import EvaluationFiles, EvaluationReport, write_evaluation
 from recspark.evaluate.metrics import item_feature_frame
 from recspark.model.published_context import PublishedContext
+from recspark.ops.tracking import check_tracking, tracked_run
+from recspark.ops.tracking_records import record_evaluation, run_tags
 from recspark.serve.scoring import WorkerWarmup
 
 
+def precheck(config: Config) -> None:
+    """Before Spark starts: the tracking server, when there is one, answers."""
+    check_tracking(config.tracking)
+
+
 def run(config: Config, spark: SparkSession) -> StageResult:
+    """Evaluate the model published for ``config.run_date``, write its report and, with tracking
+    on, log it as one MLflow run."""
+    name = f"evaluate {config.run_date}"
+    with tracked_run(config.tracking, name, run_tags(config, "evaluate")) as tracked:
+        context, result, files = _evaluate(config, spark)
+        if tracked is None:
+            return result
+        tracking = record_evaluation(
+            tracked,
+            config,
+            result.summary(),
+            [str(files.report), str(files.table), *(str(files.folder / p) for p in files.plots)],
+            (context.prepared / "validation", context.published.meta.index_fingerprint),
+        )
+    return StageResult(
+        result.outputs, result.counts, result.metrics, {"tracking": tracking, **result.extra}
+    )
+
+
+def _evaluate(
+    config: Config, spark: SparkSession
+) -> tuple[PublishedContext, StageResult, EvaluationFiles]:
     layout = Layout(config.paths.root)
     context = PublishedContext.open(layout, config.run_date)  # id maps checked before any task
     # The Python workers start and import torch while the driver plans (after every refusal:
@@ -92,7 +125,7 @@ def run(config: Config, spark: SparkSession) -> StageResult:
         context.published.meta.objective,
     )
     split.popularity.unpersist()
-    return summary(evaluation, files)
+    return context, summary(evaluation, files), files
 
 
 def summary(evaluation: EvaluationReport, files: EvaluationFiles) -> StageResult:
@@ -127,7 +160,8 @@ def summary(evaluation: EvaluationReport, files: EvaluationFiles) -> StageResult
 STAGE = Stage(
     name="evaluate",
     purpose="Rating and ranking metrics of the trained model on the test (or validation) split.",
-    sections=("paths", "run_date", "evaluate", "score", "spark"),
+    sections=("paths", "run_date", "evaluate", "score", "spark", "tracking"),
     example="recspark evaluate --set evaluate.k=20",
     run=run,
+    precheck=precheck,
 )

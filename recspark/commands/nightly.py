@@ -29,6 +29,13 @@ session. Order and publication::
   again (``nightly.force=true`` does); any other re-run replaces the date's outputs whole.
 * **Retention**: the newest ``nightly.keep_runs`` run dates are kept, older ones removed.
 
+* **Tracking** (``tracking.uri``): one MLflow run per night with its stages nested (train's and
+  evaluate's their own, prepare's and score's with their counts); train registers its candidate as
+  a new version of ``tracking.model_name``, and the alias ``champion`` moves to it only once the
+  gate passed and score committed. A rejected candidate's version takes the alias ``rejected``
+  (and a ``nightly_status`` tag); ``champion`` stays. The run id is in the summary's ``tracking``
+  and in the history record (``mlflow_run_id``).
+
 ``models/`` therefore only ever holds approved models (outside a run in progress), which is what
 the trainer's warm start and ``recspark recommend`` read.
 
@@ -43,6 +50,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from contextlib import nullcontext
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -58,6 +66,9 @@ from recspark.ops.history import HistoryRecord
 from recspark.ops.journal import NightlyJournal, NightlyState, StageReport
 from recspark.ops.locking import RunLock
 from recspark.ops.nightly_summary import published_summary, skipped_summary
+from recspark.ops.tracking import TrackedRun, tracked_run
+from recspark.ops.tracking_records import record_stage, run_tags
+from recspark.ops.tracking_registry import crown, mark_version
 from recspark.serve.tables import recommendations_table
 
 log = logging.getLogger(__name__)
@@ -155,7 +166,53 @@ def _run_unit(
     recovered: HistoryRecord | None,
     lock: RunLock,
 ) -> dict[str, Any]:
-    """Set the date's outputs aside, run the stages and the gate, commit (score), then prune."""
+    """Set the date's outputs aside, run the stages and the gate, commit (score), then prune;
+    with tracking on, all under one MLflow run."""
+    tags = {**run_tags(config, "nightly"), "nightly_run_id": run_id}
+    with tracked_run(config.tracking, f"nightly {config.run_date}", tags) as parent:
+        if parent is not None:
+            parent.log_params(
+                {"input_fingerprint": fingerprint, "settings_digest": digest, **_nightly(config)}
+            )
+        summary = _run_stages(
+            config,
+            spark,
+            layout=layout,
+            state=state,
+            run_id=run_id,
+            fingerprint=fingerprint,
+            digest=digest,
+            baseline=baseline,
+            recovered=recovered,
+            lock=lock,
+            parent=parent,
+        )
+    return summary
+
+
+def _nightly(config: Config) -> dict[str, Any]:
+    return {"nightly": config.nightly.model_dump(mode="json"), "run_date": str(config.run_date)}
+
+
+def _run_stages(
+    config: Config,
+    spark: SparkSession,
+    *,
+    layout: Layout,
+    state: NightlyState,
+    run_id: str,
+    fingerprint: str,
+    digest: str,
+    baseline: HistoryRecord | None,
+    recovered: HistoryRecord | None,
+    lock: RunLock,
+    parent: TrackedRun | None,
+) -> dict[str, Any]:
+    """:func:`_run_unit`'s body: journal, stages, gate, commit, the champion alias, prune.
+
+    long: the one sequence of a night, kept in one place so the order of its steps reads
+    top to bottom.
+    """
     run_date = str(config.run_date)
     stale_lock = lock.previous
     journal = unit.start_journal(
@@ -166,12 +223,14 @@ def _run_unit(
         input_digest=fingerprint,
         settings=digest,
         warm_start=config.nightly.warm_start,
+        mlflow_run_id=parent.run_id if parent is not None else None,
     )
     settings = unit.stage_config(config)
+    tracked: dict[str, dict[str, Any]] = {}
     try:
         unit.set_aside(layout, state, journal)
         for name in ("prepare", "train", "evaluate"):
-            _run_stage(name, settings, spark, state, journal)
+            tracked[name] = _run_stage(name, settings, spark, state, journal)
         gate = judge(
             config.model.objective,
             journal.summaries["evaluate"].metrics,
@@ -183,34 +242,88 @@ def _run_unit(
         # On an object store the lock is a lease: a run that lost it (stalled past its expiry,
         # taken over by another run) must not publish.
         lock.check_held()
-        _run_stage("score", settings, spark, state, journal)
+        tracked["score"] = _run_stage("score", settings, spark, state, journal)
         record = unit.commit(layout, state, journal)
+        version = _version(tracked)
+        if version is not None:  # published: the registry's champion follows
+            crown(config.tracking, version)
     except BaseException as exc:
         record = unit.recover_failed(layout, state, journal, exc)
         # Past the commit the run is published whatever failed after it (recovery rolled it
         # forward); only an interrupt still propagates.
         if record.status != history.PUBLISHED or not isinstance(exc, Exception):
+            _end_tracking(config, parent, tracked, record)
             raise
         log.warning("run %s is published; a step after the commit failed: %s", run_id, exc)
     removed, retention_error = unit.prune(layout, state, config.nightly.keep_runs, run_date, spark)
-    return published_summary(
+    summary = published_summary(
         layout, journal, record, recovered, stale_lock, removed, retention_error
     )
+    _end_tracking(config, parent, tracked, record)
+    if parent is not None:
+        summary["tracking"] = {
+            **parent.summary(),
+            "stages": {name: facts.get("run_id") for name, facts in tracked.items()},
+            "registered_model": config.tracking.model_name if _version(tracked) else None,
+            "registered_version": _version(tracked),
+            "champion": _version(tracked) if record.status == history.PUBLISHED else None,
+        }
+    return summary
+
+
+def _version(tracked: dict[str, dict[str, Any]]) -> str | None:
+    """The registry version train registered this night (None: untracked or not registered)."""
+    return tracked.get("train", {}).get("registered_version")
+
+
+def _end_tracking(
+    config: Config,
+    parent: TrackedRun | None,
+    tracked: dict[str, dict[str, Any]],
+    record: HistoryRecord,
+) -> None:
+    """Log how the night ended on its MLflow run: the decision, the figures, and on the version
+    train registered its status (a rejected one its alias). The night is decided by then: a
+    server that fails here is warned about, not allowed to change the outcome."""
+    if parent is None:
+        return
+    try:
+        parent.set_tags({"decision": record.status, "model_version": record.model_version})
+        parent.log_metrics(record.metrics)
+        version = _version(tracked)
+        if version is not None and record.status != history.PUBLISHED:
+            mark_version(config.tracking, version, record.status)
+    except Exception as error:  # the record is written; the registry just lags behind it
+        log.warning("could not log the end of run %s to MLflow: %s", record.run_id, error)
 
 
 def _run_stage(
     name: str, config: Config, spark: SparkSession, state: NightlyState, journal: NightlyJournal
-) -> None:
+) -> dict[str, Any]:
+    """Run one stage and journal its report; return its MLflow run's facts (empty: untracked).
+    Train and evaluate log runs of their own; prepare and score get one here."""
     journal.stage = name
     state.write_journal(journal)
     log.info("nightly %s: %s", journal.run_date, name)
     started = time.perf_counter()
-    result = STAGES[name].run(config, spark)
+    own = name in ("train", "evaluate")
+    tags = run_tags(config, name)
+    with (
+        nullcontext()
+        if own
+        else tracked_run(config.tracking, f"{name} {config.run_date}", tags) as run
+    ):
+        result = STAGES[name].run(config, spark)
+        if run is not None:
+            record_stage(run, result.counts, result.metrics)
     journal.stage_seconds[name] = round(time.perf_counter() - started, 3)
     journal.summaries[name] = StageReport(
         outputs=dict(result.outputs), counts=dict(result.counts), metrics=dict(result.metrics)
     )
     state.write_journal(journal)
+    if run is not None:
+        return run.summary()
+    return dict(result.extra.get("tracking") or {})
 
 
 STAGE = Stage(

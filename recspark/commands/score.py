@@ -16,21 +16,33 @@ The date is published whole (:mod:`recspark.serve.tables`): as a Parquet folder 
 ``_staging/`` and moved into place with its ``_SUCCESS`` marker last, or as one Delta commit
 (``score.table_format: delta``). A job killed midway leaves the previous rows as they were, and
 re-running a date replaces it whole. ``score.table`` registers the table in Spark's catalog.
+
+``score.model=models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) scores a version of the MLflow
+registry at ``tracking.uri`` instead of the date's own model, e.g. the ``champion`` nightly last
+published: its published folder is downloaded to a temporary folder on the driver (so the model's
+user table must fit ``score.broadcast_users_mb`` on a cluster, whose executors cannot read it) and
+scored against the root's prepared run it names; ``metrics.registered_version`` says which.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
 from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config, ScoreConfig
+from recspark.core.errors import ConfigError
+from recspark.core.location import Location
 from recspark.core.storage import Layout
 from recspark.data.prepared import eligible_in_run
 from recspark.model.published_context import PublishedContext
+from recspark.ops.tracking import check_tracking, tracking_uri
+from recspark.ops.tracking_registry import download_registered
 from recspark.serve.kernel import UserTable
 from recspark.serve.recommendation_table import (
     model_users,
@@ -44,14 +56,47 @@ from recspark.serve.task_files import TaskFiles
 log = logging.getLogger(__name__)
 
 
+def precheck(config: Config) -> None:
+    """Before Spark starts: a registered ``score.model`` needs tracking, whose server answers."""
+    if config.score.model is None:
+        return
+    if tracking_uri(config.tracking) is None:
+        raise ConfigError(
+            f"invalid config: score.model={config.score.model} names a registered model; set "
+            "tracking.uri (or MLFLOW_TRACKING_URI) to the MLflow server that holds it"
+        )
+    check_tracking(config.tracking)
+
+
 def run(config: Config, spark: SparkSession) -> StageResult:
-    """Publish the top-N of every user of the model published for ``config.run_date``."""
+    """Publish the top-N of every user of the model published for ``config.run_date``, or of
+    the registered ``score.model``."""
     layout = Layout(config.paths.root)
-    context = PublishedContext.open(layout, config.run_date)  # id maps checked before any task
     output = recommendations_table(config.score, layout)
-    return score(
-        spark, context, output, config.score, device=config.train.device, run_date=config.run_date
-    )
+    if config.score.model is None:
+        context = PublishedContext.open(layout, config.run_date)  # id maps checked before a task
+        return score(
+            spark,
+            context,
+            output,
+            config.score,
+            device=config.train.device,
+            run_date=config.run_date,
+        )
+    with tempfile.TemporaryDirectory(prefix="recspark-registered-") as scratch:
+        folder, version = download_registered(config.tracking, config.score.model, Path(scratch))
+        context = PublishedContext.open(layout, config.run_date, folder=Location(folder))
+        result = score(
+            spark,
+            context,
+            output,
+            config.score,
+            device=config.train.device,
+            run_date=config.run_date,
+        )
+    metrics = {**result.metrics, "registered_model": config.score.model}
+    metrics["registered_version"] = version
+    return StageResult(result.outputs, result.counts, metrics, result.extra)
 
 
 def score(
@@ -147,7 +192,8 @@ def score(
 STAGE = Stage(
     name="score",
     purpose="Write the top-N recommendations of every user, partitioned by run date.",
-    sections=("paths", "run_date", "score", "train.device", "spark"),
+    sections=("paths", "run_date", "score", "train.device", "spark", "tracking"),
     example="recspark score --set score.top_n=20",
     run=run,
+    precheck=precheck,
 )

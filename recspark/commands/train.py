@@ -14,6 +14,10 @@ place, unless ``train.allow_worse``; its checkpoint is kept, so ``train.resume``
 Published (``models/RUN_DATE/``): ``model.pt`` (state dict, spec, id-map date), ``user_factors/``
 and ``item_factors/`` (Parquet: index, bias, factors), ``metrics.json`` (with every epoch's
 figures) and ``loss.png``.
+
+With tracking on (``tracking.uri``), the run is logged to MLflow and the model registered as a new
+version of ``tracking.model_name`` (:mod:`recspark.ops.tracking_records`); the summary's
+``tracking`` field names the run and the version.
 """
 
 from __future__ import annotations
@@ -22,19 +26,28 @@ from pyspark.sql import SparkSession
 
 from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config
+from recspark.ops.tracking import check_tracking, tracked_run
+from recspark.ops.tracking_records import record_training, run_tags
 from recspark.train.artifacts import SUMMARY_METRICS
 from recspark.train.feeding import resolve_feed
 from recspark.train.job import train_and_publish
 
 
 def precheck(config: Config) -> None:
-    """Before Spark starts: ``train.feed`` can read here (petastorm does not import everywhere)."""
+    """Before Spark starts: ``train.feed`` can read here (petastorm does not import everywhere),
+    and the tracking server, when there is one, answers."""
     resolve_feed(config.train.feed)
+    check_tracking(config.tracking)
 
 
 def run(config: Config, spark: SparkSession) -> StageResult:
     """Train, publish ``models/RUN_DATE`` and return the summary fields."""
-    trained = train_and_publish(config, spark)
+    with tracked_run(config.tracking, f"train {config.run_date}", run_tags(config, "train")) as run:
+        trained = train_and_publish(config, spark)
+        published = trained.published
+        tracking = (
+            record_training(run, config, published.metrics, published.outputs) if run else None
+        )
     metrics, blend = trained.published.metrics, trained.blend
     return StageResult(
         outputs=trained.published.outputs,
@@ -49,13 +62,14 @@ def run(config: Config, spark: SparkSession) -> StageResult:
             **{k: metrics[k] for k in SUMMARY_METRICS},
             **({"blend": {k: v for k, v in blend.items() if k != "history"}} if blend else {}),
         },
+        extra={"tracking": tracking} if tracking else {},
     )
 
 
 STAGE = Stage(
     name="train",
     purpose="Train an embedding model on the prepared tables (Petastorm + PyTorch).",
-    sections=("paths", "run_date", "model", "train", "ranking", "spark"),
+    sections=("paths", "run_date", "model", "train", "ranking", "spark", "tracking"),
     example="recspark train --set train.epochs=20 --set model.kind=mlp",
     run=run,
     precheck=precheck,

@@ -44,6 +44,9 @@ from recspark.core.config_model import (
     SideInfoConfig as SideInfoConfig,
 )
 from recspark.core.config_model import (
+    TrackingConfig as TrackingConfig,
+)
+from recspark.core.config_model import (
     carries_lists_head as carries_lists_head,
 )
 from recspark.core.errors import ConfigError
@@ -158,6 +161,9 @@ class TrainConfig(_Section):
 
 
 class ScoreConfig(_Section):
+    # The model to score: None, the one published for run_date; models:/NAME@ALIAS or
+    # models:/NAME/VERSION, a version of the MLflow registry (tracking.uri), e.g. its champion.
+    model: str | None = Field(None, pattern=r"^models:/[^/@]+(@[\w-]+|/\d+)$")
     top_n: int = Field(10, gt=0)
     exclude_seen: bool = True
     # Users per matmul block; auto: 128 on the CPU (fastest of 64-512 at 20k items), on a GPU as
@@ -338,6 +344,7 @@ class Config(_Section):
     synthetic: SyntheticConfig = Field(default_factory=lambda: SyntheticConfig.model_validate({}))
     benchmark: BenchmarkConfig = Field(default_factory=lambda: BenchmarkConfig.model_validate({}))
     nightly: NightlyConfig = Field(default_factory=lambda: NightlyConfig.model_validate({}))
+    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig.model_validate({}))
 
     @model_validator(mode="after")
     def _move_min_item_ratings(self) -> Config:

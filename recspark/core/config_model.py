@@ -4,6 +4,7 @@
 
 Split from :mod:`recspark.core.config`, which imports these into :class:`~recspark.core.config.
 Config` and re-exports them, so ``from recspark.core.config import ModelConfig`` keeps working.
+:class:`TrackingConfig` (``tracking.*``, MLflow) lives here too, beside the sections it records.
 The shape keys of ``model.*`` take their defaults from :class:`~recspark.core.model_shape.
 ModelShape`, written once there.
 """
@@ -173,3 +174,22 @@ def carries_lists_head(model: ModelConfig, lists: ListsConfig) -> bool:
     """Whether the model ``model.*`` and ``lists.*`` describe carries a ranking head its lists
     come from: a rating model whose lists come from a head (``lists.source: head``)."""
     return model.objective == "rating" and lists.source == "head"
+
+
+class TrackingConfig(Section):
+    """``tracking.*``: MLflow run records and the registered model (:mod:`recspark.ops.tracking`).
+
+    Off unless ``uri`` is set or the ``MLFLOW_TRACKING_URI`` environment variable is: the default
+    pipeline never imports mlflow. With a URI, ``train``, ``evaluate`` and ``nightly`` each log
+    one run to ``experiment``, ``train`` registers its model as a new version of ``model_name``
+    and ``nightly`` points the alias ``champion`` at the version it publishes. An ``http(s)``
+    server that does not answer stops the command before Spark starts (``required``), or, with
+    ``required: false``, is warned about and nothing is logged.
+    """
+
+    uri: str | None = None  # None: MLFLOW_TRACKING_URI, else tracking is off
+    required: bool = True
+    experiment: str = Field("recspark", min_length=1)
+    model_name: str = Field("recspark", min_length=1)
+    register_model: bool = True  # train registers its model as a new version of model_name
+    timeout_seconds: float = Field(5.0, gt=0.0)  # the reachability check before Spark starts

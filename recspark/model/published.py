@@ -136,9 +136,13 @@ class Lists(NamedTuple):
 
 
 def load_published_model(
-    layout: Layout, run_date, device: str | torch.device = "cpu"
+    layout: Layout,
+    run_date,
+    device: str | torch.device = "cpu",
+    folder: Location | None = None,
 ) -> tuple[EmbeddingModel, PublishedModel]:
-    """The model published for ``run_date`` (in eval mode) and what it was published with.
+    """The model published for ``run_date`` (in eval mode) and what it was published with;
+    ``folder``: read it from there instead of ``models/RUN_DATE`` (a registered model's copy).
 
     Raises
     ------
@@ -147,7 +151,7 @@ def load_published_model(
     BadInputError
         When its ``model.pt`` or ``metrics.json`` is not one the trainer wrote.
     """
-    folder = layout.model(run_date)
+    folder = layout.model(run_date) if folder is None else Location(folder)
     if not (folder / MODEL_FILE).exists() or not (folder / METRICS_FILE).exists():
         raise MissingInputError(
             f"no trained model for run_date {run_date} under {layout.root}: "

@@ -44,6 +44,7 @@ class PublishedContext:
         device: str | torch.device = "cpu",
         check_maps: bool = True,
         advice: str | None = None,
+        folder: Location | None = None,
     ) -> PublishedContext:
         """Load the model published for ``run_date`` and check its id maps.
 
@@ -56,6 +57,9 @@ class PublishedContext:
         advice
             What the error says to do when the id maps differ (see
             :func:`~recspark.model.published.check_id_maps`).
+        folder
+            Read the model from this folder instead of ``models/RUN_DATE`` (a registered model
+            downloaded from MLflow); its prepared run is still the root's.
 
         Raises
         ------
@@ -64,7 +68,7 @@ class PublishedContext:
         BadInputError
             When its files are not the trainer's, or the prepared run's id maps changed since.
         """
-        model, published = load_published_model(layout, run_date, device)
+        model, published = load_published_model(layout, run_date, device, folder)
         if check_maps:
             check_id_maps(layout, published, advice)
         return cls(layout, model, published, published.lists(model))

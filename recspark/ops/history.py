@@ -2,7 +2,8 @@
 
 Every nightly run that got as far as taking the lock leaves one record: its run date, status
 (``published``, ``rejected`` by the quality gate, or ``failed``), model version, metrics, counts
-and timestamps. Downstream reads the folder as a table (``spark.read.json(ROOT + "/history")`` or
+and timestamps, and its MLflow run id when tracking was on.
+Downstream reads the folder as a table (``spark.read.json(ROOT + "/history")`` or
 :func:`read_history`) and keeps ``status == "published"`` for the runs whose recommendations are
 live; a date run twice has two records and the later ``finished_at`` is the one in force.
 
@@ -36,7 +37,7 @@ REJECTED: RunStatus = "rejected"
 FAILED: RunStatus = "failed"
 STATUSES = (PUBLISHED, REJECTED, FAILED)
 # Keys a record holds only when they apply (a recovered or rolled-back run).
-_WHEN_SET = ("recovered", "recovered_by", "rejected_outputs")
+_WHEN_SET = ("recovered", "recovered_by", "rejected_outputs", "mlflow_run_id")
 
 
 class HistoryRecord(BaseModel):
@@ -70,6 +71,7 @@ class HistoryRecord(BaseModel):
     recovered: bool | None = None  # True: a later run found it committed and recorded it
     recovered_by: str | None = None  # the run that recovered this one after it died
     rejected_outputs: str | None = None  # where a rolled-back run's candidate outputs were kept
+    mlflow_run_id: str | None = None  # the run's MLflow run (tracking.uri), when tracked
 
     @model_serializer(mode="wrap")
     def _applicable_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -63,9 +63,16 @@ def input_fingerprint(config: Config) -> str:
 
 
 def settings_digest(config: Config) -> str:
-    """A digest of every setting that shapes the output (not Spark tuning, not nightly's own)."""
+    """A digest of every setting that shapes the output (not Spark tuning, not nightly's own,
+    not where runs are logged, not ``score.model``, which nightly does not read)."""
     settings = config.model_dump(
-        mode="json", exclude={"spark": True, "nightly": {"force", "keep_runs", "lock_stale_hours"}}
+        mode="json",
+        exclude={
+            "spark": True,
+            "tracking": True,
+            "score": {"model"},
+            "nightly": {"force", "keep_runs", "lock_stale_hours"},
+        },
     )
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -77,12 +84,15 @@ def stage_config(config: Config) -> Config:
     Inside nightly the quality gate is the judge of a candidate (against the last published run,
     ``nightly.max_rmse``/``min_ndcg`` for a first run), and a rejected candidate is kept under
     ``_nightly/rejected/`` for a person to look at: train must hand it over rather than refuse it.
+    Score scores that candidate, whatever ``score.model`` says.
     """
     return config.model_copy(
         update={
             "train": config.train.model_copy(
                 update={"warm_start": config.nightly.warm_start, "allow_worse": True}
-            )
+            ),
+            # nightly scores its own candidate, never a registered model.
+            "score": config.score.model_copy(update={"model": None}),
         }
     )
 
@@ -99,8 +109,10 @@ def start_journal(
     input_digest: str,
     settings: str,
     warm_start: bool,
+    mlflow_run_id: str | None = None,
 ) -> NightlyJournal:
-    """Write the journal of a new run, before it touches any output, and return it."""
+    """Write the journal of a new run, before it touches any output, and return it;
+    ``mlflow_run_id`` (its MLflow run, when tracked) is kept for the history record."""
     folders = retention.run_folders(layout, run_date)
     journal = NightlyJournal(
         run_id=run_id,
@@ -115,6 +127,8 @@ def start_journal(
         stashed={kind: folders[kind].exists() for kind in RESTORABLE},
         partition_before=state.table.identity(run_date),
     )
+    if mlflow_run_id:  # an extra key of the journal, present only when tracked
+        setattr(journal, "mlflow_run_id", mlflow_run_id)  # noqa: B010  (not a declared field)
     state.write_journal(journal)
     return journal
 
@@ -290,6 +304,7 @@ def history_record(
         error=error,
         recovered=recovered,
         recovered_by=recovered_by,
+        mlflow_run_id=(journal.model_extra or {}).get("mlflow_run_id"),
     )
 
 

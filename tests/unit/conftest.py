@@ -42,6 +42,12 @@ def object_store() -> NoReturn:
     refuse("an S3 server (it asked for the object_store fixture)")
 
 
+@pytest.fixture
+def mlflow_server() -> NoReturn:
+    """The unit lane's ``mlflow_server``: a tracking server is for the end-to-end lane."""
+    refuse("an MLflow server (it asked for the mlflow_server fixture)")
+
+
 def java_processes() -> set[int]:
     """The ids of this process's descendants that run ``java`` (empty where there is no /proc)."""
     parents: dict[int, int] = {}
