@@ -38,7 +38,7 @@ from pyspark.sql import SparkSession
 from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config
 from recspark.core.storage import Layout
-from recspark.data.prepared import read_manifest
+from recspark.data.prepared import evaluation_split
 from recspark.data.side_info import item_genre_flags
 from recspark.evaluate.assessment import SUMMARY_BASELINE_KEYS, KernelSettings, read_split
 from recspark.evaluate.evaluation import EvaluationSettings, evaluate_published
@@ -104,7 +104,7 @@ def _evaluate(
         config.score.min_item_ratings,
         rare_item_ratings=settings.rare_item_ratings,
         item_features=item_feature_frame(spark, genres) if genres is not None else None,
-        split=read_manifest(layout, context.published.meta.index_date).evaluation_split,
+        split=evaluation_split(context.prepared),
     )
     evaluation = evaluate_published(
         spark,

@@ -145,6 +145,34 @@ def read_manifest(layout: Layout, run_date) -> PreparedRun:
             f"no prepared data for run_date {run_date} under {layout.root}: run `recspark prepare` "
             "with the same paths.root and run_date first"
         )
+    return _load_manifest(path, run_date)
+
+
+def evaluation_split(prepared: Location) -> str:
+    """The split ``evaluate`` measures a prepared run on: its manifest's
+    :attr:`PreparedRun.evaluation_split`, or for a run without a manifest whether it holds a
+    ``test/`` table.
+
+    Raises
+    ------
+    MissingInputError
+        When that split's table is gone from the run.
+    """
+    path = prepared / MANIFEST
+    if path.exists():
+        split = _load_manifest(path, prepared.name).evaluation_split
+    else:
+        split = TEST if (prepared / TEST).exists() else VALIDATION
+    if not (prepared / split).exists():
+        raise MissingInputError(
+            f"the prepared run {prepared} has no {split}/ table, which its manifest lists: re-run "
+            "`recspark prepare` for that date"
+        )
+    return split
+
+
+def _load_manifest(path: Location, run_date) -> PreparedRun:
+    """``manifest.json`` at ``path`` as :class:`PreparedRun`; a clear error when it is not one."""
     try:
         return PreparedRun.model_validate(read_json(path))
     except (ValidationError, ValueError) as error:

@@ -80,6 +80,7 @@ def test_ml100k_user_stratified(spark, ml100k, tmp_path):
     assert manifest["split"] == {
         "method": "user_stratified",
         "validation_fraction": 0.25,
+        "test_fraction": 0.0,
         "seed": 42,
     }
     train = read(summary, "train")

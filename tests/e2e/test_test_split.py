@@ -174,3 +174,26 @@ def test_a_run_prepared_before_the_test_split_still_trains_scores_and_evaluates(
     assert evaluated["metrics"]["split"] == "validation"
     assert evaluated["counts"]["validation"] == manifest["tables"]["validation"]["rows"]
     assert read_json(evaluated["outputs"]["report"])["split"] == "validation"
+
+
+@pytest.mark.slow  # two nightly runs
+def test_the_nightly_gate_compares_test_figures(tmp_path, capsys):
+    from tests.e2e.test_nightly import nightly_overrides, planted_ratings, run_nightly, write_input
+
+    root = tmp_path / "root"
+    source = write_input(planted_ratings(users=80, items=40, per_user=12), tmp_path / "in")
+    settings = {"split.test_fraction": 0.2, "nightly.max_rmse_increase": 1.0}
+    gates, rmse = [], []
+    for run_date in ("2026-03-01", "2026-03-02"):
+        status, summary = run_nightly(nightly_overrides(root, run_date, source, **settings), capsys)
+        assert status == 0 and summary["nightly"]["decision"] == "published", summary
+        gates.append(summary["nightly"]["gate"])
+        report = read_json(Path(summary["outputs"]["report"]))
+        assert report["split"] == "test"
+        rmse.append(report["metrics"]["rmse"])
+    assert [gate["split"] for gate in gates] == ["test", "test"]
+    assert gates[0]["baseline_rmse"] is None  # a first run
+    # The second night compares its test RMSE with the first night's test RMSE.
+    assert gates[1]["baseline_rmse"] == pytest.approx(rmse[0])
+    assert gates[1]["candidate_rmse"] == pytest.approx(rmse[1])
+    assert gates[1]["passed"] and gates[1]["rmse_increase"] == pytest.approx(rmse[1] - rmse[0])
