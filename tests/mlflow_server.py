@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-STARTUP_SECONDS = 90.0
+STARTUP_SECONDS = 300.0  # a few seconds on a quiet machine; over 80 s seen on a loaded 2-core one
 
 
 @dataclass
