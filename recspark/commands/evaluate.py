@@ -33,17 +33,20 @@ This module is the wiring: the report is built in the evaluate room
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pyspark.sql import SparkSession
 
 from recspark.commands.stage import Stage, StageResult
 from recspark.core.config import Config
-from recspark.core.storage import Layout
-from recspark.data.prepared import evaluation_split
+from recspark.core.storage import Layout, read_json
+from recspark.data.prepared import MANIFEST, PreparedRun, evaluation_split
 from recspark.data.side_info import item_genre_flags
 from recspark.evaluate.assessment import SUMMARY_BASELINE_KEYS, KernelSettings, read_split
 from recspark.evaluate.evaluation import EvaluationSettings, evaluate_published
 from recspark.evaluate.evaluation_report import EvaluationFiles, EvaluationReport, write_evaluation
 from recspark.evaluate.metrics import item_feature_frame
+from recspark.evaluate.oracle import assess_oracle
 from recspark.model.published_context import PublishedContext
 from recspark.ops.tracking import check_tracking, tracked_run
 from recspark.ops.tracking_records import record_evaluation, run_tags
@@ -118,6 +121,13 @@ def _evaluate(
             rating_range=(config.input.rating_min, config.input.rating_max),
         ),
     )
+    # On the embedded synthetic data, the planted truth's own figures: the upper reference.
+    manifest = PreparedRun.model_validate(read_json(context.prepared / MANIFEST))
+    kernel = KernelSettings.of(config.score, config.train.device)
+    oracle = assess_oracle(
+        spark, layout, manifest, context.prepared, split, settings.relevance_threshold, kernel
+    )
+    evaluation = replace(evaluation, oracle=oracle)
     files = write_evaluation(
         layout,
         evaluation,
@@ -153,7 +163,12 @@ def summary(evaluation: EvaluationReport, files: EvaluationFiles) -> StageResult
                 for name, b in evaluation.baselines.items()
             },
             "best": files.best,
-        },
+        }
+        | (
+            {"oracle": {key: evaluation.oracle.metrics[key] for key in SUMMARY_BASELINE_KEYS}}
+            if evaluation.oracle
+            else {}
+        ),
     )
 
 
