@@ -228,11 +228,22 @@ def tracked_run(
         return
     import mlflow
 
+    # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in this process's environment, which
+    # would turn tracking on for every later command of the process (a notebook, a test
+    # session): the outermost run puts the environment back as it found it.
+    before = os.environ.get(ENV_URI)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     parent = mlflow.active_run()
     if parent is None:
         mlflow.set_experiment(settings.experiment)
     clean = {key: str(value) for key, value in (tags or {}).items() if value is not None}
-    with mlflow.start_run(run_name=name, nested=parent is not None, tags=clean) as run:
-        yield TrackedRun(run.info.run_id, run.info.experiment_id, uri, settings)
+    try:
+        with mlflow.start_run(run_name=name, nested=parent is not None, tags=clean) as run:
+            yield TrackedRun(run.info.run_id, run.info.experiment_id, uri, settings)
+    finally:
+        if parent is None:
+            if before is None:
+                os.environ.pop(ENV_URI, None)
+            else:
+                os.environ[ENV_URI] = before

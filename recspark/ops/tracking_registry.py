@@ -60,6 +60,13 @@ def log_published_model(
     from recspark.serve.pyfunc import log_lists_model
 
     register = run.settings.model_name if run.settings.register_model else None
+    if not (prepared / "rated").is_dir():
+        # Without rated/ (a run prepared before it existed) the lists could not leave out what
+        # each user rated, as score's do: no pyfunc rather than one that lists something else.
+        log.warning(
+            "not logging an MLflow model: %s has no rated/ table (prepare the date again)", prepared
+        )
+        return None
     with tempfile.TemporaryDirectory(prefix="recspark-pyfunc-") as scratch:
         # Copied even when local: MLflow names an artifact folder after its source's name.
         published = copy_folder(model_folder, Path(scratch) / "published")

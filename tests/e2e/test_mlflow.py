@@ -12,6 +12,7 @@ lists, and ``recspark score`` of ``models:/NAME@champion`` publishes the same li
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -52,10 +53,14 @@ def nights(spark, mlflow_server, tmp_path_factory):
         DAY3: write_input(corrupted, base / "day3"),
     }
     tracking = {"tracking.uri": mlflow_server.uri, "tracking.model_name": MODEL}
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
     summaries = {
         day: run_quietly("nightly", nightly_overrides(root, day, inputs[day], **tracking))
         for day in (DAY1, DAY2, DAY3)
     }
+    # A tracked command leaves the process's environment as it found it: MLflow's own
+    # set_tracking_uri would otherwise turn tracking on for every later command of the process.
+    assert os.environ.get("MLFLOW_TRACKING_URI") == environment
     return {"root": root, "summaries": summaries, "tracking": tracking, "inputs": inputs}
 
 
