@@ -230,10 +230,17 @@ def test_a_holder_whose_lease_was_taken_over_knows_it_lost(object_store, bucket,
     where = lock_uri(bucket)
     lock = RunLock(where, DAY1, s3=settings, lease_seconds=1.0).acquire()
     try:
-        # Another run takes the lease over (as if this one had stalled past its expiry).
-        _, etag = client.get_object(*split_uri(where))
+        # Another run takes the lease over (as if this one had stalled past its expiry). The
+        # holder renews every quarter of a second, so a renewal may land between reading the
+        # lock and replacing it (HTTP 412): a usurper then reads it again, as a real one would.
         usurper = {"pid": 4242, "host": "elsewhere", "started_at": "now", "run_date": DAY2}
-        client.put_object(*split_uri(where), json.dumps(usurper).encode(), if_match=etag)
+        for attempt in range(20):
+            _, etag = client.get_object(*split_uri(where))
+            try:
+                client.put_object(*split_uri(where), json.dumps(usurper).encode(), if_match=etag)
+                break
+            except PreconditionFailed:
+                assert attempt < 19, "the lock changed under every takeover attempt"
         deadline = time.monotonic() + 5
         while not lock.lost:
             assert time.monotonic() < deadline, "the renewal never noticed the takeover"
