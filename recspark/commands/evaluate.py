@@ -122,12 +122,14 @@ def _evaluate(
         ),
     )
     # On the embedded synthetic data, the planted truth's own figures: the upper reference.
-    manifest = PreparedRun.model_validate(read_json(context.prepared / MANIFEST))
-    kernel = KernelSettings.of(config.score, config.train.device)
-    oracle = assess_oracle(
-        spark, layout, manifest, context.prepared, split, settings.relevance_threshold, kernel
-    )
-    evaluation = replace(evaluation, oracle=oracle)
+    # (A run without a manifest, made by hand or by another tool, is not synthetic data.)
+    if (context.prepared / MANIFEST).exists():
+        manifest = PreparedRun.model_validate(read_json(context.prepared / MANIFEST))
+        kernel = KernelSettings.of(config.score, config.train.device)
+        oracle = assess_oracle(
+            spark, layout, manifest, context.prepared, split, settings.relevance_threshold, kernel
+        )
+        evaluation = replace(evaluation, oracle=oracle)
     files = write_evaluation(
         layout,
         evaluation,
