@@ -16,7 +16,11 @@ RANKING = ("ndcg_at_k", "precision_at_k", "recall_at_k")
 @pytest.fixture(scope="module")
 def evaluated(spark, tmp_path_factory) -> dict[str, dict]:
     """generate -> prepare -> train -> evaluate of a small planted run, every baseline on."""
-    overrides = tiny_overrides(tmp_path_factory.mktemp("oracle-run"))
+    # Every baseline, ALS with one setting instead of its grid of four (a minute of this module).
+    overrides = tiny_overrides(
+        tmp_path_factory.mktemp("oracle-run"),
+        **{"evaluate.als_ranks": "[10]", "evaluate.als_reg_params": "[0.1]"},
+    )
     summaries = {}
     for command in ("generate", "prepare", "train", "evaluate"):
         status, summary = run_quietly(command, overrides)
