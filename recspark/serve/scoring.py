@@ -21,10 +21,9 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 from pyspark import Accumulator, TaskContext
@@ -46,10 +45,12 @@ from recspark.core.constants import (
     USER_IDX,
 )
 from recspark.core.torch_utils import device_for_work
-from recspark.data.prepared import rated_lists
 from recspark.model.base import EmbeddingModel
 from recspark.model.saving import model_bytes
 from recspark.serve.kernel import UserTable, kernel_for, recommend_batches
+
+if TYPE_CHECKING:  # pandas and pydantic stay out of the Python workers' imports (seconds cold)
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,8 @@ def _with_rated_items(users: DataFrame, seen: DataFrame | None, count: int) -> D
         for column in (USER_IDX, ITEM_IDX):
             if column not in seen.columns:
                 raise ValueError(f"seen lacks column {column!r}; it has {seen.columns}")
+        from recspark.data.prepared import rated_lists  # pydantic: not for the workers
+
         seen = rated_lists(seen)
     lists = seen.select(
         F.col(USER_IDX).cast("int").alias(USER_IDX),

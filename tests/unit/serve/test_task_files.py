@@ -3,11 +3,15 @@ the published columns and types, the model version, row groups gathered from sma
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recspark.core.location import Location
 from recspark.serve import task_files
+from tests.conftest import REPO
 
 
 def kernel_batch(users: list[int], items: list[int]) -> pa.RecordBatch:
@@ -61,3 +65,17 @@ def test_a_task_without_users_writes_an_empty_file(tmp_path):
     assert rows == 0
     table = pq.read_table(tmp_path / name)
     assert table.num_rows == 0 and table.schema.equals(SCHEMA)
+
+
+def test_a_scoring_task_imports_neither_pandas_nor_pydantic():
+    """What a Python worker imports to run a scoring task (the modules its closures and broadcast
+    unpickle from) leaves pandas and pydantic out: in a fresh process each worker pays for every
+    import before its first user (half a second for those two, beside torch's 1.7)."""
+    code = (
+        "import sys\nimport pyspark.daemon, pyspark.worker\n"
+        "import recspark.serve.task_files, recspark.serve.rated_files, recspark.serve.scoring\n"
+        "import recspark.serve.kernel\n"
+        "loaded = sorted({'pandas', 'pydantic'} & set(sys.modules))\n"
+        "assert not loaded, f'a scoring task imports {loaded}'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
