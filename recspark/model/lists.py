@@ -16,6 +16,7 @@ from recspark.model.base import EmbeddingModel
 from recspark.model.ensemble import Ensemble
 from recspark.model.mf import DotBias, DotProduct
 from recspark.model.spec import DotBiasSpec
+from recspark.model.tables import unfilled
 
 
 class HeadView(nn.Module):
@@ -57,7 +58,8 @@ def _member_lists_model(model: EmbeddingModel, rating_weight: float) -> DotBias:
         users += rating_weight * model.user_factors.weight
         if hasattr(model, "item_bias"):
             bias += rating_weight * model.item_bias.weight
-    lists = DotBias(model.n_users, model.n_items, items.shape[1], y_range=None)
+    with unfilled():  # every table but the zero user bias is copied in below
+        lists = DotBias(model.n_users, model.n_items, items.shape[1], y_range=None)
     lists.user_factors.weight.copy_(users)
     lists.item_factors.weight.copy_(items)
     lists.item_bias.weight.copy_(bias)

@@ -37,6 +37,7 @@ from recspark.core.storage import parquet_files, read_parquet
 from recspark.model.base import EmbeddingModel
 from recspark.model.registry import build_model
 from recspark.model.spec import spec_from_dict
+from recspark.model.tables import unfilled
 
 MODEL_FILE = "model.pt"
 
@@ -170,15 +171,16 @@ def model_from_bytes(
             f"{name} is not a recspark model: it holds no spec, meta and state_dict; {advice}"
         )
     # The state replaces every parameter, so a large model is built without memory or random
-    # initialisation (the meta device). A small one is built on the CPU: initialising it costs
-    # less than the meta device's first use in a process (~1.5 s of imports), which every scoring
-    # worker would pay for its item-side model. The random state is restored afterwards: loading
-    # a model does not move the seeded stream of whatever runs next.
+    # initialisation (the meta device). A small one is built on the CPU, its random tables left
+    # unfilled (:func:`unfilled`): that costs less than the meta device's first use in a process
+    # (~1.5 s of imports), which every scoring worker would pay for its item-side model. The
+    # random state is restored afterwards: loading a model does not move the seeded stream of
+    # whatever runs next.
     size = sum(tensor.numel() for tensor in payload["state_dict"].values())
     building = torch.device("meta" if size > META_BUILD_PARAMETERS else "cpu")
-    with torch.random.fork_rng(devices=[]), building:
+    with torch.random.fork_rng(devices=[]), building, unfilled():
         model = build_model(spec_from_dict(payload["spec"]))
-    model.load_state_dict(payload["state_dict"], assign=True)
+    model.load_state_dict(payload["state_dict"], assign=True)  # strict: every table is set
     model.to(device).eval()
     return model, payload["spec"], payload["meta"]
 

@@ -192,6 +192,28 @@ def test_model_bytes_load_back_exactly_whichever_device_builds_them(
     )
 
 
+def test_unfilled_tables_skip_only_the_random_start_and_a_state_must_fill_them():
+    """``unfilled()`` (loading a model, building its lists model) leaves the random tables' draw
+    out and moves no random stream; outside it the start is the truncated normal as before; a
+    state that lacks a table is refused, so no unfilled row is ever used."""
+    from recspark.model.tables import random_table, unfilled
+
+    torch.manual_seed(3)
+    drawn = random_table(50, 4, sparse=False).weight
+    torch.manual_seed(3)
+    with unfilled():
+        empty = random_table(50, 4, sparse=False)
+    assert torch.equal(random_table(50, 4, sparse=False).weight, drawn)  # no draw was taken
+    assert drawn.abs().max() <= 0.02 and drawn.std() > 0.005
+    assert empty.weight.shape == (50, 4) and empty.weight.requires_grad
+    spec = spec_from_dict(_spec("dot_bias", False))
+    with unfilled():
+        model = build_model(spec)
+    state = {k: v for k, v in build_model(spec).state_dict().items() if "item_factors" not in k}
+    with pytest.raises(RuntimeError, match="item_factors"):
+        model.load_state_dict(state)
+
+
 @SUITE
 def test_construction_is_repeatable_under_a_seed(kind, featured):
     def weights(seed):
