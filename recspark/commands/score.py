@@ -128,8 +128,9 @@ def score(
         eligible=eligible,
         counters=counters,
     )
-    if isinstance(user_table, UserTable) and not output.is_delta:
-        # The tasks read rated/ and write the published files themselves: no Spark SQL.
+    if isinstance(user_table, UserTable):
+        # The tasks read rated/ and write the rows' Parquet files themselves: no Spark SQL
+        # (a Delta table then commits those rows from a scan of them).
         table: DataFrame | TaskFiles = recommendation_files(
             spark,
             user_table,

@@ -127,7 +127,7 @@ class OutputTable:
         self.check_format()
         self.check_id_types(spark, frame, run_date)
         if self.is_delta:
-            published = self._publish_delta(spark, frame, run_date, check)
+            published = self._publish_delta(spark, layout, frame, run_date, check)
         else:
             published = self._publish_parquet(spark, layout, frame, run_date, check)
         self.register(spark)
@@ -149,7 +149,28 @@ class OutputTable:
                 check(rows)
         return Published(rows, str(final))
 
-    def _publish_delta(self, spark, frame, run_date, check) -> Published:
+    def _publish_delta(self, spark, layout, frame, run_date, check) -> Published:
+        if isinstance(frame, DataFrame):
+            return self._commit_delta(frame, run_date, check)
+        # Rows the scoring tasks wrote: staged as Parquet, counted and checked before the
+        # commit (a mismatch publishes nothing), then read by Spark's Parquet scan into one
+        # Delta commit. The staged files are scratch: Delta writes its own under the table.
+        name = f"{self.root.name}-delta-{run_date}"
+        for path in (layout.root / "_staging").glob(f"{name}-*"):
+            path.rmtree()
+            log.info("removed %s, left by an earlier run that did not finish", path)
+        staging = layout.staging(name)
+        try:
+            frame.write(staging)
+            rows = parquet_rows(staging)
+            if check is not None:
+                check(rows)
+            staged_rows = spark.read.schema(frame.schema).parquet(str(staging))
+            return self._commit_delta(staged_rows, run_date, None)
+        finally:
+            staging.rmtree()
+
+    def _commit_delta(self, frame: DataFrame, run_date, check) -> Published:
         dated = frame.withColumn(RUN_DATE, F.lit(str(run_date)).cast("date"))
         (
             dated.write.format("delta")

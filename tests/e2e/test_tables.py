@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
@@ -197,3 +198,25 @@ def test_a_table_name_taken_by_another_root_is_refused(spark, tmp_path):
     other = Layout(tmp_path / "two")
     with pytest.raises(ConfigError, match=r"another paths\.root publishes under that name"):
         OutputTable(other.recommendations, "parquet", name).publish(spark, other, frame, RUN_DATE)
+
+
+def test_a_delta_date_holds_the_rows_a_parquet_date_gets(spark, tmp_path, capsys):
+    """The scoring tasks write the date's rows for either format; a Delta commit takes them
+    from the staged files, which are gone afterwards, as they are for a Parquet date."""
+    tables = {}
+    for fmt in ("parquet", "delta"):
+        root = plant(tmp_path / fmt, listed=True)
+        summary = score(root, capsys, f"score.table_format={fmt}", "score.top_n=3")
+        assert summary["metrics"]["user_factors"] == "broadcast", summary
+        if fmt == "delta":
+            frame = spark.read.format("delta").load(str(root / "recommendations"))
+            frame = frame.where(F.col("run_date") == RUN_DATE).drop("run_date")
+            tables[fmt] = frame.toPandas()  # 14 rows
+        else:
+            tables[fmt] = pd.read_parquet(summary["outputs"]["partition"])
+        assert not list((root / "_staging").iterdir())
+    order = ["user_id", "rank"]
+    delta = tables["delta"].sort_values(order).reset_index(drop=True)
+    parquet = tables["parquet"].sort_values(order).reset_index(drop=True)[delta.columns]
+    assert len(delta) == 14
+    pd.testing.assert_frame_equal(delta, parquet, check_dtype=False)
