@@ -79,8 +79,9 @@ def data_overrides(root: Path, data: Path, honest: bool = True) -> list[str]:
     return [*common, f"input.validation_path={data / 'u1.test'}", "input.test_path=null"]
 
 
-def prepare(root: Path, data: Path, honest: bool = True) -> None:
-    """Run ``recspark prepare`` once; later calls find its manifest and skip."""
+def prepare(root: Path, data: Path, honest: bool = True, extra: list[str] | None = None) -> None:
+    """Run ``recspark prepare`` once (``extra``: the ``--set`` overrides, e.g. ``split.*``);
+    later calls find its manifest and skip."""
     if (root / "prepared" / RUN_DATE / "manifest.json").exists():
         return
     command = [
@@ -88,7 +89,11 @@ def prepare(root: Path, data: Path, honest: bool = True) -> None:
         "prepare",
         "--config",
         str(CONFIGS["shipped"][0]),
-        *[item for pair in data_overrides(root, data, honest) for item in ("--set", pair)],
+        *[
+            item
+            for pair in [*data_overrides(root, data, honest), *(extra or [])]
+            for item in ("--set", pair)
+        ],
     ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
@@ -508,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     data = str(args.data.resolve())
     with tempfile.TemporaryDirectory(prefix="ml100k-accuracy-") as scratch:
         root = (args.root or Path(scratch)).resolve()
-        prepare(root, args.data.resolve(), honest)
+        prepare(root, args.data.resolve(), honest, args.extra)
         jobs = [(m, s) for m in args.models for s in args.seeds]
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = [
